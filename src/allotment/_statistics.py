@@ -1,0 +1,121 @@
+"""Statistics: frozen snapshots of a manager that answer "who holds what, who waits, why?"."""
+
+from __future__ import annotations
+
+from typing import Generic
+
+import attrs
+
+from ._allocator import Snapshot
+from ._amounts import Amount, Form
+from ._claims import describe_site
+
+__all__ = ["HolderInfo", "ManagerStatistics", "WaiterInfo", "statistics_from"]
+
+
+@attrs.frozen
+class HolderInfo(Generic[Amount]):
+    """One outstanding lease."""
+
+    amounts: Amount
+    """What the lease holds now (after any partial releases)."""
+    thread_name: str
+    """The name of the thread that acquired the lease (not necessarily the one releasing it)."""
+    thread_id: int | None
+    """That thread's ``threading.get_ident()``."""
+    age: float
+    """Seconds since the lease was granted."""
+    site: str | None
+    """Where it was acquired (``"file.py:42 in function"``), or ``None`` if not recorded."""
+
+
+@attrs.frozen
+class WaiterInfo(Generic[Amount]):
+    """One queued request."""
+
+    requested: Amount
+    """What the request asks for."""
+    thread_name: str
+    """The name of the waiting thread."""
+    thread_id: int | None
+    """That thread's ``threading.get_ident()``."""
+    waited: float
+    """Seconds spent in the queue so far."""
+    site: str | None
+    """Where the request was made, or ``None`` if not recorded."""
+
+
+@attrs.frozen
+class ManagerStatistics(Generic[Amount]):
+    """A consistent picture of a manager, taken in one critical section.
+
+    ``capacity``, ``available`` and ``in_use`` are ints for a manager built from an int, and
+    dicts listing every resource for a manager of named resources. ``in_use`` may exceed
+    ``capacity`` after a shrink, until enough leases return; ``available`` is then zero.
+    ``str()`` of a snapshot is a readable report.
+    """
+
+    name: str
+    capacity: Amount
+    available: Amount
+    in_use: Amount
+    holders: tuple[HolderInfo[Amount], ...]
+    """One record per outstanding lease, oldest grant first."""
+    waiters: tuple[WaiterInfo[Amount], ...]
+    """One record per queued request, in queue order: the first is served next."""
+    closed: bool
+
+    def __str__(self) -> str:
+        state = " (closed)" if self.closed else ""
+        lines = [
+            f"{self.name}{state}: capacity {self.capacity!r}, in use {self.in_use!r}, "
+            f"available {self.available!r}",
+            f"  {len(self.holders)} holder(s):",
+        ]
+        for holder in self.holders:
+            lines.append(
+                f"    {holder.amounts!r} held {holder.age:.3f} s by {holder.thread_name}"
+                + (f", acquired at {holder.site}" if holder.site else "")
+            )
+        lines.append(f"  {len(self.waiters)} waiter(s), next served first:")
+        for position, waiter in enumerate(self.waiters, 1):
+            lines.append(
+                f"    {position}. {waiter.requested!r} waiting {waiter.waited:.3f} s: "
+                f"{waiter.thread_name}" + (f", at {waiter.site}" if waiter.site else "")
+            )
+        return "\n".join(lines)
+
+
+def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> ManagerStatistics[Amount]:
+    """Render an allocator snapshot in a manager's public form."""
+    assert snapshot.capacity is not None
+    capacity = snapshot.capacity
+    now = snapshot.taken_at
+    return ManagerStatistics(
+        name=name,
+        capacity=form.render_all(capacity),
+        # A negative figure is a shrink's debt, which in_use already shows.
+        available=form.render_all(snapshot.available, floor=0),
+        in_use=form.render_all(capacity - snapshot.available),
+        holders=tuple(
+            HolderInfo(
+                amounts=form.render(view.units),
+                thread_name=view.thread.name,
+                thread_id=view.thread.ident,
+                age=now - view.since,
+                site=describe_site(view.site),
+            )
+            for view in snapshot.holders
+        ),
+        waiters=tuple(
+            WaiterInfo(
+                requested=form.render(view.units),
+                thread_name=view.thread.name,
+                thread_id=view.thread.ident,
+                waited=now - view.since,
+                site=describe_site(view.site),
+            )
+            for view in snapshot.waiters
+        ),
+        closed=snapshot.closed,
+    )

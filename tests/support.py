@@ -1,0 +1,128 @@
+"""Helpers shared by the tests: bounded waiting, thread injection, invariant checks."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import allotment
+
+GENEROUS = 30.0
+"""Seconds a test waits for something that should happen within milliseconds."""
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = GENEROUS) -> None:
+    """Poll ``predicate`` until it holds. Only for states no event can announce (a thread has
+    entered the manager's queue); the bound is generous so a slow machine does not fail."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.0005)
+
+
+def wait_for_waiters(manager: allotment.ResourceManager[Any], count: int) -> None:
+    wait_until(
+        lambda: len(manager.statistics().waiters) == count,
+        f"{count} request(s) are queued on {manager.name}",
+    )
+
+
+def inject(thread: threading.Thread, exception: type[BaseException]) -> None:
+    """Raise ``exception`` asynchronously in ``thread`` at its next bytecode boundary."""
+    assert thread.ident is not None
+    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(exception)
+    )
+    assert changed == 1, f"could not inject into {thread.name}"
+
+
+class Worker(threading.Thread):
+    """A thread that runs ``target`` and keeps its result or exception for the test."""
+
+    def __init__(self, target: Callable[[], object], name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_function = target
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = self._target_function()
+        except BaseException as error:  # the test inspects it
+            self.error = error
+        finally:
+            self.finished.set()
+
+    def outcome(self, timeout: float = GENEROUS) -> object:
+        """Join and return the result, re-raising what the thread raised."""
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} is still running after {timeout} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def start(target: Callable[..., object], *args: object, name: str | None = None) -> Worker:
+    """Start ``target(*args)`` on a new thread."""
+    worker = Worker(lambda: target(*args), name)
+    worker.start()
+    return worker
+
+
+def check_invariants(stats: allotment.ManagerStatistics[Any]) -> None:
+    """What must hold in every snapshot, whatever is going on."""
+    capacity = _as_dict(stats.capacity)
+    in_use = _as_dict(stats.in_use)
+    available = _as_dict(stats.available)
+    held: dict[str, int] = dict.fromkeys(capacity, 0)
+    for holder in stats.holders:
+        amounts = _as_dict(holder.amounts)
+        assert amounts, f"a holder with nothing: {holder}"
+        for name, count in amounts.items():
+            assert count > 0
+            held[name] += count
+    assert held == in_use, f"holders hold {held} but in_use is {in_use}"
+    for name in capacity:
+        assert available[name] == max(capacity[name] - in_use[name], 0)
+    if stats.waiters:
+        assert not stats.closed, "a closed manager has waiters"
+        head = _as_dict(stats.waiters[0].requested)
+        # Hand-off is eager: if the head fitted, it would have been granted already.
+        assert any(count > available[name] for name, count in head.items()), (
+            f"the head {head} fits {available} but is still queued"
+        )
+    for waiter in stats.waiters:
+        for name, count in _as_dict(waiter.requested).items():
+            assert 0 < count <= capacity[name]
+
+
+def assert_idle(manager: allotment.ResourceManager[Any]) -> None:
+    """Every unit is back and nobody waits."""
+    stats = manager.statistics()
+    check_invariants(stats)
+    assert stats.holders == ()
+    assert stats.waiters == ()
+    assert stats.available == stats.capacity
+
+
+def _as_dict(amount: int | Mapping[str, int]) -> dict[str, int]:
+    return {"": amount} if isinstance(amount, int) else dict(amount)
+
+
+@contextmanager
+def switch_interval(seconds: float) -> Iterator[None]:
+    """Make the interpreter switch threads far more often, to shake out races."""
+    import sys
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

@@ -1,0 +1,122 @@
+"""A wait interrupted by any exception leaves the manager exactly as if it had never waited."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import pytest
+
+import allotment
+from support import GENEROUS, assert_idle, check_invariants, inject, start, wait_for_waiters
+
+
+class Injected(Exception):
+    """Raised into a waiting thread from outside."""
+
+
+def test_exception_delivered_with_the_grant_hands_the_units_on() -> None:
+    pool = allotment.ResourceManager(1)
+    held = pool.acquire(1)
+    victim = start(lambda: pool.acquire(1), name="victim")
+    wait_for_waiters(pool, 1)
+    behind = start(lambda: pool.acquire(1, timeout=GENEROUS), name="behind")
+    wait_for_waiters(pool, 2)
+    # The exception waits until the victim runs bytecode again, which is after the release
+    # below has handed it the unit: it is interrupted *after* being granted.
+    inject(victim, Injected)
+    held.release()
+    with pytest.raises(Injected):
+        victim.outcome()
+    lease = behind.outcome()
+    assert isinstance(lease, allotment.Lease)
+    assert [h.thread_name for h in pool.statistics().holders] == ["behind"]
+    lease.release()
+    assert_idle(pool)
+
+
+def test_exception_while_waiting_leaves_the_queue() -> None:
+    pool = allotment.ResourceManager(1)
+    held = pool.acquire(1)
+    # The exception arrives when the wait's time-out returns control to the interpreter.
+    victim = start(lambda: pool.acquire(1, timeout=0.2), name="victim")
+    wait_for_waiters(pool, 1)
+    inject(victim, Injected)
+    with pytest.raises(Injected):
+        victim.outcome()
+    stats = pool.statistics()
+    check_invariants(stats)
+    assert stats.waiters == ()
+    assert stats.in_use == 1
+    held.release()
+    assert_idle(pool)
+
+
+def test_interrupted_head_lets_the_others_through() -> None:
+    node = allotment.ResourceManager({"gpu": 2})
+    held = node.acquire({"gpu": 1})
+    head = start(lambda: node.acquire({"gpu": 2}, timeout=0.2), name="head")
+    wait_for_waiters(node, 1)
+    behind = start(lambda: node.acquire({"gpu": 1}, timeout=GENEROUS), name="behind")
+    wait_for_waiters(node, 2)
+    inject(head, Injected)
+    with pytest.raises(Injected):
+        head.outcome()
+    # The head blocked the free GPU; once it left, the next request got it.
+    lease = behind.outcome()
+    assert isinstance(lease, allotment.Lease)
+    lease.release()
+    held.release()
+    assert_idle(node)
+
+
+def test_exception_in_a_refused_waiter_wins_and_changes_nothing() -> None:
+    pool = allotment.ResourceManager(1)
+    held = pool.acquire(1)
+    victim = start(lambda: pool.acquire(1), name="victim")
+    wait_for_waiters(pool, 1)
+    inject(victim, Injected)
+    pool.close()
+    with pytest.raises(Injected):
+        victim.outcome()
+    held.release()
+    assert pool.statistics().in_use == 0
+
+
+def test_semaphore_waiter_interrupted_after_grant_passes_the_permit_on() -> None:
+    semaphore = allotment.Semaphore(0)
+    victim = start(semaphore.acquire, name="victim")
+    waiters = semaphore._allocator.snapshot
+    from support import wait_until
+
+    wait_until(lambda: len(waiters().waiters) == 1, "the victim waits")
+    behind = start(lambda: semaphore.acquire(timeout=GENEROUS), name="behind")
+    wait_until(lambda: len(waiters().waiters) == 2, "both wait")
+    inject(victim, Injected)
+    semaphore.release()
+    with pytest.raises(Injected):
+        victim.outcome()
+    assert behind.outcome() is True
+    assert semaphore._value == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs pthread_kill")
+def test_keyboard_interrupt_in_the_main_thread_leaves_no_trace() -> None:
+    assert threading.current_thread() is threading.main_thread()
+    pool = allotment.ResourceManager(1)
+    held = pool.acquire(1)
+
+    def interrupt_main() -> None:
+        wait_for_waiters(pool, 1)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = start(interrupt_main, name="interrupter")
+    with pytest.raises(KeyboardInterrupt):
+        pool.acquire(1)  # blocks with no timeout until the signal arrives
+    interrupter.outcome()
+    stats = pool.statistics()
+    assert stats.waiters == ()
+    assert stats.in_use == 1
+    held.release()
+    assert_idle(pool)

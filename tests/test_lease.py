@@ -1,0 +1,218 @@
+"""Leases: exact, once-only returns; partial releases; cross-thread release; leak detection."""
+
+from __future__ import annotations
+
+import gc
+import re
+import sys
+import warnings
+
+import pytest
+
+import allotment
+from support import GENEROUS, assert_idle, start, wait_for_waiters
+
+
+def test_with_block_releases_on_exception() -> None:
+    pool = allotment.ResourceManager(2)
+    with pytest.raises(RuntimeError, match="boom"), pool.acquire(2):
+        raise RuntimeError("boom")
+    assert_idle(pool)
+
+
+def test_release_is_idempotent() -> None:
+    pool = allotment.ResourceManager(3)
+    lease = pool.acquire(3)
+    lease.release()
+    lease.release()
+    assert lease.released
+    assert lease.amounts == 0
+    assert_idle(pool)
+    # A second release must not give back units another lease now holds.
+    other = pool.acquire(3)
+    lease.release()
+    assert pool.statistics().in_use == 3
+    other.release()
+
+
+def test_partial_release_gives_back_early() -> None:
+    node = allotment.ResourceManager({"gpu": 4, "ram_gb": 64})
+    with node.acquire({"gpu": 1, "ram_gb": 16}) as lease:
+        lease.release({"ram_gb": 8})
+        assert lease.amounts == {"gpu": 1, "ram_gb": 8}
+        assert node.statistics().in_use == {"gpu": 1, "ram_gb": 8}
+        lease.release({"ram_gb": 8})
+        assert lease.amounts == {"gpu": 1}
+        assert not lease.released
+    assert lease.released
+    assert lease.amounts == {}
+    assert_idle(node)
+
+
+def test_partial_release_of_everything_finishes_the_lease() -> None:
+    pool = allotment.ResourceManager(3)
+    lease = pool.acquire(3)
+    lease.release(1)
+    assert lease.amounts == 2
+    lease.release(2)
+    assert lease.released
+    lease.release()
+    assert_idle(pool)
+
+
+def test_partial_release_hands_units_to_waiters() -> None:
+    pool = allotment.ResourceManager(3)
+    lease = pool.acquire(3)
+    worker = start(lambda: pool.acquire(2, timeout=GENEROUS), name="waiter")
+    wait_for_waiters(pool, 1)
+    lease.release(2)
+    granted = worker.outcome()
+    assert isinstance(granted, allotment.Lease)
+    granted.release()
+    lease.release()
+    assert_idle(pool)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "acquired", "released", "message"),
+    [
+        (3, 2, 3, "cannot release 3: the lease holds 2"),
+        ({"a": 2, "b": 2}, {"a": 1}, {"a": 2}, r"cannot release \{'a': 2\}"),
+        ({"a": 2, "b": 2}, {"a": 1}, {"b": 1}, r"the lease holds \{'a': 1\}"),
+    ],
+)
+def test_releasing_more_than_held_raises_and_changes_nothing(
+    capacity: object, acquired: object, released: object, message: str
+) -> None:
+    manager = allotment.ResourceManager(capacity)  # type: ignore[call-overload]
+    lease = manager.acquire(acquired)
+    before = manager.statistics()
+    with pytest.raises(allotment.ReleaseExceedsHeld, match=message):
+        lease.release(released)
+    after = manager.statistics()
+    assert (after.in_use, after.available) == (before.in_use, before.available)
+    assert lease.amounts == acquired
+    lease.release()
+    assert_idle(manager)
+
+
+def test_partial_release_after_full_release_raises() -> None:
+    pool = allotment.ResourceManager(2)
+    lease = pool.acquire(2)
+    lease.release()
+    with pytest.raises(allotment.ReleaseExceedsHeld, match="the lease holds 0"):
+        lease.release(1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.0, "1", None.__class__])
+def test_bad_partial_release_raises_and_changes_nothing(bad: object) -> None:
+    pool = allotment.ResourceManager(2)
+    lease = pool.acquire(2)
+    with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
+        lease.release(bad)  # type: ignore[arg-type]
+    assert lease.amounts == 2
+    lease.release()
+
+
+def test_lease_can_be_released_from_another_thread() -> None:
+    pool = allotment.ResourceManager(1)
+    lease = pool.acquire(1)
+    start(lease.release, name="releaser").outcome()
+    assert lease.released
+    assert_idle(pool)
+
+
+def test_concurrent_releases_of_one_lease_return_it_once() -> None:
+    pool = allotment.ResourceManager(4)
+    for _ in range(50):
+        lease = pool.acquire(4)
+        workers = [start(lease.release) for _ in range(4)]
+        for worker in workers:
+            worker.outcome()
+        assert_idle(pool)
+
+
+def test_entering_a_released_lease_raises() -> None:
+    pool = allotment.ResourceManager(1)
+    lease = pool.acquire(1)
+    lease.release()
+    with pytest.raises(allotment.LeaseReleased), lease:
+        pass
+
+
+def test_leaked_lease_warns_with_its_site_and_returns_its_units() -> None:
+    pool = allotment.ResourceManager(2, name="leaky")
+    line = sys._getframe().f_lineno + 1
+    lease = pool.acquire(2)
+    with pytest.warns(ResourceWarning) as record:  # noqa: PT031 - the del is what warns
+        del lease
+        gc.collect()
+    (warning,) = record.list
+    message = str(warning.message)
+    assert "a lease of 2 from 'leaky' was garbage-collected while still held" in message
+    assert re.search(rf"acquired at .*test_lease\.py:{line} in test_leaked_lease", message)
+    assert "MainThread" in message
+    assert_idle(pool)
+
+
+def test_leaked_lease_in_a_reference_cycle_is_reclaimed() -> None:
+    pool = allotment.ResourceManager(1)
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.lease = pool.acquire(1)  # type: ignore[attr-defined]
+    holder.me = holder  # type: ignore[attr-defined]
+    with pytest.warns(ResourceWarning):  # noqa: PT031 - the del is what warns
+        del holder
+        gc.collect()
+    assert_idle(pool)
+
+
+def test_lease_leaked_while_another_thread_holds_the_lock_is_returned_after() -> None:
+    """Lease.__del__ must never block: it can run inside the manager's own critical section
+    (the cyclic collector runs on any allocation). Simulate by holding the lock."""
+    pool = allotment.ResourceManager(2)
+    lease = pool.acquire(2)
+    lock = pool._allocator._lock
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        lock.acquire()
+        try:
+            del lease  # must not deadlock on the held lock
+            assert pool._allocator._orphans  # deferred
+        finally:
+            lock.release()
+    pool.statistics()  # any critical section returns the orphans once it releases the lock
+    assert not pool._allocator._orphans
+    assert_idle(pool)
+
+
+def test_leaked_lease_hands_units_to_a_waiter() -> None:
+    pool = allotment.ResourceManager(1)
+    lease = pool.acquire(1)
+    worker = start(lambda: pool.acquire(1, timeout=GENEROUS), name="waiter")
+    wait_for_waiters(pool, 1)
+    with pytest.warns(ResourceWarning):  # noqa: PT031 - the del is what warns
+        del lease
+        gc.collect()
+    granted = worker.outcome()
+    assert isinstance(granted, allotment.Lease)
+    granted.release()
+    assert_idle(pool)
+
+
+def test_released_leases_are_collected_silently() -> None:
+    pool = allotment.ResourceManager(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lease = pool.acquire(1)
+        lease.release()
+        del lease
+        gc.collect()
+        # A lease whose request timed out or failed was never granted: no warning either.
+        with pool.acquire(1), pytest.raises(allotment.AcquireTimeout):
+            pool.acquire(1, timeout=0)
+        gc.collect()
+    assert_idle(pool)

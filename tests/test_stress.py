@@ -1,0 +1,277 @@
+"""Stress: Hypothesis writes a script per thread and dozens of real threads run them at once.
+
+The interpreter switches threads every few microseconds to shake out races. A watcher thread
+checks the invariants continuously; at the end every unit must be back and every thread done.
+
+``ALLOTMENT_STRESS=heavy`` runs many more examples with up to 200 threads each.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import allotment
+from support import (
+    GENEROUS,
+    assert_idle,
+    check_invariants,
+    inject,
+    start,
+    switch_interval,
+    wait_for_waiters,
+    wait_until,
+)
+
+HEAVY = os.environ.get("ALLOTMENT_STRESS") == "heavy"
+EXAMPLES = 200 if HEAVY else 12
+MAX_THREADS = 200 if HEAVY else 64
+SWITCH_INTERVAL = 1e-5
+
+
+class BodyFailed(Exception):
+    """Raised inside a with-block on purpose: the lease must still come back."""
+
+
+@attrs.frozen
+class Step:
+    """One thing a thread does: take units, maybe give some back early, then release."""
+
+    request: dict[str, int]
+    how: str  # "acquire", "timeout", "try", "with", "raise"
+    timeout: float
+    partial: dict[str, int] | None
+    nested: dict[str, int] | None  # a try_acquire while holding (never blocks, so no deadlock)
+
+
+CAPACITY = {"gpu": 4, "ram": 16, "disk": 3}
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> Step:
+    names = draw(st.lists(st.sampled_from(sorted(CAPACITY)), min_size=1, max_size=3, unique=True))
+    request = {name: draw(st.integers(1, CAPACITY[name])) for name in names}
+    partial = None
+    if draw(st.booleans()):
+        partial = {name: draw(st.integers(1, count)) for name, count in request.items()}
+    nested = None
+    if draw(st.integers(0, 3)) == 0:
+        nested = {"disk": 1}
+    return Step(
+        request=request,
+        how=draw(st.sampled_from(["acquire", "timeout", "try", "with", "raise"])),
+        timeout=draw(st.sampled_from([0.0, 0.0005, 0.002, 0.02])),
+        partial=partial,
+        nested=nested,
+    )
+
+
+scripts = st.lists(st.lists(steps(), min_size=1, max_size=4), min_size=32, max_size=MAX_THREADS)
+
+
+def run_step(manager: allotment.ResourceManager[Any], step: Step, tally: dict[str, int]) -> None:
+    if step.how == "try":
+        lease = manager.try_acquire(step.request)
+        if lease is None:
+            tally["busy"] += 1
+            return
+    elif step.how == "timeout":
+        try:
+            lease = manager.acquire(step.request, timeout=step.timeout)
+        except allotment.AcquireTimeout:
+            tally["timeouts"] += 1
+            return
+    else:
+        lease = manager.acquire(step.request, timeout=GENEROUS)
+    tally["granted"] += 1
+    assert lease.amounts == step.request
+    try:
+        with lease:
+            if step.nested is not None:
+                extra = manager.try_acquire(step.nested)
+                if extra is not None:
+                    extra.release()
+            if step.partial is not None:
+                lease.release(step.partial)
+                expected = {
+                    name: count - step.partial[name]
+                    for name, count in step.request.items()
+                    if count > step.partial[name]
+                }
+                assert lease.amounts == expected
+            if step.how == "raise":
+                raise BodyFailed
+    except BodyFailed:
+        pass
+    assert lease.released
+
+
+class Watcher:
+    """Checks invariants in a loop until stopped; keeps the first failure."""
+
+    def __init__(self, manager: allotment.ResourceManager[Any]) -> None:
+        self.manager = manager
+        self.stop = threading.Event()
+        self.checks = 0
+        self.thread = start(self.watch, name="watcher")
+
+    def watch(self) -> None:
+        while not self.stop.is_set():
+            check_invariants(self.manager.statistics())
+            self.checks += 1
+
+    def finish(self) -> int:
+        self.stop.set()
+        self.thread.outcome()
+        return self.checks
+
+
+@settings(max_examples=EXAMPLES)
+@given(scripts=scripts, resize=st.booleans())
+def test_generated_workloads_keep_every_invariant(scripts: list[list[Step]], resize: bool) -> None:
+    manager = allotment.ResourceManager(dict(CAPACITY))
+    barrier = threading.Barrier(len(scripts) + 1)
+    tally = {"granted": 0, "busy": 0, "timeouts": 0}
+    tally_lock = threading.Lock()
+
+    def worker(script: list[Step]) -> None:
+        mine = dict.fromkeys(tally, 0)
+        barrier.wait(GENEROUS)
+        for step in script:
+            run_step(manager, step, mine)
+        with tally_lock:
+            for key, count in mine.items():
+                tally[key] += count
+
+    with switch_interval(SWITCH_INTERVAL):
+        watcher = Watcher(manager)
+        workers = [
+            start(worker, script, name=f"worker-{index}") for index, script in enumerate(scripts)
+        ]
+        barrier.wait(GENEROUS)
+        if resize:
+            # Grow and shrink (never below any request, so none is refused) under load.
+            for capacity in ({"gpu": 8, "ram": 20}, {"gpu": 4}, {"ram": 16}):
+                manager.resize(capacity)
+        for worker_thread in workers:
+            worker_thread.outcome()
+        checks = watcher.finish()
+    assert checks > 0
+    assert sum(tally.values()) == sum(len(script) for script in scripts)
+    assert_idle(manager)
+
+
+@settings(max_examples=EXAMPLES)
+@given(
+    amounts=st.lists(st.integers(1, 4), min_size=16, max_size=48),
+    victims=st.sets(st.integers(0, 47)),
+)
+def test_injected_exceptions_while_queued_leave_the_state_exact(
+    amounts: list[int], victims: set[int]
+) -> None:
+    """Every thread queues behind a full pool; some get an exception injected; then the pool
+    is released. Injected threads wake when a grant reaches them, raise, and must pass their
+    units on, so that all the others are served and nothing is lost."""
+    pool = allotment.ResourceManager(4)
+    blocker = pool.acquire(4)
+    outcomes: dict[int, str] = {}
+
+    def waiter(index: int, amount: int) -> None:
+        try:
+            lease = pool.acquire(amount)
+        except Injected:
+            outcomes[index] = "injected"
+            return
+        outcomes[index] = "granted"
+        lease.release()
+
+    with switch_interval(SWITCH_INTERVAL):
+        workers = []
+        for index, amount in enumerate(amounts):
+            workers.append(start(waiter, index, amount, name=f"waiter-{index}"))
+            wait_for_waiters(pool, index + 1)
+        hit = sorted(victim for victim in victims if victim < len(amounts))
+        for index in hit:
+            inject(workers[index], Injected)
+        check_invariants(pool.statistics())
+        blocker.release()
+        for worker_thread in workers:
+            worker_thread.outcome()
+    assert outcomes == {
+        index: "injected" if index in hit else "granted" for index in range(len(amounts))
+    }
+    assert_idle(pool)
+
+
+class Injected(Exception):
+    pass
+
+
+@settings(max_examples=max(EXAMPLES // 3, 3))
+@given(seed=st.integers(0, 2**32 - 1), threads=st.integers(32, MAX_THREADS))
+def test_semaphore_under_load_returns_to_its_value(seed: int, threads: int) -> None:
+    semaphore = allotment.BoundedSemaphore(3)
+    barrier = threading.Barrier(threads)
+
+    def worker(rng: random.Random) -> None:
+        barrier.wait(GENEROUS)
+        for _ in range(20):
+            timeout = rng.choice([None, 0.0, 0.001])
+            if semaphore.acquire(timeout=GENEROUS if timeout is None else timeout):
+                semaphore.release()
+
+    rng = random.Random(seed)
+    with switch_interval(SWITCH_INTERVAL):
+        workers = [
+            start(worker, random.Random(rng.random()), name=f"sem-{n}") for n in range(threads)
+        ]
+        for worker_thread in workers:
+            worker_thread.outcome()
+    assert semaphore._value == 3
+    assert semaphore._allocator.snapshot().waiters == ()
+
+
+def test_a_large_request_is_served_in_its_turn_under_a_churn_of_small_ones() -> None:
+    pool = allotment.ResourceManager(4)
+    stop = threading.Event()
+    grants = [0]
+    grants_lock = threading.Lock()
+
+    def churn() -> None:
+        while not stop.is_set():
+            with pool.acquire(1, timeout=GENEROUS), grants_lock:
+                grants[0] += 1
+
+    with switch_interval(SWITCH_INTERVAL):
+        churners = [start(churn, name=f"churn-{n}") for n in range(8)]
+        # Let the churn get going, so the pool is never idle when the big request arrives.
+        wait_until(lambda: grants[0] > 200, "the churn has started")
+        # Hold one unit so that the big request must queue behind the churn.
+        pin = pool.acquire(1, timeout=GENEROUS)
+        big = start(lambda: pool.acquire(4, timeout=GENEROUS), name="big")
+        wait_until(
+            lambda: any(w.thread_name == "big" for w in pool.statistics().waiters),
+            "the big request queues",
+        )
+        stats = pool.statistics()
+        ahead = next(i for i, w in enumerate(stats.waiters) if w.thread_name == "big")
+        with grants_lock:
+            before = grants[0]
+        pin.release()
+        lease = big.outcome()
+        with grants_lock:
+            after = grants[0]
+        assert isinstance(lease, allotment.Lease)
+        # Only requests queued before it may have been served first: none overtook it.
+        assert after - before <= ahead + len(stats.holders)
+        lease.release()
+        stop.set()
+        for churner in churners:
+            churner.outcome()
+    assert_idle(pool)
