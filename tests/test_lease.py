@@ -189,6 +189,26 @@ def test_lease_leaked_while_another_thread_holds_the_lock_is_returned_after() ->
     assert_idle(pool)
 
 
+def test_orphans_are_returned_even_when_the_next_operation_raises() -> None:
+    pool = allotment.ResourceManager(3)
+    lease = pool.acquire(2)
+    other = pool.acquire(1)
+    lock = pool._allocator._lock
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        lock.acquire()
+        try:
+            del lease
+        finally:
+            lock.release()
+    assert pool._allocator._orphans
+    with pytest.raises(allotment.ReleaseExceedsHeld):
+        other.release(2)  # raises inside a critical section, which still returns the orphans
+    assert not pool._allocator._orphans
+    other.release()
+    assert_idle(pool)
+
+
 def test_leaked_lease_hands_units_to_a_waiter() -> None:
     pool = allotment.ResourceManager(1)
     lease = pool.acquire(1)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import pytest
 
 import allotment
+from allotment._claims import Claim
 from support import (
     GENEROUS,
     assert_idle,
@@ -160,6 +161,39 @@ def test_one_release_can_grant_several_waiters() -> None:
         assert isinstance(lease, allotment.Lease)
         lease.release()
     assert_idle(pool)
+
+
+def test_a_release_wakes_only_the_waiters_it_grants(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = allotment.ResourceManager(3)
+    held = pool.acquire(3)
+    workers = []
+    for number in range(10):
+        workers.append(start(pool.acquire, 1, GENEROUS, name=f"w{number}"))
+        wait_for_waiters(pool, number + 1)
+    woken: list[str] = []
+    original = Claim._wake
+
+    def counting_wake(claim: Claim) -> None:
+        woken.append(claim._thread.name)
+        original(claim)
+
+    monkeypatch.setattr(Claim, "_wake", counting_wake)
+    held.release(2)
+    assert woken == ["w0", "w1"]  # no herd: the other eight sleep on
+    held.release()
+    assert woken == ["w0", "w1", "w2"]
+    monkeypatch.undo()
+    pool.close()  # refuses the seven still waiting
+    granted = 0
+    for worker in workers:
+        try:
+            lease = worker.outcome()
+        except allotment.ManagerClosed:
+            continue
+        assert isinstance(lease, allotment.Lease)
+        lease.release()
+        granted += 1
+    assert granted == 3
 
 
 def test_a_waiter_holds_nothing_while_it_waits() -> None:

@@ -84,7 +84,8 @@ class Allocator:
     ``_orphans`` receives the claims of leases garbage-collected while held. ``Lease.__del__``
     can run at any moment, even on a thread inside one of these critical sections, so it must
     neither block nor touch guarded state: it appends to the deque, and every critical section
-    ends, once the lock is released, by returning the orphans' units (``_return_orphans``).
+    ends, in a ``finally`` once the lock is released (on returns and raises alike), by
+    returning the orphans' units (``_return_orphans``).
     """
 
     _form: Form[object]
@@ -118,29 +119,31 @@ class Allocator:
         queued: Claim | None = None
         granted_at_once = False
         try:
-            with self._lock:
-                if self._closed:
-                    raise ManagerClosed("the manager is closed")
-                capacity = self._capacity
-                if capacity is not None and not request <= capacity:
-                    raise ExceedsCapacity(self._too_large(request, capacity))
-                if not self._queue and request <= self._available:
-                    self._available -= request
-                    granted_at_once = True
-                    if claim is not None:
-                        claim._state = GRANTED
-                        if self._track_holders:
-                            self._holders[id(claim)] = _weak_reference(claim)
-                elif not blocking:
-                    return False
-                else:
-                    if claim is None:
-                        claim = Claim(request, _current_thread(), None, _monotonic(), None)
-                    claim._prepare_to_wait()
-                    self._queue[claim] = None
-                    queued = claim
-            if self._orphans:
-                self._return_orphans()
+            try:
+                with self._lock:
+                    if self._closed:
+                        raise ManagerClosed("the manager is closed")
+                    capacity = self._capacity
+                    if capacity is not None and not request <= capacity:
+                        raise ExceedsCapacity(self._too_large(request, capacity))
+                    if not self._queue and request <= self._available:
+                        self._available -= request
+                        granted_at_once = True
+                        if claim is not None:
+                            claim._state = GRANTED
+                            if self._track_holders:
+                                self._holders[id(claim)] = _weak_reference(claim)
+                    elif not blocking:
+                        return False
+                    else:
+                        if claim is None:
+                            claim = Claim(request, _current_thread(), None, _monotonic(), None)
+                        claim._prepare_to_wait()
+                        self._queue[claim] = None
+                        queued = claim
+            finally:
+                if self._orphans:
+                    self._return_orphans()
             if queued is None:
                 return True
             woken = queued._wait(deadline)
@@ -168,18 +171,20 @@ class Allocator:
 
         Idempotent: a claim that was refused or has finished is left alone.
         """
-        with self._lock:
-            if claim._state is PENDING:
-                head = next(iter(self._queue))
-                del self._queue[claim]
-                claim._state = FINISHED
-                if head is claim:
-                    # The head held the others back; those behind it may fit now.
-                    self._grant_waiters()
-            elif claim._state is GRANTED:
-                self._give_back(claim, claim._units)
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                if claim._state is PENDING:
+                    head = next(iter(self._queue))
+                    del self._queue[claim]
+                    claim._state = FINISHED
+                    if head is claim:
+                        # The head held the others back; those behind it may fit now.
+                        self._grant_waiters()
+                elif claim._state is GRANTED:
+                    self._give_back(claim, claim._units)
+        finally:
+            if self._orphans:
+                self._return_orphans()
 
     def _grant_waiters(self) -> None:
         """Hand available units to the head of the queue, in order. Lock held."""
@@ -214,27 +219,29 @@ class Allocator:
 
         Raises ``ReleaseExceedsHeld`` if ``part`` is more than the claim holds; nothing changes.
         """
-        with self._lock:
-            if part is None:
-                if claim._state is GRANTED:
-                    # _give_back, unrolled: this is the path of every with-block's exit.
-                    self._available += claim._units
-                    claim._units = self._zero
-                    claim._state = FINISHED
-                    if self._track_holders:
-                        del self._holders[id(claim)]
-                    if self._queue:
-                        self._grant_waiters()
-            elif claim._state is GRANTED and part <= claim._units:
-                self._give_back(claim, part)
-            else:
-                held = claim._units if claim._state is GRANTED else self._form.zero()
-                raise ReleaseExceedsHeld(
-                    f"cannot release {self._form.render(part)!r}: "
-                    f"the lease holds {self._form.render(held)!r}"
-                )
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                if part is None:
+                    if claim._state is GRANTED:
+                        # _give_back, unrolled: this is the path of every with-block's exit.
+                        self._available += claim._units
+                        claim._units = self._zero
+                        claim._state = FINISHED
+                        if self._track_holders:
+                            del self._holders[id(claim)]
+                        if self._queue:
+                            self._grant_waiters()
+                elif claim._state is GRANTED and part <= claim._units:
+                    self._give_back(claim, part)
+                else:
+                    held = claim._units if claim._state is GRANTED else self._form.zero()
+                    raise ReleaseExceedsHeld(
+                        f"cannot release {self._form.render(part)!r}: "
+                        f"the lease holds {self._form.render(held)!r}"
+                    )
+        finally:
+            if self._orphans:
+                self._return_orphans()
 
     def _give_back(self, claim: Claim, part: Quantity) -> None:
         """Return ``part`` of a granted claim and pass units on. Lock held."""
@@ -253,15 +260,17 @@ class Allocator:
 
         Returns ``False``, changing nothing, if that would make more than ``limit`` available.
         """
-        with self._lock:
-            available = self._available + amount
-            if limit is not None and not available <= limit:
-                return False
-            self._available = available
-            if self._queue:
-                self._grant_waiters()
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                available = self._available + amount
+                if limit is not None and not available <= limit:
+                    return False
+                self._available = available
+                if self._queue:
+                    self._grant_waiters()
+        finally:
+            if self._orphans:
+                self._return_orphans()
         return True
 
     def reclaim(self, claim: Claim) -> None:
@@ -299,27 +308,31 @@ class Allocator:
         Growing grants waiters at once; shrinking takes effect as units return. Queued requests
         that no longer fit the capacity are refused with ``ExceedsCapacity``.
         """
-        with self._lock:
-            if self._closed:
-                raise ManagerClosed("the manager is closed")
-            assert self._capacity is not None
-            capacity = new_capacity(self._capacity)
-            self._available += capacity - self._capacity
-            self._capacity = capacity
-            for claim in [claim for claim in self._queue if not claim._units <= capacity]:
-                self._refuse(claim, ExceedsCapacity(self._too_large(claim._units, capacity)))
-            self._grant_waiters()
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ManagerClosed("the manager is closed")
+                assert self._capacity is not None
+                capacity = new_capacity(self._capacity)
+                self._available += capacity - self._capacity
+                self._capacity = capacity
+                for claim in [claim for claim in self._queue if not claim._units <= capacity]:
+                    self._refuse(claim, ExceedsCapacity(self._too_large(claim._units, capacity)))
+                self._grant_waiters()
+        finally:
+            if self._orphans:
+                self._return_orphans()
 
     def close(self) -> None:
         """Refuse every queued request and every later one with ``ManagerClosed``. Idempotent."""
-        with self._lock:
-            self._closed = True
-            for claim in list(self._queue):
-                self._refuse(claim, ManagerClosed("the manager was closed while waiting"))
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                self._closed = True
+                for claim in list(self._queue):
+                    self._refuse(claim, ManagerClosed("the manager was closed while waiting"))
+        finally:
+            if self._orphans:
+                self._return_orphans()
 
     @property
     def closed(self) -> bool:
@@ -329,20 +342,22 @@ class Allocator:
 
     def snapshot(self) -> Snapshot:
         """Everything statistics need, copied in one critical section."""
-        with self._lock:
-            # A reference that is already dead belongs to a lease the cyclic garbage collector
-            # is finalizing; its finalizer returns the units in a moment.
-            holders = [reference() for reference in self._holders.values()]
-            snapshot = Snapshot(
-                capacity=self._capacity,
-                available=self._available,
-                holders=tuple(_view(claim) for claim in holders if claim is not None),
-                waiters=tuple(map(_view, self._queue)),
-                closed=self._closed,
-                taken_at=_monotonic(),
-            )
-        if self._orphans:
-            self._return_orphans()
+        try:
+            with self._lock:
+                # A reference that is already dead belongs to a lease the cyclic garbage collector
+                # is finalizing; its finalizer returns the units in a moment.
+                holders = [reference() for reference in self._holders.values()]
+                snapshot = Snapshot(
+                    capacity=self._capacity,
+                    available=self._available,
+                    holders=tuple(_view(claim) for claim in holders if claim is not None),
+                    waiters=tuple(map(_view, self._queue)),
+                    closed=self._closed,
+                    taken_at=_monotonic(),
+                )
+        finally:
+            if self._orphans:
+                self._return_orphans()
         return snapshot
 
     def _too_large(self, request: Quantity, capacity: Quantity) -> str:

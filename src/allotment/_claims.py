@@ -38,14 +38,16 @@ _TIMEOUT_MAX = threading.TIMEOUT_MAX
 
 
 class ClaimState(enum.Enum):
+    """Where a claim is in its life. It only moves down this list, and only under the lock."""
+
     PENDING = "pending"
-    """Queued; ``amounts`` is what it asks for and nothing is held."""
+    """Asking (queued, once it waits); ``_units`` is the request and nothing is held."""
     GRANTED = "granted"
-    """Holding ``amounts``; partial releases reduce it."""
+    """Holding ``_units``; partial releases reduce them."""
     REFUSED = "refused"
-    """Taken off the queue without a grant; ``error`` says why."""
+    """Taken off the queue without a grant; ``_error`` says why."""
     FINISHED = "finished"
-    """Everything was given back (released, withdrawn or reclaimed); ``amounts`` is zero."""
+    """Everything was given back (released, withdrawn or reclaimed), or never granted."""
 
 
 PENDING = ClaimState.PENDING

@@ -73,7 +73,11 @@ class Semaphore:
         self.release()
 
     def release(self, n: int = 1) -> None:
-        """Add ``n`` permits, handing them to waiting threads in the order they arrived."""
+        """Add ``n`` permits, handing them to waiting threads in the order they arrived.
+
+        A :class:`BoundedSemaphore` raises ``ValueError`` instead, changing nothing, if that
+        would take the counter above its initial value.
+        """
         if type(n) is not int:
             n = operator.index(n)
         if n < 1:
@@ -103,10 +107,6 @@ class BoundedSemaphore(Semaphore):
     def __init__(self, value: int = 1) -> None:
         super().__init__(value)
         self._limit = operator.index(value)
-
-    def release(self, n: int = 1) -> None:
-        """Add ``n`` permits; raise ``ValueError`` if that would exceed the initial value."""
-        super().release(n)
 
     def __repr__(self) -> str:
         return (
