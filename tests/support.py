@@ -68,6 +68,27 @@ class Worker(threading.Thread):
         return self.result
 
 
+def enqueue(
+    manager: allotment.ResourceManager[Any],
+    amount: Any,
+    *,
+    name: str,
+    timeout: float | None = GENEROUS,
+) -> Worker:
+    """Start a thread that acquires ``amount``, and return once its request is queued."""
+    queued = len(manager.statistics().waiters)
+    worker = start(manager.acquire, amount, timeout, name=name)
+    wait_for_waiters(manager, queued + 1)
+    return worker
+
+
+def lease_of(worker: Worker) -> allotment.Lease[Any]:
+    """The lease a worker thread's acquire returned (re-raising what it raised instead)."""
+    lease = worker.outcome()
+    assert isinstance(lease, allotment.Lease), f"{worker.name} returned {lease!r}"
+    return lease
+
+
 def start(target: Callable[..., object], *args: object, name: str | None = None) -> Worker:
     """Start ``target(*args)`` on a new thread."""
     worker = Worker(lambda: target(*args), name)

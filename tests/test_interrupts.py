@@ -9,7 +9,16 @@ import threading
 import pytest
 
 import allotment
-from support import GENEROUS, assert_idle, check_invariants, inject, start, wait_for_waiters
+from support import (
+    GENEROUS,
+    assert_idle,
+    check_invariants,
+    enqueue,
+    inject,
+    lease_of,
+    start,
+    wait_for_waiters,
+)
 
 
 class Injected(Exception):
@@ -19,18 +28,15 @@ class Injected(Exception):
 def test_exception_delivered_with_the_grant_hands_the_units_on() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    victim = start(lambda: pool.acquire(1), name="victim")
-    wait_for_waiters(pool, 1)
-    behind = start(lambda: pool.acquire(1, timeout=GENEROUS), name="behind")
-    wait_for_waiters(pool, 2)
+    victim = enqueue(pool, 1, name="victim", timeout=None)
+    behind = enqueue(pool, 1, name="behind")
     # The exception waits until the victim runs bytecode again, which is after the release
     # below has handed it the unit: it is interrupted *after* being granted.
     inject(victim, Injected)
     held.release()
     with pytest.raises(Injected):
         victim.outcome()
-    lease = behind.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(behind)
     assert [h.thread_name for h in pool.statistics().holders] == ["behind"]
     lease.release()
     assert_idle(pool)
@@ -40,8 +46,7 @@ def test_exception_while_waiting_leaves_the_queue() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
     # The exception arrives when the wait's time-out returns control to the interpreter.
-    victim = start(lambda: pool.acquire(1, timeout=0.2), name="victim")
-    wait_for_waiters(pool, 1)
+    victim = enqueue(pool, 1, name="victim", timeout=1.0)
     inject(victim, Injected)
     with pytest.raises(Injected):
         victim.outcome()
@@ -56,16 +61,13 @@ def test_exception_while_waiting_leaves_the_queue() -> None:
 def test_interrupted_head_lets_the_others_through() -> None:
     node = allotment.ResourceManager({"gpu": 2})
     held = node.acquire({"gpu": 1})
-    head = start(lambda: node.acquire({"gpu": 2}, timeout=0.2), name="head")
-    wait_for_waiters(node, 1)
-    behind = start(lambda: node.acquire({"gpu": 1}, timeout=GENEROUS), name="behind")
-    wait_for_waiters(node, 2)
+    head = enqueue(node, {"gpu": 2}, name="head", timeout=1.0)
+    behind = enqueue(node, {"gpu": 1}, name="behind")
     inject(head, Injected)
     with pytest.raises(Injected):
         head.outcome()
     # The head blocked the free GPU; once it left, the next request got it.
-    lease = behind.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(behind)
     lease.release()
     held.release()
     assert_idle(node)
@@ -74,8 +76,7 @@ def test_interrupted_head_lets_the_others_through() -> None:
 def test_exception_in_a_refused_waiter_wins_and_changes_nothing() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    victim = start(lambda: pool.acquire(1), name="victim")
-    wait_for_waiters(pool, 1)
+    victim = enqueue(pool, 1, name="victim", timeout=None)
     inject(victim, Injected)
     pool.close()
     with pytest.raises(Injected):

@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 import allotment
-from support import GENEROUS, assert_idle, start, wait_for_waiters
+from support import assert_idle, enqueue, lease_of, start
 
 
 def test_with_block_releases_on_exception() -> None:
@@ -63,11 +63,9 @@ def test_partial_release_of_everything_finishes_the_lease() -> None:
 def test_partial_release_hands_units_to_waiters() -> None:
     pool = allotment.ResourceManager(3)
     lease = pool.acquire(3)
-    worker = start(lambda: pool.acquire(2, timeout=GENEROUS), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 2, name="waiter")
     lease.release(2)
-    granted = worker.outcome()
-    assert isinstance(granted, allotment.Lease)
+    granted = lease_of(worker)
     granted.release()
     lease.release()
     assert_idle(pool)
@@ -212,13 +210,11 @@ def test_orphans_are_returned_even_when_the_next_operation_raises() -> None:
 def test_leaked_lease_hands_units_to_a_waiter() -> None:
     pool = allotment.ResourceManager(1)
     lease = pool.acquire(1)
-    worker = start(lambda: pool.acquire(1, timeout=GENEROUS), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter")
     with pytest.warns(ResourceWarning):  # noqa: PT031 - the del is what warns
         del lease
         gc.collect()
-    granted = worker.outcome()
-    assert isinstance(granted, allotment.Lease)
+    granted = lease_of(worker)
     granted.release()
     assert_idle(pool)
 

@@ -14,6 +14,8 @@ from support import (
     GENEROUS,
     assert_idle,
     check_invariants,
+    enqueue,
+    lease_of,
     start,
     wait_for_waiters,
 )
@@ -89,11 +91,9 @@ def test_timeout_raises_acquire_timeout_and_leaves_no_trace() -> None:
 def test_release_hands_units_to_the_waiter() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    worker = start(lambda: pool.acquire(1, timeout=GENEROUS), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter")
     held.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     # Handed off under the lock: the waiter holds the unit the moment the release returns.
     assert pool.statistics().holders[0].thread_name == "waiter"
     lease.release()
@@ -128,21 +128,17 @@ def test_waiters_are_served_in_arrival_order() -> None:
 def test_a_large_request_at_the_head_is_not_overtaken() -> None:
     pool = allotment.ResourceManager(4)
     held = pool.acquire(3)
-    big = start(lambda: pool.acquire(4, timeout=GENEROUS), name="big")
-    wait_for_waiters(pool, 1)
+    big = enqueue(pool, 4, name="big")
     # One unit is free, but the head of the queue wants four: nobody may slip past it.
     assert pool.try_acquire(1) is None
-    small = start(lambda: pool.acquire(1, timeout=GENEROUS), name="small")
-    wait_for_waiters(pool, 2)
+    small = enqueue(pool, 1, name="small")
     assert [w.thread_name for w in pool.statistics().waiters] == ["big", "small"]
     check_invariants(pool.statistics())
     held.release()
-    big_lease = big.outcome()
-    assert isinstance(big_lease, allotment.Lease)
+    big_lease = lease_of(big)
     assert [w.thread_name for w in pool.statistics().waiters] == ["small"]
     big_lease.release()
-    small_lease = small.outcome()
-    assert isinstance(small_lease, allotment.Lease)
+    small_lease = lease_of(small)
     small_lease.release()
     assert_idle(pool)
 
@@ -199,15 +195,13 @@ def test_a_release_wakes_only_the_waiters_it_grants(monkeypatch: pytest.MonkeyPa
 def test_a_waiter_holds_nothing_while_it_waits() -> None:
     node = allotment.ResourceManager({"gpu": 2, "ram_gb": 10})
     held = node.acquire({"gpu": 2})
-    worker = start(lambda: node.acquire({"gpu": 1, "ram_gb": 5}, timeout=GENEROUS), name="w")
-    wait_for_waiters(node, 1)
+    worker = enqueue(node, {"gpu": 1, "ram_gb": 5}, name="w")
     # RAM is free, but the waiter has not taken any of it while it waits for a GPU.
     assert node.statistics().in_use == {"gpu": 2, "ram_gb": 0}
     ram = node.try_acquire({"ram_gb": 10})
     assert ram is None  # would overtake the queued request
     held.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     assert lease.amounts == {"gpu": 1, "ram_gb": 5}
     lease.release()
     assert_idle(node)
@@ -216,15 +210,12 @@ def test_a_waiter_holds_nothing_while_it_waits() -> None:
 def test_timed_out_head_lets_the_next_waiter_through() -> None:
     pool = allotment.ResourceManager(2)
     held = pool.acquire(1)
-    big = start(lambda: pool.acquire(2, timeout=0.2), name="big")
-    wait_for_waiters(pool, 1)
-    small = start(lambda: pool.acquire(1, timeout=GENEROUS), name="small")
-    wait_for_waiters(pool, 2)
+    big = enqueue(pool, 2, name="big", timeout=1.0)
+    small = enqueue(pool, 1, name="small")
     with pytest.raises(allotment.AcquireTimeout):
         big.outcome()
     # When the head gave up, the unit it was blocking went to the next in line.
-    lease = small.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(small)
     lease.release()
     held.release()
     assert_idle(pool)
@@ -233,8 +224,7 @@ def test_timed_out_head_lets_the_next_waiter_through() -> None:
 def test_close_refuses_waiters_and_later_requests() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    worker = start(lambda: pool.acquire(1), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter", timeout=None)
     pool.close()
     with pytest.raises(allotment.ManagerClosed):
         worker.outcome()
@@ -268,11 +258,9 @@ def test_growing_grants_waiters() -> None:
     worker = start(lambda: pool.acquire(2, timeout=GENEROUS), name="waiter")
     with pytest.raises(allotment.ExceedsCapacity):
         worker.outcome()  # 2 > capacity 1: refused at once
-    worker = start(lambda: pool.acquire(1, timeout=GENEROUS), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter")
     pool.resize(2)
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     assert pool.statistics().capacity == 2
     lease.release()
     held.release()
@@ -287,15 +275,13 @@ def test_shrinking_under_load_takes_effect_as_leases_return() -> None:
     stats = pool.statistics()
     assert (stats.capacity, stats.in_use, stats.available) == (1, 4, 0)
     check_invariants(stats)
-    worker = start(lambda: pool.acquire(1, timeout=GENEROUS), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter")
     first.release()
     # The returned units pay the debt first: the waiter still waits.
     assert len(pool.statistics().waiters) == 1
     assert pool.statistics().in_use == 2
     second.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     assert pool.statistics().in_use == 1
     lease.release()
     assert_idle(pool)
@@ -304,17 +290,14 @@ def test_shrinking_under_load_takes_effect_as_leases_return() -> None:
 def test_shrink_refuses_queued_requests_that_can_no_longer_fit() -> None:
     pool = allotment.ResourceManager(4)
     held = pool.acquire(4)
-    big = start(lambda: pool.acquire(3, timeout=GENEROUS), name="big")
-    wait_for_waiters(pool, 1)
-    small = start(lambda: pool.acquire(1, timeout=GENEROUS), name="small")
-    wait_for_waiters(pool, 2)
+    big = enqueue(pool, 3, name="big")
+    small = enqueue(pool, 1, name="small")
     pool.resize(2)
     with pytest.raises(allotment.ExceedsCapacity, match="can never be granted"):
         big.outcome()
     assert [w.thread_name for w in pool.statistics().waiters] == ["small"]
     held.release()
-    lease = small.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(small)
     lease.release()
     assert_idle(pool)
 
@@ -344,8 +327,7 @@ def test_debt_on_one_resource_does_not_block_another() -> None:
 def test_statistics_answer_why_am_i_blocked() -> None:
     node = allotment.ResourceManager({"gpu": 2, "ram_gb": 8}, name="node")
     held = node.acquire({"gpu": 2})  # the line statistics must name
-    worker = start(lambda: node.acquire({"gpu": 1}, timeout=GENEROUS), name="blocked-thread")
-    wait_for_waiters(node, 1)
+    worker = enqueue(node, {"gpu": 1}, name="blocked-thread")
     stats = node.statistics()
     check_invariants(stats)
     assert stats.name == "node"
@@ -368,8 +350,7 @@ def test_statistics_answer_why_am_i_blocked() -> None:
     with pytest.raises(AttributeError):
         stats.name = "other"  # type: ignore[misc]
     held.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     lease.release()
 
 
@@ -426,11 +407,9 @@ def test_amount_forms_are_typed_per_manager() -> None:
 def test_infinite_timeout_means_wait_forever() -> None:
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    worker = start(lambda: pool.acquire(1, timeout=float("inf")), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter", timeout=float("inf"))
     held.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     lease.release()
 
 
@@ -438,9 +417,7 @@ def test_timeout_overrunning_lock_limit_still_works() -> None:
     # threading.Lock rejects timeouts above TIMEOUT_MAX; a longer one must still wait.
     pool = allotment.ResourceManager(1)
     held = pool.acquire(1)
-    worker = start(lambda: pool.acquire(1, timeout=threading.TIMEOUT_MAX * 10), name="waiter")
-    wait_for_waiters(pool, 1)
+    worker = enqueue(pool, 1, name="waiter", timeout=threading.TIMEOUT_MAX * 10)
     held.release()
-    lease = worker.outcome()
-    assert isinstance(lease, allotment.Lease)
+    lease = lease_of(worker)
     lease.release()
