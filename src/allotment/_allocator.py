@@ -234,7 +234,7 @@ class Allocator:
                 elif claim._state is GRANTED and part <= claim._units:
                     self._give_back(claim, part)
                 else:
-                    held = claim._units if claim._state is GRANTED else self._form.zero()
+                    held = claim._units if claim._state is GRANTED else self._zero
                     raise ReleaseExceedsHeld(
                         f"cannot release {self._form.render(part)!r}: "
                         f"the lease holds {self._form.render(held)!r}"
