@@ -168,20 +168,22 @@ def test_leaked_lease_in_a_reference_cycle_is_reclaimed() -> None:
     assert_idle(pool)
 
 
-def test_lease_leaked_while_another_thread_holds_the_lock_is_returned_after() -> None:
-    """Lease.__del__ must never block: it can run inside the manager's own critical section
-    (the cyclic collector runs on any allocation). Simulate by holding the lock."""
-    pool = allotment.ResourceManager(2)
-    lease = pool.acquire(2)
-    lock = pool._allocator._lock
+def _leak_inside_a_critical_section(
+    pool: allotment.ResourceManager[int], leases: list[allotment.Lease[int]]
+) -> None:
+    """Drop the only references to held leases while this thread holds the manager's lock, as
+    the cyclic garbage collector may do at any allocation. Their finalizers must not block on
+    the lock (that would deadlock): the units wait in the orphans deque."""
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        lock.acquire()
-        try:
-            del lease  # must not deadlock on the held lock
-            assert pool._allocator._orphans  # deferred
-        finally:
-            lock.release()
+        with pool._allocator._lock:
+            leases.clear()
+            assert pool._allocator._orphans
+
+
+def test_lease_leaked_inside_a_critical_section_is_returned_after_it() -> None:
+    pool = allotment.ResourceManager(2)
+    _leak_inside_a_critical_section(pool, [pool.acquire(2)])
     pool.statistics()  # any critical section returns the orphans once it releases the lock
     assert not pool._allocator._orphans
     assert_idle(pool)
@@ -189,17 +191,8 @@ def test_lease_leaked_while_another_thread_holds_the_lock_is_returned_after() ->
 
 def test_orphans_are_returned_even_when_the_next_operation_raises() -> None:
     pool = allotment.ResourceManager(3)
-    lease = pool.acquire(2)
     other = pool.acquire(1)
-    lock = pool._allocator._lock
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        lock.acquire()
-        try:
-            del lease
-        finally:
-            lock.release()
-    assert pool._allocator._orphans
+    _leak_inside_a_critical_section(pool, [pool.acquire(2)])
     with pytest.raises(allotment.ReleaseExceedsHeld):
         other.release(2)  # raises inside a critical section, which still returns the orphans
     assert not pool._allocator._orphans
