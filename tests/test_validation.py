@@ -93,10 +93,22 @@ def test_error_hierarchy() -> None:
         allotment.ReleaseExceedsHeld,
     ):
         assert issubclass(error, ValueError)
+    assert issubclass(allotment.ExceedsClaim, ValueError)
     assert issubclass(allotment.InvalidAmountType, TypeError)
+    for state_error in (
+        allotment.ClaimClosed,
+        allotment.BankerModeRequired,
+        allotment.LockOrderViolation,
+    ):
+        assert issubclass(state_error, RuntimeError)
+    assert issubclass(allotment.LockOrderWarning, RuntimeWarning)
     for name in allotment.__all__:
         thing = getattr(allotment, name)
-        if isinstance(thing, type) and issubclass(thing, BaseException):
+        if (
+            isinstance(thing, type)
+            and issubclass(thing, BaseException)
+            and not issubclass(thing, Warning)
+        ):
             assert issubclass(thing, allotment.AllotmentError)
 
 

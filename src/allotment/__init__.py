@@ -11,46 +11,78 @@ from __future__ import annotations
 
 import logging
 
+from ._declared import DeclaredClaim
 from ._errors import (
     AcquireTimeout,
     AllotmentError,
+    BankerModeRequired,
+    ClaimClosed,
     ExceedsCapacity,
+    ExceedsClaim,
     InvalidAmount,
     InvalidAmountType,
     LeaseReleased,
+    LockOrderViolation,
+    LockOrderWarning,
     ManagerClosed,
     ReleaseExceedsHeld,
     UnknownResource,
 )
 from ._lease import Lease
+from ._lock_order import (
+    LockOrderPolicy,
+    OrderEdge,
+    get_lock_order_policy,
+    set_lock_order_policy,
+)
 from ._manager import ResourceManager
+from ._multi import LeaseGroup, acquire_all, try_acquire_all
 from ._semaphore import BoundedSemaphore, Semaphore
 from ._statistics import HolderInfo, ManagerStatistics, WaiterInfo
+from ._wait_graph import ThreadRef, WaitEdge, WaitGraph, wait_graph
 
 __all__ = [
     "AcquireTimeout",
     "AllotmentError",
+    "BankerModeRequired",
     "BoundedSemaphore",
+    "ClaimClosed",
+    "DeclaredClaim",
     "ExceedsCapacity",
+    "ExceedsClaim",
     "HolderInfo",
     "InvalidAmount",
     "InvalidAmountType",
     "Lease",
+    "LeaseGroup",
     "LeaseReleased",
+    "LockOrderPolicy",
+    "LockOrderViolation",
+    "LockOrderWarning",
     "ManagerClosed",
     "ManagerStatistics",
+    "OrderEdge",
     "ReleaseExceedsHeld",
     "ResourceManager",
     "Semaphore",
+    "ThreadRef",
     "UnknownResource",
+    "WaitEdge",
+    "WaitGraph",
     "WaiterInfo",
+    "acquire_all",
+    "get_lock_order_policy",
+    "set_lock_order_policy",
+    "try_acquire_all",
+    "wait_graph",
 ]
 
 __version__ = "0.1.0"
 
 # Public classes live in private modules; present them where users import them from.
 for _public in __all__:
-    globals()[_public].__module__ = __name__
+    if _public != "LockOrderPolicy":  # a type alias, not a class
+        globals()[_public].__module__ = __name__
 del _public
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -7,13 +7,24 @@ built-in exception a caller would catch anyway (``TimeoutError``, ``ValueError``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._lock_order import OrderEdge
+    from ._manager import ResourceManager
+
 __all__ = [
     "AcquireTimeout",
     "AllotmentError",
+    "BankerModeRequired",
+    "ClaimClosed",
     "ExceedsCapacity",
+    "ExceedsClaim",
     "InvalidAmount",
     "InvalidAmountType",
     "LeaseReleased",
+    "LockOrderViolation",
+    "LockOrderWarning",
     "ManagerClosed",
     "ReleaseExceedsHeld",
     "UnknownResource",
@@ -26,6 +37,9 @@ class AllotmentError(Exception):
 
 class AcquireTimeout(AllotmentError, TimeoutError):
     """The request was not granted before its deadline; nothing is held on its behalf."""
+
+    manager: ResourceManager[Any] | None = None
+    """The manager the request was waiting on when the deadline passed."""
 
 
 class ManagerClosed(AllotmentError, RuntimeError):
@@ -62,3 +76,35 @@ class ExceedsCapacity(InvalidAmount):
 
 class ReleaseExceedsHeld(InvalidAmount):
     """A partial release asks to give back more than the lease still holds."""
+
+
+class ExceedsClaim(InvalidAmount):
+    """A request through a declared claim would take the claim beyond its declared maximum."""
+
+
+class ClaimClosed(AllotmentError, RuntimeError):
+    """A declared claim was closed: it takes nothing more, and its queued requests are refused."""
+
+
+class BankerModeRequired(AllotmentError, RuntimeError):
+    """Declared claims need a manager created with ``banker=True``."""
+
+
+class LockOrderViolation(AllotmentError, RuntimeError):
+    """An acquisition could deadlock with another thread (policy ``"raise"``).
+
+    Raised before the acquisition changes anything: it closes a cycle in the order in which
+    threads have nested acquisitions (``A`` held while ``B`` was acquired somewhere, ``B``
+    held while ``A`` is acquired now), or it takes a manager of lower rank than one the thread
+    holds. The message lists each edge of the cycle and where it was first seen.
+    """
+
+    edge: OrderEdge | None = None
+    """The nesting this acquisition would have added."""
+    cycle: tuple[OrderEdge, ...] = ()
+    """``edge`` followed by the recorded edges that lead back to it; empty for a rank
+    inversion that closes no cycle."""
+
+
+class LockOrderWarning(RuntimeWarning):
+    """The warning issued instead of :class:`LockOrderViolation` under policy ``"warn"``."""

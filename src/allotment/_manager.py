@@ -9,16 +9,21 @@ import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Generic, overload
+from typing import TYPE_CHECKING, Generic, overload
 
 import attrs
 
-from ._allocator import Allocator
+from ._allocator import Allocator, Snapshot
 from ._amounts import Amount, Form, Quantity, ScalarForm, form_for
 from ._claims import Claim, Site, caller_site, deadline_after
 from ._errors import AcquireTimeout
 from ._lease import Lease
+from ._lock_order import LockOrderPolicy, check_order, default_policy, note_held, parse_policy
+from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
+
+if TYPE_CHECKING:
+    from ._declared import DeclaredClaim
 
 __all__ = ["ResourceManager"]
 
@@ -55,11 +60,21 @@ class ResourceManager(Generic[Amount]):
 
     All methods are thread-safe. The manager's lock is held only for bookkeeping, never while
     a thread waits.
+
+    Every manager has a *rank*, which orders it among all managers: by ``rank`` (default 0),
+    then by creation. :func:`allotment.acquire_all` takes several managers in that order, and
+    the lock-order checker (``lock_order=``) reports code that does otherwise.
     """
 
     _form: Form[Amount]
     _scalar: bool
+    _serial: int
     _name: str
+    _rank: int
+    _order_key: tuple[int, int]
+    _lock_order: LockOrderPolicy | None
+    _order_policy: LockOrderPolicy | None
+    """The policy in force, ``None`` when off: the one test on the hot path."""
     _capture_sites: bool
     _allocator: Allocator
 
@@ -69,6 +84,9 @@ class ResourceManager(Generic[Amount]):
         capacity: int,
         *,
         name: str | None = None,
+        rank: int = 0,
+        lock_order: LockOrderPolicy | None = None,
+        banker: bool = False,
         capture_sites: bool = True,
     ) -> None: ...
 
@@ -78,6 +96,9 @@ class ResourceManager(Generic[Amount]):
         capacity: Mapping[str, int],
         *,
         name: str | None = None,
+        rank: int = 0,
+        lock_order: LockOrderPolicy | None = None,
+        banker: bool = False,
         capture_sites: bool = True,
     ) -> None: ...
 
@@ -86,22 +107,52 @@ class ResourceManager(Generic[Amount]):
         capacity: int | Mapping[str, int],
         *,
         name: str | None = None,
+        rank: int = 0,
+        lock_order: LockOrderPolicy | None = None,
+        banker: bool = False,
         capture_sites: bool = True,
     ) -> None:
         """Create a manager with ``capacity`` units (an int, or a mapping name -> int).
 
-        ``name`` appears in reprs, statistics and messages. ``capture_sites`` records the
-        file and line of each ``acquire`` call for statistics and leak warnings; turning it off
-        saves a little time per acquisition.
+        ``name`` appears in reprs, statistics and messages. ``rank`` places the manager in
+        the global acquisition order (lower first; equal ranks go by creation order).
+        ``lock_order`` is this manager's lock-order policy, ``"raise"``, ``"warn"`` or
+        ``"off"``; ``None`` follows :func:`allotment.set_lock_order_policy`. ``banker=True``
+        enables declared claims (:meth:`claim`), whose grants never lead to a deadlock.
+        ``capture_sites`` records the file and line of each ``acquire`` call for statistics,
+        leak warnings and lock-order reports; turning it off saves a little time per
+        acquisition.
         """
         form = form_for(capacity)
         initial = form.parse_capacity(capacity, None)
+        if type(rank) is not int:
+            raise TypeError(f"rank must be an int, not {type(rank).__name__} ({rank!r})")
+        if lock_order is not None:
+            parse_policy(lock_order)
+        if type(banker) is not bool:
+            raise TypeError(f"banker must be True or False, not {banker!r}")
         self._form = form  # type: ignore[assignment]
         self._scalar = isinstance(form, ScalarForm)
-        self._name = name if name is not None else f"ResourceManager-{next(_serial_numbers)}"
+        self._serial = next(_serial_numbers)
+        self._name = name if name is not None else f"ResourceManager-{self._serial}"
+        self._rank = rank
+        self._order_key = (rank, self._serial)
+        self._lock_order = lock_order
         self._capture_sites = capture_sites
-        self._allocator = Allocator(form, initial, initial, track_holders=True)
+        self._allocator = Allocator(
+            form, initial, initial, track_holders=True, accounts={} if banker else None
+        )
+        # Registered before reading the default, so that a concurrent
+        # set_lock_order_policy() either reaches this manager or is read by it.
+        register(self)
+        self._order_policy = None
+        self._apply_default_lock_order(default_policy() if lock_order is None else lock_order)
         logger.debug("created %r", self)
+
+    def _apply_default_lock_order(self, policy: LockOrderPolicy) -> None:
+        if self._lock_order is not None:
+            policy = self._lock_order
+        self._order_policy = None if policy == "off" else policy
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -128,20 +179,22 @@ class ResourceManager(Generic[Amount]):
             site: Site | None = (frame.f_code, frame.f_lasti)
         else:
             site = None
+        if self._order_policy is not None:
+            check_order((self,), site or caller_site(1), stacklevel=2)
         # The lease exists before the grant: if anything interrupts us after the grant, its
         # collection returns the units instead of leaking them.
         lease: Lease[Amount] = Lease(request, _current_thread(), site, _monotonic(), self)
         try:
             granted = self._allocator.take(request, lease, timeout != 0, deadline)
+            if granted and self._order_policy is not None:
+                note_held(lease)
         except BaseException:
-            # An exception delivered just as take() returned a grant: nobody will get the lease.
+            # An exception delivered just as take() returned a grant (it lands at the next
+            # call, such as note_held's): nobody will get the lease.
             self._allocator.release(lease, None)
             raise
         if not granted:
-            raise AcquireTimeout(
-                f"{self._name!r} did not grant {amount!r} within {timeout} s; "
-                f"{self._waiting_summary()}"
-            )
+            raise self._timeout_error(amount, timeout)
         return lease
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
@@ -152,13 +205,50 @@ class ResourceManager(Generic[Amount]):
         """
         request = self._form.parse(amount)
         site = caller_site(1) if self._capture_sites else None
+        if self._order_policy is not None:
+            check_order((self,), site or caller_site(1), stacklevel=2)
         lease: Lease[Amount] = Lease(request, _current_thread(), site, _monotonic(), self)
+        return lease if self._take_lease(lease, False, None) else None
+
+    def _take_lease(self, lease: Lease[Amount], blocking: bool, deadline: float | None) -> bool:
+        """Have ``lease`` granted its units (acquire, minus the inlined fast path)."""
         try:
-            granted = self._allocator.take(request, lease, False, None)
+            granted = self._allocator.take(lease._units, lease, blocking, deadline)
+            if granted and self._order_policy is not None:
+                note_held(lease)
         except BaseException:
+            # An exception delivered just as take() returned a grant: nobody will get the lease.
             self._allocator.release(lease, None)
             raise
-        return lease if granted else None
+        return granted
+
+    def _timeout_error(self, amount: object, timeout: float | None) -> AcquireTimeout:
+        error = AcquireTimeout(
+            f"{self._name!r} did not grant {amount!r} within {timeout} s; {self._waiting_summary()}"
+        )
+        error.manager = self
+        return error
+
+    def claim(self, maximum: Amount) -> DeclaredClaim[Amount]:
+        """Declare that the caller will hold at most ``maximum`` at once; return the claim
+        to acquire through (banker mode only).
+
+        Acquisitions through declared claims are granted only when they leave the manager in
+        a *safe* state, one from which every open claim can still get its maximum and finish,
+        so declared users never deadlock, even when they acquire a little at a time. Use it
+        as a context manager: leaving it releases whatever the claim still holds::
+
+            with node.claim({"gpu": 3}) as claim:
+                first = claim.acquire({"gpu": 1})
+                more = claim.acquire({"gpu": 2})
+
+        Raises :class:`BankerModeRequired` unless the manager was created with
+        ``banker=True``, :class:`ExceedsCapacity` for a maximum above the capacity,
+        :class:`ManagerClosed` once closed, and the usual errors for a malformed amount.
+        """
+        from ._declared import DeclaredClaim  # the public layer above the manager
+
+        return DeclaredClaim._open(self, maximum)
 
     def _release(self, claim: Claim, amount: Amount | None) -> None:
         part = None if amount is None else self._form.parse(amount, "released amount")
@@ -204,13 +294,32 @@ class ResourceManager(Generic[Amount]):
         return self._name
 
     @property
+    def rank(self) -> int:
+        """The rank given at creation (default 0). Managers are ordered by rank, then by
+        creation."""
+        return self._rank
+
+    @property
+    def lock_order(self) -> LockOrderPolicy:
+        """The lock-order policy in force for this manager."""
+        return "off" if self._order_policy is None else self._order_policy
+
+    @property
+    def banker(self) -> bool:
+        """Whether the manager runs in banker mode (declared claims)."""
+        return self._allocator._accounts is not None
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._allocator.closed
 
     def statistics(self) -> ManagerStatistics[Amount]:
         """A frozen snapshot of capacity, use, holders and waiters, taken under the lock."""
-        return statistics_from(self._name, self._form, self._allocator.snapshot())
+        return self._statistics_from(self._allocator.snapshot())
+
+    def _statistics_from(self, snapshot: Snapshot) -> ManagerStatistics[Amount]:
+        return statistics_from(self._name, self._form, snapshot)
 
     def _waiting_summary(self) -> str:
         stats = self.statistics()
