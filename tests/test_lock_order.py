@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import allotment
 from allotment import _lock_order
-from support import assert_idle, start
+from support import GENEROUS, assert_idle, start
 
 
 def managers(
@@ -80,7 +80,7 @@ def test_the_report_is_deterministic() -> None:
             a.acquire(1)
         # Under "raise" the refused edge is not recorded: the same inversion raises again.
         with b.acquire(1), pytest.raises(allotment.LockOrderViolation):
-            a.try_acquire(1)
+            a.acquire(1, timeout=5)
 
 
 def test_a_three_manager_cycle_lists_every_edge() -> None:
@@ -141,6 +141,22 @@ def test_declared_ranks_make_any_order_consistent() -> None:
         pass
     with outer.acquire(1), pytest.raises(allotment.LockOrderViolation):
         inner.acquire(1)
+
+
+def test_acquisitions_that_cannot_wait_are_not_reported_but_count_as_held() -> None:
+    a, b = managers(2)
+    with b.acquire(1):
+        lease = a.try_acquire(1)  # cannot deadlock: it never waits
+        assert lease is not None
+        lease.release()
+        a.acquire(1, timeout=0).release()
+        allotment.try_acquire_all([(a, 1)]).release()  # type: ignore[union-attr]
+        allotment.acquire_all([(a, 1)], timeout=0).release()
+    held = b.try_acquire(1)
+    assert held is not None
+    with pytest.raises(allotment.LockOrderViolation, match="goes against rank order"):
+        a.acquire(1)
+    held.release()
 
 
 def test_nesting_on_one_manager_is_not_an_inversion() -> None:
@@ -290,7 +306,7 @@ def test_generated_programs_are_reported_exactly_where_the_model_says(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for nesting in nestings:
-            leases = [pool[index].acquire(1, timeout=0) for index in nesting]
+            leases = [pool[index].acquire(1, timeout=GENEROUS) for index in nesting]
             for lease in reversed(leases):
                 lease.release()
     for warning in caught:

@@ -73,7 +73,7 @@ class DeclaredClaim(Generic[Amount]):
         :class:`ClaimClosed` once the claim is closed.
         """
         manager = self._manager
-        lease = self._new_lease(amount)
+        lease = self._new_lease(amount, checked=timeout != 0)
         deadline = deadline_after(timeout)
         if not manager._take_lease(lease, timeout != 0, deadline):
             raise manager._timeout_error(amount, timeout)
@@ -81,14 +81,15 @@ class DeclaredClaim(Generic[Amount]):
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible safely without waiting, else ``None``."""
-        lease = self._new_lease(amount)
+        lease = self._new_lease(amount, checked=False)
         return lease if self._manager._take_lease(lease, False, None) else None
 
-    def _new_lease(self, amount: Amount) -> Lease[Amount]:
+    def _new_lease(self, amount: Amount, *, checked: bool) -> Lease[Amount]:
+        """A lease for ``amount``, after the lock-order check if ``checked`` (it may wait)."""
         manager = self._manager
         request = manager._form.parse(amount)
         site = caller_site(2) if manager._capture_sites else None
-        if manager._order_policy is not None:
+        if checked and manager._order_policy is not None:
             check_order((manager,), site or caller_site(2), stacklevel=3)
         return _ClaimLease(
             request,

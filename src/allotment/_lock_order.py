@@ -15,6 +15,10 @@ program at the first inverted acquisition, deterministically, in a single thread
 ``"warn"`` the edge is recorded and reported once; under ``"raise"`` it is not recorded, as the
 acquisition did not happen.
 
+Only acquisitions that can wait are checked: ``try_acquire`` and ``timeout=0`` cannot deadlock
+(taking locks out of order with a try is the classic way to back off safely). Every lease
+granted by a checked manager, however it was taken, counts as held.
+
 What a thread *holds* is the leases it acquired from checked managers and has not released
 (whoever releases them). A thread's list is pruned of released leases at each of its checked
 acquisitions, so it stays as long as what the thread holds. Edges are keyed by manager and

@@ -179,7 +179,8 @@ class ResourceManager(Generic[Amount]):
             site: Site | None = (frame.f_code, frame.f_lasti)
         else:
             site = None
-        if self._order_policy is not None:
+        if self._order_policy is not None and timeout != 0:
+            # Only an acquisition that can wait can deadlock; every granted one counts as held.
             check_order((self,), site or caller_site(1), stacklevel=2)
         # The lease exists before the grant: if anything interrupts us after the grant, its
         # collection returns the units instead of leaking them.
@@ -202,11 +203,11 @@ class ResourceManager(Generic[Amount]):
 
         Fails while any other request is queued, even one that ``amount`` would fit beside:
         it never overtakes. Raises like :meth:`acquire` for closed managers and bad amounts.
+        Never reported by the lock-order checker, since it cannot wait; the lease it returns
+        counts as held for later acquisitions.
         """
         request = self._form.parse(amount)
         site = caller_site(1) if self._capture_sites else None
-        if self._order_policy is not None:
-            check_order((self,), site or caller_site(1), stacklevel=2)
         lease: Lease[Amount] = Lease(request, _current_thread(), site, _monotonic(), self)
         return lease if self._take_lease(lease, False, None) else None
 

@@ -182,7 +182,7 @@ def _take_all(
     checked = False
     for step in plan:
         if step.manager._order_policy is not None:
-            checked = True
+            checked = blocking  # only an acquisition that can wait can deadlock
     if checked:
         check_order([step.manager for step in plan], site, stacklevel=3)
     leases: list[Lease[Any]] = [None] * count  # type: ignore[list-item]  # all filled below
