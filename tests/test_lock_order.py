@@ -196,6 +196,15 @@ def test_managers_with_the_policy_off_are_invisible() -> None:
     assert (a.lock_order, b.lock_order) == ("off", "raise")
 
 
+def test_a_manager_whose_checking_was_turned_off_is_invisible(global_policy: None) -> None:
+    a = allotment.ResourceManager(1, name="A", lock_order="raise")
+    b = allotment.ResourceManager(1, name="B")
+    allotment.set_lock_order_policy("raise")
+    with b.acquire(1):  # recorded as held while B was checked
+        allotment.set_lock_order_policy("off")
+        a.acquire(1).release()  # against rank order, but B no longer takes part
+
+
 def test_the_global_policy_reaches_live_and_new_managers(global_policy: None) -> None:
     a = allotment.ResourceManager(1, name="A")
     explicit = allotment.ResourceManager(1, name="explicit", lock_order="off")

@@ -280,24 +280,63 @@ def test_a_large_request_is_served_in_its_turn_under_a_churn_of_small_ones() -> 
 # -- several managers at once ----------------------------------------------------------------
 
 
+Capacity = int | dict[str, int]
+
+
 @attrs.frozen
 class MultiStep:
-    """One multi-manager acquisition: ``requests`` as ``(manager index, units)``."""
+    """One multi-manager acquisition: ``requests`` as ``(manager index, amount)``."""
 
-    requests: list[tuple[int, int]]
+    requests: list[tuple[int, Capacity]]
     how: str  # "all", "timeout", "try", "nested"
     timeout: float
     release_early: bool
 
 
+def _merge(first: Capacity, second: Capacity) -> Capacity:
+    if isinstance(first, int):
+        assert isinstance(second, int)
+        return first + second
+    assert isinstance(second, dict)
+    return {name: first.get(name, 0) + second.get(name, 0) for name in {*first, *second}}
+
+
+def _too_large(total: Capacity, capacity: Capacity) -> bool:
+    if isinstance(total, int):
+        assert isinstance(capacity, int)
+        return total > capacity
+    assert isinstance(capacity, dict)
+    return any(count > capacity[name] for name, count in total.items())
+
+
+def _totals(step: MultiStep) -> dict[int, Capacity]:
+    totals: dict[int, Capacity] = {}
+    for index, amount in step.requests:
+        totals[index] = _merge(totals[index], amount) if index in totals else amount
+    return totals
+
+
 @st.composite
-def multi_scripts(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[list[MultiStep]]]:
-    pools = draw(st.lists(st.tuples(st.integers(1, 4), st.integers(-1, 1)), min_size=2, max_size=5))
+def multi_scripts(draw: st.DrawFn) -> tuple[list[tuple[Capacity, int]], list[list[MultiStep]]]:
+    """Managers of one resource or of two named ones, with random ranks, and a script of
+    multi-manager steps for each thread."""
+    capacities = st.one_of(
+        st.integers(1, 5),
+        st.fixed_dictionaries({"x": st.integers(1, 4), "y": st.integers(1, 4)}),
+    )
+    pools = draw(st.lists(st.tuples(capacities, st.integers(-1, 1)), min_size=2, max_size=5))
+
+    @st.composite
+    def request(draw: st.DrawFn) -> tuple[int, Capacity]:
+        index = draw(st.integers(0, len(pools) - 1))
+        if isinstance(pools[index][0], int):
+            return index, draw(st.integers(1, 2))
+        names = draw(st.lists(st.sampled_from(["x", "y"]), min_size=1, max_size=2, unique=True))
+        return index, {name: draw(st.integers(1, 2)) for name in names}
+
     step = st.builds(
         MultiStep,
-        requests=st.lists(
-            st.tuples(st.integers(0, len(pools) - 1), st.integers(1, 2)), min_size=1, max_size=4
-        ),
+        requests=st.lists(request(), min_size=1, max_size=4),
         how=st.sampled_from(["all", "timeout", "try", "nested"]),
         timeout=st.sampled_from([0.0, 0.001, 0.01]),
         release_early=st.booleans(),
@@ -308,17 +347,15 @@ def multi_scripts(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[list[Mul
 
 
 def _take(
-    managers: list[allotment.ResourceManager[int]], step: MultiStep
-) -> list[allotment.Lease[int]] | str:
+    managers: list[allotment.ResourceManager[Any]], step: MultiStep
+) -> list[allotment.Lease[Any]] | str:
     """Run one step's acquisition; the leases, or why there are none."""
-    requests = [(managers[index], units) for index, units in step.requests]
+    requests = [(managers[index], amount) for index, amount in step.requests]
     if step.how == "nested":
         # Single acquires, one per manager, in rank order: safe alongside acquire_all.
-        totals: dict[int, int] = {}
-        for index, units in step.requests:
-            totals[index] = totals.get(index, 0) + units
+        totals = _totals(step)
         ordered = sorted(totals, key=lambda index: managers[index]._order_key)
-        leases: list[allotment.Lease[int]] = []
+        leases: list[allotment.Lease[Any]] = []
         try:
             for index in ordered:
                 leases.append(managers[index].acquire(totals[index]))
@@ -340,14 +377,16 @@ def _take(
 @settings(max_examples=EXAMPLES)
 @given(workload=multi_scripts(), checked=st.booleans(), interrupt=st.booleans())
 def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
-    workload: tuple[list[tuple[int, int]], list[list[MultiStep]]], checked: bool, interrupt: bool
+    workload: tuple[list[tuple[Capacity, int]], list[list[MultiStep]]],
+    checked: bool,
+    interrupt: bool,
 ) -> None:
     """Threads take random overlapping sets of managers (written in any order) with
     acquire_all, try_acquire_all, timeouts, and nested single acquires in rank order, while
     exceptions are injected into queued threads: nothing hangs and every unit comes back."""
     pools, scripts = workload
     policy: allotment.LockOrderPolicy = "raise" if checked else "off"
-    managers = [
+    managers: list[allotment.ResourceManager[Any]] = [
         allotment.ResourceManager(capacity, name=f"m{index}", rank=rank, lock_order=policy)
         for index, (capacity, rank) in enumerate(pools)
     ]
@@ -363,20 +402,23 @@ def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
         mine: dict[str, int] = {}
         barrier.wait(GENEROUS)
         for step in script:
-            totals: dict[int, int] = {}
-            for index, units in step.requests:
-                totals[index] = totals.get(index, 0) + units
+            totals = _totals(step)
             try:
                 result = _take(managers, step)
             except allotment.ExceedsCapacity:
-                assert any(total > pools[i][0] for i, total in totals.items())
+                assert any(_too_large(total, pools[i][0]) for i, total in totals.items())
                 result = "too large"
             except Injected:
                 result = "interrupted"
                 delivered.set()
             if isinstance(result, list):
-                held = [lease.amounts for lease in result]
-                assert sum(held) == sum(totals.values())
+                if step.how != "nested":  # one lease per request, in request order
+                    assert [lease.amounts for lease in result] == [
+                        amount for _, amount in step.requests
+                    ]
+                    assert [lease.manager for lease in result] == [
+                        managers[index] for index, _ in step.requests
+                    ]
                 if step.release_early:
                     result[0].release()
                 for lease in reversed(result):

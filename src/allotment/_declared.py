@@ -73,8 +73,8 @@ class DeclaredClaim(Generic[Amount]):
         :class:`ClaimClosed` once the claim is closed.
         """
         manager = self._manager
-        lease = self._new_lease(amount, checked=timeout != 0)
         deadline = deadline_after(timeout)
+        lease = self._new_lease(amount, checked=timeout != 0)
         if not manager._take_lease(lease, timeout != 0, deadline):
             raise manager._timeout_error(amount, timeout)
         return lease

@@ -230,7 +230,8 @@ def check_order(
     predecessors: dict[int, tuple[ResourceManager[Any], Site | None]] = {}
     for lease in held:
         manager = lease.manager
-        if manager._serial not in predecessors:
+        # A manager whose checking was turned off since is invisible, like the others.
+        if manager._order_policy is not None and manager._serial not in predecessors:
             predecessors[manager._serial] = (manager, lease._site)
     new_edges = []
     for target in targets:
