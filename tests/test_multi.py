@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -322,3 +323,15 @@ def test_dining_philosophers_never_deadlock() -> None:
     assert meals == [rounds] * 5
     for fork in forks:
         assert_idle(fork)
+
+
+def test_statistics_name_the_acquire_all_call(managers: Managers) -> None:
+    a, b, _ = managers
+    quiet = allotment.ResourceManager(1, name="quiet", capture_sites=False)
+    line = sys._getframe().f_lineno + 1
+    group = allotment.acquire_all([(a, 1), (b, {"gpu": 1}), (quiet, 1), (b, {"ram": 1})])
+    sites = {holder.site for manager in (a, b) for holder in manager.statistics().holders}
+    assert sites == {f"{__file__}:{line} in test_statistics_name_the_acquire_all_call"}
+    assert quiet.statistics().holders[0].site is None
+    assert [holder.thread_name for holder in b.statistics().holders] == ["MainThread"] * 2
+    group.release()

@@ -21,8 +21,9 @@ granted by a checked manager, however it was taken, counts as held.
 
 What a thread *holds* is the leases it acquired from checked managers and has not released
 (whoever releases them). A thread's list is pruned of released leases at each of its checked
-acquisitions, so it stays as long as what the thread holds. Edges are keyed by manager and
-forgotten once the manager is garbage-collected, so memory is bounded by the live managers.
+acquisitions, and whenever it doubles, so it stays about as long as what the thread holds.
+Edges are keyed by manager and forgotten once the manager is garbage-collected, so memory is
+bounded by the live managers.
 
 ``_lock`` guards the graph; it is taken only for bookkeeping, never while waiting, and never
 together with a manager's lock.
@@ -181,26 +182,40 @@ class _OrderGraph:
                 self._edges.get(source, {}).pop(serial, None)
 
 
+@attrs.define
+class _ThreadState:
+    """What one thread holds from checked managers (weakly: a leak must stay collectable)."""
+
+    held: list[weakref.ref[Lease[Any]]] = attrs.field(factory=list)
+    prune_at: int = 16
+    """Prune when the list grows this long: a thread that never makes a checked acquisition
+    (only tries) would otherwise keep every lease it ever took."""
+
+
 _graph = _OrderGraph()
 _threads = threading.local()
 
 
-def _held_list() -> list[weakref.ref[Lease[Any]]]:
+def _state() -> _ThreadState:
     try:
-        held: list[weakref.ref[Lease[Any]]] = _threads.held
+        state: _ThreadState = _threads.state
     except AttributeError:
-        held = _threads.held = []
-    return held
+        state = _threads.state = _ThreadState()
+    return state
 
 
 def note_held(lease: Lease[Any]) -> None:
     """Record that the current thread holds ``lease`` from a checked manager."""
-    _held_list().append(weakref.ref(lease))
+    state = _state()
+    state.held.append(weakref.ref(lease))
+    if len(state.held) >= state.prune_at:
+        # Amortised O(1): the limit doubles with what is really held.
+        state.prune_at = 2 * len(_currently_held()) + 16
 
 
 def _currently_held() -> list[Lease[Any]]:
     """The current thread's leases that still hold units, oldest first; prunes the rest."""
-    references = _held_list()
+    references = _state().held
     leases = []
     kept = []
     for reference in references:

@@ -191,8 +191,9 @@ def _take_all(
     try:
         for position, step in enumerate(plan):
             manager = step.manager
+            lease_site = site if manager._capture_sites else None
             # One lease takes the merged total, then hands each other request its part.
-            first = Lease(step.total, thread, site, now, manager)
+            first = Lease(step.total, thread, lease_site, now, manager)
             taken.append(first)
             if not manager._allocator.take(step.total, first, blocking, deadline):
                 if not quietly:
@@ -202,7 +203,7 @@ def _take_all(
             parts = step.parts
             leases[parts[0][0]] = first
             if len(parts) > 1:
-                others = [Lease(units, thread, site, now, manager) for _, units in parts[1:]]
+                others = [Lease(units, thread, lease_site, now, manager) for _, units in parts[1:]]
                 taken.extend(others)
                 manager._allocator.split(first, others)
                 for (index, _), lease in zip(parts[1:], others, strict=True):
