@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -107,3 +108,23 @@ def test_a_manager_whose_lock_is_held_is_skipped_not_waited_for() -> None:
 def test_idle_managers_are_left_out() -> None:
     allotment.ResourceManager(1, name="idle")
     assert "idle" not in [stats.name for stats in allotment.wait_graph().managers]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_it_can_be_printed_from_a_signal_handler() -> None:
+    pool = allotment.ResourceManager(1, name="pool")
+    held = pool.acquire(1)
+    waiter = enqueue(pool, 1, name="waiter")
+    reports: list[str] = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: reports.append(str(allotment.wait_graph())))
+    try:
+        signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(reports) == 1
+    assert "1. 1 waiting" in reports[0]
+    assert "waiter" in reports[0]
+    held.release()
+    lease = waiter.outcome()
+    assert isinstance(lease, allotment.Lease)
+    lease.release()
