@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 from typing import Any
 
@@ -138,6 +139,21 @@ def test_requests_without_claims_still_queue_in_order() -> None:
     second = small.outcome()
     assert isinstance(second, allotment.Lease)
     second.release()
+
+
+def test_statistics_list_the_open_claims() -> None:
+    pool = allotment.ResourceManager({"gpu": 4, "ram": 32}, name="node", banker=True)
+    line = sys._getframe().f_lineno + 1
+    with pool.claim({"gpu": 2, "ram": 8}) as claim:
+        claim.acquire({"gpu": 1})
+        (info,) = pool.statistics().claims
+        assert info.maximum == {"gpu": 2, "ram": 8}
+        assert info.held == {"gpu": 1}
+        assert info.thread_name == threading.current_thread().name
+        assert info.site == f"{__file__}:{line} in test_statistics_list_the_open_claims"
+        assert "holds {'gpu': 1} of at most {'gpu': 2, 'ram': 8}" in str(pool.statistics())
+    assert pool.statistics().claims == ()
+    assert allotment.ResourceManager(1).statistics().claims == ()
 
 
 def test_claims_are_validated() -> None:

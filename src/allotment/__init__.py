@@ -38,7 +38,7 @@ from ._lock_order import (
 from ._manager import ResourceManager
 from ._multi import LeaseGroup, acquire_all, try_acquire_all
 from ._semaphore import BoundedSemaphore, Semaphore
-from ._statistics import HolderInfo, ManagerStatistics, WaiterInfo
+from ._statistics import ClaimInfo, HolderInfo, ManagerStatistics, WaiterInfo
 from ._wait_graph import ThreadRef, WaitEdge, WaitGraph, wait_graph
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "BankerModeRequired",
     "BoundedSemaphore",
     "ClaimClosed",
+    "ClaimInfo",
     "DeclaredClaim",
     "ExceedsCapacity",
     "ExceedsClaim",

@@ -43,7 +43,7 @@ from ._errors import (
     ReleaseExceedsHeld,
 )
 
-__all__ = ["Allocator", "ClaimView", "Snapshot"]
+__all__ = ["AccountView", "Allocator", "ClaimView", "Snapshot"]
 
 _monotonic = time.monotonic
 _current_thread = threading.current_thread
@@ -61,6 +61,16 @@ class ClaimView:
 
 
 @attrs.frozen
+class AccountView:
+    """One declared claim's figures, copied under the lock."""
+
+    maximum: Quantity
+    held: Quantity
+    thread: threading.Thread
+    site: Site | None
+
+
+@attrs.frozen
 class Snapshot:
     """What the allocator held at one instant, copied under its lock."""
 
@@ -70,6 +80,7 @@ class Snapshot:
     waiters: tuple[ClaimView, ...]
     closed: bool
     taken_at: float
+    accounts: tuple[AccountView, ...] = ()
 
 
 def _view(claim: Claim) -> ClaimView:
@@ -336,7 +347,9 @@ class Allocator:
                 "claims could no longer all finish (banker mode shrinks only to safe states)"
             )
 
-    def open_account(self, maximum: Quantity) -> Account:
+    def open_account(
+        self, maximum: Quantity, thread: threading.Thread, site: Site | None
+    ) -> Account:
         """Open an account that may hold up to ``maximum``. Always safe: an account holding
         nothing can finish last, when everything else has returned."""
         try:
@@ -350,7 +363,7 @@ class Allocator:
                         f"a claim of {self._form.render(maximum)!r} can never be met: "
                         f"the capacity is {self._form.render_all(self._capacity)!r}"
                     )
-                account = Account(maximum)
+                account = Account(maximum, thread, site)
                 self._accounts[account] = None
                 return account
         finally:
@@ -581,6 +594,12 @@ class Allocator:
                 waiters=tuple(map(_view, self._queue)),
                 closed=self._closed,
                 taken_at=_monotonic(),
+                accounts=tuple(
+                    AccountView(
+                        account.maximum, account.held(self._zero), account.thread, account.site
+                    )
+                    for account in self._accounts or ()
+                ),
             )
         finally:
             self._lock.release()

@@ -12,12 +12,13 @@ nothing more once granted, so they never make a state unsafe.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 import attrs
 
 from ._amounts import Quantity
-from ._claims import GRANTED, PENDING, Claim
+from ._claims import GRANTED, PENDING, Claim, Site
 
 __all__ = ["Account", "account_of", "finishable"]
 
@@ -27,10 +28,13 @@ class Account:
     """One declared claim's bookkeeping; guarded by its allocator's lock.
 
     ``claims`` are the requests made through the account that are pending or granted, in the
-    order they were made; released ones are pruned as the account is read.
+    order they were made; released ones are pruned as the account is read. ``thread`` and
+    ``site`` say who declared it, for statistics.
     """
 
     maximum: Quantity
+    thread: threading.Thread
+    site: Site | None
     claims: list[Claim] = attrs.field(factory=list)
     open: bool = True
 

@@ -60,8 +60,9 @@ class DeclaredClaim(Generic[Amount]):
                 f"{manager.name!r} was not created with banker=True, so it takes no claims"
             )
         site = caller_site(2) if manager._capture_sites else None
-        account = manager._allocator.open_account(declared)
-        return cls(manager, account, site, _current_thread())
+        thread = _current_thread()
+        account = manager._allocator.open_account(declared, thread, site)
+        return cls(manager, account, site, thread)
 
     # -- taking ---------------------------------------------------------------------------
 

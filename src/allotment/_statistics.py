@@ -10,7 +10,7 @@ from ._allocator import Snapshot
 from ._amounts import Amount, Form
 from ._claims import describe_site
 
-__all__ = ["HolderInfo", "ManagerStatistics", "WaiterInfo", "statistics_from"]
+__all__ = ["ClaimInfo", "HolderInfo", "ManagerStatistics", "WaiterInfo", "statistics_from"]
 
 
 @attrs.frozen
@@ -46,6 +46,22 @@ class WaiterInfo(Generic[Amount]):
 
 
 @attrs.frozen
+class ClaimInfo(Generic[Amount]):
+    """One open declared claim (banker mode)."""
+
+    maximum: Amount
+    """The most the claim may hold at once."""
+    held: Amount
+    """What its leases hold now."""
+    thread_name: str
+    """The name of the thread that declared it."""
+    thread_id: int | None
+    """That thread's ``threading.get_ident()``."""
+    site: str | None
+    """Where it was declared, or ``None`` if not recorded."""
+
+
+@attrs.frozen
 class ManagerStatistics(Generic[Amount]):
     """A consistent picture of a manager, taken in one critical section.
 
@@ -64,6 +80,8 @@ class ManagerStatistics(Generic[Amount]):
     waiters: tuple[WaiterInfo[Amount], ...]
     """One record per queued request, in queue order: the first is served next."""
     closed: bool
+    claims: tuple[ClaimInfo[Amount], ...] = ()
+    """Banker mode: one record per open declared claim, oldest first."""
 
     def __str__(self) -> str:
         state = " (closed)" if self.closed else ""
@@ -82,6 +100,13 @@ class ManagerStatistics(Generic[Amount]):
             lines.append(
                 f"    {position}. {waiter.requested!r} waiting {waiter.waited:.3f} s: "
                 f"{waiter.thread_name}" + (f", at {waiter.site}" if waiter.site else "")
+            )
+        if self.claims:
+            lines.append(f"  {len(self.claims)} declared claim(s):")
+        for claim in self.claims:
+            lines.append(
+                f"    holds {claim.held!r} of at most {claim.maximum!r}: {claim.thread_name}"
+                + (f", declared at {claim.site}" if claim.site else "")
             )
         return "\n".join(lines)
 
@@ -118,4 +143,14 @@ def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> Manage
             for view in snapshot.waiters
         ),
         closed=snapshot.closed,
+        claims=tuple(
+            ClaimInfo(
+                maximum=form.render(view.maximum),
+                held=form.render(view.held),
+                thread_name=view.thread.name,
+                thread_id=view.thread.ident,
+                site=describe_site(view.site),
+            )
+            for view in snapshot.accounts
+        ),
     )
