@@ -458,6 +458,7 @@ def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
             start(worker, script, name=f"worker-{index}") for index, script in enumerate(scripts)
         ]
         chaos = start(interrupter, random.Random(len(scripts)), name="interrupter")
+        watchers = [Watcher(manager) for manager in managers]
         try:
             if not interrupt:
                 running.clear()
@@ -467,6 +468,8 @@ def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
         finally:
             running.clear()
             chaos.outcome()
+            for watcher in watchers:
+                watcher.finish()  # re-raises what a watcher found
     assert sum(outcomes.values()) == sum(len(script) for script in scripts)
     for manager in managers:
         assert_idle(manager)
