@@ -61,6 +61,7 @@ class WaitGraph:
     busy: tuple[str, ...]
     """Managers whose lock could not be taken in time (left out of the graph)."""
     edges: tuple[WaitEdge, ...]
+    """Every waits-for relation: a queued thread and each thread it cannot be served before."""
     cycles: tuple[tuple[WaitEdge, ...], ...]
     """One cycle of edges for each group of threads that wait for each other."""
     deadlocked: tuple[ThreadRef, ...]
