@@ -12,7 +12,7 @@ import attrs
 
 from ._amounts import Amount
 from ._banker import Account
-from ._claims import Site, caller_site, deadline_after, describe_site
+from ._claims import caller_site, deadline_after, describe_site
 from ._errors import BankerModeRequired
 from ._lease import Lease
 from ._lock_order import check_order
@@ -49,8 +49,6 @@ class DeclaredClaim(Generic[Amount]):
 
     _manager: ResourceManager[Amount]
     _account: Account
-    _site: Site | None
-    _thread: threading.Thread
 
     @classmethod
     def _open(cls, manager: ResourceManager[Amount], maximum: Amount) -> DeclaredClaim[Amount]:
@@ -62,7 +60,7 @@ class DeclaredClaim(Generic[Amount]):
         site = caller_site(2) if manager._capture_sites else None
         thread = _current_thread()
         account = manager._allocator.open_account(declared, thread, site)
-        return cls(manager, account, site, thread)
+        return cls(manager, account)
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -123,10 +121,10 @@ class DeclaredClaim(Generic[Amount]):
         if not self._account.open:
             return
         self._manager._allocator.reclaim_account(self._account)
-        site = describe_site(self._site) or "an unrecorded site (capture_sites=False)"
+        site = describe_site(self._account.site) or "an unrecorded site (capture_sites=False)"
         warnings.warn(
             f"a claim on {self._manager.name!r} was garbage-collected while open; it was made "
-            f"at {site} by thread {self._thread.name!r}. Its leases were released; close "
+            f"at {site} by thread {self._account.thread.name!r}. Its leases were released; close "
             "claims with a with-block or DeclaredClaim.close()",
             ResourceWarning,
             stacklevel=2,
