@@ -433,10 +433,9 @@ def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
         """Inject into threads found queued while holding their manager's lock: they cannot
         be granted meanwhile, so the exception lands as they wake, inside the wait.
 
-        One at a time: on CPython before 3.13 the first thread to take its pending
-        exception clears the interpreter-wide signal, so a second pending one would fire at
-        an arbitrary later point instead (possibly in a critical section, which pure Python
-        cannot protect)."""
+        One at a time: with several exceptions pending at once, CPython (seen on 3.11) may
+        deliver some far from the wait, after the acquisition returned or inside the next
+        one, where pure Python cannot protect the state."""
         names = {f"worker-{index}" for index in range(len(scripts))}
         hits = 0
         while running.is_set():
