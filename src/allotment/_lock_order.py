@@ -52,7 +52,6 @@ __all__ = [
     "LockOrderPolicy",
     "OrderEdge",
     "check_order",
-    "default_policy",
     "get_lock_order_policy",
     "note_held",
     "parse_policy",
@@ -90,10 +89,6 @@ def set_lock_order_policy(policy: LockOrderPolicy) -> LockOrderPolicy:
 
 def get_lock_order_policy() -> LockOrderPolicy:
     """The policy of managers created without ``lock_order=``."""
-    return _default
-
-
-def default_policy() -> LockOrderPolicy:
     return _default
 
 

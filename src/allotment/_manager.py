@@ -18,7 +18,13 @@ from ._amounts import Amount, Form, Quantity, ScalarForm, form_for
 from ._claims import Claim, Site, caller_site, deadline_after
 from ._errors import AcquireTimeout
 from ._lease import Lease
-from ._lock_order import LockOrderPolicy, check_order, default_policy, note_held, parse_policy
+from ._lock_order import (
+    LockOrderPolicy,
+    check_order,
+    get_lock_order_policy,
+    note_held,
+    parse_policy,
+)
 from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
 
@@ -146,7 +152,7 @@ class ResourceManager(Generic[Amount]):
         # set_lock_order_policy() either reaches this manager or is read by it.
         register(self)
         self._order_policy = None
-        self._apply_default_lock_order(default_policy() if lock_order is None else lock_order)
+        self._apply_default_lock_order(get_lock_order_policy())
         logger.debug("created %r", self)
 
     def _apply_default_lock_order(self, policy: LockOrderPolicy) -> None:
