@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import allotment
+from allotment._core import MemoryPool
+from allotment._manager import parts_of
 
 GENEROUS = 30.0
 """Seconds a test waits for something that should happen within milliseconds."""
@@ -147,3 +149,10 @@ def switch_interval(seconds: float) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def pool_of(manager: allotment.ResourceManager[Any]) -> MemoryPool:
+    """White-box tests only: the in-memory pool behind a manager."""
+    pool = parts_of(manager).pool
+    assert isinstance(pool, MemoryPool)
+    return pool

@@ -88,7 +88,7 @@ def test_exception_in_a_refused_waiter_wins_and_changes_nothing() -> None:
 def test_semaphore_waiter_interrupted_after_grant_passes_the_permit_on() -> None:
     semaphore = allotment.Semaphore(0)
     victim = start(semaphore.acquire, name="victim")
-    waiters = semaphore._allocator.snapshot
+    waiters = semaphore._pool.snapshot
     from support import wait_until
 
     wait_until(lambda: len(waiters().waiters) == 1, "the victim waits")

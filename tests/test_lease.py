@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 import allotment
-from support import assert_idle, enqueue, lease_of, start
+from support import assert_idle, enqueue, lease_of, pool_of, start
 
 
 def test_with_block_releases_on_exception() -> None:
@@ -139,7 +139,7 @@ def test_entering_a_released_lease_raises() -> None:
 
 
 def test_leaked_lease_warns_with_its_site_and_returns_its_units() -> None:
-    pool = allotment.ResourceManager(2, name="leaky")
+    pool = allotment.ResourceManager(2, name="leaky", capture_sites=True)
     line = sys._getframe().f_lineno + 1
     lease = pool.acquire(2)
     with pytest.warns(ResourceWarning) as record:  # noqa: PT031 - the del is what warns
@@ -173,19 +173,19 @@ def _leak_inside_a_critical_section(
 ) -> None:
     """Drop the only references to held leases while this thread holds the manager's lock, as
     the cyclic garbage collector may do at any allocation. Their finalizers must not block on
-    the lock (that would deadlock): the units wait in the orphans deque."""
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        with pool._allocator._lock:
-            leases.clear()
-            assert pool._allocator._orphans
+    the lock (that would deadlock): the units, and the leak warning, wait in the orphans
+    deque for the end of the section."""
+    with pool_of(pool)._lock:
+        leases.clear()
+        assert pool_of(pool)._orphans
 
 
 def test_lease_leaked_inside_a_critical_section_is_returned_after_it() -> None:
     pool = allotment.ResourceManager(2)
     _leak_inside_a_critical_section(pool, [pool.acquire(2)])
-    pool.statistics()  # any critical section returns the orphans once it releases the lock
-    assert not pool._allocator._orphans
+    with pytest.warns(ResourceWarning, match="garbage-collected while still held"):
+        pool.statistics()  # any critical section returns the orphans once it releases the lock
+    assert not pool_of(pool)._orphans
     assert_idle(pool)
 
 
@@ -193,9 +193,12 @@ def test_orphans_are_returned_even_when_the_next_operation_raises() -> None:
     pool = allotment.ResourceManager(3)
     other = pool.acquire(1)
     _leak_inside_a_critical_section(pool, [pool.acquire(2)])
-    with pytest.raises(allotment.ReleaseExceedsHeld):
+    with (
+        pytest.raises(allotment.ReleaseExceedsHeld),
+        pytest.warns(ResourceWarning, match="garbage-collected while still held"),
+    ):
         other.release(2)  # raises inside a critical section, which still returns the orphans
-    assert not pool._allocator._orphans
+    assert not pool_of(pool)._orphans
     other.release()
     assert_idle(pool)
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allotment
+from allotment._manager import parts_of
 from allotment import _lock_order
 from support import GENEROUS, assert_idle, start
 
@@ -22,7 +23,9 @@ def managers(
     count: int, policy: allotment.LockOrderPolicy = "raise", capacity: int = 2
 ) -> list[Any]:
     return [
-        allotment.ResourceManager(capacity, name=name, lock_order=policy)
+        allotment.ResourceManager(
+            capacity, name=name, lock_order=policy, capture_sites=True
+        )
         for name in "ABCDEFGH"[:count]
     ]
 
@@ -230,10 +233,10 @@ def test_bad_policies_are_rejected(global_policy: None) -> None:
 
 def test_edges_of_collected_managers_are_forgotten() -> None:
     a, b = managers(2)
-    serials = {a._serial, b._serial}
+    serials = {parts_of(a).serial, parts_of(b).serial}
     with a.acquire(1), b.acquire(1):
         pass
-    assert _lock_order._graph.known(a._serial, b._serial)
+    assert _lock_order._graph.known(parts_of(a).serial, parts_of(b).serial)
     del a, b
     gc.collect()
     c, d = managers(2)

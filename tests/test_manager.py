@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import pytest
 
 import allotment
-from allotment._claims import Claim
+from allotment._waiters import ThreadWaiter
 from support import (
     GENEROUS,
     assert_idle,
@@ -166,18 +166,24 @@ def test_a_release_wakes_only_the_waiters_it_grants(monkeypatch: pytest.MonkeyPa
     for number in range(10):
         workers.append(start(pool.acquire, 1, GENEROUS, name=f"w{number}"))
         wait_for_waiters(pool, number + 1)
-    woken: list[str] = []
-    original = Claim._wake
+    woken: list[ThreadWaiter] = []
+    original = ThreadWaiter.wake
 
-    def counting_wake(claim: Claim) -> None:
-        woken.append(claim._thread.name)
-        original(claim)
+    def counting_wake(waiter: ThreadWaiter) -> None:
+        woken.append(waiter)
+        original(waiter)
 
-    monkeypatch.setattr(Claim, "_wake", counting_wake)
+    monkeypatch.setattr(ThreadWaiter, "wake", counting_wake)
+
+    def holders() -> list[str]:
+        return sorted(holder.thread_name for holder in pool.statistics().holders)
+
     held.release(2)
-    assert woken == ["w0", "w1"]  # no herd: the other eight sleep on
+    assert len(woken) == 2  # no herd: the other eight sleep on
+    assert holders() == ["MainThread", "w0", "w1"]
     held.release()
-    assert woken == ["w0", "w1", "w2"]
+    assert len(woken) == 3
+    assert "w2" in holders()
     monkeypatch.undo()
     pool.close()  # refuses the seven still waiting
     granted = 0
@@ -325,7 +331,7 @@ def test_debt_on_one_resource_does_not_block_another() -> None:
 
 
 def test_statistics_answer_why_am_i_blocked() -> None:
-    node = allotment.ResourceManager({"gpu": 2, "ram_gb": 8}, name="node")
+    node = allotment.ResourceManager({"gpu": 2, "ram_gb": 8}, name="node", capture_sites=True)
     held = node.acquire({"gpu": 2})  # the line statistics must name
     worker = enqueue(node, {"gpu": 1}, name="blocked-thread")
     stats = node.statistics()
@@ -355,7 +361,7 @@ def test_statistics_answer_why_am_i_blocked() -> None:
 
 
 def test_statistics_line_numbers_are_exact() -> None:
-    pool = allotment.ResourceManager(3)
+    pool = allotment.ResourceManager(3, capture_sites=True)
     line = _line() + 1
     lease = pool.acquire(1)
     site = pool.statistics().holders[0].site

@@ -12,7 +12,8 @@ import pytest
 
 import allotment
 from allotment import _registry as allotment_registry
-from allotment._allocator import Allocator
+from allotment._core import MemoryPool
+from allotment._manager import parts_of
 from support import (
     GENEROUS,
     assert_idle,
@@ -32,8 +33,8 @@ class Injected(Exception):
 
 @pytest.fixture
 def managers() -> Iterator[Managers]:
-    a = allotment.ResourceManager(2, name="a")
-    b = allotment.ResourceManager({"gpu": 2, "ram": 8}, name="b")
+    a = allotment.ResourceManager(2, name="a", capture_sites=True)
+    b = allotment.ResourceManager({"gpu": 2, "ram": 8}, name="b", capture_sites=True)
     c = allotment.ResourceManager(1, name="c")
     yield a, b, c
     for manager in (a, b, c):
@@ -44,19 +45,19 @@ def managers() -> Iterator[Managers]:
 def taken_order(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the managers whose allocators are asked for units, in order."""
     order: list[str] = []
-    original = Allocator.take
+    original = MemoryPool.enter
 
-    def recording_take(self: Allocator, *args: Any) -> bool:
+    def recording_enter(self: MemoryPool, *args: Any) -> bool:
         order.append(_name_of(self))
         return original(self, *args)
 
-    monkeypatch.setattr(Allocator, "take", recording_take)
+    monkeypatch.setattr(MemoryPool, "enter", recording_enter)
     return order
 
 
-def _name_of(allocator: Allocator) -> str:
+def _name_of(pool: MemoryPool) -> str:
     for manager in allotment_registry.live_managers():
-        if manager._allocator is allocator:
+        if parts_of(manager).pool is pool:
             return manager.name
     return "?"
 
@@ -81,14 +82,14 @@ def test_releases_in_reverse_order_even_when_the_body_raises(
 ) -> None:
     a, b, c = managers
     released: list[str] = []
-    original = Allocator.release
+    original = MemoryPool.release
 
-    def recording_release(self: Allocator, claim: Any, part: Any) -> None:
-        if not claim.released:
+    def recording_release(self: MemoryPool, ticket: Any, part: Any) -> None:
+        if ticket.state is allotment._core.GRANTED:
             released.append(_name_of(self))
-        original(self, claim, part)
+        original(self, ticket, part)
 
-    monkeypatch.setattr(Allocator, "release", recording_release)
+    monkeypatch.setattr(MemoryPool, "release", recording_release)
     with pytest.raises(KeyError), allotment.acquire_all([(b, {"ram": 1}), (c, 1), (a, 1)]):
         raise KeyError("body failed")
     assert released == ["c", "b", "a"]

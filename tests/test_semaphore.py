@@ -105,7 +105,7 @@ def test_release_may_exceed_the_initial_value_unless_bounded() -> None:
 def test_zero_semaphore_as_a_signal() -> None:
     semaphore = allotment.Semaphore(0)
     worker = start(lambda: semaphore.acquire(timeout=GENEROUS), name="waiter")
-    wait_until(lambda: len(semaphore._allocator.snapshot().waiters) == 1, "the thread waits")
+    wait_until(lambda: len(semaphore._pool.snapshot().waiters) == 1, "the thread waits")
     semaphore.release()
     assert worker.outcome() is True
 
@@ -115,14 +115,14 @@ def test_timeout_returns_false() -> None:
     started = time.monotonic()
     assert semaphore.acquire(timeout=0.05) is False
     assert time.monotonic() - started >= 0.05
-    assert semaphore._allocator.snapshot().waiters == ()
+    assert semaphore._pool.snapshot().waiters == ()
 
 
 def test_permits_go_to_waiters_in_arrival_order_and_are_not_overtaken() -> None:
     semaphore = allotment.Semaphore(0)
 
     def queued() -> list[str]:
-        return [view.thread.name for view in semaphore._allocator.snapshot().waiters]
+        return [view.thread.name for view in semaphore._pool.snapshot().waiters]
 
     workers = []
     for number in range(6):

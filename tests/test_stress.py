@@ -18,11 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import allotment
+from allotment._manager import parts_of
 from support import (
     GENEROUS,
     assert_idle,
     check_invariants,
     inject,
+    pool_of,
     start,
     switch_interval,
     wait_for_waiters,
@@ -234,7 +236,7 @@ def test_semaphore_under_load_returns_to_its_value(seed: int, threads: int) -> N
         for worker_thread in workers:
             worker_thread.outcome()
     assert semaphore._value == 3
-    assert semaphore._allocator.snapshot().waiters == ()
+    assert semaphore._pool.snapshot().waiters == ()
 
 
 def test_a_large_request_is_served_in_its_turn_under_a_churn_of_small_ones() -> None:
@@ -354,7 +356,7 @@ def _take(
     if step.how == "nested":
         # Single acquires, one per manager, in rank order: safe alongside acquire_all.
         totals = _totals(step)
-        ordered = sorted(totals, key=lambda index: managers[index]._order_key)
+        ordered = sorted(totals, key=lambda index: parts_of(managers[index]).node.order_key)
         leases: list[allotment.Lease[Any]] = []
         try:
             for index in ordered:
@@ -442,9 +444,9 @@ def test_generated_multi_acquire_scripts_never_hang_and_return_every_unit(
             if not delivered.wait(0.01):
                 continue
             manager = rng.choice(managers)
-            allocator = manager._allocator
-            with allocator._lock:
-                queued = [claim._thread for claim in allocator._queue]
+            pool = pool_of(manager)
+            with pool._lock:
+                queued = [ticket.thread for ticket in pool.queue]
                 victims = [thread for thread in queued if thread.name in names]
                 if victims and rng.random() < 0.2:
                     delivered.clear()

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import allotment
-from support import GENEROUS, Worker, enqueue, start, wait_for_waiters
+from support import GENEROUS, Worker, enqueue, pool_of, start, wait_for_waiters
 
 
 def hold_then_wait(
@@ -22,8 +22,8 @@ def hold_then_wait(
 
 
 def test_a_real_deadlock_is_found_and_explained() -> None:
-    a = allotment.ResourceManager(1, name="db")
-    b = allotment.ResourceManager(1, name="gpu")
+    a = allotment.ResourceManager(1, name="db", capture_sites=True)
+    b = allotment.ResourceManager(1, name="gpu", capture_sites=True)
     ready = threading.Barrier(2)
     one = start(hold_then_wait, a, b, ready, name="one")
     two = start(hold_then_wait, b, a, ready, name="two")
@@ -97,7 +97,7 @@ def test_a_thread_waiting_on_itself_is_a_deadlock() -> None:
 def test_a_manager_whose_lock_is_held_is_skipped_not_waited_for() -> None:
     pool = allotment.ResourceManager(1, name="stuck")
     with pool.acquire(1):
-        lock = pool._allocator._lock
+        lock = pool_of(pool)._lock
         with lock:  # as if a signal handler had interrupted the thread holding it
             graph = allotment.wait_graph(lock_timeout=0.01)
         assert "stuck" in graph.busy

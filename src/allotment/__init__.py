@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from ._clock import Clock, SystemClock
 from ._declared import DeclaredClaim
 from ._errors import (
     AcquireTimeout,
@@ -25,6 +26,7 @@ from ._errors import (
     LockOrderViolation,
     LockOrderWarning,
     ManagerClosed,
+    ReentrantCall,
     ReleaseExceedsHeld,
     UnknownResource,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "BoundedSemaphore",
     "ClaimClosed",
     "ClaimInfo",
+    "Clock",
     "DeclaredClaim",
     "ExceedsCapacity",
     "ExceedsClaim",
@@ -63,9 +66,11 @@ __all__ = [
     "ManagerClosed",
     "ManagerStatistics",
     "OrderEdge",
+    "ReentrantCall",
     "ReleaseExceedsHeld",
     "ResourceManager",
     "Semaphore",
+    "SystemClock",
     "ThreadRef",
     "UnknownResource",
     "WaitEdge",

@@ -1,36 +1,49 @@
-"""Declared claims: the public face of banker mode (see :mod:`._banker`)."""
+"""Declared claims: the public face of banker mode (see :mod:`._core._policies`)."""
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
 import warnings
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic
 
 import attrs
 
-from ._amounts import Amount
-from ._banker import Account
-from ._claims import caller_site, deadline_after, describe_site
-from ._errors import BankerModeRequired
+from ._clock import deadline_after
+from ._core import Account, AccountTicket, Amount, BankerPolicy, MemoryPool, Site, describe_site
+from ._errors import AcquireTimeout, BankerModeRequired
 from ._lease import Lease
 from ._lock_order import check_order
+from ._manager import ManagerParts, parts_of, record_site, take, timeout_summary
 
 if TYPE_CHECKING:
+    from ._core import Waiter
     from ._manager import ResourceManager
 
-__all__ = ["DeclaredClaim"]
+__all__ = ["DeclaredClaim", "open_claim"]
 
 _current_thread = threading.current_thread
-_monotonic = time.monotonic
 
 
-@attrs.define(eq=False, repr=False)
-class _ClaimLease(Lease[Amount]):
-    """A lease granted through a declared claim: the allocator charges it to ``_account``."""
+def open_claim(
+    manager: ResourceManager[Amount], maximum: Amount, site: Site | None
+) -> DeclaredClaim[Amount]:
+    """Declare a claim on ``manager`` (see :meth:`ResourceManager.claim`)."""
+    parts = parts_of(manager)
+    declared = parts.form.parse(maximum, "maximum")
+    banker = parts.banker
+    if banker is None:
+        raise BankerModeRequired(
+            f"{manager.name!r} was not created with banker=True, so it takes no claims"
+        )
+    thread = _current_thread()
 
-    _account: Account = attrs.field(kw_only=True)
+    def open_account(pool: MemoryPool, woken: list[Waiter]) -> Account:
+        return banker.open_account(pool, declared, thread, site)
+
+    account = parts.pool.policy_call(open_account)
+    return DeclaredClaim(manager, parts, banker, account)
 
 
 @attrs.define(eq=False, repr=False)
@@ -48,19 +61,12 @@ class DeclaredClaim(Generic[Amount]):
     """
 
     _manager: ResourceManager[Amount]
+    _parts: ManagerParts
+    _banker: BankerPolicy
     _account: Account
-
-    @classmethod
-    def _open(cls, manager: ResourceManager[Amount], maximum: Amount) -> DeclaredClaim[Amount]:
-        declared = manager._form.parse(maximum, "maximum")
-        if not manager.banker:
-            raise BankerModeRequired(
-                f"{manager.name!r} was not created with banker=True, so it takes no claims"
-            )
-        site = caller_site(2) if manager._capture_sites else None
-        thread = _current_thread()
-        account = manager._allocator.open_account(declared, thread, site)
-        return cls(manager, account)
+    _leases: list[Lease[Amount]] = attrs.field(factory=list)
+    """The leases taken through the claim, which it owns: closing the claim releases them,
+    so dropping one is not a leak. Released ones are pruned as the list doubles."""
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -71,40 +77,50 @@ class DeclaredClaim(Generic[Amount]):
         would take the claim's leases (held and queued) beyond its maximum, and
         :class:`ClaimClosed` once the claim is closed.
         """
-        manager = self._manager
-        deadline = deadline_after(timeout)
-        lease = self._new_lease(amount, checked=timeout != 0)
-        if not manager._take_lease(lease, timeout != 0, deadline):
-            raise manager._timeout_error(amount, timeout)
-        return lease
+        parts = self._parts
+        deadline = deadline_after(parts.clock, timeout)
+        ticket, lease = self._new_lease(amount, checked=timeout != 0)
+        if not take(parts, ticket, lease, timeout != 0, deadline):
+            error = AcquireTimeout(
+                f"{parts.name!r} did not grant {amount!r} within {timeout} s; "
+                f"{timeout_summary(parts)}"
+            )
+            error.manager = self._manager
+            raise error
+        return self._keep(lease)
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible safely without waiting, else ``None``."""
-        lease = self._new_lease(amount, checked=False)
-        return lease if self._manager._take_lease(lease, False, None) else None
+        ticket, lease = self._new_lease(amount, checked=False)
+        return self._keep(lease) if take(self._parts, ticket, lease, False, None) else None
 
-    def _new_lease(self, amount: Amount, *, checked: bool) -> Lease[Amount]:
-        """A lease for ``amount``, after the lock-order check if ``checked`` (it may wait)."""
-        manager = self._manager
-        request = manager._form.parse(amount)
-        site = caller_site(2) if manager._capture_sites else None
-        if checked and manager._order_policy is not None:
-            check_order((manager,), site or caller_site(2), stacklevel=3)
-        return _ClaimLease(
-            request,
-            _current_thread(),
-            site,
-            _monotonic(),
-            manager,
-            account=self._account,
+    def _keep(self, lease: Lease[Amount]) -> Lease[Amount]:
+        leases = self._leases
+        leases.append(lease)
+        if len(leases) >= 16 and len(leases) & (len(leases) - 1) == 0:
+            leases[:] = [kept for kept in leases if not kept.released]
+        return lease
+
+    def _new_lease(self, amount: Amount, *, checked: bool) -> tuple[AccountTicket, Lease[Amount]]:
+        """A ticket and its lease for ``amount``, after the lock-order check if ``checked``
+        (it may wait)."""
+        parts = self._parts
+        request = parts.form.parse(amount)
+        site = record_site(parts, 2)
+        if checked and parts.node.policy is not None:
+            check_order((parts.node,), site or record_site(parts, 2), stacklevel=3)
+        ticket = AccountTicket(
+            request, _current_thread(), site, parts.clock.now(), account=self._account
         )
+        return ticket, Lease(ticket, parts.pool, self._manager)
 
     # -- ending ---------------------------------------------------------------------------
 
     def close(self) -> None:
         """Refuse queued requests, release every lease the claim holds, withdraw the
         declaration. Idempotent."""
-        self._manager._allocator.close_account(self._account)
+        banker, account = self._banker, self._account
+        self._parts.pool.policy_call(lambda pool, woken: banker.close_account(pool, account, woken))
 
     def __enter__(self) -> DeclaredClaim[Amount]:
         return self
@@ -118,17 +134,17 @@ class DeclaredClaim(Generic[Amount]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._account.open:
+        try:
+            account = self._account
+        except AttributeError:  # __init__ was interrupted
             return
-        self._manager._allocator.reclaim_account(self._account)
-        site = describe_site(self._account.site) or "an unrecorded site (capture_sites=False)"
-        warnings.warn(
-            f"a claim on {self._manager.name!r} was garbage-collected while open; it was made "
-            f"at {site} by thread {self._account.thread.name!r}. Its leases were released; close "
-            "claims with a with-block or DeclaredClaim.close()",
-            ResourceWarning,
-            stacklevel=2,
-            source=self,
+        if not account.open:
+            return
+        banker = self._banker
+        notice = functools.partial(_warn_leaked_claim, self._parts.name, account)
+        # Closed through the pool's deferred path: this may run inside its critical section.
+        self._parts.pool.reclaim_with(
+            lambda pool, woken: banker.close_account(pool, account, woken), notice
         )
 
     # -- looking ---------------------------------------------------------------------------
@@ -141,12 +157,16 @@ class DeclaredClaim(Generic[Amount]):
     @property
     def maximum(self) -> Amount:
         """The declared maximum."""
-        return self._manager._form.render(self._account.maximum)
+        rendered: Amount = self._parts.form.render(self._account.maximum)
+        return rendered
 
     @property
     def held(self) -> Amount:
         """What the claim's leases hold now."""
-        return self._manager._form.render(self._manager._allocator.account_held(self._account))
+        banker, account = self._banker, self._account
+        held = self._parts.pool.policy_call(lambda pool, woken: banker.account_held(pool, account))
+        rendered: Amount = self._parts.form.render(held)
+        return rendered
 
     @property
     def closed(self) -> bool:
@@ -154,5 +174,20 @@ class DeclaredClaim(Generic[Amount]):
         return not self._account.open
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"holding {self.held!r} of {self.maximum!r}"
-        return f"<allotment.DeclaredClaim on {self._manager.name!r}: {state}>"
+        # Plain reads, never the lock: a debugger or a signal handler may call this.
+        form = self._parts.form
+        held = form.render(self._account.held(form.zero()))
+        state = "closed" if self.closed else f"holding {held!r} of {self.maximum!r}"
+        return f"<allotment.DeclaredClaim on {self._parts.name!r}: {state}>"
+
+
+def _warn_leaked_claim(manager: str, account: Account) -> None:
+    site = describe_site(account.site)
+    origin = f"at {site} " if site is not None else ""
+    warnings.warn(
+        f"a claim on {manager!r} was garbage-collected while open; it was made {origin}by "
+        f"thread {account.thread.name!r}. Its leases were released; close claims with a "
+        "with-block or DeclaredClaim.close()",
+        ResourceWarning,
+        stacklevel=3,
+    )

@@ -7,9 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from ._clock import SYSTEM_CLOCK
 from ._manager import ResourceManager
 
 __all__ = ["run_demo"]
+
+now = SYSTEM_CLOCK.now
 
 NODE = {"gpu": 4, "ram_gb": 64}
 
@@ -22,13 +25,13 @@ def run_demo(
 ) -> ResourceManager[Mapping[str, int]]:
     """Run the demo and return its (closed) manager; everything printed goes to ``print_line``."""
     node = ResourceManager(dict(NODE), name="gpu-node")
-    started = time.monotonic()
+    started = now()
     print_lock = threading.Lock()
     waits: dict[str, list[float]] = {}
 
     def say(text: str) -> None:
         with print_lock:
-            print_line(f"[{time.monotonic() - started:6.3f}s] {text}")
+            print_line(f"[{now() - started:6.3f}s] {text}")
 
     def worker(name: str, rng: random.Random, barrier: threading.Barrier) -> None:
         barrier.wait()
@@ -39,9 +42,9 @@ def run_demo(
                 request = dict(NODE)
             else:
                 request = {"gpu": rng.randint(1, 2), "ram_gb": rng.choice([8, 16, 24])}
-            asked = time.monotonic()
+            asked = now()
             with node.acquire(request, timeout=30) as lease:
-                waited = time.monotonic() - asked
+                waited = now() - asked
                 waits.setdefault(name, []).append(waited)
                 say(f"{name} got {lease.amounts} after waiting {waited:.3f}s")
                 time.sleep(rng.uniform(0.02, 0.08))

@@ -26,6 +26,7 @@ __all__ = [
     "LockOrderViolation",
     "LockOrderWarning",
     "ManagerClosed",
+    "ReentrantCall",
     "ReleaseExceedsHeld",
     "UnknownResource",
 ]
@@ -44,6 +45,17 @@ class AcquireTimeout(AllotmentError, TimeoutError):
 
 class ManagerClosed(AllotmentError, RuntimeError):
     """The manager was closed: queued requests are refused and new ones are rejected."""
+
+
+class ReentrantCall(AllotmentError, RuntimeError):
+    """A manager was used from inside its own critical section, on the thread that is in it.
+
+    That happens only when a finalizer (``__del__``, ``weakref.finalize``), a gc callback or a
+    signal handler runs while this thread is inside the manager's short bookkeeping, and calls
+    back into the manager. Waiting there would deadlock the thread on itself, so acquisitions
+    (and statistics, resizes, closing, partial releases) raise this instead. A full release
+    from there is allowed: it is carried out as soon as the interrupted section ends.
+    """
 
 
 class LeaseReleased(AllotmentError, RuntimeError):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, cast
+from typing import TYPE_CHECKING, Generic
 
 import attrs
 
-from ._amounts import Amount
-from ._claims import GRANTED, Claim, describe_site
+from ._clock import Clock
+from ._core import GRANTED, Amount, Form, Pool, Quantity, Site, Ticket, describe_site
 from ._errors import LeaseReleased
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ __all__ = ["Lease"]
 
 
 @attrs.define(eq=False, repr=False)
-class Lease(Claim, Generic[Amount]):
+class Lease(Generic[Amount]):
     """Units granted by a :class:`ResourceManager`, returned exactly once.
 
     A lease returns exactly what it holds: :meth:`release` with no argument gives back all of
@@ -31,9 +32,16 @@ class Lease(Claim, Generic[Amount]):
             ...
 
     A lease may be released from any thread. A lease that is garbage-collected while it still
-    holds units returns them and emits a :class:`ResourceWarning` that names where it was
-    acquired.
+    holds units returns them and emits a :class:`ResourceWarning` naming the thread that
+    acquired it, how long ago, and (when sites are recorded) the line.
+
+    The lease is the public face of a ticket in its manager's pool; the pool holds the ticket,
+    never the lease, so a leaked lease stays collectable.
     """
+
+    _ticket: Ticket
+    _pool: Pool
+    _manager: ResourceManager[Amount]
 
     @property
     def manager(self) -> ResourceManager[Amount]:
@@ -41,21 +49,18 @@ class Lease(Claim, Generic[Amount]):
         return self._manager
 
     @property
-    def _manager(self) -> ResourceManager[Amount]:
-        return cast("ResourceManager[Amount]", self._owner)
-
-    @property
     def amounts(self) -> Amount:
         """What the lease holds now: an int, or a dict of the resources it still holds.
 
         ``0`` or ``{}`` once released.
         """
-        return self._manager._form.render(self._units)
+        rendered: Amount = self._pool.form.render(self._ticket.units)  # type: ignore[assignment]
+        return rendered
 
     @property
     def released(self) -> bool:
         """``True`` once the lease holds nothing."""
-        return self._state is not GRANTED
+        return self._ticket.state is not GRANTED
 
     def release(self, amount: Amount | None = None) -> None:
         """Give back ``amount`` units early, or everything the lease still holds.
@@ -65,10 +70,11 @@ class Lease(Claim, Generic[Amount]):
         more than the lease holds, or another :class:`InvalidAmount` if it is malformed; in
         both cases nothing is released. Units given back go to waiting requests at once.
         """
-        self._manager._release(self, amount)
+        part = None if amount is None else self._pool.form.parse(amount, "released amount")
+        self._pool.release(self._ticket, part)
 
     def __enter__(self) -> Lease[Amount]:
-        if self._state is not GRANTED:
+        if self._ticket.state is not GRANTED:
             raise LeaseReleased("this lease was already released and holds nothing")
         return self
 
@@ -78,24 +84,60 @@ class Lease(Claim, Generic[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._owner._allocator.release(self, None)  # type: ignore[attr-defined]
+        self._pool.release(self._ticket, None)
 
     def __repr__(self) -> str:
+        # Plain reads only: a debugger or a signal handler may call this at any moment.
         state = "released" if self.released else f"holding {self.amounts!r}"
         return f"<allotment.Lease {state} from {self._manager.name!r}>"
 
     def __del__(self) -> None:
-        if self._state is not GRANTED:
+        try:
+            ticket = self._ticket
+        except AttributeError:  # __init__ was interrupted: nothing was taken for it
             return
-        # A leak: hand the units back first, so a warning turned into an error loses nothing.
-        held = self._manager._form.render(self._units)
-        self._manager._allocator.reclaim(self)
-        site = describe_site(self._site) or "an unrecorded site (capture_sites=False)"
+        if ticket.state is not GRANTED:
+            return
+        # A leak. The pool hands the units back first and only then calls the notice (after
+        # its lock is released), so a warning turned into an error loses nothing.
+        notice = _LeakNotice(
+            self._pool.form,
+            ticket.units,
+            self._manager.name,
+            ticket.thread,
+            ticket.since,
+            ticket.site,
+            self._manager.clock,
+        )
+        self._pool.reclaim(ticket, notice)
+
+
+@attrs.frozen
+class _LeakNotice:
+    """The leak warning of one lease, issued once its units are back and the lock is free."""
+
+    form: Form[object]
+    units: Quantity
+    manager: str
+    thread: threading.Thread
+    since: float
+    site: Site | None
+    clock: Clock
+
+    def __call__(self) -> None:
+        age = self.clock.now() - self.since
+        where = describe_site(self.site)
+        if where is None:
+            origin = (
+                f"it was acquired by thread {self.thread.name!r} {age:.3f} s before; to record "
+                "where, pass capture_sites=True, run Python with -X dev, or enable tracemalloc"
+            )
+        else:
+            origin = f"it was acquired at {where} by thread {self.thread.name!r} {age:.3f} s before"
         warnings.warn(
-            f"a lease of {held!r} from {self._manager.name!r} was garbage-collected while "
-            f"still held; it was acquired at {site} by thread {self._thread.name!r}. Its units "
-            "were returned; release leases with a with-block or Lease.release()",
+            f"a lease of {self.form.render(self.units)!r} from {self.manager!r} was "
+            f"garbage-collected while still held; {origin}. Its units were returned; release "
+            "leases with a with-block or Lease.release()",
             ResourceWarning,
-            stacklevel=2,
-            source=self,
+            stacklevel=3,
         )

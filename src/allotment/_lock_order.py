@@ -25,13 +25,14 @@ acquisitions, and whenever it doubles, so it stays about as long as what the thr
 Edges are keyed by manager and forgotten once the manager is garbage-collected, so memory is
 bounded by the live managers.
 
-``_lock`` guards the graph; it is taken only for bookkeeping, never while waiting, and never
+The graph's lock is taken only for bookkeeping, never while waiting, and never
 together with a manager's lock.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import warnings
 import weakref
@@ -40,19 +41,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._claims import GRANTED, Site, describe_site
+from ._core import Site, describe_site
 from ._errors import LockOrderViolation, LockOrderWarning
-from ._registry import live_managers
 
 if TYPE_CHECKING:
     from ._lease import Lease
-    from ._manager import ResourceManager
 
 __all__ = [
     "LockOrderPolicy",
     "OrderEdge",
+    "OrderNode",
     "check_order",
     "get_lock_order_policy",
+    "new_node",
     "note_held",
     "parse_policy",
     "set_lock_order_policy",
@@ -82,14 +83,50 @@ def set_lock_order_policy(policy: LockOrderPolicy) -> LockOrderPolicy:
     global _default
     checked = parse_policy(policy)
     previous, _default = _default, checked
-    for manager in live_managers():
-        manager._apply_default_lock_order(checked)
+    for node in list(_nodes):
+        node.apply_default(checked)
     return previous
 
 
 def get_lock_order_policy() -> LockOrderPolicy:
     """The policy of managers created without ``lock_order=``."""
     return _default
+
+
+@attrs.define(eq=False)
+class OrderNode:
+    """A manager as the checker sees it: identity, name, rank and the policy in force.
+
+    ``policy`` is ``None`` when checking is off: the one test on a manager's hot path.
+    """
+
+    serial: int
+    name: str
+    rank: int
+    own_policy: LockOrderPolicy | None
+    """The manager's ``lock_order=``; ``None`` follows the global default."""
+    policy: LockOrderPolicy | None = None
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        return (self.rank, self.serial)
+
+    def apply_default(self, default: LockOrderPolicy) -> None:
+        policy = default if self.own_policy is None else self.own_policy
+        self.policy = None if policy == "off" else policy
+
+
+_nodes: weakref.WeakSet[OrderNode] = weakref.WeakSet()
+
+
+def new_node(serial: int, name: str, rank: int, own_policy: LockOrderPolicy | None) -> OrderNode:
+    """The node of a new manager, following the default policy from now on."""
+    node = OrderNode(serial, name, rank, own_policy)
+    # Registered before reading the default, so that a concurrent set_lock_order_policy()
+    # either reaches this node or is read by it.
+    _nodes.add(node)
+    node.apply_default(_default)
+    return node
 
 
 @attrs.frozen
@@ -119,11 +156,11 @@ class OrderEdge:
 
 @attrs.define(eq=False)
 class _OrderGraph:
-    """Edges between managers, keyed by their serial numbers. ``_lock`` guards everything but
+    """Edges between managers, keyed by their serial numbers. ``lock`` guards everything but
     ``_dead``, which garbage-collection callbacks fill without taking the lock (they can run
     on a thread that holds it) and which the next check drains."""
 
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
     _edges: dict[int, dict[int, OrderEdge]] = attrs.field(factory=dict)
     _sources: dict[int, set[int]] = attrs.field(factory=dict)
     """The reverse index: for each manager, the managers with an edge into it."""
@@ -135,15 +172,13 @@ class _OrderGraph:
         edges = self._edges.get(held)
         return edges is not None and acquired in edges
 
-    def record(
-        self, held: ResourceManager[Any], acquired: ResourceManager[Any], edge: OrderEdge
-    ) -> None:
-        for manager in (held, acquired):
-            if manager._serial not in self._watched:
-                self._watched.add(manager._serial)
-                weakref.finalize(manager, self._dead.append, manager._serial)
-        self._edges.setdefault(held._serial, {})[acquired._serial] = edge
-        self._sources.setdefault(acquired._serial, set()).add(held._serial)
+    def record(self, held: OrderNode, acquired: OrderNode, edge: OrderEdge) -> None:
+        for node in (held, acquired):
+            if node.serial not in self._watched:
+                self._watched.add(node.serial)
+                weakref.finalize(node, self._dead.append, node.serial)
+        self._edges.setdefault(held.serial, {})[acquired.serial] = edge
+        self._sources.setdefault(acquired.serial, set()).add(held.serial)
 
     def path(self, start: int, goal: int) -> list[OrderEdge] | None:
         """The recorded edges of a path from ``start`` to ``goal``, or ``None``."""
@@ -179,9 +214,10 @@ class _OrderGraph:
 
 @attrs.define
 class _ThreadState:
-    """What one thread holds from checked managers (weakly: a leak must stay collectable)."""
+    """What one thread holds from checked managers: each lease weakly (a leak must stay
+    collectable), with its manager's node and where it was acquired."""
 
-    held: list[weakref.ref[Lease[Any]]] = attrs.field(factory=list)
+    held: list[tuple[weakref.ref[Lease[Any]], OrderNode, Site | None]] = attrs.field(factory=list)
     prune_at: int = 16
     """Prune when the list grows this long: a thread that never makes a checked acquisition
     (only tries) would otherwise keep every lease it ever took."""
@@ -189,6 +225,15 @@ class _ThreadState:
 
 _graph = _OrderGraph()
 _threads = threading.local()
+
+
+def _reinitialise_after_fork() -> None:
+    # The lock may have been copied held by a thread that does not exist in the child.
+    _graph.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinitialise_after_fork)
 
 
 def _state() -> _ThreadState:
@@ -199,32 +244,30 @@ def _state() -> _ThreadState:
     return state
 
 
-def note_held(lease: Lease[Any]) -> None:
-    """Record that the current thread holds ``lease`` from a checked manager."""
+def note_held(lease: Lease[Any], node: OrderNode, site: Site | None) -> None:
+    """Record that the current thread holds ``lease`` from the checked manager ``node``."""
     state = _state()
-    state.held.append(weakref.ref(lease))
+    state.held.append((weakref.ref(lease), node, site))
     if len(state.held) >= state.prune_at:
         # Amortised O(1): the limit doubles with what is really held.
         state.prune_at = 2 * len(_currently_held()) + 16
 
 
-def _currently_held() -> list[Lease[Any]]:
+def _currently_held() -> list[tuple[OrderNode, Site | None]]:
     """The current thread's leases that still hold units, oldest first; prunes the rest."""
-    references = _state().held
-    leases = []
+    entries = _state().held
+    held = []
     kept = []
-    for reference in references:
-        lease = reference()
-        if lease is not None and lease._state is GRANTED:
-            leases.append(lease)
-            kept.append(reference)
-    references[:] = kept
-    return leases
+    for entry in entries:
+        lease = entry[0]()
+        if lease is not None and not lease.released:
+            held.append((entry[1], entry[2]))
+            kept.append(entry)
+    entries[:] = kept
+    return held
 
 
-def check_order(
-    targets: Sequence[ResourceManager[Any]], site: Site | None, stacklevel: int
-) -> None:
+def check_order(targets: Sequence[OrderNode], site: Site | None, stacklevel: int) -> None:
     """Check, before the current thread acquires from ``targets`` in this order (one manager
     for ``acquire``, several for ``acquire_all``), that no edge this creates can deadlock.
 
@@ -237,27 +280,26 @@ def check_order(
         return
     # What the thread holds, one entry per manager (its oldest lease), then what acquire_all
     # takes first, which is held while it takes the rest.
-    predecessors: dict[int, tuple[ResourceManager[Any], Site | None]] = {}
-    for lease in held:
-        manager = lease.manager
+    predecessors: dict[int, tuple[OrderNode, Site | None]] = {}
+    for node, held_at in held:
         # A manager whose checking was turned off since is invisible, like the others.
-        if manager._order_policy is not None and manager._serial not in predecessors:
-            predecessors[manager._serial] = (manager, lease._site)
+        if node.policy is not None and node.serial not in predecessors:
+            predecessors[node.serial] = (node, held_at)
     new_edges = []
     for target in targets:
-        if target._order_policy is not None:
+        if target.policy is not None:
             for serial, (holder, held_at) in predecessors.items():
                 # Reading the graph without its lock is safe: a known edge is never removed
                 # while both managers live, and these are alive.
-                if serial != target._serial and not _graph.known(serial, target._serial):
+                if serial != target.serial and not _graph.known(serial, target.serial):
                     new_edges.append((holder, held_at, target))
-            predecessors.setdefault(target._serial, (target, site))
+            predecessors.setdefault(target.serial, (target, site))
     if new_edges:
         _add_edges(new_edges, site, stacklevel + 1)
 
 
 def _add_edges(
-    new_edges: list[tuple[ResourceManager[Any], Site | None, ResourceManager[Any]]],
+    new_edges: list[tuple[OrderNode, Site | None, OrderNode]],
     site: Site | None,
     stacklevel: int,
 ) -> None:
@@ -265,18 +307,18 @@ def _add_edges(
     acquired_at = describe_site(site)
     thread_name = threading.current_thread().name
     problems: list[tuple[LockOrderPolicy, str, OrderEdge, list[OrderEdge]]] = []
-    with _graph._lock:
+    with _graph.lock:
         _graph.forget_dead()
         for holder, held_site, target in new_edges:
-            policy = target._order_policy
+            policy = target.policy
             assert policy is not None
-            if _graph.known(holder._serial, target._serial):
+            if _graph.known(holder.serial, target.serial):
                 continue  # recorded by another thread meanwhile
             edge = OrderEdge(
                 holder.name, target.name, describe_site(held_site), acquired_at, thread_name
             )
-            cycle = _graph.path(target._serial, holder._serial)
-            if cycle is None and target._order_key > holder._order_key:
+            cycle = _graph.path(target.serial, holder.serial)
+            if cycle is None and target.order_key > holder.order_key:
                 _graph.record(holder, target, edge)
                 continue
             problems.append((policy, _describe(holder, target, edge, cycle), edge, cycle or []))
@@ -293,12 +335,9 @@ def _add_edges(
 
 
 def _describe(
-    holder: ResourceManager[Any],
-    target: ResourceManager[Any],
-    edge: OrderEdge,
-    cycle: list[OrderEdge] | None,
+    holder: OrderNode, target: OrderNode, edge: OrderEdge, cycle: list[OrderEdge] | None
 ) -> str:
-    first, second = sorted((holder, target), key=lambda manager: manager._order_key)
+    first, second = sorted((holder, target), key=lambda node: node.order_key)
     advice = (
         f"Take {first.name!r} before {second.name!r} everywhere (rank order), or both at once "
         "with allotment.acquire_all()"
@@ -321,6 +360,6 @@ def _describe(
     )
 
 
-def _rank_of(manager: ResourceManager[Any]) -> str:
-    rank, serial = manager._order_key
+def _rank_of(node: OrderNode) -> str:
+    rank, serial = node.order_key
     return f"rank {rank}, created #{serial}"

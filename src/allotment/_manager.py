@@ -6,39 +6,123 @@ import itertools
 import logging
 import sys
 import threading
-import time
-from collections.abc import Mapping
+import tracemalloc
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, overload
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import attrs
 
-from ._allocator import Allocator, Snapshot
-from ._amounts import Amount, Form, Quantity, ScalarForm, form_for
-from ._claims import Claim, Site, caller_site, deadline_after
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after
+from ._core import (
+    Amount,
+    BankerPolicy,
+    FifoPolicy,
+    Form,
+    MemoryPool,
+    Pool,
+    Quantity,
+    ScalarForm,
+    Site,
+    Ticket,
+    caller_site,
+    form_for,
+)
 from ._errors import AcquireTimeout
 from ._lease import Lease
-from ._lock_order import (
-    LockOrderPolicy,
-    check_order,
-    get_lock_order_policy,
-    note_held,
-    parse_policy,
-)
+from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
+from ._waiters import await_grant, new_thread_waiter
 
 if TYPE_CHECKING:
     from ._declared import DeclaredClaim
 
-__all__ = ["ResourceManager"]
+__all__ = [
+    "ManagerParts",
+    "ResourceManager",
+    "parts_of",
+    "record_site",
+    "records_sites",
+    "statistics_within",
+    "take",
+    "timeout_summary",
+]
 
 logger = logging.getLogger("allotment")
 
-_monotonic = time.monotonic
 _getframe = sys._getframe
 _current_thread = threading.current_thread
+_is_tracing = tracemalloc.is_tracing
 _serial_numbers = itertools.count(1)
+
+# When to record the acquisition site (a frame object per call: the costliest diagnostic).
+_NEVER, _ALWAYS, _WHILE_TRACING = 0, 1, 2
+
+
+def _site_rule(capture_sites: object) -> int:
+    if capture_sites is None:
+        # Python's convention for expensive diagnostics: on in development mode, or while
+        # tracemalloc traces (checked per acquisition, as tracing can start at any time).
+        return _ALWAYS if sys.flags.dev_mode else _WHILE_TRACING
+    if type(capture_sites) is not bool:
+        raise TypeError(f"capture_sites must be True, False or None, not {capture_sites!r}")
+    return _ALWAYS if capture_sites else _NEVER
+
+
+@attrs.frozen
+class ManagerParts:
+    """What the other faces of this package (``acquire_all``, declared claims, the wait
+    graph) use of a manager: its pool and its settings, never its private fields."""
+
+    name: str
+    serial: int
+    pool: Pool
+    form: Form[Any]
+    scalar: bool
+    node: OrderNode
+    clock: Clock
+    site_rule: int
+    banker: BankerPolicy | None
+
+
+def records_sites(parts: ManagerParts) -> bool:
+    """Whether this manager records acquisition sites now."""
+    rule = parts.site_rule
+    return rule == _ALWAYS or (rule == _WHILE_TRACING and _is_tracing())
+
+
+def record_site(parts: ManagerParts, depth: int) -> Site | None:
+    """The site ``depth`` frames above the caller, if this manager records sites now."""
+    return caller_site(depth + 1) if records_sites(parts) else None
+
+
+def take(
+    parts: ManagerParts, ticket: Ticket, lease: Lease[Any], blocking: bool, deadline: float | None
+) -> bool:
+    """Have ``ticket`` (``lease``'s) granted: at once, or by waiting until ``deadline`` if
+    ``blocking``. Returns whether it was granted; on any exception it holds nothing."""
+    pool = parts.pool
+    try:
+        granted = pool.enter(ticket, new_thread_waiter if blocking else None) or (
+            blocking and await_grant(pool, ticket, parts.clock, deadline)
+        )
+        if granted and parts.node.policy is not None:
+            note_held(lease, parts.node, ticket.site)
+    except BaseException:
+        # Interrupted anywhere, even as the grant arrived: leave as if we had never asked.
+        pool.release(ticket, None)
+        raise
+    return granted
+
+
+def timeout_summary(parts: ManagerParts) -> str:
+    """What an ``AcquireTimeout`` message says of the manager: O(1), read without the lock."""
+    pool = parts.pool
+    capacity = pool.capacity
+    assert capacity is not None
+    in_use = parts.form.render_all(capacity - pool.available)
+    return f"{pool.holding} lease(s) hold {in_use!r} and {pool.waiting} request(s) are queued"
 
 
 @attrs.define(eq=False, init=False, repr=False)
@@ -72,17 +156,15 @@ class ResourceManager(Generic[Amount]):
     the lock-order checker (``lock_order=``) reports code that does otherwise.
     """
 
+    _name: str
     _form: Form[Amount]
     _scalar: bool
-    _serial: int
-    _name: str
-    _rank: int
-    _order_key: tuple[int, int]
-    _lock_order: LockOrderPolicy | None
-    _order_policy: LockOrderPolicy | None
-    """The policy in force, ``None`` when off: the one test on the hot path."""
-    _capture_sites: bool
-    _allocator: Allocator
+    _pool: Pool
+    _node: OrderNode
+    _clock: Clock
+    _now: Callable[[], float]
+    _site_rule: int
+    _parts: ManagerParts
 
     @overload
     def __init__(
@@ -93,7 +175,8 @@ class ResourceManager(Generic[Amount]):
         rank: int = 0,
         lock_order: LockOrderPolicy | None = None,
         banker: bool = False,
-        capture_sites: bool = True,
+        capture_sites: bool | None = None,
+        clock: Clock | None = None,
     ) -> None: ...
 
     @overload
@@ -105,7 +188,8 @@ class ResourceManager(Generic[Amount]):
         rank: int = 0,
         lock_order: LockOrderPolicy | None = None,
         banker: bool = False,
-        capture_sites: bool = True,
+        capture_sites: bool | None = None,
+        clock: Clock | None = None,
     ) -> None: ...
 
     def __init__(
@@ -116,7 +200,8 @@ class ResourceManager(Generic[Amount]):
         rank: int = 0,
         lock_order: LockOrderPolicy | None = None,
         banker: bool = False,
-        capture_sites: bool = True,
+        capture_sites: bool | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Create a manager with ``capacity`` units (an int, or a mapping name -> int).
 
@@ -125,9 +210,16 @@ class ResourceManager(Generic[Amount]):
         ``lock_order`` is this manager's lock-order policy, ``"raise"``, ``"warn"`` or
         ``"off"``; ``None`` follows :func:`allotment.set_lock_order_policy`. ``banker=True``
         enables declared claims (:meth:`claim`), whose grants never lead to a deadlock.
+
         ``capture_sites`` records the file and line of each ``acquire`` call for statistics,
-        leak warnings and lock-order reports; turning it off saves a little time per
-        acquisition.
+        leak warnings and lock-order reports. It is the costliest diagnostic (a frame object
+        per call), so by default (``None``) sites are recorded only under Python's
+        development mode (``-X dev``) or while :mod:`tracemalloc` traces, as CPython does for
+        its own costly diagnostics; ``True`` always records them, ``False`` never. The
+        acquiring thread and the age of every lease are always recorded.
+
+        ``clock`` measures every timeout of this manager (default: the system's monotonic
+        clock); tests pass an :class:`allotment.testing.ManualClock`.
         """
         form = form_for(capacity)
         initial = form.parse_capacity(capacity, None)
@@ -137,28 +229,31 @@ class ResourceManager(Generic[Amount]):
             parse_policy(lock_order)
         if type(banker) is not bool:
             raise TypeError(f"banker must be True or False, not {banker!r}")
+        site_rule = _site_rule(capture_sites)
+        clock = SYSTEM_CLOCK if clock is None else clock
+        serial = next(_serial_numbers)
+        self._name = name if name is not None else f"ResourceManager-{serial}"
         self._form = form  # type: ignore[assignment]
         self._scalar = isinstance(form, ScalarForm)
-        self._serial = next(_serial_numbers)
-        self._name = name if name is not None else f"ResourceManager-{self._serial}"
-        self._rank = rank
-        self._order_key = (rank, self._serial)
-        self._lock_order = lock_order
-        self._capture_sites = capture_sites
-        self._allocator = Allocator(
-            form, initial, initial, track_holders=True, accounts={} if banker else None
+        policy = BankerPolicy() if banker else FifoPolicy()
+        self._pool = MemoryPool(form, initial, initial, policy, clock.now, holders={})
+        self._node = new_node(serial, self._name, rank, lock_order)
+        self._clock = clock
+        self._now = clock.now
+        self._site_rule = site_rule
+        self._parts = ManagerParts(
+            name=self._name,
+            serial=serial,
+            pool=self._pool,
+            form=form,
+            scalar=self._scalar,
+            node=self._node,
+            clock=clock,
+            site_rule=site_rule,
+            banker=policy if isinstance(policy, BankerPolicy) else None,
         )
-        # Registered before reading the default, so that a concurrent
-        # set_lock_order_policy() either reaches this manager or is read by it.
-        register(self)
-        self._order_policy = None
-        self._apply_default_lock_order(get_lock_order_policy())
+        register(self, serial)
         logger.debug("created %r", self)
-
-    def _apply_default_lock_order(self, policy: LockOrderPolicy) -> None:
-        if self._lock_order is not None:
-            policy = self._lock_order
-        self._order_policy = None if policy == "off" else policy
 
     # -- taking ---------------------------------------------------------------------------
 
@@ -167,38 +262,45 @@ class ResourceManager(Generic[Amount]):
 
         Blocks until the request reaches the head of the queue and fits, or until ``timeout``
         seconds pass (``None``: no limit). ``timeout=0`` never waits. On timeout it raises
-        :class:`AcquireTimeout` (a ``TimeoutError``) and holds nothing.
+        :class:`AcquireTimeout` (a ``TimeoutError``) and holds nothing. A grant that arrives
+        as the deadline passes is kept.
 
         Raises :class:`ManagerClosed` if the manager is or gets closed,
         :class:`ExceedsCapacity` if ``amount`` is more than the capacity (at once, or when a
-        shrink makes a queued request impossible), and :class:`InvalidAmount` or
-        :class:`InvalidAmountType` for malformed amounts, before anything changes.
+        shrink makes a queued request impossible), :class:`InvalidAmount` or
+        :class:`InvalidAmountType` for malformed amounts, before anything changes, and
+        :class:`ReentrantCall` from a finalizer or signal handler that interrupted this
+        manager's own bookkeeping on this thread.
         """
         if type(amount) is int and amount > 0 and self._scalar:
             request: Quantity = amount  # the common case, without a call
         else:
             request = self._form.parse(amount)
-        deadline = None if timeout is None else deadline_after(timeout)
-        if self._capture_sites:
+        deadline = None if timeout is None else deadline_after(self._clock, timeout)
+        rule = self._site_rule
+        if rule and (rule == _ALWAYS or _is_tracing()):
             # caller_site(1), inlined: a call costs a tenth of an uncontended acquire.
             frame = _getframe(1)
             site: Site | None = (frame.f_code, frame.f_lasti)
         else:
             site = None
-        if self._order_policy is not None and timeout != 0:
+        node = self._node
+        if node.policy is not None and timeout != 0:
             # Only an acquisition that can wait can deadlock; every granted one counts as held.
-            check_order((self,), site or caller_site(1), stacklevel=2)
-        # The lease exists before the grant: if anything interrupts us after the grant, its
-        # collection returns the units instead of leaking them.
-        lease: Lease[Amount] = Lease(request, _current_thread(), site, _monotonic(), self)
+            check_order((node,), site or caller_site(1), stacklevel=2)
+        ticket = Ticket(request, _current_thread(), site, self._now())
+        # The lease exists before the grant: if anything interrupts us after the grant, the
+        # handler below (or, failing that, the lease's collection) returns the units.
+        lease: Lease[Amount] = Lease(ticket, self._pool, self)
+        pool = self._pool
         try:
-            granted = self._allocator.take(request, lease, timeout != 0, deadline)
-            if granted and self._order_policy is not None:
-                note_held(lease)
+            granted = pool.enter(ticket, new_thread_waiter if timeout != 0 else None) or (
+                timeout != 0 and await_grant(pool, ticket, self._clock, deadline)
+            )
+            if granted and node.policy is not None:
+                note_held(lease, node, site)
         except BaseException:
-            # An exception delivered just as take() returned a grant (it lands at the next
-            # call, such as note_held's): nobody will get the lease.
-            self._allocator.release(lease, None)
+            pool.release(ticket, None)
             raise
         if not granted:
             raise self._timeout_error(amount, timeout)
@@ -213,25 +315,15 @@ class ResourceManager(Generic[Amount]):
         counts as held for later acquisitions.
         """
         request = self._form.parse(amount)
-        site = caller_site(1) if self._capture_sites else None
-        lease: Lease[Amount] = Lease(request, _current_thread(), site, _monotonic(), self)
-        return lease if self._take_lease(lease, False, None) else None
-
-    def _take_lease(self, lease: Lease[Amount], blocking: bool, deadline: float | None) -> bool:
-        """Have ``lease`` granted its units (acquire, minus the inlined fast path)."""
-        try:
-            granted = self._allocator.take(lease._units, lease, blocking, deadline)
-            if granted and self._order_policy is not None:
-                note_held(lease)
-        except BaseException:
-            # An exception delivered just as take() returned a grant: nobody will get the lease.
-            self._allocator.release(lease, None)
-            raise
-        return granted
+        site = record_site(self._parts, 1)
+        ticket = Ticket(request, _current_thread(), site, self._clock.now())
+        lease: Lease[Amount] = Lease(ticket, self._pool, self)
+        return lease if take(self._parts, ticket, lease, False, None) else None
 
     def _timeout_error(self, amount: object, timeout: float | None) -> AcquireTimeout:
         error = AcquireTimeout(
-            f"{self._name!r} did not grant {amount!r} within {timeout} s; {self._waiting_summary()}"
+            f"{self._name!r} did not grant {amount!r} within {timeout} s; "
+            f"{timeout_summary(self._parts)}"
         )
         error.manager = self
         return error
@@ -253,13 +345,9 @@ class ResourceManager(Generic[Amount]):
         ``banker=True``, :class:`ExceedsCapacity` for a maximum above the capacity,
         :class:`ManagerClosed` once closed, and the usual errors for a malformed amount.
         """
-        from ._declared import DeclaredClaim  # the public layer above the manager
+        from ._declared import open_claim  # the face above the manager
 
-        return DeclaredClaim._open(self, maximum)
-
-    def _release(self, claim: Claim, amount: Amount | None) -> None:
-        part = None if amount is None else self._form.parse(amount, "released amount")
-        self._allocator.release(claim, part)
+        return open_claim(self, maximum, record_site(self._parts, 1))
 
     # -- changing -------------------------------------------------------------------------
 
@@ -271,7 +359,8 @@ class ResourceManager(Generic[Amount]):
         Queued requests larger than the new capacity are refused with
         :class:`ExceedsCapacity`. Raises :class:`ManagerClosed` once closed.
         """
-        self._allocator.resize(lambda current: self._form.parse_capacity(capacity, current))
+        form = self._form
+        self._pool.resize(lambda current: form.parse_capacity(capacity, current))
         logger.debug("resized %r", self)
 
     def close(self) -> None:
@@ -279,7 +368,7 @@ class ResourceManager(Generic[Amount]):
 
         Leases already granted stay valid and can still be released. Idempotent.
         """
-        self._allocator.close()
+        self._pool.close()
         logger.debug("closed %r", self)
 
     def __enter__(self) -> ResourceManager[Amount]:
@@ -304,41 +393,59 @@ class ResourceManager(Generic[Amount]):
     def rank(self) -> int:
         """The rank given at creation (default 0). Managers are ordered by rank, then by
         creation."""
-        return self._rank
+        return self._node.rank
 
     @property
     def lock_order(self) -> LockOrderPolicy:
         """The lock-order policy in force for this manager."""
-        return "off" if self._order_policy is None else self._order_policy
+        policy = self._node.policy
+        return "off" if policy is None else policy
 
     @property
     def banker(self) -> bool:
         """Whether the manager runs in banker mode (declared claims)."""
-        return self._allocator._accounts is not None
+        return self._parts.banker is not None
+
+    @property
+    def clock(self) -> Clock:
+        """The clock that measures this manager's timeouts and ages."""
+        return self._clock
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
-        return self._allocator.closed
+        return self._pool.closed
 
     def statistics(self) -> ManagerStatistics[Amount]:
         """A frozen snapshot of capacity, use, holders and waiters, taken under the lock."""
-        return self._statistics_from(self._allocator.snapshot())
-
-    def _statistics_from(self, snapshot: Snapshot) -> ManagerStatistics[Amount]:
-        return statistics_from(self._name, self._form, snapshot)
-
-    def _waiting_summary(self) -> str:
-        stats = self.statistics()
-        return (
-            f"{len(stats.holders)} lease(s) hold {stats.in_use!r} and "
-            f"{len(stats.waiters)} request(s) are queued"
-        )
+        return statistics_from(self._name, self._form, self._pool.snapshot())
 
     def __repr__(self) -> str:
-        stats = self.statistics()
-        state = " closed" if stats.closed else ""
+        # Plain reads, never the lock: a debugger or a signal handler may call this on a
+        # thread that is inside the manager's bookkeeping.
+        pool = self._pool
+        capacity = pool.capacity
+        assert capacity is not None
+        state = " closed" if pool.closed else ""
+        form = self._form
         return (
-            f"<allotment.ResourceManager {self._name!r}{state}: capacity={stats.capacity!r} "
-            f"in_use={stats.in_use!r} waiting={len(stats.waiters)}>"
+            f"<allotment.ResourceManager {self._name!r}{state}: "
+            f"capacity={form.render_all(capacity)!r} "
+            f"in_use={form.render_all(capacity - pool.available)!r} waiting={pool.waiting}>"
         )
+
+
+def parts_of(manager: ResourceManager[Any]) -> ManagerParts:
+    """The pool and settings of ``manager``, for the other faces of this package."""
+    return manager._parts
+
+
+def statistics_within(
+    manager: ResourceManager[Any], timeout: float
+) -> ManagerStatistics[Any] | None:
+    """``manager.statistics()``, or ``None`` if its lock is not free within ``timeout``
+    seconds or is held by this very thread (a signal handler that interrupted it)."""
+    snapshot = manager._pool.try_snapshot(timeout)
+    if snapshot is None:
+        return None
+    return statistics_from(manager._name, manager._form, snapshot)

@@ -12,26 +12,31 @@ exception injected while waiting) gives back what was taken, last first.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, overload
 
 import attrs
 
-from ._amounts import Quantity
-from ._claims import Site, caller_site, deadline_after
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after
+from ._core import Quantity, Site, Ticket, caller_site
 from ._errors import AcquireTimeout, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
 from ._lock_order import check_order, note_held
-from ._manager import ResourceManager
+from ._manager import (
+    ManagerParts,
+    ResourceManager,
+    parts_of,
+    records_sites,
+    take,
+    timeout_summary,
+)
 
 __all__ = ["LeaseGroup", "acquire_all", "try_acquire_all"]
 
 Request = tuple[ResourceManager[Any], Any]
 
 _current_thread = threading.current_thread
-_monotonic = time.monotonic
 
 
 @attrs.define(eq=False)
@@ -105,7 +110,7 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     every merged request checked against its manager's capacity, before anything is taken.
     """
     plan = _plan(requests)
-    deadline = deadline_after(timeout)
+    deadline = deadline_after(_clock_of(plan[0]), timeout)
     group = _take_all(plan, timeout != 0, deadline, timeout, caller_site(1), quietly=False)
     assert group is not None
     return group
@@ -122,13 +127,20 @@ class _Step:
     """What to take from one manager: the merged ``total`` and each request's ``parts``."""
 
     manager: ResourceManager[Any]
+    of: ManagerParts
     total: Quantity
     parts: list[tuple[int, Quantity]]
     """``(request index, units)`` for each request to this manager, in request order."""
 
 
 def _rank_of(step: _Step) -> tuple[int, int]:
-    return step.manager._order_key
+    return step.of.node.order_key
+
+
+def _clock_of(planned: list[_Step]) -> Clock:
+    """The clock of the deadline: the first manager's (every manager measures its own
+    waits, but one deadline needs one clock)."""
+    return planned[0].of.clock if planned else SYSTEM_CLOCK
 
 
 def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
@@ -142,25 +154,28 @@ def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
         manager, amount = request
         if not isinstance(manager, ResourceManager):
             raise TypeError(f"request {index} names {manager!r}, which is not a ResourceManager")
-        if type(amount) is int and amount > 0 and manager._scalar:
+        of = parts_of(manager)
+        if type(amount) is int and amount > 0 and of.scalar:
             units: Quantity = amount
         else:
-            units = manager._form.parse(amount, f"amount of request {index}")
+            units = of.form.parse(amount, f"amount of request {index}")
         step = steps.get(id(manager))
         if step is None:
-            steps[id(manager)] = _Step(manager, units, [(index, units)])
+            steps[id(manager)] = _Step(manager, of, units, [(index, units)])
         else:
             step.total = step.total + units
             step.parts.append((index, units))
         count = index + 1
     plan = sorted(steps.values(), key=_rank_of)
     for step in plan:
-        capacity = step.manager._allocator._capacity
-        assert capacity is not None
-        if not step.total <= capacity:
-            form = step.manager._form
+        pool = step.of.pool
+        if not pool.fits_capacity(step.total):
+            # Checked again under each lock as it is taken; this only fails before taking.
+            capacity = pool.capacity
+            assert capacity is not None
+            form = step.of.form
             raise ExceedsCapacity(
-                f"the requests to {step.manager.name!r} add up to "
+                f"the requests to {step.of.name!r} add up to "
                 f"{form.render(step.total)!r}, which can never be granted: its capacity is "
                 f"{form.render_all(capacity)!r}"
             )
@@ -181,36 +196,38 @@ def _take_all(
     plan, count = planned
     checked = False
     for step in plan:
-        if step.manager._order_policy is not None:
+        if step.of.node.policy is not None:
             checked = blocking  # only an acquisition that can wait can deadlock
     if checked:
-        check_order([step.manager for step in plan], site, stacklevel=3)
+        check_order([step.of.node for step in plan], site, stacklevel=3)
     leases: list[Lease[Any]] = [None] * count  # type: ignore[list-item]  # all filled below
     taken: list[Lease[Any]] = []
-    thread, now = _current_thread(), _monotonic()
+    thread = _current_thread()
     try:
         for position, step in enumerate(plan):
-            manager = step.manager
-            lease_site = site if manager._capture_sites else None
-            # One lease takes the merged total, then hands each other request its part.
-            first = Lease(step.total, thread, lease_site, now, manager)
-            taken.append(first)
-            if not manager._allocator.take(step.total, first, blocking, deadline):
+            of = step.of
+            lease_site = site if records_sites(of) else None
+            # One ticket takes the merged total, then hands each other request its part.
+            first = Ticket(step.total, thread, lease_site, of.clock.now())
+            first_lease = Lease(first, of.pool, step.manager)
+            taken.append(first_lease)
+            # The order was checked above, for all the managers at once.
+            if not take(of, first, first_lease, blocking, deadline):
                 if not quietly:
-                    raise _timeout(manager, position, plan, timeout)
+                    raise _timeout(step.manager, position, plan, timeout)
                 _release_all(taken)
                 return None
             parts = step.parts
-            leases[parts[0][0]] = first
+            leases[parts[0][0]] = first_lease
             if len(parts) > 1:
-                others = [Lease(units, thread, lease_site, now, manager) for _, units in parts[1:]]
-                taken.extend(others)
-                manager._allocator.split(first, others)
-                for (index, _), lease in zip(parts[1:], others, strict=True):
+                others = [Ticket(units, thread, lease_site, first.since) for _, units in parts[1:]]
+                other_leases = [Lease(ticket, of.pool, step.manager) for ticket in others]
+                taken.extend(other_leases)
+                of.pool.split(first, others)
+                for (index, _), ticket, lease in zip(parts[1:], others, other_leases, strict=True):
                     leases[index] = lease
-            if manager._order_policy is not None:
-                for lease in taken[len(taken) - len(parts) :]:
-                    note_held(lease)
+                    if of.node.policy is not None:
+                        note_held(lease, of.node, ticket.site)
     except BaseException:
         _release_all(taken)
         raise
@@ -222,7 +239,7 @@ def _release_all(leases: Sequence[Lease[Any]]) -> None:
     error: BaseException | None = None
     for lease in reversed(leases):
         try:
-            lease.manager._allocator.release(lease, None)
+            lease.release()
         except BaseException as raised:  # keep releasing; report the first failure
             error = error or raised
     if error is not None:
@@ -232,12 +249,13 @@ def _release_all(leases: Sequence[Lease[Any]]) -> None:
 def _timeout(
     manager: ResourceManager[Any], position: int, plan: list[_Step], timeout: float | None
 ) -> AcquireTimeout:
-    amount = manager._form.render(plan[position].total)
-    before = [earlier.manager.name for earlier in plan[:position]]
+    of = plan[position].of
+    amount = of.form.render(plan[position].total)
+    before = [earlier.of.name for earlier in plan[:position]]
     released = f"; released what it had taken from {', '.join(map(repr, before))}" if before else ""
     error = AcquireTimeout(
         f"acquire_all timed out after {timeout} s waiting for {amount!r} from "
-        f"{manager.name!r}{released}; {manager._waiting_summary()}"
+        f"{of.name!r}{released}; {timeout_summary(of)}"
     )
     error.manager = manager
     return error

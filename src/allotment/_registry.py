@@ -1,9 +1,14 @@
-"""The registry of live managers: what process-wide tools (the lock-order policy, the wait
-graph) need to reach every manager without keeping any of them alive."""
+"""The registry of live managers: what process-wide tools (the wait graph) need to reach every
+manager without keeping any of them alive.
+
+Lock-free on purpose: ``wait_graph()`` may run from a signal handler that interrupted a thread
+in the middle of a registration, so nothing here may wait. Each step is one dictionary
+operation, which the interpreter performs atomically, and a dead manager's entry is removed by
+its weak reference's callback.
+"""
 
 from __future__ import annotations
 
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -12,20 +17,18 @@ if TYPE_CHECKING:
 
 __all__ = ["live_managers", "register"]
 
-# _lock serialises adds and copies: a WeakSet tolerates its own garbage-collection callbacks
-# during iteration, but not an add from another thread.
-_lock = threading.Lock()
-_managers: weakref.WeakSet[ResourceManager[Any]] = weakref.WeakSet()
+_managers: dict[int, weakref.ref[ResourceManager[Any]]] = {}
 
 
-def register(manager: ResourceManager[Any]) -> None:
-    with _lock:
-        _managers.add(manager)
+def register(manager: ResourceManager[Any], serial: int) -> None:
+    def forget(_: object, serial: int = serial) -> None:
+        _managers.pop(serial, None)
+
+    _managers[serial] = weakref.ref(manager, forget)
 
 
 def live_managers() -> list[ResourceManager[Any]]:
     """Every manager not yet garbage-collected, in creation order."""
-    with _lock:
-        managers = list(_managers)
-    managers.sort(key=lambda manager: manager._serial)
-    return managers
+    entries = sorted(_managers.items())  # one atomic copy, then sorted by serial
+    managers = [reference() for _, reference in entries]
+    return [manager for manager in managers if manager is not None]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import operator
+import threading
 from types import TracebackType
 
 import attrs
 
-from ._allocator import Allocator
-from ._amounts import ScalarForm
-from ._claims import deadline_after
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after
+from ._core import FifoPolicy, MemoryPool, Pool, ScalarForm, Ticket
+from ._waiters import await_grant, new_thread_waiter
 
 __all__ = ["BoundedSemaphore", "Semaphore"]
+
+_current_thread = threading.current_thread
 
 
 @attrs.define(eq=False, init=False, repr=False)
@@ -33,15 +36,21 @@ class Semaphore:
     and an infinite ``timeout`` waits forever instead of raising ``OverflowError``.
     """
 
-    _allocator: Allocator
+    _pool: Pool
+    _clock: Clock
     _limit: int | None
     """The most permits there may be, or ``None``: set by BoundedSemaphore."""
 
-    def __init__(self, value: int = 1) -> None:
+    def __init__(self, value: int = 1, *, clock: Clock | None = None) -> None:
+        """``clock`` measures timeouts (default: the system's monotonic clock)."""
         value = operator.index(value)
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        self._allocator = Allocator(ScalarForm(), value, None, track_holders=False)
+        self._clock = SYSTEM_CLOCK if clock is None else clock
+        # No capacity and no records of holders: a semaphore's release adds permits.
+        self._pool = MemoryPool(
+            ScalarForm(), None, value, FifoPolicy(), self._clock.now, holders=None
+        )
         self._limit = None
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -52,15 +61,32 @@ class Semaphore:
         wait. With ``blocking`` false, never wait; passing a ``timeout`` then is a
         ``ValueError``. Either way, a permit is never taken while another thread waits for one.
         """
-        if not blocking:
-            if timeout is not None:
+        deadline = None
+        if timeout is not None:
+            if not blocking:
                 raise ValueError("can't specify timeout for non-blocking acquire")
-            return self._allocator.take(1, None, False, None)
-        if timeout is None:
-            return self._allocator.take(1, None, True, None)
-        if timeout <= 0:  # as in threading: try once without waiting
-            return self._allocator.take(1, None, False, None)
-        return self._allocator.take(1, None, True, deadline_after(timeout))
+            if timeout <= 0:  # as in threading: try once without waiting
+                blocking = False
+            else:
+                deadline = deadline_after(self._clock, timeout)  # rejects NaN, before anything
+        if self._pool.take(1):
+            return True
+        if not blocking:
+            return False
+        return self._wait_for_permit(deadline)
+
+    def _wait_for_permit(self, deadline: float | None) -> bool:
+        # Only a permit that must be waited for gets a record: the queue needs one.
+        pool = self._pool
+        ticket = Ticket(1, _current_thread(), None, self._clock.now())
+        try:
+            return pool.enter(ticket, new_thread_waiter) or await_grant(
+                pool, ticket, self._clock, deadline
+            )
+        except BaseException:
+            # Interrupted anywhere, even as the permit arrived: hand it on.
+            pool.release(ticket, None)
+            raise
 
     __enter__ = acquire
 
@@ -82,13 +108,14 @@ class Semaphore:
             n = operator.index(n)
         if n < 1:
             raise ValueError("n must be one or more")
-        if not self._allocator.give(n, self._limit):
+        if not self._pool.give(n, self._limit):
             raise ValueError("Semaphore released too many times")
 
     @property
     def _value(self) -> int:
         # The counter threading.Semaphore keeps under this name; some code and tests read it.
-        available = self._allocator.snapshot().available
+        # A plain read, never the lock: it is used from reprs and debuggers.
+        available = self._pool.available
         assert isinstance(available, int)
         return available
 
@@ -104,8 +131,8 @@ class BoundedSemaphore(Semaphore):
     would raise the counter above the initial value, which usually reveals a bug.
     """
 
-    def __init__(self, value: int = 1) -> None:
-        super().__init__(value)
+    def __init__(self, value: int = 1, *, clock: Clock | None = None) -> None:
+        super().__init__(value, clock=clock)
         self._limit = operator.index(value)
 
     def __repr__(self) -> str:

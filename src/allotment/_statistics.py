@@ -6,9 +6,7 @@ from typing import Generic
 
 import attrs
 
-from ._allocator import Snapshot
-from ._amounts import Amount, Form
-from ._claims import describe_site
+from ._core import Amount, Form, Snapshot, describe_site
 
 __all__ = ["ClaimInfo", "HolderInfo", "ManagerStatistics", "WaiterInfo", "statistics_from"]
 
@@ -112,7 +110,7 @@ class ManagerStatistics(Generic[Amount]):
 
 
 def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> ManagerStatistics[Amount]:
-    """Render an allocator snapshot in a manager's public form."""
+    """Render a pool snapshot in a manager's public form."""
     assert snapshot.capacity is not None
     capacity = snapshot.capacity
     now = snapshot.taken_at

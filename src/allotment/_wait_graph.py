@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from ._manager import statistics_within
 from ._registry import live_managers
 from ._statistics import ManagerStatistics
 
@@ -87,19 +88,19 @@ def wait_graph(lock_timeout: float = 1.0) -> WaitGraph:
     """Snapshot every live manager and find the threads that wait for each other.
 
     Safe to call from a debugger, another thread or a signal handler: a manager whose lock
-    cannot be taken within ``lock_timeout`` seconds (because the interrupted thread holds it)
-    is listed in ``busy`` instead of blocking. ``print(allotment.wait_graph())`` explains a
-    hang.
+    belongs to the calling thread (a signal handler that interrupted its bookkeeping), or
+    cannot be taken within ``lock_timeout`` seconds, is listed in ``busy`` instead of
+    blocking. The registry of managers takes no lock at all.
+    ``print(allotment.wait_graph())`` explains a hang.
     """
     managers = []
     busy = []
     for manager in live_managers():
-        snapshot = manager._allocator.try_snapshot(lock_timeout)
-        if snapshot is None:
+        stats = statistics_within(manager, lock_timeout)
+        if stats is None:
             busy.append(manager.name)
-            continue
-        if snapshot.holders or snapshot.waiters:
-            managers.append(manager._statistics_from(snapshot))
+        elif stats.holders or stats.waiters:
+            managers.append(stats)
     edges = _edges(managers)
     return WaitGraph(
         managers=tuple(managers),

@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 
 import attrs
 
-from ._errors import InvalidAmount, InvalidAmountType, UnknownResource
+from .._errors import InvalidAmount, InvalidAmountType, UnknownResource
 
 __all__ = [
     "Amount",

@@ -1,0 +1,89 @@
+"""The one clock: every "now" and every timed sleep in allotment goes through a :class:`Clock`.
+
+A manager is built with a clock (``clock=``, default :data:`SYSTEM_CLOCK`). Its waiters ask the
+clock for the time when they arrive and are granted, and sleep through the clock until their
+deadline. Tests pass an :class:`allotment.testing.ManualClock` instead, and time then moves
+only when they say so: a waiter with ``timeout=5`` times out when the clock has been advanced
+five seconds, not before, and not in real time.
+
+Sleeping belongs to the clock, not only reading it: a thread sleeping on a real timeout would
+ignore a manual clock's ``advance()``. So a sleeper hands its wake-up handle (a lock created
+held, released by whoever wakes it) to :meth:`Clock.sleep_until`, and a manual clock releases
+that handle when it is advanced past the deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from typing import Protocol
+
+import attrs
+
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "WakeHandle", "deadline_after"]
+
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+class WakeHandle(Protocol):
+    """A lock-like handle created held: ``acquire`` blocks until someone ``release``s it."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What allotment needs of time: a monotonic "now" and a sleep that ends at a deadline."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale (only differences mean anything)."""
+        ...
+
+    def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
+        """Block until ``handle`` can be acquired (return ``True``) or until ``now()`` reaches
+        ``deadline`` (return ``False``). Someone else releases the handle to end the sleep
+        early; a ``True`` may also come from a clock that released it at the deadline, so the
+        caller decides what happened from its own state, not from this result alone."""
+        ...
+
+
+@attrs.frozen
+class SystemClock:
+    """Real time: ``time.monotonic`` and lock timeouts."""
+
+    # A staticmethod bound to the builtin: reading the time costs no Python frame.
+    now = staticmethod(time.monotonic)
+
+    def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Lock.acquire rejects timeouts above TIMEOUT_MAX; longer sleeps take several rounds.
+            if handle.acquire(True, min(remaining, _TIMEOUT_MAX)):
+                return True
+
+
+SYSTEM_CLOCK = SystemClock()
+"""The clock every manager uses unless given another."""
+
+
+def deadline_after(clock: Clock, timeout: object) -> float | None:
+    """The deadline ``timeout`` seconds from ``clock.now()``; ``None`` means wait forever.
+
+    ``timeout`` is ``None`` or a non-negative real number (``inf`` also means forever);
+    anything else raises ``TypeError`` or ``ValueError`` before anything changes.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be zero or more seconds, got {timeout!r}")
+    if math.isinf(seconds):
+        return None
+    return clock.now() + seconds

@@ -1,0 +1,298 @@
+"""Admission policies: who a pool grants, and when. The pool does the bookkeeping.
+
+:class:`FifoPolicy` is strict first come, first served. :class:`BankerPolicy` is banker mode:
+declared claims (*accounts*) whose grants always leave a safe state. Each runs only under the
+pool's lock, reads the pool's state, and changes it only through
+:meth:`MemoryPool.grant_queued` and :meth:`MemoryPool.refuse`.
+
+The banker's algorithm: a manager in banker mode knows, for each open account, the most it may
+ever hold at once. A grant is *safe* when, after it, there is still an order in which every
+account could be given the rest of its maximum and finish: each in turn needs no more than
+what is available plus what the accounts before it gave back. Granting only safe requests
+means declared users can never deadlock, even when each holds units while asking for more.
+Requests made without a claim need nothing more once granted, so they never make a state
+unsafe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+
+from .._errors import ClaimClosed, ExceedsCapacity, ExceedsClaim, ManagerClosed
+from ._pool import AccountView
+from ._tickets import GRANTED, PENDING, Site, Ticket, Waiter
+
+if TYPE_CHECKING:
+    from ._amounts import Quantity
+    from ._pool import MemoryPool
+
+__all__ = ["Account", "AccountTicket", "BankerPolicy", "FifoPolicy", "finishable"]
+
+
+@attrs.frozen
+class FifoPolicy:
+    """Strict FIFO: granted on arrival only when nobody is queued and it fits; afterwards only
+    the head of the queue, so a large request holds back smaller ones behind it and is never
+    starved."""
+
+    fifo_arrival: ClassVar[bool] = True
+
+    def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
+        return not pool.queue and ticket.units <= pool.available
+
+    def grant_waiters(self, pool: MemoryPool, woken: list[Waiter]) -> None:
+        queue = pool.queue
+        while queue:
+            head = next(iter(queue))
+            if not head.units <= pool.available:
+                return  # nobody overtakes the head, however small
+            pool.grant_queued(head, woken)
+
+    def after_withdraw(self, pool: MemoryPool, was_head: bool) -> bool:
+        # Only the head held the others back.
+        return was_head
+
+    def check_capacity(self, pool: MemoryPool, capacity: Quantity) -> None:
+        pass
+
+    def views(self, pool: MemoryPool) -> tuple[AccountView, ...]:
+        return ()
+
+
+@attrs.define(eq=False)
+class Account:
+    """One declared claim's bookkeeping; guarded by its pool's lock.
+
+    ``tickets`` are the requests made through the account, in the order they were made; it
+    may also hold tickets that never reached the queue (an exception cut their arrival short)
+    or have finished: those count for nothing and are pruned as the account is read.
+    ``thread`` and ``site`` say who declared it, for statistics.
+    """
+
+    maximum: Quantity
+    thread: threading.Thread
+    site: Site | None
+    tickets: list[Ticket] = attrs.field(factory=list)
+    open: bool = True
+
+    def held(self, zero: Quantity) -> Quantity:
+        """What the account's granted tickets hold now."""
+        total = zero
+        for ticket in self.tickets:
+            if ticket.state is GRANTED:
+                total = total + ticket.units
+        return total
+
+    def reserved(self, pool: MemoryPool) -> Quantity:
+        """What it holds plus what it waits for in the queue; prunes finished tickets."""
+        total = pool.zero
+        kept = []
+        for ticket in self.tickets:
+            state = ticket.state
+            if state is GRANTED or (state is PENDING and ticket in pool.queue):
+                total = total + ticket.units
+                kept.append(ticket)
+            elif state is PENDING:
+                kept.append(ticket)  # arriving now
+        self.tickets = kept
+        return total
+
+
+@attrs.define(eq=False)
+class AccountTicket(Ticket):
+    """A ticket made through a declared claim: the policy charges it to ``account``."""
+
+    account: Account = attrs.field(kw_only=True)
+
+
+def _account_of(ticket: Ticket) -> Account | None:
+    return ticket.account if isinstance(ticket, AccountTicket) else None
+
+
+@attrs.define(eq=False)
+class BankerPolicy:
+    """Banker mode. Two rules differ from FIFO, and only here: a grant must also leave the
+    state safe, and a request from an account that already holds units may overtake the
+    queue. Without that overtaking, an account that holds units and asks for more would wait
+    behind a request that needs those very units: a deadlock.
+
+    ``accounts`` holds the open accounts (guarded by the pool's lock). The state is always
+    safe (grants, resizes and new accounts all keep it so), and eager hand-off reads: no
+    queued ticket that the grant pass may consider fits and is safe.
+    """
+
+    accounts: dict[Account, None] = attrs.field(factory=dict)
+    fifo_arrival: ClassVar[bool] = False
+
+    def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
+        account = _account_of(ticket)
+        request = ticket.units
+        in_progress = False
+        if account is not None:
+            if not account.open:
+                raise ClaimClosed("the declared claim is closed")
+            reserved = account.reserved(pool)
+            if not reserved + request <= account.maximum:
+                form = pool.form
+                raise ExceedsClaim(
+                    f"a request for {form.render(request)!r} would take the claim to "
+                    f"{form.render(reserved + request)!r}, beyond its declared maximum "
+                    f"of {form.render(account.maximum)!r}"
+                )
+            in_progress = bool(account.held(pool.zero))
+        granted = (
+            (in_progress or not pool.queue)
+            and request <= pool.available
+            and self._safe(pool, account, request)
+        )
+        if account is not None:
+            # Last, and harmless if the arrival goes no further: an unqueued, ungranted
+            # ticket counts for nothing.
+            account.tickets.append(ticket)
+        return granted
+
+    def grant_waiters(self, pool: MemoryPool, woken: list[Waiter]) -> None:
+        """Requests are considered in arrival order. One that cannot be granted (it does not
+        fit, or the state after it would be unsafe) holds back every later request from an
+        account holding nothing, as in strict FIFO; requests from accounts that hold units
+        may still be granted past it. Some such account can always finish (the state is
+        safe), so they keep moving, return their units, and the queue drains."""
+        held_back = False
+        for ticket in list(pool.queue):
+            account = _account_of(ticket)
+            if account is not None and not account.open:
+                pool.refuse(
+                    ticket, ClaimClosed("the declared claim was closed while waiting"), woken
+                )
+                continue
+            in_progress = account is not None and bool(account.held(pool.zero))
+            if held_back and not in_progress:
+                continue
+            if ticket.units <= pool.available and self._safe(pool, account, ticket.units):
+                pool.grant_queued(ticket, woken)
+            else:
+                held_back = True
+
+    def after_withdraw(self, pool: MemoryPool, was_head: bool) -> bool:
+        return True  # any queued request may have held others back
+
+    def check_capacity(self, pool: MemoryPool, capacity: Quantity) -> None:
+        """Refuse a capacity below an open claim's maximum, or one that would leave the
+        claims unable to finish (a shrink below what they hold)."""
+        form = pool.form
+        for account in self.accounts:
+            if not account.maximum <= capacity:
+                raise ExceedsCapacity(
+                    f"cannot set the capacity to {form.render_all(capacity)!r}: "
+                    f"an open claim declares {form.render(account.maximum)!r}"
+                )
+        assert pool.capacity is not None
+        work = pool.available + (capacity - pool.capacity)
+        if not self._finishable(pool, work, None, pool.zero):
+            raise ExceedsCapacity(
+                f"cannot set the capacity to {form.render_all(capacity)!r}: the open "
+                "claims could no longer all finish (banker mode shrinks only to safe states)"
+            )
+
+    def views(self, pool: MemoryPool) -> tuple[AccountView, ...]:
+        return tuple(
+            AccountView(account.maximum, account.held(pool.zero), account.thread, account.site)
+            for account in self.accounts
+        )
+
+    def _safe(self, pool: MemoryPool, account: Account | None, request: Quantity) -> bool:
+        """Whether granting ``request`` to ``account`` leaves a safe state.
+
+        O(holders + accounts^2): banker mode trades speed for deadlock freedom.
+        """
+        if account is None:
+            # Needs nothing more once granted, so it can finish first and give it all back.
+            return True
+        work = pool.available - request
+        need = account.maximum - account.held(pool.zero) - request
+        if not need or need <= work:
+            # It could finish first and give back more than it took, after which the order
+            # that made the current state safe (an invariant) still works: no search needed.
+            return True
+        return self._finishable(pool, work, account, request)
+
+    def _finishable(
+        self, pool: MemoryPool, work: Quantity, account: Account | None, request: Quantity
+    ) -> bool:
+        """The full safety test: can every account finish, ``account`` holding ``request``
+        more, starting from ``work`` units?"""
+        for holder in pool.holders or ():
+            if _account_of(holder) is None:
+                work = work + holder.units
+        needs = []
+        for each in self.accounts:
+            held = each.held(pool.zero)
+            if each is account:
+                held = held + request
+            needs.append((each.maximum - held, held))
+        return finishable(work, needs)
+
+    # -- the accounts' own operations, run through MemoryPool.policy_call ----------------------
+
+    def open_account(
+        self, pool: MemoryPool, maximum: Quantity, thread: threading.Thread, site: Site | None
+    ) -> Account:
+        """Open an account that may hold up to ``maximum``. Always safe: an account holding
+        nothing can finish last, when everything else has returned."""
+        if pool.closed:
+            raise ManagerClosed("the manager is closed")
+        assert pool.capacity is not None
+        if not maximum <= pool.capacity:
+            raise ExceedsCapacity(
+                f"a claim of {pool.form.render(maximum)!r} can never be met: "
+                f"the capacity is {pool.form.render_all(pool.capacity)!r}"
+            )
+        account = Account(maximum, thread, site)
+        self.accounts[account] = None
+        return account
+
+    def close_account(self, pool: MemoryPool, account: Account, woken: list[Waiter]) -> None:
+        """Refuse the account's queued requests, return what it holds, forget it. Idempotent.
+
+        The grant pass refuses the queued requests of closed accounts, so marking the account
+        closed first makes any later step, and any pass an exception interrupts, safe."""
+        if not account.open:
+            return
+        tickets = list(account.tickets)
+        account.open = False
+        self.accounts.pop(account, None)
+        for ticket in tickets:
+            pool.give_back(ticket, woken)
+        account.tickets = []
+        if pool.queue:
+            # Its declared need no longer counts: requests it made unsafe may be safe now.
+            self.grant_waiters(pool, woken)
+
+    def account_held(self, pool: MemoryPool, account: Account) -> Quantity:
+        return account.held(pool.zero)
+
+
+def finishable(work: Quantity, accounts: Iterable[tuple[Quantity, Quantity]]) -> bool:
+    """Whether every account, given as ``(still needed, held)``, can finish in some order
+    starting with ``work`` units available.
+
+    An account that can finish returns what it holds, so the order never matters for the
+    answer: finishing one only ever lets more finish. O(n^2) comparisons for n accounts.
+    """
+    remaining = list(accounts)
+    while remaining:
+        waiting = []
+        for needed, held in remaining:
+            # A zero need fits even a shrink's debt; `<=` compares only nonzero components.
+            if not needed or needed <= work:
+                work = work + held
+            else:
+                waiting.append((needed, held))
+        if len(waiting) == len(remaining):
+            return False
+        remaining = waiting
+    return True

@@ -1,0 +1,113 @@
+"""Tickets: one record per request, from the moment it asks until its last unit returns.
+
+A ticket is what a pool's queue and its table of holders hold. It is private to the core: the
+public faces wrap it (a :class:`~allotment.Lease` holds one), so a face that is garbage-collected
+while its ticket still holds units can be noticed and its units handed back.
+
+A queued ticket carries a *waiter*: how the requester sleeps and is woken. A thread sleeps on
+a lock handle; an asyncio task will sleep on a future. The pool never sleeps and never wakes
+anyone under its lock: it records whom to wake, and wakes them once the lock is released.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from types import CodeType
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+if TYPE_CHECKING:
+    import threading
+
+    from ._amounts import Quantity
+
+__all__ = [
+    "FINISHED",
+    "GRANTED",
+    "PENDING",
+    "REFUSED",
+    "Site",
+    "Ticket",
+    "TicketState",
+    "Waiter",
+    "caller_site",
+    "describe_site",
+]
+
+Site = tuple[CodeType, int]
+"""Where a request was made: the caller's code object and bytecode offset.
+
+Reading ``frame.f_lineno`` costs more than the rest of an uncontended acquire, so the line is
+looked up only when a site is shown.
+"""
+
+
+class TicketState(enum.Enum):
+    """Where a ticket is in its life. It only moves down this list, and only under the lock."""
+
+    PENDING = "pending"
+    """Asking (queued, once it waits); ``units`` is the request and nothing is held."""
+    GRANTED = "granted"
+    """Holding ``units``; partial releases reduce them."""
+    REFUSED = "refused"
+    """Taken off the queue without a grant; ``error`` says why."""
+    FINISHED = "finished"
+    """Everything was given back (released, withdrawn or reclaimed), or never granted."""
+
+
+PENDING = TicketState.PENDING
+GRANTED = TicketState.GRANTED
+REFUSED = TicketState.REFUSED
+FINISHED = TicketState.FINISHED
+
+
+class Waiter(Protocol):
+    """How one queued requester sleeps and is woken. Chosen per call, not per pool."""
+
+    def wake(self) -> None:
+        """End the sleep. Called after the pool's lock is released, possibly more than once
+        (a retry after an interrupted wake-up): it must be idempotent and must not block."""
+        ...
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """A request and then a holding.
+
+    ``units``, ``state``, ``since``, ``waiter`` and ``error`` are guarded by the pool's lock;
+    ``thread`` and ``site`` never change. ``since`` is when the ticket asked, reset to when it
+    was granted if it had to queue (on the pool's clock). ``thread`` is the thread that asked,
+    ``site`` where it asked (``None`` unless sites are recorded). ``waiter`` is set only for a
+    ticket that queues and ``error`` only with the REFUSED state: left unset otherwise, they
+    cost nothing on the uncontended path.
+
+    Equality is identity, and so is the hash: a ticket is a key of the pool's tables.
+    """
+
+    units: Quantity
+    thread: threading.Thread
+    site: Site | None
+    since: float
+    state: TicketState = PENDING
+    waiter: Waiter = attrs.field(init=False)
+    error: BaseException = attrs.field(init=False)
+
+
+def caller_site(depth: int) -> Site:
+    """Where the code ``depth`` frames above the caller of this function is."""
+    frame = sys._getframe(depth + 1)
+    return (frame.f_code, frame.f_lasti)
+
+
+def describe_site(site: Site | None) -> str | None:
+    """``"path/to/file.py:42 in function"``, or ``None`` when no site was recorded."""
+    if site is None:
+        return None
+    code, offset = site
+    line = next(
+        (line for start, end, line in code.co_lines() if start <= offset < end),
+        code.co_firstlineno,
+    )
+    return f"{code.co_filename}:{line} in {code.co_name}"

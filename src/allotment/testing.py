@@ -1,0 +1,93 @@
+"""Tools for testing code that uses allotment: a clock that moves only when told to.
+
+>>> from allotment.testing import ManualClock
+>>> clock = ManualClock()
+>>> clock.advance(2.5)
+>>> clock.now()
+2.5
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import threading
+
+import attrs
+
+from ._clock import WakeHandle
+
+__all__ = ["ManualClock"]
+
+
+@attrs.define(eq=False, repr=False)
+class ManualClock:
+    """A monotonic clock that stands still until :meth:`advance` moves it.
+
+    Pass it to a manager (``ResourceManager(4, clock=clock)``, ``Semaphore(1, clock=clock)``)
+    and every timeout of that manager is measured on it: a thread waiting with ``timeout=5``
+    times out once the clock has been advanced five seconds past the moment it asked, however
+    long that takes in real time, and never before. Grants still arrive at once: only
+    timeouts depend on the clock.
+
+    ``_lock`` guards ``_now`` and ``_sleepers``; it is never held while a thread sleeps or
+    while a sleeper is woken.
+    """
+
+    _now: float = 0.0
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _sleepers: dict[WakeHandle, float] = attrs.field(init=False, factory=dict)
+    """Each sleeping thread's wake-up handle and deadline."""
+
+    def now(self) -> float:
+        """The current reading, in seconds (starts at the value given, 0.0 by default)."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` and wake every thread whose deadline has
+        come (``now() >= deadline``). Raises ``ValueError`` for a negative, NaN or infinite
+        amount: a monotonic clock never goes back."""
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+            raise TypeError(f"seconds must be a number, not {seconds!r}")
+        step = float(seconds)
+        if not math.isfinite(step) or step < 0:
+            raise ValueError(
+                f"a monotonic clock only moves forward by a finite amount: {seconds!r}"
+            )
+        with self._lock:
+            self._now += step
+            now = self._now
+            due = [handle for handle, deadline in self._sleepers.items() if deadline <= now]
+            for handle in due:
+                del self._sleepers[handle]
+        for handle in due:
+            _release_once(handle)
+
+    @property
+    def sleepers(self) -> int:
+        """How many threads are sleeping on this clock now: a test advances the clock once
+        the threads it expects are asleep."""
+        return len(self._sleepers)
+
+    def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
+        """Block until ``handle`` is released by a waker (``True``) or by :meth:`advance`
+        reaching ``deadline`` (``False``)."""
+        with self._lock:
+            if self._now >= deadline:
+                return False
+            self._sleepers[handle] = deadline
+        try:
+            handle.acquire()
+        finally:
+            with self._lock:
+                self._sleepers.pop(handle, None)
+        return self._now < deadline
+
+    def __repr__(self) -> str:
+        return f"<allotment.testing.ManualClock now={self._now!r} sleepers={self.sleepers}>"
+
+
+def _release_once(handle: WakeHandle) -> None:
+    with contextlib.suppress(RuntimeError):  # already released by the waker that granted it
+        handle.release()
