@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Generic
 import attrs
 
 from ._clock import deadline_after
-from ._core import Account, AccountTicket, Amount, BankerPolicy, MemoryPool, Site, describe_site
+from ._core import Account, AccountTicket, Amount, BankerPolicy, Site, describe_site
 from ._errors import AcquireTimeout, BankerModeRequired
 from ._lease import Lease
 from ._lock_order import check_order
-from ._manager import ManagerParts, parts_of, record_site, take, timeout_summary
+from ._manager import ManagerParts, parts_of, record_site, take, take_or_none, timeout_summary
 
 if TYPE_CHECKING:
-    from ._core import Waiter
     from ._manager import ResourceManager
 
 __all__ = ["DeclaredClaim", "open_claim"]
@@ -37,13 +36,16 @@ def open_claim(
         raise BankerModeRequired(
             f"{manager.name!r} was not created with banker=True, so it takes no claims"
         )
-    thread = _current_thread()
-
-    def open_account(pool: MemoryPool, woken: list[Waiter]) -> Account:
-        return banker.open_account(pool, declared, thread, site)
-
-    account = parts.pool.policy_call(open_account)
-    return DeclaredClaim(manager, parts, banker, account)
+    account = Account(declared, _current_thread(), site)
+    # The claim exists before its account opens: an exception at any point after leaves an
+    # open account owned by a claim, whose collection closes it.
+    claim = DeclaredClaim(manager, parts, banker, account)
+    try:
+        parts.pool.policy_call(lambda pool, woken: banker.open_account(pool, account, woken))
+    except BaseException:
+        claim.close()  # opened or not, nobody will get this claim
+        raise
+    return claim
 
 
 @attrs.define(eq=False, repr=False)
@@ -80,6 +82,7 @@ class DeclaredClaim(Generic[Amount]):
         parts = self._parts
         deadline = deadline_after(parts.clock, timeout)
         ticket, lease = self._new_lease(amount, checked=timeout != 0)
+        self._keep(lease)  # first: owned by the claim whatever happens next
         if not take(parts, ticket, lease, timeout != 0, deadline):
             error = AcquireTimeout(
                 f"{parts.name!r} did not grant {amount!r} within {timeout} s; "
@@ -87,19 +90,19 @@ class DeclaredClaim(Generic[Amount]):
             )
             error.manager = self._manager
             raise error
-        return self._keep(lease)
+        return lease
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible safely without waiting, else ``None``."""
         ticket, lease = self._new_lease(amount, checked=False)
-        return self._keep(lease) if take(self._parts, ticket, lease, False, None) else None
+        self._keep(lease)
+        return take_or_none(self._parts, ticket, lease)
 
-    def _keep(self, lease: Lease[Amount]) -> Lease[Amount]:
+    def _keep(self, lease: Lease[Amount]) -> None:
         leases = self._leases
         leases.append(lease)
         if len(leases) >= 16 and len(leases) & (len(leases) - 1) == 0:
-            leases[:] = [kept for kept in leases if not kept.released]
-        return lease
+            leases[:] = [kept for kept in leases if not kept.released or kept is lease]
 
     def _new_lease(self, amount: Amount, *, checked: bool) -> tuple[AccountTicket, Lease[Amount]]:
         """A ticket and its lease for ``amount``, after the lock-order check if ``checked``

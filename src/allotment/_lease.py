@@ -84,7 +84,12 @@ class Lease(Generic[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._pool.release(self._ticket, None)
+        try:
+            self._pool.release(self._ticket, None)
+        except BaseException:
+            # Landed at release's first line, before it did anything: release, then go on.
+            self._pool.release(self._ticket, None)
+            raise
 
     def __repr__(self) -> str:
         # Plain reads only: a debugger or a signal handler may call this at any moment.

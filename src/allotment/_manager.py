@@ -46,6 +46,7 @@ __all__ = [
     "records_sites",
     "statistics_within",
     "take",
+    "take_or_none",
     "timeout_summary",
 ]
 
@@ -114,6 +115,18 @@ def take(
         pool.release(ticket, None)
         raise
     return granted
+
+
+def take_or_none(parts: ManagerParts, ticket: Ticket, lease: Lease[Amount]) -> Lease[Amount] | None:
+    """``lease`` if its ticket is granted without waiting, else ``None``; on any exception,
+    even one that lands as the lease is returned, it holds nothing."""
+    try:
+        if take(parts, ticket, lease, False, None):
+            return lease
+    except BaseException:
+        parts.pool.release(ticket, None)
+        raise
+    return None
 
 
 def timeout_summary(parts: ManagerParts) -> str:
@@ -294,17 +307,16 @@ class ResourceManager(Generic[Amount]):
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
         pool = self._pool
         try:
-            granted = pool.enter(ticket, new_thread_waiter if timeout != 0 else None) or (
+            if pool.enter(ticket, new_thread_waiter if timeout != 0 else None) or (
                 timeout != 0 and await_grant(pool, ticket, self._clock, deadline)
-            )
-            if granted and node.policy is not None:
-                note_held(lease, node, site)
+            ):
+                if node.policy is not None:
+                    note_held(lease, node, site)
+                return lease
         except BaseException:
             pool.release(ticket, None)
             raise
-        if not granted:
-            raise self._timeout_error(amount, timeout)
-        return lease
+        raise self._timeout_error(amount, timeout)
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible without waiting, else return ``None``.
@@ -318,7 +330,7 @@ class ResourceManager(Generic[Amount]):
         site = record_site(self._parts, 1)
         ticket = Ticket(request, _current_thread(), site, self._clock.now())
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
-        return lease if take(self._parts, ticket, lease, False, None) else None
+        return take_or_none(self._parts, ticket, lease)
 
     def _timeout_error(self, amount: object, timeout: float | None) -> AcquireTimeout:
         error = AcquireTimeout(

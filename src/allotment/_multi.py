@@ -11,10 +11,11 @@ exception injected while waiting) gives back what was taken, last first.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import attrs
 
@@ -111,9 +112,7 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     """
     plan = _plan(requests)
     deadline = deadline_after(_clock_of(plan[0]), timeout)
-    group = _take_all(plan, timeout != 0, deadline, timeout, caller_site(1), quietly=False)
-    assert group is not None
-    return group
+    return _take_all(plan, timeout != 0, deadline, timeout, caller_site(1), quietly=False)
 
 
 def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
@@ -182,6 +181,30 @@ def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
     return plan, count
 
 
+@overload
+def _take_all(
+    planned: tuple[list[_Step], int],
+    blocking: bool,
+    deadline: float | None,
+    timeout: float | None,
+    site: Site,
+    *,
+    quietly: Literal[False],
+) -> LeaseGroup: ...
+
+
+@overload
+def _take_all(
+    planned: tuple[list[_Step], int],
+    blocking: bool,
+    deadline: float | None,
+    timeout: float | None,
+    site: Site,
+    *,
+    quietly: Literal[True],
+) -> LeaseGroup | None: ...
+
+
 def _take_all(
     planned: tuple[list[_Step], int],
     blocking: bool,
@@ -228,10 +251,10 @@ def _take_all(
                     leases[index] = lease
                     if of.node.policy is not None:
                         note_held(lease, of.node, ticket.site)
+        return LeaseGroup(tuple(leases), tuple(taken))
     except BaseException:
         _release_all(taken)
         raise
-    return LeaseGroup(tuple(leases), tuple(taken))
 
 
 def _release_all(leases: Sequence[Lease[Any]]) -> None:
@@ -242,6 +265,9 @@ def _release_all(leases: Sequence[Lease[Any]]) -> None:
             lease.release()
         except BaseException as raised:  # keep releasing; report the first failure
             error = error or raised
+            # It may have landed before that release did anything: release again (idempotent).
+            with contextlib.suppress(BaseException):
+                lease.release()
     if error is not None:
         raise error
 

@@ -9,7 +9,7 @@ from types import TracebackType
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import FifoPolicy, MemoryPool, Pool, ScalarForm, Ticket
+from ._core import FifoPolicy, MemoryPool, Pool, Quantity, ScalarForm, Ticket
 from ._waiters import await_grant, new_thread_waiter
 
 __all__ = ["BoundedSemaphore", "Semaphore"]
@@ -69,8 +69,14 @@ class Semaphore:
                 blocking = False
             else:
                 deadline = deadline_after(self._clock, timeout)  # rejects NaN, before anything
-        if self._pool.take(1):
-            return True
+        receipt: list[Quantity] = []
+        try:
+            if self._pool.take(1, receipt):
+                return True
+        except BaseException:
+            if receipt:  # taken, but the permit never reached this frame's return
+                self._pool.give(1, None)
+            raise
         if not blocking:
             return False
         return self._wait_for_permit(deadline)

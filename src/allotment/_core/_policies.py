@@ -77,7 +77,8 @@ class Account:
     thread: threading.Thread
     site: Site | None
     tickets: list[Ticket] = attrs.field(factory=list)
-    open: bool = True
+    open: bool = False
+    """Set when the policy registers the account, cleared when it closes it."""
 
     def held(self, zero: Quantity) -> Quantity:
         """What the account's granted tickets hold now."""
@@ -238,22 +239,21 @@ class BankerPolicy:
 
     # -- the accounts' own operations, run through MemoryPool.policy_call ----------------------
 
-    def open_account(
-        self, pool: MemoryPool, maximum: Quantity, thread: threading.Thread, site: Site | None
-    ) -> Account:
-        """Open an account that may hold up to ``maximum``. Always safe: an account holding
-        nothing can finish last, when everything else has returned."""
+    def open_account(self, pool: MemoryPool, account: Account, woken: list[Waiter]) -> None:
+        """Open ``account`` (made, not yet open, by the face that owns it, so that an
+        exception at any point leaves it either unopened or owned). Always safe: an account
+        holding nothing can finish last, when everything else has returned."""
         if pool.closed:
             raise ManagerClosed("the manager is closed")
         assert pool.capacity is not None
+        maximum = account.maximum
         if not maximum <= pool.capacity:
             raise ExceedsCapacity(
                 f"a claim of {pool.form.render(maximum)!r} can never be met: "
                 f"the capacity is {pool.form.render_all(pool.capacity)!r}"
             )
-        account = Account(maximum, thread, site)
+        account.open = True
         self.accounts[account] = None
-        return account
 
     def close_account(self, pool: MemoryPool, account: Account, woken: list[Waiter]) -> None:
         """Refuse the account's queued requests, return what it holds, forget it. Idempotent.
@@ -261,6 +261,7 @@ class BankerPolicy:
         The grant pass refuses the queued requests of closed accounts, so marking the account
         closed first makes any later step, and any pass an exception interrupts, safe."""
         if not account.open:
+            self.accounts.pop(account, None)
             return
         tickets = list(account.tickets)
         account.open = False

@@ -195,7 +195,7 @@ class Pool(Protocol):
 
     def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None: ...
 
-    def take(self, units: Quantity) -> bool: ...
+    def take(self, units: Quantity, receipt: list[Quantity]) -> bool: ...
 
     def give(self, units: Quantity, limit: Quantity | None) -> bool: ...
 
@@ -298,28 +298,34 @@ class MemoryPool:
                 if self.closed:
                     raise ManagerClosed("the manager is closed")
                 units = ticket.units
-                capacity = self.capacity
-                if capacity is not None and not units <= capacity:
-                    raise ExceedsCapacity(self.too_large(units, capacity))
                 if (
                     not self.queue and units <= self.available
                     if self._fifo_arrival
                     else self._policy.admits(self, ticket)
                 ):
+                    # Granted units fit what is available, hence the capacity: no check.
                     available = self.available - units
                     self.available = available
                     ticket.state = GRANTED
                     if self.holders is not None:
                         self.holders[ticket] = None
                     return True
+                capacity = self.capacity
+                if capacity is not None and not units <= capacity:
+                    raise ExceedsCapacity(self.too_large(units, capacity))
                 if waiter is None:
                     return False
                 ticket.waiter = waiter()
                 self.queue[ticket] = None
                 return False
         finally:
-            if self._orphans:
+            # Inside a try: an exception at the branch or at _settle's first line retries.
+            try:
+                if self._orphans:
+                    self._settle(_NO_WAKEUPS)
+            except BaseException:
                 self._settle(_NO_WAKEUPS)
+                raise
 
     def release(self, ticket: Ticket, part: Quantity | None) -> None:
         """Give back ``part`` of what ``ticket`` holds, or all of it (``None``): the one
@@ -366,11 +372,15 @@ class MemoryPool:
                     )
         except BaseException:
             if woken is not _NO_WAKEUPS:
-                self._repair(woken)
+                self._restore(woken)
             raise
         finally:
-            if woken or self._orphans:
+            try:
+                if woken or self._orphans:
+                    self._settle(woken)
+            except BaseException:
                 self._settle(woken)
+                raise
 
     def withdraw(self, ticket: Ticket) -> bool:
         """After a waiter's deadline passed: leave the queue, unless a grant already reached
@@ -463,11 +473,15 @@ class MemoryPool:
             with lock:
                 return operation(woken)
         except BaseException:
-            self._repair(woken)
+            self._restore(woken)
             raise
         finally:
-            if woken or self._orphans:
+            try:
+                if woken or self._orphans:
+                    self._settle(woken)
+            except BaseException:
                 self._settle(woken)
+                raise
 
     def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
         """Move units from the granted ``ticket`` to ``parts``, which become granted holders
@@ -495,9 +509,14 @@ class MemoryPool:
 
         self.run(split_locked)
 
-    def take(self, units: Quantity) -> bool:
+    def take(self, units: Quantity, receipt: list[Quantity]) -> bool:
         """Grant ``units`` with no record if nobody waits and they fit (a semaphore's fast
-        path); ``False``, changing nothing, otherwise."""
+        path); ``False``, changing nothing, otherwise.
+
+        The grant's last step appends ``units`` to ``receipt``, the caller's list: if an
+        exception lands anywhere after the grant, even as the result is returned, the caller
+        sees from the receipt that it must give the units back.
+        """
         lock = self._lock
         if lock._is_owned():
             raise _reentrant("acquire from")
@@ -507,10 +526,16 @@ class MemoryPool:
                     return False
                 available = self.available - units
                 self.available = available
+                receipt.append(units)
                 return True
         finally:
-            if self._orphans:
+            # Inside a try: an exception at the branch or at _settle's first line retries.
+            try:
+                if self._orphans:
+                    self._settle(_NO_WAKEUPS)
+            except BaseException:
                 self._settle(_NO_WAKEUPS)
+                raise
 
     def give(self, units: Quantity, limit: Quantity | None) -> bool:
         """Add ``units`` that no ticket holds (a semaphore's release) and pass them on.
@@ -537,11 +562,15 @@ class MemoryPool:
                 return True
         except BaseException:
             if woken is not _NO_WAKEUPS:
-                self._repair(woken)
+                self._restore(woken)
             raise
         finally:
-            if woken or self._orphans:
+            try:
+                if woken or self._orphans:
+                    self._settle(woken)
+            except BaseException:
                 self._settle(woken)
+                raise
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """Give back everything a garbage-collected face's ticket holds, then call ``notice``
@@ -662,14 +691,24 @@ class MemoryPool:
 
     # -- epilogues -------------------------------------------------------------------------------
 
-    def _repair(self, woken: list[Waiter] | tuple[Waiter, ...]) -> None:
-        """An exception left a section: if it cut a grant pass short, finish the pass, so no
-        unit sits free while a waiter that fits sleeps."""
-        lock = self._lock
-        if lock._is_owned():
-            return  # the exception is leaving an inner section: the outer one repairs
+    def _restore(self, woken: list[Waiter] | tuple[Waiter, ...]) -> None:
+        """An exception left a section, possibly half done (a loop of refusals, a grant pass
+        cut short): restore the invariants before it goes on. Queued requests that no longer
+        fit the capacity, or wait on a closed pool, are refused; then the grant pass runs, so
+        no unit sits free while a waiter that fits sleeps."""
+        if self._lock._is_owned():
+            return  # the exception is leaving an inner section: the outer one restores
         extra: list[Waiter] = []
-        with lock:
+        with self._lock:
+            capacity = self.capacity
+            for ticket in list(self.queue):
+                if self.closed:
+                    self.refuse(
+                        ticket, ManagerClosed("the manager was closed while waiting"), extra
+                    )
+                elif capacity is not None and not ticket.units <= capacity:
+                    error = ExceedsCapacity(self.too_large(ticket.units, capacity))
+                    self.refuse(ticket, error, extra)
             if self.queue:
                 self._policy.grant_waiters(self, extra)
         if isinstance(woken, list):
@@ -680,16 +719,11 @@ class MemoryPool:
     def _settle(self, woken: list[Waiter] | tuple[Waiter, ...]) -> None:
         """After a section: wake whom it granted, then do the releases deferred into it.
 
-        Retried once if an exception cuts it short: wake-ups are idempotent and each deferred
-        release is popped only after it is done.
+        Callers retry it once if an exception cuts it short (even at its first line):
+        wake-ups are idempotent and each deferred release is popped only after it is done.
         """
-        try:
-            _wake_all(woken)
-            self._drain_orphans()
-        except BaseException:
-            _wake_all(woken)
-            self._drain_orphans()
-            raise
+        _wake_all(woken)
+        self._drain_orphans()
 
     def _drain_orphans(self) -> None:
         lock = self._lock
