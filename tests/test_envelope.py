@@ -506,13 +506,14 @@ LEAK_NOTICES = ("garbage-collected while still held", "garbage-collected while o
 def _result_in_transit(run: Run) -> bool:
     """Whether the run acted where a lease (or claim) was already out of the library's hands:
     anywhere in ``Lease.__enter__`` or at the first line of ``__exit__`` (a ``with``
-    statement aborted before entering or leaving), or as a call returned its result (the value dropped on its
-    way back to the caller: the same window every caller of a function that returns a
-    resource has in its own frame). There, the designed outcome is the finalizer's: the units
-    come back at once, with a ResourceWarning. Everything else is still checked."""
+    statement aborted before entering or leaving), or as a call returned its result (the
+    value dropped on its way back to the caller: the same window every caller of a function
+    that returns a resource has in its own frame). There, the designed outcome is the
+    finalizer's: the units come back at once, with a ResourceWarning. Everything else is
+    still checked."""
     fired = run.fired or ""
     return "(after a call into Python)" in fired or bool(
-        re.search(r"_lease\.py:\d+ in __enter__ |_lease\.py:\d+ in __exit__ \(entry\)", fired)
+        re.search(r"_lease\.py:\d+ in (__enter__ |__exit__ \(entry\))", fired)
     )
 
 

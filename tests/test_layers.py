@@ -87,7 +87,7 @@ def _is_module(name: str) -> bool:
 
 
 def _all_imports(path: Path) -> list[str]:
-    names = []
+    names: list[str] = []
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
@@ -174,11 +174,14 @@ def test_only_the_clock_reads_the_system_clock(path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(FACES))
 def test_faces_hold_their_pool_as_the_interface(name: str) -> None:
     for node in ast.walk(_tree(PACKAGE / name)):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.target.id in {"_pool", "pool"}:
-                assert ast.unparse(node.annotation) == "Pool", (
-                    f"{name}:{node.lineno}: {node.target.id} is a {ast.unparse(node.annotation)}"
-                )
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id in {"_pool", "pool"}
+        ):
+            assert ast.unparse(node.annotation) == "Pool", (
+                f"{name}:{node.lineno}: {node.target.id} is a {ast.unparse(node.annotation)}"
+            )
 
 
 def test_module_level_imports_form_no_cycle() -> None:

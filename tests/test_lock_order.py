@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import allotment
-from allotment._manager import parts_of
 from allotment import _lock_order
+from allotment._manager import parts_of
 from support import GENEROUS, assert_idle, start
 
 
@@ -23,9 +23,7 @@ def managers(
     count: int, policy: allotment.LockOrderPolicy = "raise", capacity: int = 2
 ) -> list[Any]:
     return [
-        allotment.ResourceManager(
-            capacity, name=name, lock_order=policy, capture_sites=True
-        )
+        allotment.ResourceManager(capacity, name=name, lock_order=policy, capture_sites=True)
         for name in "ABCDEFGH"[:count]
     ]
 
