@@ -29,6 +29,9 @@ def register(manager: ResourceManager[Any], serial: int) -> None:
 
 def live_managers() -> list[ResourceManager[Any]]:
     """Every manager not yet garbage-collected, in creation order."""
-    entries = sorted(_managers.items())  # one atomic copy, then sorted by serial
+    # dict.copy() runs in C with no allocation the collector watches while it walks, so a
+    # manager collected meanwhile (its callback pops an entry) cannot change the dict
+    # mid-walk; sorting the copy's items may run the collector, which is then harmless.
+    entries = sorted(_managers.copy().items())
     managers = [reference() for _, reference in entries]
     return [manager for manager in managers if manager is not None]
