@@ -18,10 +18,14 @@ from ._errors import (
     AllotmentError,
     BankerModeRequired,
     ClaimClosed,
+    ExceedsBurst,
     ExceedsCapacity,
     ExceedsClaim,
     InvalidAmount,
     InvalidAmountType,
+    InvalidKey,
+    InvalidLimit,
+    InvalidLimitType,
     LeaseReleased,
     LockOrderViolation,
     LockOrderWarning,
@@ -30,7 +34,10 @@ from ._errors import (
     ReleaseExceedsHeld,
     UnknownResource,
 )
+from ._guard import guard
+from ._keyed import KeyedRateLimiter
 from ._lease import Lease
+from ._limiters import RateGrant, RateLimiter, Reservation, WindowLimiter
 from ._lock_order import (
     LockOrderPolicy,
     OrderEdge,
@@ -40,7 +47,14 @@ from ._lock_order import (
 from ._manager import ResourceManager
 from ._multi import LeaseGroup, acquire_all, try_acquire_all
 from ._semaphore import BoundedSemaphore, Semaphore
-from ._statistics import ClaimInfo, HolderInfo, ManagerStatistics, WaiterInfo
+from ._statistics import (
+    ClaimInfo,
+    HolderInfo,
+    ManagerStatistics,
+    RateStatistics,
+    RateWaiterInfo,
+    WaiterInfo,
+)
 from ._wait_graph import ThreadRef, WaitEdge, WaitGraph, wait_graph
 
 __all__ = [
@@ -52,11 +66,16 @@ __all__ = [
     "ClaimInfo",
     "Clock",
     "DeclaredClaim",
+    "ExceedsBurst",
     "ExceedsCapacity",
     "ExceedsClaim",
     "HolderInfo",
     "InvalidAmount",
     "InvalidAmountType",
+    "InvalidKey",
+    "InvalidLimit",
+    "InvalidLimitType",
+    "KeyedRateLimiter",
     "Lease",
     "LeaseGroup",
     "LeaseReleased",
@@ -66,8 +85,13 @@ __all__ = [
     "ManagerClosed",
     "ManagerStatistics",
     "OrderEdge",
+    "RateGrant",
+    "RateLimiter",
+    "RateStatistics",
+    "RateWaiterInfo",
     "ReentrantCall",
     "ReleaseExceedsHeld",
+    "Reservation",
     "ResourceManager",
     "Semaphore",
     "SystemClock",
@@ -76,8 +100,10 @@ __all__ = [
     "WaitEdge",
     "WaitGraph",
     "WaiterInfo",
+    "WindowLimiter",
     "acquire_all",
     "get_lock_order_policy",
+    "guard",
     "set_lock_order_policy",
     "try_acquire_all",
     "wait_graph",

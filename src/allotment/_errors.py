@@ -18,10 +18,14 @@ __all__ = [
     "AllotmentError",
     "BankerModeRequired",
     "ClaimClosed",
+    "ExceedsBurst",
     "ExceedsCapacity",
     "ExceedsClaim",
     "InvalidAmount",
     "InvalidAmountType",
+    "InvalidKey",
+    "InvalidLimit",
+    "InvalidLimitType",
     "LeaseReleased",
     "LockOrderViolation",
     "LockOrderWarning",
@@ -84,6 +88,25 @@ class ExceedsCapacity(InvalidAmount):
     Raised at once by ``acquire`` and ``try_acquire``, and raised to a queued request when
     ``resize`` shrinks the capacity below what it asks for.
     """
+
+
+class ExceedsBurst(InvalidAmount):
+    """A cost is more than a rate limiter can ever allow at once (its ``burst``, or a window
+    limiter's ``limit``), so waiting would never end. Raised before anything changes."""
+
+
+class InvalidLimit(AllotmentError, ValueError):
+    """A rate limiter's settings are impossible: a rate, period, burst or limit that is zero,
+    negative, NaN or infinite."""
+
+
+class InvalidLimitType(AllotmentError, TypeError):
+    """A rate limiter's setting is not a number (or is a bool), or a burst or limit is not a
+    whole number."""
+
+
+class InvalidKey(AllotmentError, TypeError):
+    """A keyed limiter was given a key that cannot be a dict key (it is not hashable)."""
 
 
 class ReleaseExceedsHeld(InvalidAmount):

@@ -9,7 +9,7 @@ import threading
 import tracemalloc
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
@@ -53,6 +53,8 @@ __all__ = [
 logger = logging.getLogger("allotment")
 
 _getframe = sys._getframe
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 _current_thread = threading.current_thread
 _is_tracing = tracemalloc.is_tracing
 _serial_numbers = itertools.count(1)
@@ -331,6 +333,16 @@ class ResourceManager(Generic[Amount]):
         ticket = Ticket(request, _current_thread(), site, self._clock.now())
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
         return take_or_none(self._parts, ticket, lease)
+
+    def guard(
+        self, amount: Amount, *, timeout: float | None = None
+    ) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
+        """A decorator: every call of the function holds ``amount`` while it runs (waiting
+        up to ``timeout`` for it), and gives it back however the call ends. See
+        :func:`allotment.guard`, which also combines managers and rate limiters."""
+        from ._guard import guard
+
+        return guard((self, amount), timeout=timeout)
 
     def _timeout_error(self, amount: object, timeout: float | None) -> AcquireTimeout:
         error = AcquireTimeout(

@@ -7,6 +7,13 @@ the one it waits for, so a chain of waiting threads climbs in rank and never clo
 atomic request (taking a manager twice in a row could wait on itself), and takes them one
 manager at a time. Anything that goes wrong on the way (a timeout, a closed manager, an
 exception injected while waiting) gives back what was taken, last first.
+
+Rate limiters come last, after every manager was granted: rate is spent where the work
+starts, and only when everything else is held, so a group that times out on a manager has
+spent no rate. Before spending any, each limiter forecasts when it could allow its cost; if
+one is past the deadline, the group fails at once. Otherwise the limiters are waited for
+latest first, so the others are then usually allowed at once, and an error on the way
+refunds what was spent.
 """
 
 from __future__ import annotations
@@ -20,9 +27,18 @@ from typing import Any, Literal, overload
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import Quantity, Site, Ticket, caller_site
-from ._errors import AcquireTimeout, ExceedsCapacity, LeaseReleased
+from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site
+from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
+from ._limiters import (
+    LimiterParts,
+    RateGrant,
+    acquire_ticket,
+    is_limiter,
+    limiter_parts,
+    refund,
+    validate_cost,
+)
 from ._lock_order import check_order, note_held
 from ._manager import (
     ManagerParts,
@@ -32,25 +48,34 @@ from ._manager import (
     take,
     timeout_summary,
 )
+from ._waiters import seconds_of
 
-__all__ = ["LeaseGroup", "acquire_all", "try_acquire_all"]
+__all__ = ["LeaseGroup", "acquire_all", "try_acquire_all", "validate_parts"]
 
-Request = tuple[ResourceManager[Any], Any]
+Request = tuple[Any, Any]
+"""``(manager, amount)`` or ``(limiter, cost)``."""
 
 _current_thread = threading.current_thread
 
 
 @attrs.define(eq=False)
 class LeaseGroup(Sequence[Lease[Any]]):
-    """The leases :func:`acquire_all` granted: ``group[i]`` is the lease for the i-th request.
+    """What :func:`acquire_all` granted: ``group[i]`` is the lease for the i-th request that
+    named a manager (requests naming rate limiters are skipped in that count; what they were
+    allowed is in :attr:`rates`).
 
     A context manager: leaving the block releases every lease, in the reverse of the order
     they were taken, also when the block raises. Each lease also stays releasable on its own.
+    Rate is not given back: the work it paid for ran.
     """
 
     _leases: tuple[Lease[Any], ...]
     _taken: tuple[Lease[Any], ...]
     """The same leases in the order they were granted."""
+    _grants: tuple[tuple[Meter, RateTicket], ...] = ()
+    """The limiters' grants, for :meth:`refund`."""
+    rates: tuple[RateGrant, ...] = ()
+    """What each rate limiter allowed, one per limiter named, in the order first named."""
 
     @overload
     def __getitem__(self, index: int) -> Lease[Any]: ...
@@ -70,17 +95,23 @@ class LeaseGroup(Sequence[Lease[Any]]):
     @property
     def released(self) -> bool:
         """``True`` once every lease holds nothing."""
-        return all(lease.released for lease in self._leases)
+        return all(lease.released for lease in self._taken)
 
     def release(self) -> None:
         """Release every lease still held, the last taken first. Idempotent."""
         _release_all(self._taken)
 
+    def refund(self) -> bool:
+        """Give the limiters' rate back, for work that never started (a guard whose call
+        was interrupted before it began). Exact for each limiter that granted nothing since;
+        ``True`` if every one was refunded. Idempotent."""
+        refunded = True
+        for meter, ticket in reversed(self._grants):
+            refunded = refund(meter, ticket) and refunded
+        return refunded
+
     def __enter__(self) -> LeaseGroup:
-        for lease in self._leases:
-            if not lease.released:
-                return self
-        if self._leases:
+        if self._taken and self.released:
             raise LeaseReleased("these leases were already released and hold nothing")
         return self
 
@@ -111,7 +142,7 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     every merged request checked against its manager's capacity, before anything is taken.
     """
     plan = _plan(requests)
-    deadline = deadline_after(_clock_of(plan[0]), timeout)
+    deadline = deadline_after(_clock_of(plan), timeout)
     return _take_all(plan, timeout != 0, deadline, timeout, caller_site(1), quietly=False)
 
 
@@ -132,27 +163,76 @@ class _Step:
     """``(request index, units)`` for each request to this manager, in request order."""
 
 
+@attrs.define
+class _RateStep:
+    """What to take from one limiter: the merged ``total`` and each request's index."""
+
+    limiter: Any
+    of: LimiterParts
+    total: int
+    indices: list[int]
+
+
+@attrs.frozen
+class _Plan:
+    steps: list[_Step]
+    rates: list[_RateStep]
+    count: int
+
+
 def _rank_of(step: _Step) -> tuple[int, int]:
     return step.of.node.order_key
 
 
-def _clock_of(planned: list[_Step]) -> Clock:
-    """The clock of the deadline: the first manager's (every manager measures its own
-    waits, but one deadline needs one clock)."""
-    return planned[0].of.clock if planned else SYSTEM_CLOCK
+def _clock_of(plan: _Plan) -> Clock:
+    """The clock of the deadline: the first manager's, else the first limiter's (each
+    measures its own waits, but one deadline needs one clock)."""
+    if plan.steps:
+        return plan.steps[0].of.clock
+    return plan.rates[0].of.clock if plan.rates else SYSTEM_CLOCK
 
 
-def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
-    """Validate and merge the requests and sort them by rank; also return how many there
-    are. Raises before anything is taken."""
+def validate_parts(requests: Iterable[Request]) -> list[Request]:
+    """Check ``requests`` as :func:`acquire_all` would, taking nothing; return them as a
+    list (for a guard, which checks once when decorating)."""
+    listed = list(requests)
+    _plan(listed)
+    return listed
+
+
+def _plan(requests: Iterable[Request]) -> _Plan:
+    """Validate and merge the requests and sort the managers by rank; limiters go last, in
+    the order they are named. Raises before anything is taken."""
     steps: dict[int, _Step] = {}
+    rates: dict[int, _RateStep] = {}
     count = 0
     for index, request in enumerate(requests):
         if not isinstance(request, tuple) or len(request) != 2:
-            raise TypeError(f"request {index} must be a (manager, amount) pair, not {request!r}")
+            raise TypeError(
+                f"request {index} must be a (manager or limiter, amount) pair, not {request!r}"
+            )
         manager, amount = request
+        count = index + 1
+        if is_limiter(manager):
+            limits = limiter_parts(manager)
+            cost = validate_cost(amount, limits.largest, f"cost of request {index}")
+            rate = rates.get(id(manager))
+            if rate is None:
+                rates[id(manager)] = _RateStep(manager, limits, cost, [index])
+            else:
+                rate.total += cost
+                rate.indices.append(index)
+                if rate.total > limits.largest:
+                    raise ExceedsBurst(
+                        f"the requests to {limits.name!r} add up to {rate.total}, which can "
+                        f"never be allowed: at most {limits.largest} unit(s) at once"
+                    )
+            continue
         if not isinstance(manager, ResourceManager):
-            raise TypeError(f"request {index} names {manager!r}, which is not a ResourceManager")
+            raise TypeError(
+                f"request {index} names {manager!r}, which is not a ResourceManager or a "
+                "rate limiter"
+            )
         of = parts_of(manager)
         if type(amount) is int and amount > 0 and of.scalar:
             units: Quantity = amount
@@ -164,7 +244,6 @@ def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
         else:
             step.total = step.total + units
             step.parts.append((index, units))
-        count = index + 1
     plan = sorted(steps.values(), key=_rank_of)
     for step in plan:
         pool = step.of.pool
@@ -178,12 +257,12 @@ def _plan(requests: Iterable[Request]) -> tuple[list[_Step], int]:
                 f"{form.render(step.total)!r}, which can never be granted: its capacity is "
                 f"{form.render_all(capacity)!r}"
             )
-    return plan, count
+    return _Plan(plan, list(rates.values()), count)
 
 
 @overload
 def _take_all(
-    planned: tuple[list[_Step], int],
+    planned: _Plan,
     blocking: bool,
     deadline: float | None,
     timeout: float | None,
@@ -195,7 +274,7 @@ def _take_all(
 
 @overload
 def _take_all(
-    planned: tuple[list[_Step], int],
+    planned: _Plan,
     blocking: bool,
     deadline: float | None,
     timeout: float | None,
@@ -206,7 +285,7 @@ def _take_all(
 
 
 def _take_all(
-    planned: tuple[list[_Step], int],
+    planned: _Plan,
     blocking: bool,
     deadline: float | None,
     timeout: float | None,
@@ -216,14 +295,14 @@ def _take_all(
 ) -> LeaseGroup | None:
     """Take the plan's steps in order; on a refusal return ``None`` if ``quietly``, else
     raise ``AcquireTimeout``. Either way, nothing stays taken."""
-    plan, count = planned
+    plan, count = planned.steps, planned.count
     checked = False
     for step in plan:
         if step.of.node.policy is not None:
             checked = blocking  # only an acquisition that can wait can deadlock
     if checked:
         check_order([step.of.node for step in plan], site, stacklevel=3)
-    leases: list[Lease[Any]] = [None] * count  # type: ignore[list-item]  # all filled below
+    leases: list[Lease[Any] | None] = [None] * count
     taken: list[Lease[Any]] = []
     thread = _current_thread()
     try:
@@ -251,10 +330,100 @@ def _take_all(
                     leases[index] = lease
                     if of.node.policy is not None:
                         note_held(lease, of.node, ticket.site)
-        return LeaseGroup(tuple(leases), tuple(taken))
+        rates: tuple[tuple[Meter, RateTicket], ...] = ()
+        if planned.rates:
+            granted = _take_rates(planned.rates, blocking, deadline, timeout, quietly=quietly)
+            if granted is None:
+                _release_all(taken)
+                return None
+            rates = granted
+        return LeaseGroup(
+            tuple(lease for lease in leases if lease is not None),
+            tuple(taken),
+            rates,
+            tuple(RateGrant(step.limiter, step.total) for step in planned.rates),
+        )
     except BaseException:
         _release_all(taken)
         raise
+
+
+def _take_rates(
+    steps: list[_RateStep],
+    blocking: bool,
+    deadline: float | None,
+    timeout: float | None,
+    *,
+    quietly: bool,
+) -> tuple[tuple[Meter, RateTicket], ...] | None:
+    """Spend every limiter's cost, or none. ``None`` (if ``quietly``) or ``AcquireTimeout``
+    when one cannot be allowed by ``deadline``, with whatever was granted given back.
+
+    First a forecast: the time each limiter would allow its cost, if asked now. If any is
+    after the deadline, fail at once, having spent nothing. Otherwise wait for them latest
+    first, so the others are usually allowed at once after it and no rate is spent long
+    before the work starts."""
+    forecasts = []
+    for step in steps:
+        meter = step.of.meter
+        at = seconds_of(meter.forecast(step.total), meter.scale)
+        if (not blocking and at > step.of.clock.now()) or (deadline is not None and at > deadline):
+            _rates_refused([], step, timeout, quietly=quietly)
+            return None
+        forecasts.append((at, step))
+    forecasts.sort(key=lambda pair: -pair[0])
+    granted: list[tuple[Meter, RateTicket]] = []
+    try:
+        for _, step in forecasts:
+            meter, clock = step.of.meter, step.of.clock
+            if not blocking:
+                wait: float | None = 0
+            elif deadline is None:
+                wait = None
+            else:
+                wait = max(0.0, deadline - clock.now())
+            try:
+                ticket = acquire_ticket(step.of, meter, step.total, wait)
+            except AcquireTimeout:
+                _rates_refused(granted, step, timeout, quietly=quietly)
+                return None
+            granted.append((meter, ticket))
+        return tuple(granted)
+    except BaseException:
+        _withdraw_rates(granted)
+        raise
+
+
+def _withdraw_rates(entered: list[tuple[Meter, RateTicket]]) -> None:
+    error: BaseException | None = None
+    for meter, ticket in reversed(entered):
+        try:
+            meter.release(ticket)
+        except BaseException as raised:  # keep withdrawing; report the first failure
+            error = error or raised
+            with contextlib.suppress(BaseException):
+                meter.release(ticket)
+    if error is not None:
+        raise error
+
+
+def _rates_refused(
+    entered: list[tuple[Meter, RateTicket]],
+    step: _RateStep | None,
+    timeout: float | None,
+    *,
+    quietly: bool,
+) -> None:
+    _withdraw_rates(entered)  # granted ones are refunded (exactly, unless others came after)
+    if quietly:
+        return
+    if step is None:
+        why = "the limiters did not all allow their costs in time"
+    else:
+        why = f"{step.of.name!r} cannot allow {step.total} unit(s) by then"
+    raise AcquireTimeout(
+        f"acquire_all cannot be granted within {timeout} s: {why}; nothing is held or spent"
+    )
 
 
 def _release_all(leases: Sequence[Lease[Any]]) -> None:

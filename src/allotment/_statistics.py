@@ -8,7 +8,15 @@ import attrs
 
 from ._core import Amount, Form, Snapshot, describe_site
 
-__all__ = ["ClaimInfo", "HolderInfo", "ManagerStatistics", "WaiterInfo", "statistics_from"]
+__all__ = [
+    "ClaimInfo",
+    "HolderInfo",
+    "ManagerStatistics",
+    "RateStatistics",
+    "RateWaiterInfo",
+    "WaiterInfo",
+    "statistics_from",
+]
 
 
 @attrs.frozen
@@ -105,6 +113,69 @@ class ManagerStatistics(Generic[Amount]):
             lines.append(
                 f"    holds {claim.held!r} of at most {claim.maximum!r}: {claim.thread_name}"
                 + (f", declared at {claim.site}" if claim.site else "")
+            )
+        return "\n".join(lines)
+
+
+@attrs.frozen
+class RateWaiterInfo:
+    """One caller queued on a rate limiter (or one reservation whose time has not come)."""
+
+    cost: int
+    """The units it asks for."""
+    thread_name: str
+    """The name of the thread that asked."""
+    thread_id: int | None
+    """That thread's ``threading.get_ident()``."""
+    waited: float
+    """Seconds since it asked."""
+    allowed_in: float
+    """Seconds until it is planned to be allowed (``0.0`` if that time has come)."""
+    reservation: bool
+    """``True`` for a reservation (nobody sleeps on it), ``False`` for a waiting thread."""
+
+
+@attrs.frozen
+class RateStatistics:
+    """A consistent picture of a rate limiter, taken in one short critical section.
+
+    For a :class:`~allotment.WindowLimiter`, ``rate`` and ``burst`` are both its ``limit``.
+    """
+
+    name: str
+    kind: str
+    """``"gcra"`` (:class:`~allotment.RateLimiter`) or ``"window"``."""
+    rate: float
+    per: float
+    burst: int
+    available: int
+    """Units a caller could take now without waiting (``0`` while anyone is queued)."""
+    next_allowed: float
+    """When one more unit, queued behind everyone, would be allowed (clock seconds)."""
+    waiters: tuple[RateWaiterInfo, ...]
+    """Queued callers and pending reservations, in the order they will be allowed."""
+    allowed: int
+    """Requests allowed so far (``allowed_units`` counts their units)."""
+    allowed_units: int
+    refused: int
+    """Requests refused: a ``try_acquire`` that failed, a timeout (at once or later)."""
+    waited: int
+    """Requests that had to queue (including reservations)."""
+    charged: int
+    """Units spent through ``charge``."""
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.name}: {self.rate:g} per {self.per:g} s, burst {self.burst}; "
+            f"available {self.available}, allowed {self.allowed} ({self.allowed_units} units), "
+            f"refused {self.refused}, waited {self.waited}, charged {self.charged}",
+            f"  {len(self.waiters)} waiter(s), next allowed first:",
+        ]
+        for position, waiter in enumerate(self.waiters, 1):
+            kind = "reservation" if waiter.reservation else waiter.thread_name
+            lines.append(
+                f"    {position}. {waiter.cost} unit(s), allowed in {waiter.allowed_in:.3f} s, "
+                f"waiting {waiter.waited:.3f} s: {kind}"
             )
         return "\n".join(lines)
 

@@ -11,14 +11,23 @@ An asyncio task will sleep on a future instead: a sibling class with the same ``
 
 from __future__ import annotations
 
+import fractions
+import math
 import threading
 
 import attrs
 
 from ._clock import Clock
-from ._core import REFUSED, Pool, Ticket
+from ._core import NANOSECONDS, REFUSED, Meter, Pool, RateTicket, Ticket, ticks_of
 
-__all__ = ["ThreadWaiter", "await_grant", "new_thread_waiter"]
+__all__ = [
+    "ThreadWaiter",
+    "await_grant",
+    "await_rate",
+    "new_thread_waiter",
+    "seconds_at",
+    "seconds_of",
+]
 
 _new_lock = threading.Lock
 
@@ -75,3 +84,46 @@ def await_grant(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
         return True
     # The deadline passed: leave, unless a grant arrived meanwhile, which wins.
     return pool.withdraw(ticket)
+
+
+def await_rate(meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None) -> bool:
+    """The calling thread's side of a queued rate ticket: sleep until its planned tick, then
+    let the meter grant it; sleep again whenever the plan moved.
+
+    Returns ``True`` once granted, ``False`` if ``deadline`` (clock seconds) passed first (the
+    ticket has then left the queue). The caller calls ``meter.release(ticket)`` on any
+    exception, including one raised here.
+    """
+    scale = meter.scale
+    due: int | None = ticket.due
+    while due is not None:
+        waiter = ticket.sleeper
+        assert isinstance(waiter, ThreadWaiter)
+        wake_at = seconds_at(due, scale)
+        if deadline is not None and deadline < wake_at:
+            wake_at = deadline
+        waiter.sleep(clock, wake_at)
+        due = meter.poll(ticket, new_thread_waiter)
+        if due is not None and deadline is not None and clock.now() >= deadline:
+            # The deadline passed (a charge pushed the plan past it): leave, unless a grant
+            # arrived meanwhile, which wins.
+            return meter.withdraw(ticket)
+    return True
+
+
+def seconds_of(tick: int, scale: int) -> float:
+    """A tick as clock seconds, the nearest float: for showing, not for sleeping."""
+    return float(fractions.Fraction(tick, scale * NANOSECONDS))
+
+
+def seconds_at(tick: int, scale: int) -> float:
+    """The earliest clock reading (seconds) at which the meter's tick count reaches ``tick``:
+    readings are rounded to the nearest nanosecond, so it is half a nanosecond early, give or
+    take the float steps that rounding lands on."""
+    nanoseconds = -(-tick // scale)
+    seconds = (nanoseconds - 0.5) / NANOSECONDS
+    while ticks_of(seconds, scale) < tick:
+        seconds = math.nextafter(seconds, math.inf)
+    while ticks_of(earlier := math.nextafter(seconds, -math.inf), scale) >= tick:
+        seconds = earlier
+    return seconds

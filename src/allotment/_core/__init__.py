@@ -5,8 +5,10 @@ so). The core imports only the standard library, attrs, and allotment's errors.
 """
 
 from ._amounts import Amount, Form, NamedForm, Quantity, ScalarForm, Units, form_for
+from ._meter import Entry, Meter, MeterRetired, MeterSnapshot, RateTicket, WaitingView
 from ._policies import Account, AccountTicket, BankerPolicy, FifoPolicy
 from ._pool import AccountView, AdmissionPolicy, MemoryPool, Pool, Snapshot, TicketView
+from ._rate import NANOSECONDS, Gcra, RateRule, SlidingWindow, exact_positive, ticks_of
 from ._tickets import (
     FINISHED,
     GRANTED,
@@ -23,6 +25,7 @@ from ._tickets import (
 __all__ = [
     "FINISHED",
     "GRANTED",
+    "NANOSECONDS",
     "PENDING",
     "REFUSED",
     "Account",
@@ -31,21 +34,32 @@ __all__ = [
     "AdmissionPolicy",
     "Amount",
     "BankerPolicy",
+    "Entry",
     "FifoPolicy",
     "Form",
+    "Gcra",
     "MemoryPool",
+    "Meter",
+    "MeterRetired",
+    "MeterSnapshot",
     "NamedForm",
     "Pool",
     "Quantity",
+    "RateRule",
+    "RateTicket",
     "ScalarForm",
     "Site",
+    "SlidingWindow",
     "Snapshot",
     "Ticket",
     "TicketState",
     "TicketView",
     "Units",
     "Waiter",
+    "WaitingView",
     "caller_site",
     "describe_site",
+    "exact_positive",
     "form_for",
+    "ticks_of",
 ]

@@ -1,0 +1,461 @@
+"""The in-memory meter: the queue and the grants of one rate limiter.
+
+A meter is to a rate limiter what :class:`~allotment._core.MemoryPool` is to a manager, with
+the same rules and the same tickets and waiters; only what makes a grant possible differs.
+Units given to a pool come back when released, so a release runs the grant pass. Units of a
+rate come back with *time*, so nobody releases: the grant pass runs when a waiter's tick
+arrives.
+
+- **Strict FIFO.** A request is allowed on arrival only when nobody is queued and the rule
+  admits it now. Otherwise it queues, and only the head is ever granted: a large cost is
+  never overtaken by small ones, and ``try_acquire`` never barges.
+- **A schedule, not polling.** The queue is *planned*: each ticket gets the tick at which it
+  will be allowed (``ticket.due``) if each one before it is allowed at its own tick. A waiter
+  sleeps until its tick and is woken early only if its tick moved earlier (someone ahead
+  left). Each ticket is granted *at its planned tick*, whoever notices that the tick has
+  come (its own thread waking, or any later call), so a thread that wakes late is not
+  charged for its lateness and the plan of those behind it never slips.
+- **Reservations keep their tick.** A reservation (a ticket nobody sleeps on) was promised
+  its tick and will be used then, so re-planning never moves it, earlier or later; the same
+  holds for a charge made while others are queued, which is spent at the tail of the line.
+- **Time-driven hand-off.** Every section first grants, in order and under the lock, each
+  head whose tick has come; the granted ones own their grant before they are woken, after
+  the lock is released.
+- **Spend nothing on failure.** A ticket leaving the queue (timeout, exception, a cancelled
+  reservation) is taken off and the queue re-planned, so waiters behind move up as if it had
+  never asked. A grant that reached a ticket as an exception did is taken back exactly when
+  nothing was granted after it (:meth:`RateRule.undo`); otherwise it stays spent, which can
+  only make the limiter stricter.
+
+Exceptions and re-entry follow ``_pool.py``: every section is a ``with`` block on an
+``RLock``; a call from inside a section on the same thread (a signal handler, a finalizer)
+raises :class:`~allotment.ReentrantCall`; wake-ups are collected under the lock and made
+after it, idempotently, retried once if an exception cuts them short.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Literal, Protocol, TypeVar, cast
+
+import attrs
+
+from .._errors import ReentrantCall
+from ._rate import RateRule, ticks_of
+from ._tickets import FINISHED, GRANTED, PENDING, Ticket, Waiter
+
+__all__ = ["Entry", "Meter", "MeterRetired", "MeterSnapshot", "RateTicket", "WaitingView"]
+
+Entry = Literal["granted", "queued", "refused"]
+_R = TypeVar("_R")
+
+
+class MeterRetired(Exception):
+    """Internal: a keyed limiter forgot this meter; look the key up again."""
+
+
+class _SectionLock(Protocol):
+    def __enter__(self) -> bool: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def _is_owned(self) -> bool: ...
+
+
+def _new_section_lock() -> _SectionLock:
+    return cast("_SectionLock", threading.RLock())
+
+
+@attrs.define(eq=False)
+class RateTicket(Ticket):
+    """A ticket for a rate: ``units`` is the cost (a positive int).
+
+    ``due`` (the planned tick), ``sleeper`` and ``token`` are guarded by the meter's lock.
+    ``sleeper`` is the waiter of a blocked thread; ``None`` for a reservation or a charge,
+    whose tick is fixed once planned. ``token`` undoes the grant (set once GRANTED).
+    """
+
+    charge: bool = False
+    """A debt queued at the tail by ``charge``: not a request, never counted as allowed."""
+    due: int = attrs.field(init=False, default=-1)
+    sleeper: Waiter | None = attrs.field(init=False, default=None)
+    token: object = attrs.field(init=False, default=None)
+
+    @property
+    def cost(self) -> int:
+        """``units``, typed as what a rate ticket holds: a positive int."""
+        return self.units  # type: ignore[return-value]
+
+    @property
+    def fixed(self) -> bool:
+        """Nobody sleeps on it: once planned, its tick never moves."""
+        return self.sleeper is None and self.due >= 0
+
+
+@attrs.frozen
+class WaitingView:
+    """One queued ticket, copied under the lock."""
+
+    units: int
+    thread: threading.Thread
+    since: float
+    due: int
+    reservation: bool
+
+
+@attrs.frozen
+class MeterSnapshot:
+    """A meter's figures, copied in one section. Ticks are on the meter's scale."""
+
+    now: int
+    available: int
+    next_free: int
+    """The tick at which one more unit, queued behind everyone, would be allowed."""
+    waiting: tuple[WaitingView, ...]
+    allowed: int
+    allowed_units: int
+    refused: int
+    waited: int
+    charged: int
+    taken_at: float
+
+
+_NO_WAKEUPS: tuple[Waiter, ...] = ()
+
+
+@attrs.define(eq=False)
+class Meter:
+    """The state of one rate limiter in this process.
+
+    ``_lock`` guards everything below it. Between sections:
+
+    - every ticket in ``queue`` is PENDING, in arrival order, with ``due`` as planned from
+      the rule's state at ``last`` (the largest tick seen; ticks never go back);
+    - no non-held head has ``due <= last`` unless a section is about to grant it;
+    - a queued ticket's sleeper has been woken, or is being woken by the thread that made
+      the change, if its ticket was granted or its ``due`` moved earlier;
+    - ``retired`` only ever goes from ``False`` to ``True``, with an empty queue.
+    """
+
+    rule: RateRule
+    scale: int
+    """Ticks per nanosecond."""
+    _now: Callable[[], float]
+    last: int
+    queue: collections.OrderedDict[RateTicket, None] = attrs.field(
+        init=False, factory=collections.OrderedDict
+    )
+    retired: bool = attrs.field(init=False, default=False)
+    allowed: int = attrs.field(init=False, default=0)
+    allowed_units: int = attrs.field(init=False, default=0)
+    refused: int = attrs.field(init=False, default=0)
+    waited: int = attrs.field(init=False, default=0)
+    charged: int = attrs.field(init=False, default=0)
+    _lock: _SectionLock = attrs.field(init=False, factory=_new_section_lock)
+
+    def __attrs_post_init__(self) -> None:
+        _live_meters.add(self)
+
+    # -- sections ------------------------------------------------------------------------------
+
+    def enter(
+        self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
+    ) -> Entry:
+        """Grant ``ticket`` now (``"granted"``); or, if ``wait``, queue it at its planned tick
+        (``"queued"``, with ``ticket.due`` set and a sleeper made by ``sleeper``; a ticket
+        without one is a reservation); else refuse it (``"refused"``). A ticket whose
+        planned tick is after ``deadline`` (``-1``: no deadline) is refused too, with
+        ``ticket.due`` set. A refused ticket spends nothing."""
+        lock = self._lock
+        if lock._is_owned():
+            raise _reentrant()
+        woken: list[Waiter] = []
+        try:
+            with lock:
+                if self.retired:
+                    raise MeterRetired
+                now = self._tick()
+                if self.queue:
+                    self._advance(now, woken)
+                cost = ticket.cost
+                rule = self.rule
+                if not self.queue and rule.admits(now, cost):
+                    ticket.token = rule.record(now, cost)
+                    ticket.state = GRANTED
+                    self.allowed += 1
+                    self.allowed_units += cost
+                    return "granted"
+                if not wait:
+                    self.refused += 1
+                    return "refused"
+                due = self._plan_after(now, cost)
+                made = None if sleeper is None else sleeper()
+                if deadline >= 0 and due > deadline:
+                    ticket.due = due
+                    self.refused += 1
+                    return "refused"
+                ticket.sleeper = made
+                ticket.due = due
+                self.queue[ticket] = None
+                self.waited += 1
+                return "queued"
+        finally:
+            _wake_all_retrying(woken)
+
+    def forecast(self, cost: int) -> int:
+        """The tick at which ``cost`` would be allowed if it queued now (or now, if it
+        would be granted at once). Changes nothing a caller can see."""
+
+        def forecast_locked(woken: list[Waiter]) -> int:
+            now = self._tick()
+            self._advance(now, woken)
+            if not self.queue and self.rule.admits(now, cost):
+                return now
+            return self._plan_after(now, cost)
+
+        return self._section(forecast_locked)
+
+    def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
+        """A queued ticket's owner woke: grant every head whose tick has come. Returns
+        ``None`` if ``ticket`` is granted; otherwise its planned tick, with a fresh sleeper
+        (made by ``sleeper``) to sleep on until then. Raises ``ValueError`` for a ticket that
+        is neither queued nor granted."""
+        lock = self._lock
+        if lock._is_owned():
+            raise _reentrant()
+        woken: list[Waiter] = []
+        try:
+            with lock:
+                if ticket.state is GRANTED:
+                    return None
+                if ticket.state is not PENDING:
+                    raise ValueError("this ticket is no longer queued")
+                made = sleeper()
+                self._advance(self._tick(), woken)
+                if ticket.state is GRANTED:
+                    return None
+                ticket.sleeper = made
+                return ticket.due
+        finally:
+            _wake_all_retrying(woken)
+
+    def withdraw(self, ticket: RateTicket) -> bool:
+        """The owner of a queued ticket gives up (its deadline passed): leave the queue as if
+        it had never asked, unless a grant already reached it, which it keeps (``True``)."""
+        return self._section(lambda woken: self._leave(ticket, woken, keep=True))
+
+    def release(self, ticket: RateTicket) -> bool:
+        """An exception interrupted the owner: withdraw a queued ticket, or take back a grant
+        that reached it, exactly if nothing was granted after it. Idempotent. Returns
+        ``True`` if nothing stays spent."""
+        return self._section(lambda woken: not self._leave(ticket, woken, keep=False))
+
+    def cancel(self, ticket: RateTicket) -> bool:
+        """A reservation is given back: refunded exactly if its tick has not come yet (and
+        waiters behind it move up); ``False`` if it had come (the reservation was used)."""
+
+        def cancel_locked(woken: list[Waiter]) -> bool:
+            self._advance(self._tick(), woken)
+            if ticket.state is not PENDING:
+                return False
+            self._leave(ticket, woken, keep=True)
+            return True
+
+        return self._section(cancel_locked)
+
+    def charge(self, cost: int) -> None:
+        """Spend ``cost`` now, allowed or not: the limiter may go into debt. With others
+        queued it is spent at the tail of the line: their ticks stay, later callers wait."""
+
+        def charge_locked(woken: list[Waiter]) -> None:
+            if self.retired:
+                raise MeterRetired
+            now = self._tick()
+            self._advance(now, woken)
+            self.charged += cost
+            if not self.queue:
+                self.rule.record(now, cost)
+                return
+            debt = RateTicket(cost, threading.current_thread(), None, 0.0, charge=True)
+            debt.due = next(reversed(self.queue)).due  # right after the last one queued
+            self.queue[debt] = None
+
+        self._section(charge_locked)
+
+    def retire_if_idle(self) -> bool:
+        """Retire the meter if forgetting it would change nothing (nobody queued, the rule
+        back in its initial state); ``True`` if retired."""
+
+        def retire_locked(woken: list[Waiter]) -> bool:
+            now = self._tick()
+            if self.queue or not self.rule.idle(now):
+                return False
+            self.retired = True
+            return True
+
+        return self._section(retire_locked)
+
+    def snapshot(self) -> MeterSnapshot:
+        """The meter's figures, after granting the heads whose tick has come. Never waits on
+        a long section (sections are arithmetic); from inside a section on this thread (a
+        signal handler), reads without the lock rather than deadlock."""
+        if self._lock._is_owned():
+            return self._snapshot_now()
+
+        def snapshot_locked(woken: list[Waiter]) -> MeterSnapshot:
+            self._advance(self._tick(), woken)
+            return self._snapshot_now()
+
+        return self._section(snapshot_locked)
+
+    def _snapshot_now(self) -> MeterSnapshot:
+        taken_at = self._now()
+        now = max(self.last, ticks_of(taken_at, self.scale))
+        queue = tuple(self.queue)
+        rule = self.rule
+        return MeterSnapshot(
+            now=now,
+            available=0 if queue else rule.available(now),
+            next_free=self._plan_after(now, 1),
+            waiting=tuple(
+                WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None)
+                for t in queue
+                if not t.charge
+            ),
+            allowed=self.allowed,
+            allowed_units=self.allowed_units,
+            refused=self.refused,
+            waited=self.waited,
+            charged=self.charged,
+            taken_at=taken_at,
+        )
+
+    # -- inside a section ----------------------------------------------------------------------
+
+    def _section(self, operation: Callable[[list[Waiter]], _R]) -> _R:
+        lock = self._lock
+        if lock._is_owned():
+            raise _reentrant()
+        woken: list[Waiter] = []
+        try:
+            with lock:
+                return operation(woken)
+        finally:
+            _wake_all_retrying(woken)
+
+    def _tick(self) -> int:
+        now = ticks_of(self._now(), self.scale)
+        if now < self.last:
+            return self.last  # a clock that stepped back: time stands still instead
+        self.last = now
+        return now
+
+    def _plan_after(self, now: int, cost: int) -> int:
+        """The tick of ``cost`` queued behind everyone now queued."""
+        entries = [_entry(ticket) for ticket in self.queue]
+        entries.append((cost, None, False))
+        return self.rule.plan(now, entries)[-1]
+
+    def _advance(self, now: int, woken: list[Waiter]) -> None:
+        """Grant, in order, every head whose tick has come, each at its own tick."""
+        queue = self.queue
+        rule = self.rule
+        while queue:
+            head = next(iter(queue))
+            due = head.due
+            if due > now:
+                break
+            token = rule.record(due, head.cost)
+            queue.popitem(last=False)
+            head.token = token
+            head.state = GRANTED
+            if not head.charge:
+                self.allowed += 1
+                self.allowed_units += head.cost
+            if head.sleeper is not None:
+                woken.append(head.sleeper)
+
+    def _replan(self, now: int, woken: list[Waiter]) -> None:
+        """Plan every queued ticket again (fixed ones keep their ticks); wake the waiters
+        whose tick moved earlier."""
+        queue = self.queue
+        planned = self.rule.plan(now, [_entry(ticket) for ticket in queue])
+        for ticket, due in zip(queue, planned, strict=True):
+            if due < ticket.due and ticket.sleeper is not None:
+                woken.append(ticket.sleeper)
+            ticket.due = due
+
+    def _leave(self, ticket: RateTicket, woken: list[Waiter], *, keep: bool) -> bool:
+        """Take a ticket out: ``True`` if it ends up granted (``keep`` and a grant had reached
+        it, or the grant could not be undone)."""
+        now = self._tick()
+        self._advance(now, woken)
+        state = ticket.state
+        if state is PENDING:
+            queue = self.queue
+            ticket.state = FINISHED
+            queue.pop(ticket, None)
+            if queue:
+                self._replan(now, woken)
+            return False
+        if state is GRANTED:
+            if keep:
+                return True
+            undone = self.rule.undo(ticket.token)
+            ticket.state = FINISHED
+            if undone:
+                self.allowed -= 1
+                self.allowed_units -= ticket.cost
+                if self.queue:
+                    self._replan(now, woken)
+            return not undone
+        return False
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh lock, and no queued tickets of threads that did not
+        come (nobody will wait on them); the plan is made again on the next call."""
+        self._lock = _new_section_lock()
+        me = threading.current_thread()
+        for ticket in list(self.queue):
+            if ticket.thread is not me and ticket.sleeper is not None:
+                ticket.state = FINISHED
+                del self.queue[ticket]
+
+
+def _entry(ticket: RateTicket) -> tuple[int, int | None, bool]:
+    return (ticket.cost, ticket.due if ticket.fixed else None, ticket.charge)
+
+
+def _wake_all_retrying(woken: list[Waiter]) -> None:
+    # Wake-ups are idempotent: an exception landing in the loop repeats it once.
+    try:
+        for waiter in woken:
+            waiter.wake()
+    except BaseException:
+        for waiter in woken:
+            waiter.wake()
+        raise
+
+
+def _reentrant() -> ReentrantCall:
+    return ReentrantCall(
+        "cannot use a rate limiter from inside its own critical section: this thread is "
+        "already in one (the call came from a finalizer, a gc callback or a signal handler "
+        "that ran there). Defer the work"
+    )
+
+
+_live_meters: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+def _reinitialise_after_fork() -> None:
+    for meter in list(_live_meters):
+        meter._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinitialise_after_fork)

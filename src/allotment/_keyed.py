@@ -1,0 +1,201 @@
+"""Keyed rate limits: one GCRA limiter per key (per user, per tenant, per host).
+
+Each key has its own meter, made on first use, with its own lock: no lock is held across
+keys while anyone waits (a limiter-wide lock held across keys is how one hot key slows
+every other). The table of keys has a small lock of its own, held only to find, add or
+forget a meter.
+
+Memory stays bounded by the keys active within about one period: a key whose bucket is full
+again carries no state, and forgetting it changes nothing, so it is dropped. Every lookup
+checks the two keys looked at least recently and drops them if idle, otherwise moves them to
+the back: the table is swept at twice the rate keys can be added. A key in debt or with
+waiters is never dropped. A meter is retired under its own lock, so a caller that found it
+just before it was forgotten notices and looks the key up again: two meters never exist for
+one key.
+"""
+
+from __future__ import annotations
+
+import collections
+import fractions
+import math
+import threading
+from collections.abc import Hashable
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._core import NANOSECONDS, Gcra, Meter, MeterRetired, RateTicket, exact_positive, ticks_of
+from ._errors import InvalidKey, ReentrantCall
+from ._limiters import (
+    LimiterParts,
+    Number,
+    acquire_ticket,
+    validate_charge,
+    validate_cost,
+    whole_number,
+)
+
+__all__ = ["KeyedRateLimiter"]
+
+_SWEEP = 2
+"""Keys checked per lookup: more than the one a lookup can add."""
+
+_current_thread = threading.current_thread
+
+
+class KeyedRateLimiter:
+    """A :class:`RateLimiter` per key: ``rate`` units per ``per`` seconds for each key, in
+    bursts of at most ``burst``, with the same guarantees per key (exact GCRA, FIFO among a
+    key's waiters, timeouts at once, nothing spent on failure).
+
+        users = KeyedRateLimiter(10, per=1, burst=5)
+        users.acquire("user-42")                 # waits for that user's turn only
+        if not users.try_acquire("user-7", 2): ...
+
+    Keys are made on first use and forgotten once their bucket is full again, so a million
+    one-off keys cost only the keys active within about one period. ``len()`` counts the keys
+    that hold state now. Keys must be hashable (:class:`InvalidKey` otherwise).
+    """
+
+    __slots__ = (
+        "_burst",
+        "_clock",
+        "_interval",
+        "_lock",
+        "_meters",
+        "_name",
+        "_per",
+        "_rate",
+        "_scale",
+    )
+
+    def __init__(
+        self,
+        rate: Number,
+        per: Number = 1.0,
+        *,
+        burst: int | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        exact_rate = exact_positive(rate, "rate")
+        exact_per = exact_positive(per, "per")
+        burst = whole_number(max(1, math.floor(exact_rate)) if burst is None else burst, "burst")
+        interval = exact_per * NANOSECONDS / exact_rate
+        self._rate: fractions.Fraction = exact_rate
+        self._per: fractions.Fraction = exact_per
+        self._burst = burst
+        self._interval = interval.numerator
+        self._scale = interval.denominator
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._name = "keyed-rate-limiter" if name is None else str(name)
+        self._lock = threading.RLock()
+        """Guards ``_meters`` (its keys and their order); held only to find, add or forget a
+        meter, never while a meter's own lock is waited on by a sleeper."""
+        self._meters: collections.OrderedDict[Hashable, Meter] = collections.OrderedDict()
+
+    @property
+    def rate(self) -> float:
+        return float(self._rate)
+
+    @property
+    def per(self) -> float:
+        return float(self._per)
+
+    @property
+    def burst(self) -> int:
+        return self._burst
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def acquire(self, key: Hashable, cost: int = 1, timeout: float | None = None) -> None:
+        """Wait in ``key``'s line until ``cost`` units are allowed; as
+        :meth:`RateLimiter.acquire`, per key."""
+        cost = validate_cost(cost, self._burst)
+        _check_key(key)
+        while True:
+            meter = self._meter_for(key)
+            try:
+                acquire_ticket(self._parts(meter), meter, cost, timeout)
+            except MeterRetired:
+                continue  # forgotten between the lookup and the call: look it up again
+            return
+
+    def try_acquire(self, key: Hashable, cost: int = 1) -> bool:
+        """Spend ``cost`` of ``key``'s units if allowed now and nobody of that key waits."""
+        cost = validate_cost(cost, self._burst)
+        _check_key(key)
+        ticket = RateTicket(cost, _current_thread(), None, 0.0)
+        while True:
+            meter = self._meter_for(key)
+            try:
+                return meter.enter(ticket, None, False, -1) == "granted"
+            except MeterRetired:
+                continue
+
+    def charge(self, key: Hashable, cost: int) -> None:
+        """Spend ``cost`` of ``key``'s units now, allowed or not (see
+        :meth:`RateLimiter.charge`)."""
+        cost = validate_charge(cost)
+        _check_key(key)
+        while True:
+            meter = self._meter_for(key)
+            try:
+                meter.charge(cost)
+            except MeterRetired:
+                continue
+            return
+
+    def __len__(self) -> int:
+        return len(self._meters)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return key in self._meters
+        except TypeError:
+            return False
+
+    def _parts(self, meter: Meter) -> LimiterParts:
+        return LimiterParts(meter, self._clock, self._name, self._burst)
+
+    def _meter_for(self, key: Hashable) -> Meter:
+        """The key's meter, made if new; sweeps idle keys on the way."""
+        lock = self._lock
+        if lock._is_owned():  # type: ignore[attr-defined]
+            raise ReentrantCall(
+                "cannot use a keyed rate limiter from inside its own bookkeeping on this "
+                "thread (a finalizer or signal handler ran there)"
+            )
+        with lock:
+            meters = self._meters
+            for _ in range(min(_SWEEP, len(meters))):
+                oldest, meter = next(iter(meters.items()))
+                if oldest == key:
+                    break
+                if meter.retire_if_idle():
+                    del meters[oldest]
+                else:
+                    meters.move_to_end(oldest)
+            found = meters.get(key)
+            if found is not None:
+                return found
+            # A full bucket from now: the rule's state starts at the current tick.
+            clock, scale = self._clock, self._scale
+            start = ticks_of(clock.now(), scale)
+            fresh = Meter(Gcra(self._interval, self._burst, start), scale, clock.now, start)
+            meters[key] = fresh
+            return fresh
+
+    def __repr__(self) -> str:
+        return (
+            f"<allotment.KeyedRateLimiter {self._name!r}: {self.rate:g} per {self.per:g} s "
+            f"per key, burst {self._burst}, keys={len(self._meters)}>"
+        )
+
+
+def _check_key(key: object) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        raise InvalidKey(f"a key must be hashable, not {type(key).__name__}") from None

@@ -1,0 +1,472 @@
+"""Rate limiters: :class:`RateLimiter` (GCRA) and :class:`WindowLimiter` (sliding log).
+
+Both are faces of a :class:`~allotment._core.Meter`: one strict-FIFO queue whose waiters
+sleep until their planned time on the limiter's clock. Validation happens here, before the
+meter is touched, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import decimal
+import fractions
+import math
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import attrs
+
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after
+from ._core import (
+    NANOSECONDS,
+    Gcra,
+    Meter,
+    MeterSnapshot,
+    RateTicket,
+    SlidingWindow,
+    exact_positive,
+    ticks_of,
+)
+from ._errors import (
+    AcquireTimeout,
+    ExceedsBurst,
+    InvalidAmount,
+    InvalidAmountType,
+    InvalidLimit,
+    InvalidLimitType,
+)
+from ._waiters import await_rate, new_thread_waiter, seconds_at, seconds_of
+
+if TYPE_CHECKING:
+    from ._statistics import RateStatistics
+
+__all__ = [
+    "LimiterParts",
+    "Number",
+    "RateGrant",
+    "RateLimiter",
+    "Reservation",
+    "WindowLimiter",
+    "acquire_ticket",
+    "is_limiter",
+    "limiter_parts",
+    "refund",
+    "validate_charge",
+    "validate_cost",
+    "whole_number",
+]
+
+Number = float | fractions.Fraction | decimal.Decimal
+"""A rate or a period: an int, a float (read as the decimal it prints as), or exact."""
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_current_thread = threading.current_thread
+_serial = iter(range(1, 1 << 62))
+
+
+def validate_cost(cost: object, largest: int, what: str = "cost") -> int:
+    """``cost`` as a positive int no larger than ``largest``; raises before anything changes."""
+    if type(cost) is int and 0 < cost <= largest:
+        return cost
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise InvalidAmountType(f"{what} must be a positive int, not {cost!r}")
+    if cost <= 0:
+        raise InvalidAmount(f"{what} must be a positive int, got {cost!r}")
+    raise ExceedsBurst(
+        f"{what} {cost} can never be allowed: at most {largest} unit(s) are allowed at once"
+    )
+
+
+def validate_charge(cost: object) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise InvalidAmountType(f"a charge must be a positive int, not {cost!r}")
+    if cost <= 0:
+        raise InvalidAmount(f"a charge must be a positive int, got {cost!r}")
+    return cost
+
+
+def whole_number(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidLimitType(f"{what} must be a whole number (an int), not {value!r}")
+    if value < 1:
+        raise InvalidLimit(f"{what} must be at least 1, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class LimiterParts:
+    """What the other faces (``acquire_all``, guards, keyed limiters) use of a limiter."""
+
+    meter: Meter
+    clock: Clock
+    name: str
+    largest: int
+
+
+def acquire_ticket(
+    parts: LimiterParts, meter: Meter, cost: int, timeout: float | None
+) -> RateTicket:
+    """Wait until ``cost`` (validated) is allowed on ``meter``; return its granted ticket.
+
+    Raises ``AcquireTimeout`` at once, spending nothing, when the plan puts the grant after
+    the deadline (and later, if a charge pushed it there); on any exception, spends nothing.
+    """
+    clock = parts.clock
+    deadline = None if timeout is None else deadline_after(clock, timeout)
+    ticket = RateTicket(cost, _current_thread(), None, clock.now())
+    limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
+    try:
+        entry = meter.enter(ticket, new_thread_waiter, timeout != 0, limit)
+        if entry == "granted" or (entry == "queued" and await_rate(meter, ticket, clock, deadline)):
+            return ticket
+    except BaseException:
+        meter.release(ticket)
+        raise
+    raise _timeout(
+        parts, meter, ticket=ticket, cost=cost, timeout=timeout, at_once=entry == "refused"
+    )
+
+
+def refund(meter: Meter, ticket: RateTicket) -> bool:
+    """Give back a grant the caller never used (the guarded call never started), exactly if
+    nothing was granted after it; ``True`` if refunded."""
+    return meter.release(ticket)
+
+
+def _timeout(
+    parts: LimiterParts,
+    meter: Meter,
+    *,
+    ticket: RateTicket,
+    cost: int,
+    timeout: float | None,
+    at_once: bool,
+) -> AcquireTimeout:
+    if at_once and timeout == 0:
+        why = "it is not allowed now, or others are queued"
+    elif at_once:
+        wait = seconds_of(ticket.due, meter.scale) - parts.clock.now()
+        why = f"it would be allowed only in {wait:.6g} s"
+    else:
+        why = "it was not allowed in time"
+    return AcquireTimeout(
+        f"{parts.name!r} cannot allow {cost} unit(s) within {timeout} s: {why} "
+        f"({len(meter.queue)} request(s) queued); nothing was spent"
+    )
+
+
+@attrs.frozen
+class RateGrant:
+    """What a rate limiter allowed in :func:`acquire_all`: ``cost`` units of ``limiter``.
+    There is nothing to give back; it stands in the group where a lease would."""
+
+    limiter: RateLimiter | WindowLimiter
+    cost: int
+
+
+@attrs.define(eq=False, repr=False)
+class Reservation:
+    """A place in a limiter's line, taken without waiting: see :meth:`RateLimiter.reserve`.
+
+    ``time`` is when the reserved units are allowed, on the limiter's clock; act then (or
+    :meth:`wait`). :meth:`cancel` before that time gives them back exactly.
+    """
+
+    cost: int
+    time: float
+    """When the units are allowed (seconds on the limiter's clock)."""
+    _ticket: RateTicket
+    _meter: Meter
+    _clock: Clock
+    _cancelled: bool = False
+
+    @property
+    def delay(self) -> float:
+        """Seconds from now until the units are allowed (``0.0`` once that time has come)."""
+        return max(0.0, self.time - self._clock.now())
+
+    def wait(self) -> None:
+        """Sleep (on the limiter's clock) until the reserved time."""
+        if self.time <= self._clock.now():
+            return
+        handle = threading.Lock()
+        handle.acquire()
+        self._clock.sleep_until(handle, seconds_at(self._ticket.due, self._meter.scale))
+
+    def cancel(self) -> bool:
+        """Give the units back: ``True`` if this refunded them exactly (the reserved time had
+        not come; those queued behind move up); ``False`` if the time had come, or on a
+        second call."""
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        return self._meter.cancel(self._ticket)
+
+    def __repr__(self) -> str:
+        return f"<allotment.Reservation of {self.cost} in {self.delay:.6g} s>"
+
+
+class _Limiter:
+    """What :class:`RateLimiter` and :class:`WindowLimiter` share: the meter's faces.
+
+    Thread-safe. The meter's lock is held only for arithmetic, never while a caller sleeps.
+    """
+
+    __slots__ = ("_clock", "_meter", "_name", "_parts", "_per")
+
+    _meter: Meter
+    _clock: Clock
+    _name: str
+    _per: fractions.Fraction
+    _parts: LimiterParts
+
+    def _setup(self, name: str | None, kind: str, clock: Clock | None, meter: Meter) -> None:
+        self._meter = meter
+        self._clock = SYSTEM_CLOCK if clock is None else clock
+        self._name = f"{kind}-{next(_serial)}" if name is None else str(name)
+        self._parts = LimiterParts(meter, self._clock, self._name, meter.rule.largest)
+
+    @property
+    def name(self) -> str:
+        """The limiter's name, for messages and statistics."""
+        return self._name
+
+    @property
+    def per(self) -> float:
+        """The period, in seconds."""
+        return float(self._per)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this limiter measures time on."""
+        return self._clock
+
+    def acquire(self, cost: int = 1, timeout: float | None = None) -> None:
+        """Wait in line until ``cost`` units are allowed, and spend them.
+
+        Never returns before the units are allowed; queued callers are served in arrival
+        order. With a ``timeout``, raises :class:`AcquireTimeout` *at once*, spending nothing,
+        when the wait it would need is longer (``timeout=0``: only if allowed now). A wait
+        interrupted by any exception spends nothing, and those behind move up.
+
+        Raises :class:`ExceedsBurst` for a cost that can never be allowed at once, and
+        :class:`InvalidAmount`/:class:`InvalidAmountType` for a cost that is not a positive
+        int, before anything changes.
+        """
+        parts = self._parts
+        acquire_ticket(parts, parts.meter, validate_cost(cost, parts.largest), timeout)
+
+    def try_acquire(self, cost: int = 1) -> bool:
+        """Spend ``cost`` units if they are allowed now and nobody is queued; never waits."""
+        parts = self._parts
+        cost = validate_cost(cost, parts.largest)
+        ticket = RateTicket(cost, _current_thread(), None, 0.0)
+        return parts.meter.enter(ticket, None, False, -1) == "granted"
+
+    def reserve(self, cost: int = 1) -> Reservation:
+        """Take the next place in line for ``cost`` units without waiting (behind every queued
+        caller) and return it: its ``delay`` says how long until the units are allowed."""
+        parts = self._parts
+        cost = validate_cost(cost, parts.largest)
+        clock = parts.clock
+        ticket = RateTicket(cost, _current_thread(), None, clock.now())
+        meter = parts.meter
+        entry = meter.enter(ticket, None, True, -1)
+        when = clock.now() if entry == "granted" else seconds_of(ticket.due, meter.scale)
+        return Reservation(cost, when, ticket, meter, clock)
+
+    def charge(self, cost: int) -> None:
+        """Spend ``cost`` units now, allowed or not: for a cost known only after the work
+        (tokens counted in a response). Never waits and never fails for being large; the
+        limiter may go into debt, and later callers wait until it is paid off."""
+        self._meter.charge(validate_charge(cost))
+
+    def guard(
+        self, cost: int = 1, *, timeout: float | None = None
+    ) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
+        """A decorator: every call of the function first acquires ``cost`` units (waiting
+        up to ``timeout``). See :func:`allotment.guard`."""
+        from ._guard import guard
+
+        return guard((self, cost), timeout=timeout)
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    def statistics(self) -> RateStatistics:
+        """A frozen snapshot: settings, what is available now, who waits, totals."""
+        return self._statistics(self._meter.snapshot())
+
+    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
+        raise NotImplementedError
+
+    def _rendered(
+        self, snapshot: MeterSnapshot, rate: float, burst: int, kind: str
+    ) -> RateStatistics:
+        from ._statistics import RateStatistics, RateWaiterInfo
+
+        scale = self._meter.scale
+        now = snapshot.taken_at
+        return RateStatistics(
+            name=self._name,
+            kind=kind,
+            rate=rate,
+            per=self.per,
+            burst=burst,
+            available=snapshot.available,
+            next_allowed=seconds_of(snapshot.next_free, scale),
+            waiters=tuple(
+                RateWaiterInfo(
+                    cost=view.units,
+                    thread_name=view.thread.name,
+                    thread_id=view.thread.ident,
+                    waited=now - view.since,
+                    allowed_in=max(0.0, seconds_of(view.due, scale) - now),
+                    reservation=view.reservation,
+                )
+                for view in snapshot.waiting
+            ),
+            allowed=snapshot.allowed,
+            allowed_units=snapshot.allowed_units,
+            refused=snapshot.refused,
+            waited=snapshot.waited,
+            charged=snapshot.charged,
+        )
+
+
+def limiter_parts(limiter: _Limiter) -> LimiterParts:
+    """The meter and settings of ``limiter``, for the other faces of this package."""
+    return limiter._parts
+
+
+def is_limiter(candidate: object) -> bool:
+    return isinstance(candidate, _Limiter)
+
+
+def _exact_rate(rate: object, per: object) -> tuple[fractions.Fraction, fractions.Fraction]:
+    return exact_positive(rate, "rate"), exact_positive(per, "per")
+
+
+class RateLimiter(_Limiter):
+    """At most ``rate`` units per ``per`` seconds sustained, in bursts of at most ``burst``.
+
+    The generic cell rate algorithm (a token bucket kept exactly, in whole ticks): in any
+    interval of ``t`` seconds it allows at most ``burst + t * rate / per`` units; with
+    ``burst=1`` consecutive units are at least ``per / rate`` seconds apart. ``burst`` defaults
+    to ``max(1, floor(rate))``: the whole quota of a period at once, as a per-period quota
+    promises. The bucket starts full. State is one number, whatever the traffic.
+
+        api = RateLimiter(100, per=60)   # 100 per minute, up to 100 at once
+        api.acquire()                    # waits its turn
+        with api: ...                    # the same, for one unit
+
+    ``rate`` and ``per`` take ints, floats (read as the decimal they print as), ``Decimal``
+    and ``Fraction``; bad settings raise :class:`InvalidLimit` or :class:`InvalidLimitType`.
+    """
+
+    __slots__ = ("_burst", "_rate")
+
+    def __init__(
+        self,
+        rate: Number,
+        per: Number = 1.0,
+        *,
+        burst: int | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        exact_rate, exact_per = _exact_rate(rate, per)
+        if burst is None:
+            burst = max(1, math.floor(exact_rate))
+        burst = whole_number(burst, "burst")
+        # One unit's emission interval, in nanoseconds, as a fraction: ticks are nanoseconds
+        # times its denominator, so the interval is a whole number of ticks.
+        interval = exact_per * NANOSECONDS / exact_rate
+        chosen = SYSTEM_CLOCK if clock is None else clock
+        scale = interval.denominator
+        start = ticks_of(chosen.now(), scale)
+        rule = Gcra(interval.numerator, burst, start)
+        self._rate = exact_rate
+        self._per = exact_per
+        self._burst = burst
+        self._setup(name, "rate-limiter", chosen, Meter(rule, scale, chosen.now, start))
+
+    @property
+    def rate(self) -> float:
+        """Units allowed per period, sustained."""
+        return float(self._rate)
+
+    @property
+    def burst(self) -> int:
+        """The most units allowed at once (and the largest cost)."""
+        return self._burst
+
+    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
+        return self._rendered(snapshot, self.rate, self._burst, "gcra")
+
+    def __repr__(self) -> str:
+        meter = self._meter
+        return (
+            f"<allotment.RateLimiter {self._name!r}: {self.rate:g} per {self.per:g} s, "
+            f"burst {self._burst}, waiting={len(meter.queue)}>"
+        )
+
+
+class WindowLimiter(_Limiter):
+    """At most ``limit`` units in any window of ``per`` seconds: a sliding log.
+
+    A unit allowed at time ``t`` counts in every window ``[s, s + per)`` that holds ``t``, and
+    no such window ever holds more than ``limit`` units: the guarantee a server enforcing
+    "100 per minute" with a sliding log checks. Unlike :class:`RateLimiter` it allows a whole
+    ``limit`` again as soon as the window has moved past earlier units. State is one entry
+    per distinct grant time within the window (a thousand units allowed at once are one
+    entry).
+    """
+
+    __slots__ = ("_limit",)
+
+    def __init__(
+        self,
+        limit: int,
+        per: Number = 1.0,
+        *,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        limit = whole_number(limit, "limit")
+        exact_per = exact_positive(per, "per")
+        window = exact_per * NANOSECONDS
+        chosen = SYSTEM_CLOCK if clock is None else clock
+        scale = window.denominator
+        rule = SlidingWindow(limit, window.numerator)
+        self._limit = limit
+        self._per = exact_per
+        self._setup(
+            name,
+            "window-limiter",
+            chosen,
+            Meter(rule, scale, chosen.now, ticks_of(chosen.now(), scale)),
+        )
+
+    @property
+    def limit(self) -> int:
+        """The most units allowed in any window of ``per`` seconds."""
+        return self._limit
+
+    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
+        return self._rendered(snapshot, float(self._limit), self._limit, "window")
+
+    def __repr__(self) -> str:
+        return (
+            f"<allotment.WindowLimiter {self._name!r}: {self._limit} per {self.per:g} s, "
+            f"waiting={len(self._meter.queue)}>"
+        )
