@@ -346,20 +346,25 @@ def test_a_cancelled_reservation_wakes_the_waiters_behind_to_an_earlier_time() -
     assert log == [("behind", 1.0)]
 
 
-def test_a_waiter_that_wakes_late_is_granted_at_its_own_time() -> None:
+def test_waiters_noticed_late_are_allowed_one_interval_apart_from_then() -> None:
     limiter, clock = drained(10, burst=1)
     log: list[tuple[str, float]] = []
     workers = []
     for index in range(5):
         workers.append(acquirer(limiter, 1, clock, log, f"w{index}"))
         queued(limiter, index + 1, clock)
-    clock.advance(10.0)  # long past every planned time: all of them are allowed
+    clock.advance(10.0)  # long past every planned time: the head is allowed now...
+    wait_until(lambda: len(log) == 1, "the head is allowed")
+    # ... and the rest keep the spacing from there: the bound holds for when calls return.
+    for step in range(4):
+        wait_until(lambda: clock.sleepers + len(log) == 5, "the rest are asleep again")
+        assert len(log) == step + 1
+        clock.advance(0.1)
+        wait_until(lambda step=step: len(log) >= step + 2, "the next is allowed")  # type: ignore[misc]
     for worker in workers:
         worker.outcome()
-    # Each was granted at its planned time (0.1 ... 0.5), so the bucket is full again now:
-    # lateness was not charged to anyone.
-    assert limiter.try_acquire()
-    assert limiter.statistics().allowed == 7
+    assert [name for name, _ in log] == [f"w{index}" for index in range(5)]
+    assert [when for _, when in log] == pytest.approx([10.0, 10.1, 10.2, 10.3, 10.4])
 
 
 # -- reservations -------------------------------------------------------------------------

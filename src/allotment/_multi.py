@@ -27,7 +27,7 @@ from typing import Any, Literal, overload
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site
+from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site, ticks_of
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
 from ._limiters import (
@@ -332,7 +332,7 @@ def _take_all(
                         note_held(lease, of.node, ticket.site)
         rates: tuple[tuple[Meter, RateTicket], ...] = ()
         if planned.rates:
-            granted = _take_rates(planned.rates, blocking, deadline, timeout, quietly=quietly)
+            granted = _take_rates(planned, blocking, deadline, timeout, quietly=quietly)
             if granted is None:
                 _release_all(taken)
                 return None
@@ -349,7 +349,7 @@ def _take_all(
 
 
 def _take_rates(
-    steps: list[_RateStep],
+    planned: _Plan,
     blocking: bool,
     deadline: float | None,
     timeout: float | None,
@@ -362,28 +362,36 @@ def _take_rates(
     First a forecast: the time each limiter would allow its cost, if asked now. If any is
     after the deadline, fail at once, having spent nothing. Otherwise wait for them latest
     first, so the others are usually allowed at once after it and no rate is spent long
-    before the work starts."""
+    before the work starts. The deadline is on the group's clock; each limiter measures
+    what is left of it on its own."""
+    clock_of_deadline = _clock_of(planned)
+    left = None if deadline is None else deadline - clock_of_deadline.now()
     forecasts = []
-    for step in steps:
-        meter = step.of.meter
-        at = seconds_of(meter.forecast(step.total), meter.scale)
-        if (not blocking and at > step.of.clock.now()) or (deadline is not None and at > deadline):
+    for step in planned.rates:
+        meter, clock = step.of.meter, step.of.clock
+        allowed_at = meter.forecast(step.total)
+        now = clock.now()
+        wait = seconds_of(allowed_at, meter.scale) - now
+        if (not blocking and allowed_at > ticks_of(now, meter.scale)) or (
+            left is not None and allowed_at > ticks_of(now + left, meter.scale)
+        ):
+            meter.count_refusal()
             _rates_refused([], step, timeout, quietly=quietly)
             return None
-        forecasts.append((at, step))
+        forecasts.append((wait, step))
     forecasts.sort(key=lambda pair: -pair[0])
     granted: list[tuple[Meter, RateTicket]] = []
     try:
         for _, step in forecasts:
-            meter, clock = step.of.meter, step.of.clock
+            meter = step.of.meter
             if not blocking:
-                wait: float | None = 0
+                patience: float | None = 0
             elif deadline is None:
-                wait = None
+                patience = None
             else:
-                wait = max(0.0, deadline - clock.now())
+                patience = max(0.0, deadline - clock_of_deadline.now())
             try:
-                ticket = acquire_ticket(step.of, meter, step.total, wait)
+                ticket = acquire_ticket(step.of, meter, step.total, patience)
             except AcquireTimeout:
                 _rates_refused(granted, step, timeout, quietly=quietly)
                 return None

@@ -12,12 +12,16 @@ arrives.
 - **A schedule, not polling.** The queue is *planned*: each ticket gets the tick at which it
   will be allowed (``ticket.due``) if each one before it is allowed at its own tick. A waiter
   sleeps until its tick and is woken early only if its tick moved earlier (someone ahead
-  left). Each ticket is granted *at its planned tick*, whoever notices that the tick has
-  come (its own thread waking, or any later call), so a thread that wakes late is not
-  charged for its lateness and the plan of those behind it never slips.
+  left). A waiter is granted when its tick has come *and* someone notices (its own thread
+  waking, or any other call), and it is recorded at that moment, which is when its call
+  returns: the bound holds for the times calls return, not only for the plan. A thread that
+  wakes late thus moves those behind it back by its lateness (at ``burst=1``; a larger burst
+  absorbs it).
 - **Reservations keep their tick.** A reservation (a ticket nobody sleeps on) was promised
   its tick and will be used then, so re-planning never moves it, earlier or later; the same
   holds for a charge made while others are queued, which is spent at the tail of the line.
+  (A waiter ahead of a reservation that is allowed late may thus come less than one interval
+  before the reservation's tick, by at most its lateness: documented, and rare.)
 - **Time-driven hand-off.** Every section first grants, in order and under the lock, each
   head whose tick has come; the granted ones own their grant before they are woken, after
   the lock is released.
@@ -82,6 +86,8 @@ class RateTicket(Ticket):
     charge: bool = False
     """A debt queued at the tail by ``charge``: not a request, never counted as allowed."""
     due: int = attrs.field(init=False, default=-1)
+    promised: int = attrs.field(init=False, default=-1)
+    """A reservation's or a queued charge's tick, fixed when it queued (``-1``: none)."""
     sleeper: Waiter | None = attrs.field(init=False, default=None)
     token: object = attrs.field(init=False, default=None)
 
@@ -92,8 +98,8 @@ class RateTicket(Ticket):
 
     @property
     def fixed(self) -> bool:
-        """Nobody sleeps on it: once planned, its tick never moves."""
-        return self.sleeper is None and self.due >= 0
+        """Nobody sleeps on it: it was promised its tick."""
+        return self.promised >= 0
 
 
 @attrs.frozen
@@ -200,6 +206,8 @@ class Meter:
                     return "refused"
                 ticket.sleeper = made
                 ticket.due = due
+                if made is None:
+                    ticket.promised = due  # a reservation: its holder acts then
                 self.queue[ticket] = None
                 self.waited += 1
                 return "queued"
@@ -218,6 +226,13 @@ class Meter:
             return self._plan_after(now, cost)
 
         return self._section(forecast_locked)
+
+    def count_refusal(self) -> None:
+        """A request refused outside the meter (a group's forecast) counts as refused."""
+        self._section(self._count_refusal_locked)
+
+    def _count_refusal_locked(self, woken: list[Waiter]) -> None:
+        self.refused += 1
 
     def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
         """A queued ticket's owner woke: grant every head whose tick has come. Returns
@@ -259,9 +274,10 @@ class Meter:
         waiters behind it move up); ``False`` if it had come (the reservation was used)."""
 
         def cancel_locked(woken: list[Waiter]) -> bool:
-            self._advance(self._tick(), woken)
-            if ticket.state is not PENDING:
-                return False
+            now = self._tick()
+            self._advance(now, woken)
+            if ticket.state is not PENDING or ticket.promised <= now:
+                return False  # its time came: the holder may have acted
             self._leave(ticket, woken, keep=True)
             return True
 
@@ -281,7 +297,7 @@ class Meter:
                 self.rule.record(now, cost)
                 return
             debt = RateTicket(cost, threading.current_thread(), None, 0.0, charge=True)
-            debt.due = next(reversed(self.queue)).due  # right after the last one queued
+            debt.due = debt.promised = next(reversed(self.queue)).due  # right after the last
             self.queue[debt] = None
 
         self._section(charge_locked)
@@ -361,7 +377,8 @@ class Meter:
         return self.rule.plan(now, entries)[-1]
 
     def _advance(self, now: int, woken: list[Waiter]) -> None:
-        """Grant, in order, every head whose tick has come, each at its own tick."""
+        """Grant, in order, every head whose tick has come: a waiter at ``now`` (when it is
+        allowed, and returns), a reservation or a charge at its fixed tick."""
         queue = self.queue
         rule = self.rule
         while queue:
@@ -369,15 +386,21 @@ class Meter:
             due = head.due
             if due > now:
                 break
-            token = rule.record(due, head.cost)
+            sleeper = head.sleeper
+            at = due if sleeper is None else now
+            token = rule.record(at, head.cost)
             queue.popitem(last=False)
             head.token = token
             head.state = GRANTED
             if not head.charge:
                 self.allowed += 1
                 self.allowed_units += head.cost
-            if head.sleeper is not None:
-                woken.append(head.sleeper)
+            if sleeper is not None:
+                woken.append(sleeper)
+            if at > due and queue:
+                # Allowed late (its thread woke late, or nobody called at its tick): the
+                # interval counts from now, so those behind move back by the lateness.
+                self._replan(now, woken)
 
     def _replan(self, now: int, woken: list[Waiter]) -> None:
         """Plan every queued ticket again (fixed ones keep their ticks); wake the waiters
@@ -427,7 +450,12 @@ class Meter:
 
 
 def _entry(ticket: RateTicket) -> tuple[int, int | None, bool]:
-    return (ticket.cost, ticket.due if ticket.fixed else None, ticket.charge)
+    promised = ticket.promised
+    if promised < 0:
+        return (ticket.cost, None, False)
+    # Promised: recorded at its tick (or right after the one ahead, if that one was late),
+    # never re-admitted: its holder acts at the promised tick whatever the plan says.
+    return (ticket.cost, promised, True)
 
 
 def _wake_all_retrying(woken: list[Waiter]) -> None:

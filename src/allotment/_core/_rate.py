@@ -51,7 +51,7 @@ NANOSECONDS = 1_000_000_000
 
 Entry = tuple[int, int | None, bool]
 """What a plan needs of a queued ticket: its cost, its floor (``None``: free to move) and
-whether it is forced (a charge)."""
+whether it is forced: recorded, not admitted (a reservation, promised its tick; a charge)."""
 
 
 def exact_positive(value: object, what: str) -> fractions.Fraction:
@@ -117,8 +117,8 @@ class RateRule(Protocol):
     def plan(self, now: int, entries: Sequence[Entry]) -> list[int]:
         """The tick at which each entry, served in order from ``now``, would be allowed,
         each recorded at its own tick: never before its floor (a reservation's promised
-        tick) nor before the one ahead of it. A *forced* entry (a charge) is not admitted,
-        only recorded: it goes right after the one ahead of it."""
+        tick) nor before the one ahead of it. A *forced* entry (a promised reservation, a
+        charge) is not admitted, only recorded: at its floor, or right after the one ahead."""
         ...
 
     def available(self, now: int) -> int:
