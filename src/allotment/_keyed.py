@@ -29,10 +29,13 @@ from ._limiters import (
     LimiterParts,
     Number,
     acquire_ticket,
+    statistics_of,
     validate_charge,
     validate_cost,
     whole_number,
 )
+from ._statistics import RateStatistics
+from ._waiters import seconds_of
 
 __all__ = ["KeyedRateLimiter"]
 
@@ -46,6 +49,8 @@ class KeyedRateLimiter:
     """A :class:`RateLimiter` per key: ``rate`` units per ``per`` seconds for each key, in
     bursts of at most ``burst``, with the same guarantees per key (exact GCRA, FIFO among a
     key's waiters, timeouts at once, nothing spent on failure).
+
+    ::
 
         users = KeyedRateLimiter(10, per=1, burst=5)
         users.acquire("user-42")                 # waits for that user's turn only
@@ -147,6 +152,28 @@ class KeyedRateLimiter:
                 continue
             return
 
+    def retry_after(self, key: Hashable, cost: int = 1) -> float:
+        """Seconds until ``cost`` of ``key``'s units would be allowed, behind the key's
+        waiters (``0.0``: now). Changes nothing: for a ``Retry-After`` header."""
+        cost = validate_cost(cost, self._burst)
+        _check_key(key)
+        meter = self._meters.get(key)
+        if meter is None:
+            return 0.0  # an unknown key has a full bucket
+        try:
+            allowed_at = meter.forecast(cost)
+        except MeterRetired:
+            return 0.0
+        return max(0.0, seconds_of(allowed_at, meter.scale) - self._clock.now())
+
+    def statistics(self, key: Hashable) -> RateStatistics:
+        """A frozen snapshot of ``key``'s limiter (a full bucket if the key holds no state)."""
+        _check_key(key)
+        meter = self._meters.get(key)
+        if meter is None:
+            meter = self._new_meter()
+        return statistics_of(self._parts(meter), float(self._rate), self.per, self._burst, "gcra")
+
     def __len__(self) -> int:
         return len(self._meters)
 
@@ -180,12 +207,15 @@ class KeyedRateLimiter:
             found = meters.get(key)
             if found is not None:
                 return found
-            # A full bucket from now: the rule's state starts at the current tick.
-            clock, scale = self._clock, self._scale
-            start = ticks_of(clock.now(), scale)
-            fresh = Meter(Gcra(self._interval, self._burst, start), scale, clock.now, start)
+            fresh = self._new_meter()
             meters[key] = fresh
             return fresh
+
+    def _new_meter(self) -> Meter:
+        """A full bucket from now: the rule's state starts at the current tick."""
+        clock, scale = self._clock, self._scale
+        start = ticks_of(clock.now(), scale)
+        return Meter(Gcra(self._interval, self._burst, start), scale, clock.now, start)
 
     def __repr__(self) -> str:
         return (

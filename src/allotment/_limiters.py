@@ -22,7 +22,6 @@ from ._core import (
     NANOSECONDS,
     Gcra,
     Meter,
-    MeterSnapshot,
     RateTicket,
     SlidingWindow,
     exact_positive,
@@ -52,6 +51,7 @@ __all__ = [
     "is_limiter",
     "limiter_parts",
     "refund",
+    "statistics_of",
     "validate_charge",
     "validate_cost",
     "whole_number",
@@ -304,43 +304,44 @@ class _Limiter:
 
     def statistics(self) -> RateStatistics:
         """A frozen snapshot: settings, what is available now, who waits, totals."""
-        return self._statistics(self._meter.snapshot())
-
-    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
         raise NotImplementedError
 
-    def _rendered(
-        self, snapshot: MeterSnapshot, rate: float, burst: int, kind: str
-    ) -> RateStatistics:
-        from ._statistics import RateStatistics, RateWaiterInfo
 
-        scale = self._meter.scale
-        now = snapshot.taken_at
-        return RateStatistics(
-            name=self._name,
-            kind=kind,
-            rate=rate,
-            per=self.per,
-            burst=burst,
-            available=snapshot.available,
-            next_allowed=seconds_of(snapshot.next_free, scale),
-            waiters=tuple(
-                RateWaiterInfo(
-                    cost=view.units,
-                    thread_name=view.thread.name,
-                    thread_id=view.thread.ident,
-                    waited=now - view.since,
-                    allowed_in=max(0.0, seconds_of(view.due, scale) - now),
-                    reservation=view.reservation,
-                )
-                for view in snapshot.waiting
-            ),
-            allowed=snapshot.allowed,
-            allowed_units=snapshot.allowed_units,
-            refused=snapshot.refused,
-            waited=snapshot.waited,
-            charged=snapshot.charged,
-        )
+def statistics_of(
+    parts: LimiterParts, rate: float, per: float, burst: int, kind: str
+) -> RateStatistics:
+    """A limiter's statistics, from one snapshot of its meter."""
+    from ._statistics import RateStatistics, RateWaiterInfo
+
+    meter = parts.meter
+    snapshot = meter.snapshot()
+    scale = meter.scale
+    now = snapshot.taken_at
+    return RateStatistics(
+        name=parts.name,
+        kind=kind,
+        rate=rate,
+        per=per,
+        burst=burst,
+        available=snapshot.available,
+        next_allowed=seconds_of(snapshot.next_free, scale),
+        waiters=tuple(
+            RateWaiterInfo(
+                cost=view.units,
+                thread_name=view.thread.name,
+                thread_id=view.thread.ident,
+                waited=now - view.since,
+                allowed_in=max(0.0, seconds_of(view.due, scale) - now),
+                reservation=view.reservation,
+            )
+            for view in snapshot.waiting
+        ),
+        allowed=snapshot.allowed,
+        allowed_units=snapshot.allowed_units,
+        refused=snapshot.refused,
+        waited=snapshot.waited,
+        charged=snapshot.charged,
+    )
 
 
 def limiter_parts(limiter: _Limiter) -> LimiterParts:
@@ -364,6 +365,8 @@ class RateLimiter(_Limiter):
     ``burst=1`` consecutive units are at least ``per / rate`` seconds apart. ``burst`` defaults
     to ``max(1, floor(rate))``: the whole quota of a period at once, as a per-period quota
     promises. The bucket starts full. State is one number, whatever the traffic.
+
+    ::
 
         api = RateLimiter(100, per=60)   # 100 per minute, up to 100 at once
         api.acquire()                    # waits its turn
@@ -410,8 +413,9 @@ class RateLimiter(_Limiter):
         """The most units allowed at once (and the largest cost)."""
         return self._burst
 
-    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
-        return self._rendered(snapshot, self.rate, self._burst, "gcra")
+    def statistics(self) -> RateStatistics:
+        """A frozen snapshot: settings, what is available now, who waits, totals."""
+        return statistics_of(self._parts, self.rate, self.per, self._burst, "gcra")
 
     def __repr__(self) -> str:
         meter = self._meter
@@ -462,8 +466,10 @@ class WindowLimiter(_Limiter):
         """The most units allowed in any window of ``per`` seconds."""
         return self._limit
 
-    def _statistics(self, snapshot: MeterSnapshot) -> RateStatistics:
-        return self._rendered(snapshot, float(self._limit), self._limit, "window")
+    def statistics(self) -> RateStatistics:
+        """A frozen snapshot: settings, what is available now, who waits, totals."""
+        limit = self._limit
+        return statistics_of(self._parts, float(limit), self.per, limit, "window")
 
     def __repr__(self) -> str:
         return (

@@ -28,8 +28,10 @@ class ManualClock:
     Pass it to a manager (``ResourceManager(4, clock=clock)``, ``Semaphore(1, clock=clock)``)
     and every timeout of that manager is measured on it: a thread waiting with ``timeout=5``
     times out once the clock has been advanced five seconds past the moment it asked, however
-    long that takes in real time, and never before. Grants still arrive at once: only
-    timeouts depend on the clock.
+    long that takes in real time, and never before. A manager's grants still arrive at once:
+    only its timeouts depend on the clock. Pass it to a rate limiter
+    (``RateLimiter(10, clock=clock)``) and time itself is the clock's: a waiting thread is
+    allowed when :meth:`advance` reaches its time, and a bucket refills only as it advances.
 
     ``_lock`` guards ``_now`` and ``_sleepers``; it is never held while a thread sleeps or
     while a sleeper is woken.

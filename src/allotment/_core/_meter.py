@@ -266,8 +266,14 @@ class Meter:
     def release(self, ticket: RateTicket) -> bool:
         """An exception interrupted the owner: withdraw a queued ticket, or take back a grant
         that reached it, exactly if nothing was granted after it. Idempotent. Returns
-        ``True`` if nothing stays spent."""
-        return self._section(lambda woken: not self._leave(ticket, woken, keep=False))
+        ``True`` if this call gave something back (a place in line, or a grant)."""
+
+        def release_locked(woken: list[Waiter]) -> bool:
+            if ticket.state is not PENDING and ticket.state is not GRANTED:
+                return False
+            return not self._leave(ticket, woken, keep=False)
+
+        return self._section(release_locked)
 
     def cancel(self, ticket: RateTicket) -> bool:
         """A reservation is given back: refunded exactly if its tick has not come yet (and
