@@ -113,9 +113,9 @@ def test_racing_lookups_never_make_two_buckets_for_one_key() -> None:
 def test_unhashable_keys_are_refused(key: object) -> None:
     users, _ = keyed()
     with pytest.raises(allotment.InvalidKey):
-        users.try_acquire(key)  # type: ignore[arg-type]
+        users.try_acquire(key)
     with pytest.raises(TypeError):
-        users.acquire(key)  # type: ignore[arg-type]
+        users.acquire(key)
     assert len(users) == 0
 
 

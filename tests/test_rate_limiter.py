@@ -498,9 +498,9 @@ def test_a_signal_handler_inside_the_section_gets_reentrant_call_not_a_hang() ->
     meter = limiter_parts(limiter).meter
     outcome: list[object] = []
 
-    def reenter() -> float:
+    def reenter() -> int:
         if outcome:
-            return 0.0  # statistics below reads the clock too
+            return 0  # statistics below reads the clock too
         outcome.append("entered")
         try:
             limiter.try_acquire()
@@ -508,9 +508,9 @@ def test_a_signal_handler_inside_the_section_gets_reentrant_call_not_a_hang() ->
             outcome.append(error)
         outcome.append(limiter.statistics().available)  # reads without the lock
         outcome.append(repr(limiter))
-        return 0.0
+        return 0
 
-    meter._now = reenter  # the clock is read inside the section: re-enter from there
+    meter._now_ns = reenter  # the clock is read inside the section: re-enter from there
     limiter.try_acquire()
     assert isinstance(outcome[1], allotment.ReentrantCall)
     assert outcome[2] == 0

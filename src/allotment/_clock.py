@@ -18,11 +18,19 @@ import math
 import numbers
 import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import attrs
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "WakeHandle", "deadline_after"]
+__all__ = [
+    "SYSTEM_CLOCK",
+    "Clock",
+    "SystemClock",
+    "WakeHandle",
+    "deadline_after",
+    "nanoseconds_of",
+]
 
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 
@@ -56,6 +64,9 @@ class SystemClock:
 
     # A staticmethod bound to the builtin: reading the time costs no Python frame.
     now = staticmethod(time.monotonic)
+    now_ns = staticmethod(time.monotonic_ns)
+    """The same clock in whole nanoseconds (what rate limiters count in): an int read with
+    no float rounding, a third of the cost of ``round(now() * 1e9)``."""
 
     def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
         while True:
@@ -69,6 +80,20 @@ class SystemClock:
 
 SYSTEM_CLOCK = SystemClock()
 """The clock every manager uses unless given another."""
+
+
+def nanoseconds_of(clock: Clock) -> Callable[[], int]:
+    """How to read ``clock`` in whole nanoseconds: its ``now_ns`` if it has one, else its
+    ``now()`` rounded to the nearest nanosecond."""
+    now_ns = getattr(clock, "now_ns", None)
+    if callable(now_ns):
+        return cast("Callable[[], int]", now_ns)
+    now = clock.now
+
+    def rounded() -> int:
+        return round(now() * 1_000_000_000)
+
+    return rounded
 
 
 def deadline_after(clock: Clock, timeout: object) -> float | None:

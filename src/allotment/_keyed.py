@@ -22,14 +22,15 @@ import math
 import threading
 from collections.abc import Hashable
 
-from ._clock import SYSTEM_CLOCK, Clock
-from ._core import NANOSECONDS, Gcra, Meter, MeterRetired, RateTicket, exact_positive, ticks_of
+from ._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
+from ._core import NANOSECONDS, Gcra, Meter, MeterRetired, exact_positive, ticks_of
 from ._errors import InvalidKey, ReentrantCall
 from ._limiters import (
     LimiterParts,
     Number,
     acquire_ticket,
     statistics_of,
+    try_take,
     validate_charge,
     validate_cost,
     whole_number,
@@ -131,11 +132,10 @@ class KeyedRateLimiter:
         """Spend ``cost`` of ``key``'s units if allowed now and nobody of that key waits."""
         cost = validate_cost(cost, self._burst)
         _check_key(key)
-        ticket = RateTicket(cost, _current_thread(), None, 0.0)
         while True:
             meter = self._meter_for(key)
             try:
-                return meter.enter(ticket, None, False, -1) == "granted"
+                return try_take(meter, cost)
             except MeterRetired:
                 continue
 
@@ -215,7 +215,9 @@ class KeyedRateLimiter:
         """A full bucket from now: the rule's state starts at the current tick."""
         clock, scale = self._clock, self._scale
         start = ticks_of(clock.now(), scale)
-        return Meter(Gcra(self._interval, self._burst, start), scale, clock.now, start)
+        return Meter(
+            Gcra(self._interval, self._burst, start), scale, clock.now, nanoseconds_of(clock), start
+        )
 
     def __repr__(self) -> str:
         return (

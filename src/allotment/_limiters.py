@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import attrs
 
-from ._clock import SYSTEM_CLOCK, Clock, deadline_after
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after, nanoseconds_of
 from ._core import (
     NANOSECONDS,
     Gcra,
@@ -52,6 +52,7 @@ __all__ = [
     "limiter_parts",
     "refund",
     "statistics_of",
+    "try_take",
     "validate_charge",
     "validate_cost",
     "whole_number",
@@ -62,6 +63,7 @@ Number = float | fractions.Fraction | decimal.Decimal
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _current_thread = threading.current_thread
+_SECONDS = (int, float)
 _serial = iter(range(1, 1 << 62))
 
 
@@ -126,6 +128,15 @@ def acquire_ticket(
     raise _timeout(
         parts, meter, ticket=ticket, cost=cost, timeout=timeout, at_once=entry == "refused"
     )
+
+
+def try_take(meter: Meter, cost: int) -> bool:
+    """Spend ``cost`` (validated) if allowed now and nobody is queued; never waits."""
+    taken = meter.take_now(cost, True)
+    if taken is None:  # someone is queued: the meter grants those due, then decides
+        ticket = RateTicket(cost, _current_thread(), None, 0.0)
+        return meter.enter(ticket, None, False, -1) == "granted"
+    return taken
 
 
 def refund(meter: Meter, ticket: RateTicket) -> bool:
@@ -255,14 +266,22 @@ class _Limiter:
         int, before anything changes.
         """
         parts = self._parts
-        acquire_ticket(parts, parts.meter, validate_cost(cost, parts.largest), timeout)
+        if type(cost) is not int or not 0 < cost <= parts.largest:
+            cost = validate_cost(cost, parts.largest)
+        meter = parts.meter
+        # Allowed at once: no ticket. A bad timeout is refused below, before anything.
+        if (timeout is None or (type(timeout) in _SECONDS and timeout >= 0)) and meter.take_now(
+            cost, False
+        ):
+            return
+        acquire_ticket(parts, meter, cost, timeout)
 
     def try_acquire(self, cost: int = 1) -> bool:
         """Spend ``cost`` units if they are allowed now and nobody is queued; never waits."""
         parts = self._parts
-        cost = validate_cost(cost, parts.largest)
-        ticket = RateTicket(cost, _current_thread(), None, 0.0)
-        return parts.meter.enter(ticket, None, False, -1) == "granted"
+        if type(cost) is not int or not 0 < cost <= parts.largest:
+            cost = validate_cost(cost, parts.largest)
+        return try_take(parts.meter, cost)
 
     def reserve(self, cost: int = 1) -> Reservation:
         """Take the next place in line for ``cost`` units without waiting (behind every queued
@@ -401,7 +420,12 @@ class RateLimiter(_Limiter):
         self._rate = exact_rate
         self._per = exact_per
         self._burst = burst
-        self._setup(name, "rate-limiter", chosen, Meter(rule, scale, chosen.now, start))
+        self._setup(
+            name,
+            "rate-limiter",
+            chosen,
+            Meter(rule, scale, chosen.now, nanoseconds_of(chosen), start),
+        )
 
     @property
     def rate(self) -> float:
@@ -458,7 +482,7 @@ class WindowLimiter(_Limiter):
             name,
             "window-limiter",
             chosen,
-            Meter(rule, scale, chosen.now, ticks_of(chosen.now(), scale)),
+            Meter(rule, scale, chosen.now, nanoseconds_of(chosen), ticks_of(chosen.now(), scale)),
         )
 
     @property

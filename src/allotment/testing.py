@@ -46,6 +46,10 @@ class ManualClock:
         """The current reading, in seconds (starts at the value given, 0.0 by default)."""
         return self._now
 
+    def now_ns(self) -> int:
+        """The reading in whole nanoseconds (the nearest), as rate limiters count time."""
+        return round(self._now * 1_000_000_000)
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds`` and wake every thread whose deadline has
         come (``now() >= deadline``). Raises ``ValueError`` for a negative, NaN or infinite

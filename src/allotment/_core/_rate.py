@@ -108,6 +108,11 @@ class RateRule(Protocol):
         token for :meth:`undo`."""
         ...
 
+    def take(self, now: int, cost: int) -> bool:
+        """``admits`` then ``record``, in one call and without an undo token: the path of
+        every call allowed at once."""
+        ...
+
     def undo(self, token: object) -> bool:
         """Take back the grant ``token`` recorded, exactly, if nothing was recorded after it
         (``True``); otherwise change nothing (``False``): a later grant was judged with it
@@ -153,6 +158,14 @@ class Gcra:
 
     def admits(self, now: int, cost: int) -> bool:
         return now >= self.tat + cost * self.interval - self.tolerance
+
+    def take(self, now: int, cost: int) -> bool:
+        tat = self.tat
+        spent = cost * self.interval
+        if now < tat + spent - self.tolerance:
+            return False
+        self.tat = (tat if tat > now else now) + spent
+        return True
 
     def record(self, now: int, cost: int) -> object:
         before = self.tat
@@ -216,6 +229,21 @@ class SlidingWindow:
     def admits(self, now: int, cost: int) -> bool:
         self._expire(now)
         return self.total + cost <= self.limit
+
+    def take(self, now: int, cost: int) -> bool:
+        log = self.log
+        horizon = now - self.window
+        while log and log[0][0] <= horizon:
+            self.total -= log.popleft()[1]
+        total = self.total + cost
+        if total > self.limit:
+            return False
+        self.total = total
+        if log and log[-1][0] == now:
+            log[-1][1] += cost
+        else:
+            log.append([now, cost])
+        return True
 
     def record(self, now: int, cost: int) -> object:
         self._expire(now)
