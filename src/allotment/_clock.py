@@ -44,7 +44,12 @@ class WakeHandle(Protocol):
 
 
 class Clock(Protocol):
-    """What allotment needs of time: a monotonic "now" and a sleep that ends at a deadline."""
+    """What allotment needs of time: a monotonic "now" and a sleep that ends at a deadline.
+
+    A clock may also offer ``now_ns()``, the same reading in whole nanoseconds (an int):
+    rate limiters count time in nanoseconds and use it when present, else they round
+    ``now()`` to the nearest nanosecond. :class:`SystemClock` and
+    :class:`~allotment.testing.ManualClock` both have it."""
 
     def now(self) -> float:
         """Seconds on a monotonic scale (only differences mean anything)."""
