@@ -224,8 +224,9 @@ class _Limiter:
     Thread-safe. The meter's lock is held only for arithmetic, never while a caller sleeps.
     """
 
-    __slots__ = ("_clock", "_meter", "_name", "_parts", "_per")
+    __slots__ = ("_clock", "_largest", "_meter", "_name", "_parts", "_per")
 
+    _largest: int
     _meter: Meter
     _clock: Clock
     _name: str
@@ -236,7 +237,8 @@ class _Limiter:
         self._meter = meter
         self._clock = SYSTEM_CLOCK if clock is None else clock
         self._name = f"{kind}-{next(_serial)}" if name is None else str(name)
-        self._parts = LimiterParts(meter, self._clock, self._name, meter.rule.largest)
+        self._largest = meter.rule.largest
+        self._parts = LimiterParts(meter, self._clock, self._name, self._largest)
 
     @property
     def name(self) -> str:
@@ -278,10 +280,12 @@ class _Limiter:
 
     def try_acquire(self, cost: int = 1) -> bool:
         """Spend ``cost`` units if they are allowed now and nobody is queued; never waits."""
-        parts = self._parts
-        if type(cost) is not int or not 0 < cost <= parts.largest:
-            cost = validate_cost(cost, parts.largest)
-        return try_take(parts.meter, cost)
+        if type(cost) is not int or not 0 < cost <= self._largest:
+            cost = validate_cost(cost, self._largest)
+        taken = self._meter.take_now(cost, True)
+        if taken is None:  # someone is queued: the meter grants those due, then decides
+            return try_take(self._meter, cost)
+        return taken
 
     def reserve(self, cost: int = 1) -> Reservation:
         """Take the next place in line for ``cost`` units without waiting (behind every queued

@@ -166,7 +166,12 @@ class Meter:
     charged: int = attrs.field(init=False, default=0)
     _lock: _SectionLock = attrs.field(init=False, factory=_new_section_lock)
 
+    _gcra: Gcra | None = attrs.field(init=False, default=None)
+    """The rule, if it is a GCRA: its arithmetic is written out on the fast path."""
+
     def __attrs_post_init__(self) -> None:
+        if type(self.rule) is Gcra:
+            self._gcra = self.rule
         _live_meters.add(self)
 
     # -- sections ------------------------------------------------------------------------------
@@ -191,16 +196,16 @@ class Meter:
             if now < self.last:  # noqa: PLR1730 - max() is a call
                 now = self.last
             self.last = now
-            rule = self.rule
-            if rule.__class__ is Gcra:
-                tat = rule.tat
-                spent = cost * rule.interval
-                if now >= tat + spent - rule.tolerance:
-                    rule.tat = (tat if tat > now else now) + spent
+            gcra = self._gcra
+            if gcra is not None:
+                tat = gcra.tat
+                spent = cost * gcra.interval
+                if now >= tat + spent - gcra.tolerance:
+                    gcra.tat = (tat if tat > now else now) + spent
                     self.allowed += 1
                     self.allowed_units += cost
                     return True
-            elif rule.take(now, cost):
+            elif self.rule.take(now, cost):
                 self.allowed += 1
                 self.allowed_units += cost
                 return True
