@@ -61,6 +61,11 @@ def advance_onto(clock: ManualClock, target: Fraction) -> None:
     assert round(clock.now() * NS) >= goal
 
 
+def on_the_grid(time: Fraction) -> Fraction:
+    """A waiter is allowed only at a clock reading: the next whole nanosecond."""
+    return Fraction(-(-time.numerator * NS // time.denominator), NS)
+
+
 def exact(value: float | Fraction) -> Fraction:
     return value if isinstance(value, Fraction) else Fraction(repr(value))
 
@@ -138,7 +143,7 @@ class GcraModel(RuleBasedStateMachine):
         for slot in self.line:
             time = max(time, slot.time)
             tat = max(tat, time) + slot.cost * self.interval
-        return max(time, tat + cost * self.interval - self.burst * self.interval)
+        return on_the_grid(max(time, tat + cost * self.interval - self.burst * self.interval))
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -279,7 +284,7 @@ class WindowModel(RuleBasedStateMachine):
         candidates = sorted({time} | {when + self.per for when, _ in log if when + self.per > time})
         for candidate in candidates:
             if self.inside(candidate, log) + cost <= self.limit:
-                return candidate
+                return on_the_grid(candidate)
         raise AssertionError("unreachable: every grant leaves the window eventually")
 
     @rule(step=STEPS)

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from ._clock import SYSTEM_CLOCK, deadline_after
 from ._multi import acquire_all, validate_parts
 
 __all__ = ["guard"]
@@ -45,12 +46,19 @@ def guard(
     if not parts:
         raise TypeError("guard() needs at least one (manager or limiter, amount) pair")
     requests = validate_parts(parts)
+    deadline_after(SYSTEM_CLOCK, timeout)  # a bad timeout fails here, not at every call
 
     def decorate(function: Callable[_P, _T]) -> Callable[_P, _T]:
-        if inspect.iscoroutinefunction(function):
+        if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
             raise TypeError(
                 f"{function.__qualname__} is a coroutine function; guarding async def needs "
                 "the asyncio front-end (acquire_async), which allotment does not have yet"
+            )
+        if inspect.isgeneratorfunction(function):
+            raise TypeError(
+                f"{function.__qualname__} is a generator function: its body runs after the "
+                "call returns, when nothing would be held any more; guard the code that "
+                "consumes it, or a function that runs the whole iteration"
             )
 
         @functools.wraps(function)

@@ -216,7 +216,11 @@ class KeyedRateLimiter:
         clock, scale = self._clock, self._scale
         start = ticks_of(clock.now(), scale)
         return Meter(
-            Gcra(self._interval, self._burst, start), scale, clock.now, nanoseconds_of(clock), start
+            Gcra(self._interval, self._burst, start, scale),
+            scale,
+            clock.now,
+            nanoseconds_of(clock),
+            start,
         )
 
     def __repr__(self) -> str:

@@ -190,7 +190,6 @@ class Reservation:
     _ticket: RateTicket
     _meter: Meter
     _clock: Clock
-    _cancelled: bool = False
 
     @property
     def delay(self) -> float:
@@ -209,10 +208,7 @@ class Reservation:
         """Give the units back: ``True`` if this refunded them exactly (the reserved time had
         not come; those queued behind move up); ``False`` if the time had come, or on a
         second call."""
-        if self._cancelled:
-            return False
-        self._cancelled = True
-        return self._meter.cancel(self._ticket)
+        return self._meter.cancel(self._ticket)  # idempotent: only a queued ticket leaves
 
     def __repr__(self) -> str:
         return f"<allotment.Reservation of {self.cost} in {self.delay:.6g} s>"
@@ -420,7 +416,7 @@ class RateLimiter(_Limiter):
         chosen = SYSTEM_CLOCK if clock is None else clock
         scale = interval.denominator
         start = ticks_of(chosen.now(), scale)
-        rule = Gcra(interval.numerator, burst, start)
+        rule = Gcra(interval.numerator, burst, start, scale)
         self._rate = exact_rate
         self._per = exact_per
         self._burst = burst
@@ -479,7 +475,7 @@ class WindowLimiter(_Limiter):
         window = exact_per * NANOSECONDS
         chosen = SYSTEM_CLOCK if clock is None else clock
         scale = window.denominator
-        rule = SlidingWindow(limit, window.numerator)
+        rule = SlidingWindow(limit, window.numerator, scale)
         self._limit = limit
         self._per = exact_per
         self._setup(

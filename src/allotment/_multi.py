@@ -304,6 +304,7 @@ def _take_all(
         check_order([step.of.node for step in plan], site, stacklevel=3)
     leases: list[Lease[Any] | None] = [None] * count
     taken: list[Lease[Any]] = []
+    rates: tuple[tuple[Meter, RateTicket], ...] = ()
     thread = _current_thread()
     try:
         for position, step in enumerate(plan):
@@ -330,7 +331,6 @@ def _take_all(
                     leases[index] = lease
                     if of.node.policy is not None:
                         note_held(lease, of.node, ticket.site)
-        rates: tuple[tuple[Meter, RateTicket], ...] = ()
         if planned.rates:
             granted = _take_rates(planned, blocking, deadline, timeout, quietly=quietly)
             if granted is None:
@@ -344,6 +344,7 @@ def _take_all(
             tuple(RateGrant(step.limiter, step.total) for step in planned.rates),
         )
     except BaseException:
+        _withdraw_rates(list(rates))  # the work never started: its rate is refunded
         _release_all(taken)
         raise
 

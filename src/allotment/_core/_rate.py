@@ -146,6 +146,9 @@ class Gcra:
     interval: int
     burst: int
     tat: int
+    grain: int = 1
+    """Ticks per nanosecond: a waiter can be allowed only at a clock reading, so the plan
+    puts each waiter on the next whole nanosecond, where it will really be allowed."""
     tolerance: int = attrs.field(init=False)
 
     @tolerance.default
@@ -186,9 +189,11 @@ class Gcra:
         tat, interval, tolerance = self.tat, self.interval, self.tolerance
         due = now
         planned = []
+        grain = self.grain
         for cost, floor, forced in entries:
             if not forced:
                 due = max(due, tat + cost * interval - tolerance)
+                due = -(-due // grain) * grain
             if floor is not None and floor > due:
                 due = floor
             tat = max(tat, due) + cost * interval
@@ -213,6 +218,8 @@ class SlidingWindow:
 
     limit: int
     window: int
+    grain: int = 1
+    """Ticks per nanosecond (see :class:`Gcra`)."""
     log: collections.deque[list[int]] = attrs.field(init=False, factory=collections.deque)
     total: int = attrs.field(init=False, default=0)
 
@@ -289,6 +296,8 @@ class SlidingWindow:
                 due = max(due, times[first] + window)
                 total -= units[first]
                 first += 1
+            if not forced:
+                due = -(-due // self.grain) * self.grain
             # Grants the advance to ``due`` pushed out of the window leave it too.
             horizon = due - window
             while first < len(times) and times[first] <= horizon:
