@@ -343,13 +343,15 @@ class Meter:
                 raise MeterRetired
             now = self._tick()
             self._advance(now, woken)
-            self.charged += cost
+            # Calls first, then the count: an exception never leaves a charge counted unspent.
             if not self.queue:
                 self.rule.record(now, cost)
+                self.charged += cost
                 return
             debt = RateTicket(cost, threading.current_thread(), None, 0.0, charge=True)
             debt.due = debt.promised = next(reversed(self.queue)).due  # right after the last
             self.queue[debt] = None
+            self.charged += cost
 
         self._section(charge_locked)
 

@@ -227,41 +227,51 @@ class SlidingWindow:
     def largest(self) -> int:
         return self.limit
 
+    # Every change below is plain stores followed by at most one C call (``popleft``,
+    # ``append``), with no jump between: CPython can deliver an exception only after that
+    # call returns, when ``total`` and ``log`` agree again.
+
     def _expire(self, now: int) -> None:
         log = self.log
         horizon = now - self.window
-        while log and log[0][0] <= horizon:
-            self.total -= log.popleft()[1]
+        while log:
+            oldest = log[0]
+            if oldest[0] > horizon:
+                break
+            self.total -= oldest[1]
+            log.popleft()
 
     def admits(self, now: int, cost: int) -> bool:
         self._expire(now)
         return self.total + cost <= self.limit
 
     def take(self, now: int, cost: int) -> bool:
-        log = self.log
-        horizon = now - self.window
-        while log and log[0][0] <= horizon:
-            self.total -= log.popleft()[1]
+        self._expire(now)
         total = self.total + cost
         if total > self.limit:
             return False
-        self.total = total
+        log = self.log
         if log and log[-1][0] == now:
             log[-1][1] += cost
+            self.total = total
         else:
-            log.append([now, cost])
+            entry = [now, cost]
+            self.total = total
+            log.append(entry)
         return True
 
     def record(self, now: int, cost: int) -> object:
         self._expire(now)
         log = self.log
+        total = self.total + cost
         if log and log[-1][0] == now:
             entry = log[-1]
             entry[1] += cost
+            self.total = total
         else:
             entry = [now, cost]
+            self.total = total
             log.append(entry)
-        self.total += cost
         return (entry, entry[1], cost)
 
     def undo(self, token: object) -> bool:
