@@ -130,9 +130,6 @@ class MeterSnapshot:
     taken_at: float
 
 
-_NO_WAKEUPS: tuple[Waiter, ...] = ()
-
-
 @attrs.define(eq=False)
 class Meter:
     """The state of one rate limiter in this process.
@@ -140,8 +137,10 @@ class Meter:
     ``_lock`` guards everything below it. Between sections:
 
     - every ticket in ``queue`` is PENDING, in arrival order, with ``due`` as planned from
-      the rule's state at ``last`` (the largest tick seen; ticks never go back);
-    - no non-held head has ``due <= last`` unless a section is about to grant it;
+      the rule's state at ``last`` (the largest tick seen; ticks never go back); a promised
+      ticket (reservation, queued charge) is planned no earlier than its promise;
+    - dues never decrease along the queue, and a head whose ``due <= last`` is granted by the
+      next section before anything else;
     - a queued ticket's sleeper has been woken, or is being woken by the thread that made
       the change, if its ticket was granted or its ``due`` moved earlier;
     - ``retired`` only ever goes from ``False`` to ``True``, with an empty queue.
