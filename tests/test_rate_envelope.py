@@ -108,7 +108,7 @@ CASES: dict[str, tuple[Callable[[], RateEnv], Callable[[RateEnv], object]]] = {
 }
 
 
-def _accounted(env: RateEnv, before: tuple[int, int], slack: int) -> None:
+def _accounted(env: RateEnv, slack: int) -> None:
     """The rule's state is what the counted grants and charges make it, or at most ``slack``
     more (the clock never moved, so every unit spent still shows)."""
     meter = limiter_parts(env.limiter).meter
@@ -123,7 +123,6 @@ def _accounted(env: RateEnv, before: tuple[int, int], slack: int) -> None:
         spent = rule.total
     assert counted <= spent <= counted + slack, (spent, counted, slack, stats)
     assert all(waiter.reservation for waiter in stats.waiters), stats.waiters
-    del before
 
 
 def _charged_in_line(meter: Any) -> int:
@@ -139,9 +138,7 @@ def _check(env: RateEnv, outcome: Outcome) -> None:
     if isinstance(outcome.result, allotment.LeaseGroup):
         outcome.result.release()
     outcome.result = None
-    on_another_thread(
-        lambda: _accounted(env, (0, 0), SLACK), f"the accounts after {outcome.describe()}"
-    )
+    on_another_thread(lambda: _accounted(env, SLACK), f"the accounts after {outcome.describe()}")
     if env.pool is not None:
         gc.collect()  # a group lost in transit returns its lease (and warns, as it should)
         stats = on_another_thread(env.pool.statistics, "the pool's statistics")

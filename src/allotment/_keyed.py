@@ -17,23 +17,21 @@ one key.
 from __future__ import annotations
 
 import collections
-import fractions
-import math
 import threading
 from collections.abc import Hashable
 
-from ._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
-from ._core import NANOSECONDS, Gcra, Meter, MeterRetired, exact_positive, ticks_of
+from ._clock import SYSTEM_CLOCK, Clock
+from ._core import Meter, MeterRetired
 from ._errors import InvalidKey, ReentrantCall
 from ._limiters import (
     LimiterParts,
     Number,
     acquire_ticket,
+    gcra_settings,
     statistics_of,
     try_take,
     validate_charge,
     validate_cost,
-    whole_number,
 )
 from ._statistics import RateStatistics
 from ._waiters import seconds_of
@@ -65,13 +63,10 @@ class KeyedRateLimiter:
     __slots__ = (
         "_burst",
         "_clock",
-        "_interval",
         "_lock",
         "_meters",
         "_name",
-        "_per",
-        "_rate",
-        "_scale",
+        "_settings",
     )
 
     def __init__(
@@ -83,15 +78,8 @@ class KeyedRateLimiter:
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        exact_rate = exact_positive(rate, "rate")
-        exact_per = exact_positive(per, "per")
-        burst = whole_number(max(1, math.floor(exact_rate)) if burst is None else burst, "burst")
-        interval = exact_per * NANOSECONDS / exact_rate
-        self._rate: fractions.Fraction = exact_rate
-        self._per: fractions.Fraction = exact_per
-        self._burst = burst
-        self._interval = interval.numerator
-        self._scale = interval.denominator
+        self._settings = gcra_settings(rate, per, burst)
+        self._burst = self._settings.burst
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._name = "keyed-rate-limiter" if name is None else str(name)
         self._lock = threading.RLock()
@@ -101,11 +89,11 @@ class KeyedRateLimiter:
 
     @property
     def rate(self) -> float:
-        return float(self._rate)
+        return float(self._settings.rate)
 
     @property
     def per(self) -> float:
-        return float(self._per)
+        return float(self._settings.per)
 
     @property
     def burst(self) -> int:
@@ -171,8 +159,10 @@ class KeyedRateLimiter:
         _check_key(key)
         meter = self._meters.get(key)
         if meter is None:
-            meter = self._new_meter()
-        return statistics_of(self._parts(meter), float(self._rate), self.per, self._burst, "gcra")
+            meter = self._settings.meter(self._clock)
+        return statistics_of(
+            self._parts(meter), float(self._settings.rate), self.per, self._burst, "gcra"
+        )
 
     def __len__(self) -> int:
         return len(self._meters)
@@ -207,21 +197,9 @@ class KeyedRateLimiter:
             found = meters.get(key)
             if found is not None:
                 return found
-            fresh = self._new_meter()
+            fresh = self._settings.meter(self._clock)
             meters[key] = fresh
             return fresh
-
-    def _new_meter(self) -> Meter:
-        """A full bucket from now: the rule's state starts at the current tick."""
-        clock, scale = self._clock, self._scale
-        start = ticks_of(clock.now(), scale)
-        return Meter(
-            Gcra(self._interval, self._burst, start, scale),
-            scale,
-            clock.now,
-            nanoseconds_of(clock),
-            start,
-        )
 
     def __repr__(self) -> str:
         return (

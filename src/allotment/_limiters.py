@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._statistics import RateStatistics
 
 __all__ = [
+    "GcraSettings",
     "LimiterParts",
     "Number",
     "RateGrant",
@@ -48,6 +49,7 @@ __all__ = [
     "Reservation",
     "WindowLimiter",
     "acquire_ticket",
+    "gcra_settings",
     "is_limiter",
     "limiter_parts",
     "refund",
@@ -133,10 +135,15 @@ def acquire_ticket(
 def try_take(meter: Meter, cost: int) -> bool:
     """Spend ``cost`` (validated) if allowed now and nobody is queued; never waits."""
     taken = meter.take_now(cost, True)
-    if taken is None:  # someone is queued: the meter grants those due, then decides
-        ticket = RateTicket(cost, _current_thread(), None, 0.0)
-        return meter.enter(ticket, None, False, -1) == "granted"
+    if taken is None:
+        return _try_behind_queue(meter, cost)
     return taken
+
+
+def _try_behind_queue(meter: Meter, cost: int) -> bool:
+    """Someone is queued: the meter grants those whose time has come, then decides."""
+    ticket = RateTicket(cost, _current_thread(), None, 0.0)
+    return meter.enter(ticket, None, False, -1) == "granted"
 
 
 def refund(meter: Meter, ticket: RateTicket) -> bool:
@@ -279,8 +286,8 @@ class _Limiter:
         if type(cost) is not int or not 0 < cost <= self._largest:
             cost = validate_cost(cost, self._largest)
         taken = self._meter.take_now(cost, True)
-        if taken is None:  # someone is queued: the meter grants those due, then decides
-            return try_take(self._meter, cost)
+        if taken is None:  # the try_take, written out: a call is a tenth of this path
+            return _try_behind_queue(self._meter, cost)
         return taken
 
     def reserve(self, cost: int = 1) -> Reservation:
@@ -372,8 +379,35 @@ def is_limiter(candidate: object) -> bool:
     return isinstance(candidate, _Limiter)
 
 
-def _exact_rate(rate: object, per: object) -> tuple[fractions.Fraction, fractions.Fraction]:
-    return exact_positive(rate, "rate"), exact_positive(per, "per")
+@attrs.frozen
+class GcraSettings:
+    """A GCRA's settings, validated and exact: what :class:`RateLimiter` and each key of a
+    :class:`KeyedRateLimiter` are made from."""
+
+    rate: fractions.Fraction
+    per: fractions.Fraction
+    burst: int
+    interval: int
+    """One unit's emission interval, in ticks."""
+    scale: int
+    """Ticks per nanosecond: the denominator of the interval in nanoseconds, so that the
+    interval is a whole number of ticks."""
+
+    def meter(self, clock: Clock) -> Meter:
+        """A fresh meter on ``clock``, its bucket full from now."""
+        start = ticks_of(clock.now(), self.scale)
+        rule = Gcra(self.interval, self.burst, start, self.scale)
+        return Meter(rule, self.scale, clock.now, nanoseconds_of(clock), start)
+
+
+def gcra_settings(rate: object, per: object, burst: object) -> GcraSettings:
+    """Validate a GCRA's settings (``burst=None``: ``max(1, floor(rate))``) before anything
+    is made; raises ``InvalidLimit`` or ``InvalidLimitType``."""
+    exact_rate = exact_positive(rate, "rate")
+    exact_per = exact_positive(per, "per")
+    whole = whole_number(max(1, math.floor(exact_rate)) if burst is None else burst, "burst")
+    interval = exact_per * NANOSECONDS / exact_rate
+    return GcraSettings(exact_rate, exact_per, whole, interval.numerator, interval.denominator)
 
 
 class RateLimiter(_Limiter):
@@ -406,26 +440,12 @@ class RateLimiter(_Limiter):
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
-        exact_rate, exact_per = _exact_rate(rate, per)
-        if burst is None:
-            burst = max(1, math.floor(exact_rate))
-        burst = whole_number(burst, "burst")
-        # One unit's emission interval, in nanoseconds, as a fraction: ticks are nanoseconds
-        # times its denominator, so the interval is a whole number of ticks.
-        interval = exact_per * NANOSECONDS / exact_rate
+        settings = gcra_settings(rate, per, burst)
         chosen = SYSTEM_CLOCK if clock is None else clock
-        scale = interval.denominator
-        start = ticks_of(chosen.now(), scale)
-        rule = Gcra(interval.numerator, burst, start, scale)
-        self._rate = exact_rate
-        self._per = exact_per
-        self._burst = burst
-        self._setup(
-            name,
-            "rate-limiter",
-            chosen,
-            Meter(rule, scale, chosen.now, nanoseconds_of(chosen), start),
-        )
+        self._rate = settings.rate
+        self._per = settings.per
+        self._burst = settings.burst
+        self._setup(name, "rate-limiter", chosen, settings.meter(chosen))
 
     @property
     def rate(self) -> float:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
@@ -56,6 +56,7 @@ Request = tuple[Any, Any]
 """``(manager, amount)`` or ``(limiter, cost)``."""
 
 _current_thread = threading.current_thread
+_Item = TypeVar("_Item")
 
 
 @attrs.define(eq=False)
@@ -403,17 +404,9 @@ def _take_rates(
         raise
 
 
-def _withdraw_rates(entered: list[tuple[Meter, RateTicket]]) -> None:
-    error: BaseException | None = None
-    for meter, ticket in reversed(entered):
-        try:
-            meter.release(ticket)
-        except BaseException as raised:  # keep withdrawing; report the first failure
-            error = error or raised
-            with contextlib.suppress(BaseException):
-                meter.release(ticket)
-    if error is not None:
-        raise error
+def _withdraw_rates(entered: Sequence[tuple[Meter, RateTicket]]) -> None:
+    """Withdraw or refund every limiter's ticket, last first (see :func:`_undo_all`)."""
+    _undo_all(entered, lambda pair: pair[0].release(pair[1]))
 
 
 def _rates_refused(
@@ -436,16 +429,22 @@ def _rates_refused(
 
 
 def _release_all(leases: Sequence[Lease[Any]]) -> None:
-    """Release every lease, last first, even if releasing one raises (then re-raise)."""
+    """Release every lease, last first (see :func:`_undo_all`)."""
+    _undo_all(leases, Lease.release)
+
+
+def _undo_all(items: Sequence[_Item], undo: Callable[[_Item], object]) -> None:
+    """``undo`` every item, last first, even if undoing one raises (then re-raise the first).
+    ``undo`` is idempotent: one that an exception may have cut short at its first line is
+    done again."""
     error: BaseException | None = None
-    for lease in reversed(leases):
+    for item in reversed(items):
         try:
-            lease.release()
-        except BaseException as raised:  # keep releasing; report the first failure
+            undo(item)
+        except BaseException as raised:  # keep going; report the first failure
             error = error or raised
-            # It may have landed before that release did anything: release again (idempotent).
             with contextlib.suppress(BaseException):
-                lease.release()
+                undo(item)
     if error is not None:
         raise error
 

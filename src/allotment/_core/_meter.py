@@ -44,12 +44,13 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Literal, TypeVar
 
 import attrs
 
 from .._errors import ReentrantCall
-from ._rate import Gcra, RateRule
+from ._pool import SectionLock, new_section_lock
+from ._rate import Gcra, PlanEntry, RateRule
 from ._tickets import FINISHED, GRANTED, PENDING, Ticket, Waiter
 
 __all__ = ["Entry", "Meter", "MeterRetired", "MeterSnapshot", "RateTicket", "WaitingView"]
@@ -60,18 +61,6 @@ _R = TypeVar("_R")
 
 class MeterRetired(Exception):
     """Internal: a keyed limiter forgot this meter; look the key up again."""
-
-
-class _SectionLock(Protocol):
-    def __enter__(self) -> bool: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
-
-    def _is_owned(self) -> bool: ...
-
-
-def _new_section_lock() -> _SectionLock:
-    return cast("_SectionLock", threading.RLock())
 
 
 @attrs.define(eq=False)
@@ -95,11 +84,6 @@ class RateTicket(Ticket):
     def cost(self) -> int:
         """``units``, typed as what a rate ticket holds: a positive int."""
         return self.units  # type: ignore[return-value]
-
-    @property
-    def fixed(self) -> bool:
-        """Nobody sleeps on it: it was promised its tick."""
-        return self.promised >= 0
 
 
 @attrs.frozen
@@ -163,7 +147,7 @@ class Meter:
     refused: int = attrs.field(init=False, default=0)
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
-    _lock: _SectionLock = attrs.field(init=False, factory=_new_section_lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
 
     _gcra: Gcra | None = attrs.field(init=False, default=None)
     """The rule, if it is a GCRA: its arithmetic is written out on the fast path."""
@@ -220,43 +204,38 @@ class Meter:
         without one is a reservation); else refuse it (``"refused"``). A ticket whose
         planned tick is after ``deadline`` (``-1``: no deadline) is refused too, with
         ``ticket.due`` set. A refused ticket spends nothing."""
-        lock = self._lock
-        if lock._is_owned():
-            raise _reentrant()
-        woken: list[Waiter] = []
-        try:
-            with lock:
-                if self.retired:
-                    raise MeterRetired
-                now = self._tick()
-                if self.queue:
-                    self._advance(now, woken)
-                cost = ticket.cost
-                rule = self.rule
-                if not self.queue and rule.admits(now, cost):
-                    ticket.token = rule.record(now, cost)
-                    ticket.state = GRANTED
-                    self.allowed += 1
-                    self.allowed_units += cost
-                    return "granted"
-                if not wait:
-                    self.refused += 1
-                    return "refused"
-                due = self._plan_after(now, cost)
-                made = None if sleeper is None else sleeper()
-                if deadline >= 0 and due > deadline:
-                    ticket.due = due
-                    self.refused += 1
-                    return "refused"
-                ticket.sleeper = made
+
+        def enter_locked(woken: list[Waiter]) -> Entry:
+            if self.retired:
+                raise MeterRetired
+            now = self._tick()
+            self._advance(now, woken)
+            cost = ticket.cost
+            rule = self.rule
+            if not self.queue and rule.admits(now, cost):
+                ticket.token = rule.record(now, cost)
+                ticket.state = GRANTED
+                self.allowed += 1
+                self.allowed_units += cost
+                return "granted"
+            if not wait:
+                self.refused += 1
+                return "refused"
+            due = self._plan_after(now, cost)
+            made = None if sleeper is None else sleeper()
+            if deadline >= 0 and due > deadline:
                 ticket.due = due
-                if made is None:
-                    ticket.promised = due  # a reservation: its holder acts then
-                self.queue[ticket] = None
-                self.waited += 1
-                return "queued"
-        finally:
-            _wake_all_retrying(woken)
+                self.refused += 1
+                return "refused"
+            ticket.sleeper = made
+            ticket.due = due
+            if made is None:
+                ticket.promised = due  # a reservation: its holder acts then
+            self.queue[ticket] = None
+            self.waited += 1
+            return "queued"
+
+        return self._section(enter_locked)
 
     def forecast(self, cost: int) -> int:
         """The tick at which ``cost`` would be allowed if it queued now (or now, if it
@@ -283,24 +262,20 @@ class Meter:
         ``None`` if ``ticket`` is granted; otherwise its planned tick, with a fresh sleeper
         (made by ``sleeper``) to sleep on until then. Raises ``ValueError`` for a ticket that
         is neither queued nor granted."""
-        lock = self._lock
-        if lock._is_owned():
-            raise _reentrant()
-        woken: list[Waiter] = []
-        try:
-            with lock:
-                if ticket.state is GRANTED:
-                    return None
-                if ticket.state is not PENDING:
-                    raise ValueError("this ticket is no longer queued")
-                made = sleeper()
-                self._advance(self._tick(), woken)
-                if ticket.state is GRANTED:
-                    return None
-                ticket.sleeper = made
-                return ticket.due
-        finally:
-            _wake_all_retrying(woken)
+
+        def poll_locked(woken: list[Waiter]) -> int | None:
+            if ticket.state is GRANTED:
+                return None
+            if ticket.state is not PENDING:
+                raise ValueError("this ticket is no longer queued")
+            made = sleeper()
+            self._advance(self._tick(), woken)
+            if ticket.state is GRANTED:
+                return None
+            ticket.sleeper = made
+            return ticket.due
+
+        return self._section(poll_locked)
 
     def withdraw(self, ticket: RateTicket) -> bool:
         """The owner of a queued ticket gives up (its deadline passed): leave the queue as if
@@ -493,7 +468,7 @@ class Meter:
     def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock, and no queued tickets of threads that did not
         come (nobody will wait on them); the plan is made again on the next call."""
-        self._lock = _new_section_lock()
+        self._lock = new_section_lock()
         me = threading.current_thread()
         for ticket in list(self.queue):
             if ticket.thread is not me and ticket.sleeper is not None:
@@ -501,7 +476,7 @@ class Meter:
                 del self.queue[ticket]
 
 
-def _entry(ticket: RateTicket) -> tuple[int, int | None, bool]:
+def _entry(ticket: RateTicket) -> PlanEntry:
     promised = ticket.promised
     if promised < 0:
         return (ticket.cost, None, False)

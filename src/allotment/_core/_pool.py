@@ -55,8 +55,10 @@ __all__ = [
     "AdmissionPolicy",
     "MemoryPool",
     "Pool",
+    "SectionLock",
     "Snapshot",
     "TicketView",
+    "new_section_lock",
 ]
 
 _NO_WAKEUPS: tuple[Waiter, ...] = ()
@@ -65,9 +67,10 @@ _Deferred = tuple[Callable[[list[Waiter]], None], Callable[[], None] | None]
 _R = TypeVar("_R")
 
 
-class _SectionLock(Protocol):
-    """What a pool needs of its lock: ``threading.RLock``, whose ``_is_owned`` tells exactly
-    whether the calling thread is inside a section (``threading.Condition`` relies on it)."""
+class SectionLock(Protocol):
+    """What a pool or a meter needs of its lock: ``threading.RLock``, whose ``_is_owned``
+    tells exactly whether the calling thread is inside a section (``threading.Condition``
+    relies on it)."""
 
     def __enter__(self) -> bool: ...
 
@@ -80,8 +83,8 @@ class _SectionLock(Protocol):
     def _is_owned(self) -> bool: ...
 
 
-def _new_section_lock() -> _SectionLock:
-    return cast("_SectionLock", threading.RLock())
+def new_section_lock() -> SectionLock:
+    return cast("SectionLock", threading.RLock())
 
 
 @attrs.frozen
@@ -250,7 +253,7 @@ class MemoryPool:
     )
     closed: bool = attrs.field(init=False, default=False)
     zero: Quantity = attrs.field(init=False)
-    _lock: _SectionLock = attrs.field(init=False, factory=_new_section_lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
     _orphans: collections.deque[_Deferred] = attrs.field(init=False, factory=collections.deque)
 
     @zero.default
@@ -753,7 +756,7 @@ class MemoryPool:
         by them are returned, since no thread of the child can release them through those
         threads; the forking thread's own tickets stay as they are.
         """
-        self._lock = _new_section_lock()
+        self._lock = new_section_lock()
         me = threading.current_thread()
         self._orphans.clear()
         for ticket in list(self.queue):

@@ -39,8 +39,8 @@ from .._errors import InvalidLimit, InvalidLimitType
 
 __all__ = [
     "NANOSECONDS",
-    "Entry",
     "Gcra",
+    "PlanEntry",
     "RateRule",
     "SlidingWindow",
     "exact_positive",
@@ -49,7 +49,7 @@ __all__ = [
 
 NANOSECONDS = 1_000_000_000
 
-Entry = tuple[int, int | None, bool]
+PlanEntry = tuple[int, int | None, bool]
 """What a plan needs of a queued ticket: its cost, its floor (``None``: free to move) and
 whether it is forced: recorded, not admitted (a reservation, promised its tick; a charge)."""
 
@@ -119,7 +119,7 @@ class RateRule(Protocol):
         counted, and taking it back then could allow more than the bound."""
         ...
 
-    def plan(self, now: int, entries: Sequence[Entry]) -> list[int]:
+    def plan(self, now: int, entries: Sequence[PlanEntry]) -> list[int]:
         """The tick at which each entry, served in order from ``now``, would be allowed,
         each recorded at its own tick: never before its floor (a reservation's promised
         tick) nor before the one ahead of it. A *forced* entry (a promised reservation, a
@@ -185,7 +185,7 @@ class Gcra:
         self.tat = before
         return True
 
-    def plan(self, now: int, entries: Sequence[Entry]) -> list[int]:
+    def plan(self, now: int, entries: Sequence[PlanEntry]) -> list[int]:
         tat, interval, tolerance = self.tat, self.interval, self.tolerance
         due = now
         planned = []
@@ -288,7 +288,7 @@ class SlidingWindow:
             log.pop()
         return True
 
-    def plan(self, now: int, entries: Sequence[Entry]) -> list[int]:
+    def plan(self, now: int, entries: Sequence[PlanEntry]) -> list[int]:
         # Simulate on copies ([tick, units] of the log in the window, then of each planned
         # grant), leaving the log as it is: statistics plan from a signal handler too.
         horizon = now - self.window
