@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -155,14 +155,14 @@ def test_methods_staticmethods_and_classmethods_are_guarded() -> None:
     assert_idle(pool)
 
 
-def test_decorating_a_coroutine_function_is_refused_at_once() -> None:
+def test_decorating_an_async_generator_function_is_refused_at_once() -> None:
     pool, api, _, _ = parts()
 
-    async def fetch() -> int:
-        return 1
+    async def fetch() -> AsyncIterator[int]:
+        yield 1
 
     for decorator in (pool.guard(1), api.guard(), allotment.guard((pool, 1), (api, 1))):
-        with pytest.raises(TypeError, match="coroutine function"):
+        with pytest.raises(TypeError, match="async generator function"):
             decorator(fetch)
     assert_idle(pool)
     assert api.statistics().allowed == 0

@@ -25,7 +25,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 CORE = PACKAGE / "_core"
 
 # Private members of the standard library used on purpose, each for a reason stated where used.
-STDLIB_PRIVATE = {"_getframe", "_is_owned"}
+STDLIB_PRIVATE = {"_getframe", "_is_owned", "_get_running_loop"}
 FACES = {"_manager.py", "_lease.py", "_multi.py", "_declared.py", "_semaphore.py"}
 CLOCK_READS = {"monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "time", "time_ns"}
 

@@ -172,7 +172,7 @@ def test_released_leases_no_longer_count_as_held() -> None:
     # Released by another thread: the main thread holds nothing any more.
     start(lease.release, name="releaser").outcome()
     a.acquire(1).release()
-    assert len(_lock_order._state().held) <= 1
+    assert len(_lock_order._held.get()[0]) <= 1
 
 
 def test_acquire_all_is_checked_against_what_the_thread_holds() -> None:
@@ -252,14 +252,14 @@ def test_the_held_list_stays_as_short_as_what_is_held() -> None:
     for _ in range(1000):
         with a.acquire(1), b.acquire(1):
             pass
-    assert len(_lock_order._state().held) <= 2
+    assert len(_lock_order._held.get()[0]) <= 2
     # Acquisitions that are never checked (tries) still prune now and then.
     kept = [a.acquire(1, timeout=0) for _ in range(2)]
     for _ in range(1000):
         lease = b.try_acquire(1)
         assert lease is not None
         lease.release()
-    assert len(_lock_order._state().held) <= 2 * len(kept) + 16
+    assert len(_lock_order._held.get()[0]) <= 2 * len(kept) + 16
     for lease in kept:
         lease.release()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from ._acquisition import Acquisition
 from ._clock import Clock, SystemClock
 from ._declared import DeclaredClaim
 from ._errors import (
@@ -45,7 +46,7 @@ from ._lock_order import (
     set_lock_order_policy,
 )
 from ._manager import ResourceManager
-from ._multi import LeaseGroup, acquire_all, try_acquire_all
+from ._multi import LeaseGroup, acquire_all, acquire_all_async, try_acquire_all
 from ._semaphore import BoundedSemaphore, Semaphore
 from ._statistics import (
     ClaimInfo,
@@ -59,6 +60,7 @@ from ._wait_graph import ThreadRef, WaitEdge, WaitGraph, wait_graph
 
 __all__ = [
     "AcquireTimeout",
+    "Acquisition",
     "AllotmentError",
     "BankerModeRequired",
     "BoundedSemaphore",
@@ -102,6 +104,7 @@ __all__ = [
     "WaiterInfo",
     "WindowLimiter",
     "acquire_all",
+    "acquire_all_async",
     "get_lock_order_policy",
     "guard",
     "set_lock_order_policy",

@@ -51,7 +51,13 @@ class Clock(Protocol):
     A clock may also offer ``now_ns()``, the same reading in whole nanoseconds (an int):
     rate limiters count time in nanoseconds and use it when present, else they round
     ``now()`` to the nearest nanosecond. :class:`SystemClock` and
-    :class:`~allotment.testing.ManualClock` both have it."""
+    :class:`~allotment.testing.ManualClock` both have it.
+
+    Asyncio tasks cannot block in ``sleep_until``. A clock that does not move in real time
+    offers ``call_at(deadline, callback)`` instead, which calls ``callback`` (from any
+    thread) once ``now()`` reaches ``deadline`` and returns an object with ``cancel()``, as
+    :class:`~allotment.testing.ManualClock` does. Without it, a task sleeps on its event
+    loop's timers for the difference of ``now()`` readings: right for any real-time clock."""
 
     def now(self) -> float:
         """Seconds on a monotonic scale (only differences mean anything)."""

@@ -6,20 +6,21 @@ call ends, however it ends. The rate stays spent once the call has started: the 
 ran. If the call never starts (an exception between the grant and the call), the rate is
 refunded too.
 
-Written for two kinds of functions: plain ones now, and coroutine functions once the asyncio
-front-end lands, which will wrap ``async def`` with the same parts and the same rules; until
-then a coroutine function is refused at decoration time rather than guarded wrongly.
+Plain functions take their parts with :func:`acquire_all`; an ``async def`` stays a coroutine
+function and takes them with :func:`acquire_all_async`, in the same queues as threads, with
+the same rules. Generator and async generator functions are refused at decoration time: their
+bodies run after the call returns, when nothing would be held.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
 
 from ._clock import SYSTEM_CLOCK, deadline_after
-from ._multi import acquire_all, validate_parts
+from ._multi import acquire_all, acquire_all_async, validate_parts
 
 __all__ = ["guard"]
 
@@ -42,6 +43,10 @@ def guard(
     The wrapper keeps the function's name, docstring and signature (``functools.wraps``), and
     works on methods. ``timeout`` bounds each call's wait (:class:`AcquireTimeout` if it
     passes; nothing is held or spent then). The parts are validated when decorating.
+
+    On an ``async def`` the wrapper is a coroutine function too: each call awaits
+    :func:`acquire_all_async` (the task waits in the same queues as threads, without
+    blocking its loop), and a cancellation before the body starts refunds the rate.
     """
     if not parts:
         raise TypeError("guard() needs at least one (manager or limiter, amount) pair")
@@ -49,11 +54,14 @@ def guard(
     deadline_after(SYSTEM_CLOCK, timeout)  # a bad timeout fails here, not at every call
 
     def decorate(function: Callable[_P, _T]) -> Callable[_P, _T]:
-        if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        if inspect.isasyncgenfunction(function):
             raise TypeError(
-                f"{function.__qualname__} is a coroutine function; guarding async def needs "
-                "the asyncio front-end (acquire_async), which allotment does not have yet"
+                f"{function.__qualname__} is an async generator function: its body runs "
+                "after the call returns, when nothing would be held any more; guard the code "
+                "that consumes it"
             )
+        if inspect.iscoroutinefunction(function):
+            return cast("Callable[_P, _T]", _guard_async(function, requests, timeout))
         if inspect.isgeneratorfunction(function):
             raise TypeError(
                 f"{function.__qualname__} is a generator function: its body runs after the "
@@ -80,3 +88,25 @@ def guard(
         return guarded
 
     return decorate
+
+
+def _guard_async(
+    function: Callable[_P, Awaitable[_T]], requests: list[tuple[Any, Any]], timeout: float | None
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    @functools.wraps(function)
+    async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        group = None
+        started = False
+        try:
+            group = await acquire_all_async(requests, timeout=timeout)
+            started = True  # no cancellation lands before the body's first await
+            return await function(*args, **kwargs)
+        except BaseException:
+            if group is not None and not started:
+                group.refund()  # the call never ran: its rate was not used
+            raise
+        finally:
+            if group is not None:
+                group.release()
+
+    return guarded

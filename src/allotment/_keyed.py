@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
+from typing import Any
 
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import Meter, MeterRetired
 from ._errors import InvalidKey, ReentrantCall
 from ._limiters import (
@@ -28,13 +29,14 @@ from ._limiters import (
     Number,
     acquire_ticket,
     gcra_settings,
+    rate_ticket,
     statistics_of,
     try_take,
     validate_charge,
     validate_cost,
 )
 from ._statistics import RateStatistics
-from ._waiters import seconds_of
+from ._waiters import TASK, run_in_task, seconds_of
 
 __all__ = ["KeyedRateLimiter"]
 
@@ -114,6 +116,26 @@ class KeyedRateLimiter:
                 acquire_ticket(self._parts(meter), meter, cost, timeout)
             except MeterRetired:
                 continue  # forgotten between the lookup and the call: look it up again
+            return
+
+    def acquire_async(
+        self, key: Hashable, cost: int = 1, timeout: float | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """:meth:`acquire` for asyncio tasks (see :meth:`RateLimiter.acquire_async`);
+        ``key``, ``cost`` and ``timeout`` are checked here, before anything is awaited."""
+        cost = validate_cost(cost, self._burst)
+        _check_key(key)
+        if timeout is not None:
+            deadline_after(self._clock, timeout)
+        return self._acquire_async(key, cost, timeout)
+
+    async def _acquire_async(self, key: Hashable, cost: int, timeout: float | None) -> None:
+        while True:
+            meter = self._meter_for(key)
+            try:
+                await run_in_task(rate_ticket(self._parts(meter), meter, cost, timeout, TASK))
+            except MeterRetired:
+                continue
             return
 
     def try_acquire(self, key: Hashable, cost: int = 1) -> bool:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 
 from ._clock import Clock
-from ._core import GRANTED, Amount, Form, Pool, Quantity, Site, Ticket, describe_site
+from ._core import GRANTED, Amount, Form, Pool, Quantity, Site, Ticket, describe_site, task_of
 from ._errors import LeaseReleased
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._manager import ResourceManager
 
 __all__ = ["Lease"]
@@ -91,6 +93,17 @@ class Lease(Generic[Amount]):
             self._pool.release(self._ticket, None)
             raise
 
+    async def __aenter__(self) -> Lease[Amount]:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc_value, traceback)
+
     def __repr__(self) -> str:
         # Plain reads only: a debugger or a signal handler may call this at any moment.
         state = "released" if self.released else f"holding {self.amounts!r}"
@@ -113,6 +126,7 @@ class Lease(Generic[Amount]):
             ticket.since,
             ticket.site,
             self._manager.clock,
+            task_of(ticket),
         )
         self._pool.reclaim(ticket, notice)
 
@@ -128,17 +142,21 @@ class _LeakNotice:
     since: float
     site: Site | None
     clock: Clock
+    task: asyncio.Task[Any] | None
 
     def __call__(self) -> None:
         age = self.clock.now() - self.since
         where = describe_site(self.site)
+        who = f"thread {self.thread.name!r}"
+        if self.task is not None:
+            who = f"task {self.task.get_name()!r} on {who}"
         if where is None:
             origin = (
-                f"it was acquired by thread {self.thread.name!r} {age:.3f} s before; to record "
-                "where, pass capture_sites=True, run Python with -X dev, or enable tracemalloc"
+                f"it was acquired by {who} {age:.3f} s before; to record where, pass "
+                "capture_sites=True, run Python with -X dev, or enable tracemalloc"
             )
         else:
-            origin = f"it was acquired at {where} by thread {self.thread.name!r} {age:.3f} s before"
+            origin = f"it was acquired at {where} by {who} {age:.3f} s before"
         warnings.warn(
             f"a lease of {self.form.render(self.units)!r} from {self.manager!r} was "
             f"garbage-collected while still held; {origin}. Its units were returned; release "

@@ -11,9 +11,9 @@ import decimal
 import fractions
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
@@ -35,7 +35,17 @@ from ._errors import (
     InvalidLimit,
     InvalidLimitType,
 )
-from ._waiters import await_rate, new_thread_waiter, seconds_at, seconds_of
+from ._waiters import (
+    TASK,
+    THREAD,
+    Steps,
+    Waiting,
+    run_blocking,
+    run_in_task,
+    seconds_at,
+    seconds_of,
+    sleep_until_async,
+)
 
 if TYPE_CHECKING:
     from ._statistics import RateStatistics
@@ -52,6 +62,7 @@ __all__ = [
     "gcra_settings",
     "is_limiter",
     "limiter_parts",
+    "rate_ticket",
     "refund",
     "statistics_of",
     "try_take",
@@ -116,13 +127,23 @@ def acquire_ticket(
     Raises ``AcquireTimeout`` at once, spending nothing, when the plan puts the grant after
     the deadline (and later, if a charge pushed it there); on any exception, spends nothing.
     """
+    return run_blocking(rate_ticket(parts, meter, cost, timeout, THREAD))
+
+
+def rate_ticket(
+    parts: LimiterParts, meter: Meter, cost: int, timeout: float | None, waiting: Waiting
+) -> Steps[RateTicket]:
+    """:func:`acquire_ticket`, for a thread or a task as ``waiting`` says."""
     clock = parts.clock
     deadline = None if timeout is None else deadline_after(clock, timeout)
     ticket = RateTicket(cost, _current_thread(), None, clock.now())
+    waiting.adopt(ticket)
     limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
     try:
-        entry = meter.enter(ticket, new_thread_waiter, timeout != 0, limit)
-        if entry == "granted" or (entry == "queued" and await_rate(meter, ticket, clock, deadline)):
+        entry = meter.enter(ticket, waiting.new_waiter, timeout != 0, limit)
+        if entry == "granted" or (
+            entry == "queued" and (yield from waiting.for_rate(meter, ticket, clock, deadline))
+        ):
             return ticket
     except BaseException:
         meter.release(ticket)
@@ -211,6 +232,11 @@ class Reservation:
         handle.acquire()
         self._clock.sleep_until(handle, seconds_at(self._ticket.due, self._meter.scale))
 
+    async def wait_async(self) -> None:
+        """:meth:`wait` for an asyncio task: sleeps on the loop, never blocks it."""
+        if self.time > self._clock.now():
+            await sleep_until_async(self._clock, seconds_at(self._ticket.due, self._meter.scale))
+
     def cancel(self) -> bool:
         """Give the units back: ``True`` if this refunded them exactly (the reserved time had
         not come; those queued behind move up); ``False`` if the time had come, or on a
@@ -280,6 +306,40 @@ class _Limiter:
         ):
             return
         acquire_ticket(parts, meter, cost, timeout)
+
+    def acquire_async(
+        self, cost: int = 1, timeout: float | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """:meth:`acquire` for asyncio tasks: ``await api.acquire_async(3, timeout=1)``.
+
+        Tasks and threads wait in one line. A waiting task sleeps on its loop's timers (or
+        on a manual clock), never blocking the loop; a cancelled wait spends nothing and
+        those behind move up. ``cost`` and ``timeout`` are checked here, before anything is
+        awaited.
+        """
+        parts = self._parts
+        if type(cost) is not int or not 0 < cost <= parts.largest:
+            cost = validate_cost(cost, parts.largest)
+        if timeout is not None:
+            deadline_after(parts.clock, timeout)  # refuse a bad timeout now
+        return self._acquire_async(cost, timeout)
+
+    async def _acquire_async(self, cost: int, timeout: float | None) -> None:
+        parts = self._parts
+        meter = parts.meter
+        if not meter.take_now(cost, False):
+            await run_in_task(rate_ticket(parts, meter, cost, timeout, TASK))
+
+    async def __aenter__(self) -> None:
+        await self.acquire_async()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
 
     def try_acquire(self, cost: int = 1) -> bool:
         """Spend ``cost`` units if they are allowed now and nobody is queued; never waits."""
@@ -359,6 +419,7 @@ def statistics_of(
                 waited=now - view.since,
                 allowed_in=max(0.0, seconds_of(view.due, scale) - now),
                 reservation=view.reservation,
+                task_name=None if view.task is None else view.task.get_name(),
             )
             for view in snapshot.waiting
         ),

@@ -20,8 +20,10 @@ Only acquisitions that can wait are checked: ``try_acquire`` and ``timeout=0`` c
 granted by a checked manager, however it was taken, counts as held.
 
 What a thread *holds* is the leases it acquired from checked managers and has not released
-(whoever releases them). A thread's list is pruned of released leases at each of its checked
-acquisitions, and whenever it doubles, so it stays about as long as what the thread holds.
+(whoever releases them). An asyncio task holds what it acquired itself, apart from the other
+tasks on its thread (and, from its creation, what the code that created it held): a task is
+a caller of its own. A caller's list is pruned of released leases at each of its checked
+acquisitions, and whenever it doubles, so it stays about as long as what the caller holds.
 Edges are keyed by manager and forgotten once the manager is garbage-collected, so memory is
 bounded by the live managers.
 
@@ -32,6 +34,7 @@ together with a manager's lock.
 from __future__ import annotations
 
 import collections
+import contextvars
 import os
 import threading
 import warnings
@@ -212,19 +215,21 @@ class _OrderGraph:
                 self._edges.get(source, {}).pop(serial, None)
 
 
-@attrs.define
-class _ThreadState:
-    """What one thread holds from checked managers: each lease weakly (a leak must stay
-    collectable), with its manager's node and where it was acquired."""
-
-    held: list[tuple[weakref.ref[Lease[Any]], OrderNode, Site | None]] = attrs.field(factory=list)
-    prune_at: int = 16
-    """Prune when the list grows this long: a thread that never makes a checked acquisition
-    (only tries) would otherwise keep every lease it ever took."""
-
+_Held = tuple[tuple["weakref.ref[Lease[Any]]", OrderNode, "Site | None"], ...]
+"""What the current thread or task holds from checked managers: each lease weakly (a leak
+must stay collectable), with its manager's node and where it was acquired."""
 
 _graph = _OrderGraph()
-_threads = threading.local()
+_held: contextvars.ContextVar[tuple[_Held, int]] = contextvars.ContextVar(
+    "allotment_held", default=((), 16)
+)
+"""The held leases, and the length at which to prune them (a caller that never makes a
+checked acquisition, only tries, would otherwise keep every lease it ever took).
+
+A context variable rather than a thread-local: each asyncio task runs in its own context, so
+two tasks on one thread hold separately, as two threads do. A task starts with what its
+creator held (contexts are copied), which stays its own: the value is an immutable tuple,
+replaced, never mutated."""
 
 
 def _reinitialise_after_fork() -> None:
@@ -236,35 +241,36 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinitialise_after_fork)
 
 
-def _state() -> _ThreadState:
-    try:
-        state: _ThreadState = _threads.state
-    except AttributeError:
-        state = _threads.state = _ThreadState()
-    return state
-
-
 def note_held(lease: Lease[Any], node: OrderNode, site: Site | None) -> None:
-    """Record that the current thread holds ``lease`` from the checked manager ``node``."""
-    state = _state()
-    state.held.append((weakref.ref(lease), node, site))
-    if len(state.held) >= state.prune_at:
+    """Record that the current thread or task holds ``lease`` from the checked manager
+    ``node``."""
+    held, prune_at = _held.get()
+    held = (*held, (weakref.ref(lease), node, site))
+    if len(held) >= prune_at:
         # Amortised O(1): the limit doubles with what is really held.
-        state.prune_at = 2 * len(_currently_held()) + 16
+        held = _still_held(held)
+        prune_at = 2 * len(held) + 16
+    _held.set((held, prune_at))
+
+
+def _still_held(held: _Held) -> _Held:
+    return tuple(entry for entry in held if _holds(entry[0]()))
+
+
+def _holds(lease: Lease[Any] | None) -> bool:
+    return lease is not None and not lease.released
 
 
 def _currently_held() -> list[tuple[OrderNode, Site | None]]:
-    """The current thread's leases that still hold units, oldest first; prunes the rest."""
-    entries = _state().held
-    held = []
-    kept = []
-    for entry in entries:
-        lease = entry[0]()
-        if lease is not None and not lease.released:
-            held.append((entry[1], entry[2]))
-            kept.append(entry)
-    entries[:] = kept
-    return held
+    """The current thread's or task's leases that still hold units, oldest first; prunes
+    the rest."""
+    held, prune_at = _held.get()
+    if not held:
+        return []
+    kept = _still_held(held)
+    if len(kept) != len(held):
+        _held.set((kept, prune_at))
+    return [(entry[1], entry[2]) for entry in kept]
 
 
 def check_order(targets: Sequence[OrderNode], site: Site | None, stacklevel: int) -> None:

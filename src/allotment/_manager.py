@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import sys
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
+from ._acquisition import Acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import (
     Amount,
@@ -33,7 +35,7 @@ from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
-from ._waiters import await_grant, new_thread_waiter
+from ._waiters import await_grant, await_grant_async, new_task_waiter, new_thread_waiter
 
 if TYPE_CHECKING:
     from ._declared import DeclaredClaim
@@ -46,7 +48,9 @@ __all__ = [
     "records_sites",
     "statistics_within",
     "take",
+    "take_async",
     "take_or_none",
+    "task_ticket",
     "timeout_summary",
 ]
 
@@ -56,6 +60,7 @@ _getframe = sys._getframe
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _current_thread = threading.current_thread
+_current_task = asyncio.current_task
 _is_tracing = tracemalloc.is_tracing
 _serial_numbers = itertools.count(1)
 
@@ -117,6 +122,35 @@ def take(
         pool.release(ticket, None)
         raise
     return granted
+
+
+async def take_async(
+    parts: ManagerParts, ticket: Ticket, lease: Lease[Any], deadline: float | None
+) -> bool:
+    """:func:`take` for the running task, which waits on the same queue as threads do.
+    Returns whether it was granted; on any exception (a cancellation included) it holds
+    nothing, and a grant that reached it is handed on."""
+    pool = parts.pool
+    try:
+        granted = pool.enter(ticket, new_task_waiter) or await await_grant_async(
+            pool, ticket, parts.clock, deadline
+        )
+        if granted and parts.node.policy is not None:
+            note_held(lease, parts.node, ticket.site)
+    except BaseException:
+        pool.release(ticket, None)
+        raise
+    return granted
+
+
+def task_ticket(units: Quantity, site: Site | None, since: float) -> Ticket:
+    """A ticket for the running task (raises ``RuntimeError`` outside a running loop)."""
+    task = _current_task()
+    if task is None:
+        raise RuntimeError("acquire_async must be awaited in an asyncio task")
+    ticket = Ticket(units, _current_thread(), site, since)
+    ticket.task = task
+    return ticket
 
 
 def take_or_none(parts: ManagerParts, ticket: Ticket, lease: Lease[Amount]) -> Lease[Amount] | None:
@@ -334,12 +368,61 @@ class ResourceManager(Generic[Amount]):
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
         return take_or_none(self._parts, ticket, lease)
 
+    def acquire_async(
+        self, amount: Amount, timeout: float | None = None
+    ) -> Acquisition[Lease[Amount]]:
+        """:meth:`acquire` for asyncio tasks: ``lease = await pool.acquire_async(2)``, or
+        ``async with pool.acquire_async(2) as lease:``, which releases on exit.
+
+        Tasks wait in the same queue as threads, in one arrival order, and get the same
+        :class:`Lease`. The waiting task sleeps on its loop (it never blocks it), and is
+        woken through its loop by whichever thread or task grants it. A cancellation
+        (``task.cancel()``, ``asyncio.timeout``, ``wait_for``, a failing TaskGroup sibling)
+        leaves the queue as if the task had never asked, hands on a grant that reached it as
+        it was cancelled, and propagates unchanged. ``timeout`` works as for :meth:`acquire`;
+        amounts and the timeout are checked here, before anything is awaited.
+        """
+        if type(amount) is int and amount > 0 and self._scalar:
+            request: Quantity = amount
+        else:
+            request = self._form.parse(amount)
+        deadline = None if timeout is None else deadline_after(self._clock, timeout)
+        site = record_site(self._parts, 1)
+        node = self._node
+        if node.policy is not None and timeout != 0:
+            check_order((node,), site or caller_site(1), stacklevel=2)
+        return Acquisition(self._acquire_async(request, site, amount, timeout, deadline))
+
+    async def _acquire_async(
+        self,
+        request: Quantity,
+        site: Site | None,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> Lease[Amount]:
+        ticket = task_ticket(request, site, self._now())
+        lease: Lease[Amount] = Lease(ticket, self._pool, self)
+        parts = self._parts
+        try:
+            if timeout == 0:
+                if take(parts, ticket, lease, False, None):
+                    return lease
+            elif await take_async(parts, ticket, lease, deadline):
+                return lease
+        except BaseException:  # even one landing as the lease is returned
+            self._pool.release(ticket, None)
+            raise
+        raise self._timeout_error(amount, timeout)
+
     def guard(
         self, amount: Amount, *, timeout: float | None = None
     ) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
         """A decorator: every call of the function holds ``amount`` while it runs (waiting
-        up to ``timeout`` for it), and gives it back however the call ends. See
-        :func:`allotment.guard`, which also combines managers and rate limiters."""
+        up to ``timeout`` for it), and gives it back however the call ends. On an
+        ``async def`` it stays a coroutine function and acquires with
+        :meth:`acquire_async`. See :func:`allotment.guard`, which also combines managers
+        and rate limiters."""
         from ._guard import guard
 
         return guard((self, amount), timeout=timeout)

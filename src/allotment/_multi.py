@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
+from ._acquisition import Acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site, ticks_of
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
@@ -33,9 +34,9 @@ from ._lease import Lease
 from ._limiters import (
     LimiterParts,
     RateGrant,
-    acquire_ticket,
     is_limiter,
     limiter_parts,
+    rate_ticket,
     refund,
     validate_cost,
 )
@@ -46,11 +47,18 @@ from ._manager import (
     parts_of,
     records_sites,
     take,
+    take_async,
     timeout_summary,
 )
-from ._waiters import seconds_of
+from ._waiters import TASK, THREAD, Steps, Waiting, run_blocking, run_in_task, seconds_of
 
-__all__ = ["LeaseGroup", "acquire_all", "try_acquire_all", "validate_parts"]
+__all__ = [
+    "LeaseGroup",
+    "acquire_all",
+    "acquire_all_async",
+    "try_acquire_all",
+    "validate_parts",
+]
 
 Request = tuple[Any, Any]
 """``(manager, amount)`` or ``(limiter, cost)``."""
@@ -124,6 +132,17 @@ class LeaseGroup(Sequence[Lease[Any]]):
     ) -> None:
         self.release()
 
+    async def __aenter__(self) -> LeaseGroup:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
     def __repr__(self) -> str:
         return f"<allotment.LeaseGroup of {len(self._leases)}: {list(self._leases)!r}>"
 
@@ -144,13 +163,46 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     """
     plan = _plan(requests)
     deadline = deadline_after(_clock_of(plan), timeout)
-    return _take_all(plan, timeout != 0, deadline, timeout, caller_site(1), quietly=False)
+    site = caller_site(1)
+    _check_order(plan, timeout != 0, site)
+    taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=THREAD, quietly=False)
+    return run_blocking(taking)
+
+
+def acquire_all_async(
+    requests: Iterable[Request], timeout: float | None = None
+) -> Acquisition[LeaseGroup]:
+    """:func:`acquire_all` for asyncio tasks: ``group = await acquire_all_async(...)``, or
+    ``async with acquire_all_async(...) as group:``, which releases on exit.
+
+    The same order, the same all-or-nothing rule and the same single deadline; each wait is
+    in the same queue as threads, on the task's loop. A cancellation gives back whatever was
+    taken (and refunds rate spent on the way), then propagates. Requests are checked here,
+    before anything is awaited.
+    """
+    plan = _plan(requests)
+    deadline = deadline_after(_clock_of(plan), timeout)
+    site = caller_site(1)
+    _check_order(plan, timeout != 0, site)
+    taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
+    return Acquisition(run_in_task(taking))
 
 
 def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
     """Like :func:`acquire_all`, but never waits: return ``None``, holding nothing, if any
     request cannot be granted at once."""
-    return _take_all(_plan(requests), False, None, 0, caller_site(1), quietly=True)
+    plan = _plan(requests)
+    taking = _take_all(plan, False, None, 0, caller_site(1), waiting=THREAD, quietly=True)
+    return run_blocking(taking)
+
+
+def _check_order(planned: _Plan, blocking: bool, site: Site) -> None:
+    """Check the managers' order for the lock-order checker: only an acquisition that can
+    wait can deadlock. Called by the public function, so that a warning points at its
+    caller."""
+    nodes = [step.of.node for step in planned.steps]
+    if blocking and any(node.policy is not None for node in nodes):
+        check_order(nodes, site, stacklevel=3)
 
 
 @attrs.define
@@ -269,8 +321,9 @@ def _take_all(
     timeout: float | None,
     site: Site,
     *,
+    waiting: Waiting,
     quietly: Literal[False],
-) -> LeaseGroup: ...
+) -> Steps[LeaseGroup]: ...
 
 
 @overload
@@ -281,8 +334,9 @@ def _take_all(
     timeout: float | None,
     site: Site,
     *,
+    waiting: Waiting,
     quietly: Literal[True],
-) -> LeaseGroup | None: ...
+) -> Steps[LeaseGroup | None]: ...
 
 
 def _take_all(
@@ -292,17 +346,12 @@ def _take_all(
     timeout: float | None,
     site: Site,
     *,
+    waiting: Waiting,
     quietly: bool,
-) -> LeaseGroup | None:
-    """Take the plan's steps in order; on a refusal return ``None`` if ``quietly``, else
-    raise ``AcquireTimeout``. Either way, nothing stays taken."""
+) -> Steps[LeaseGroup | None]:
+    """Take the plan's steps in order, waiting as ``waiting`` says; on a refusal return
+    ``None`` if ``quietly``, else raise ``AcquireTimeout``. Either way, nothing stays taken."""
     plan, count = planned.steps, planned.count
-    checked = False
-    for step in plan:
-        if step.of.node.policy is not None:
-            checked = blocking  # only an acquisition that can wait can deadlock
-    if checked:
-        check_order([step.of.node for step in plan], site, stacklevel=3)
     leases: list[Lease[Any] | None] = [None] * count
     taken: list[Lease[Any]] = []
     rates: tuple[tuple[Meter, RateTicket], ...] = ()
@@ -313,10 +362,15 @@ def _take_all(
             lease_site = site if records_sites(of) else None
             # One ticket takes the merged total, then hands each other request its part.
             first = Ticket(step.total, thread, lease_site, of.clock.now())
+            waiting.adopt(first)
             first_lease = Lease(first, of.pool, step.manager)
             taken.append(first_lease)
-            # The order was checked above, for all the managers at once.
-            if not take(of, first, first_lease, blocking, deadline):
+            # The order was checked by the caller, for all the managers at once.
+            if blocking and waiting.in_task:
+                granted = yield from take_async(of, first, first_lease, deadline).__await__()
+            else:
+                granted = take(of, first, first_lease, blocking, deadline)
+            if not granted:
                 if not quietly:
                     raise _timeout(step.manager, position, plan, timeout)
                 _release_all(taken)
@@ -325,6 +379,8 @@ def _take_all(
             leases[parts[0][0]] = first_lease
             if len(parts) > 1:
                 others = [Ticket(units, thread, lease_site, first.since) for _, units in parts[1:]]
+                for ticket in others:
+                    waiting.adopt(ticket)
                 other_leases = [Lease(ticket, of.pool, step.manager) for ticket in others]
                 taken.extend(other_leases)
                 of.pool.split(first, others)
@@ -333,11 +389,13 @@ def _take_all(
                     if of.node.policy is not None:
                         note_held(lease, of.node, ticket.site)
         if planned.rates:
-            granted = _take_rates(planned, blocking, deadline, timeout, quietly=quietly)
-            if granted is None:
+            granted_rates = yield from _take_rates(
+                planned, blocking, deadline, timeout, waiting, quietly=quietly
+            )
+            if granted_rates is None:
                 _release_all(taken)
                 return None
-            rates = granted
+            rates = granted_rates
         return LeaseGroup(
             tuple(lease for lease in leases if lease is not None),
             tuple(taken),
@@ -355,9 +413,10 @@ def _take_rates(
     blocking: bool,
     deadline: float | None,
     timeout: float | None,
+    waiting: Waiting,
     *,
     quietly: bool,
-) -> tuple[tuple[Meter, RateTicket], ...] | None:
+) -> Steps[tuple[tuple[Meter, RateTicket], ...] | None]:
     """Spend every limiter's cost, or none. ``None`` (if ``quietly``) or ``AcquireTimeout``
     when one cannot be allowed by ``deadline``, with whatever was granted given back.
 
@@ -393,7 +452,7 @@ def _take_rates(
             else:
                 patience = max(0.0, deadline - clock_of_deadline.now())
             try:
-                ticket = acquire_ticket(step.of, meter, step.total, patience)
+                ticket = yield from rate_ticket(step.of, meter, step.total, patience, waiting)
             except AcquireTimeout:
                 _rates_refused(granted, step, timeout, quietly=quietly)
                 return None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 
 from ._core import Amount, Form, Snapshot, describe_site
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "ClaimInfo",
@@ -33,6 +36,9 @@ class HolderInfo(Generic[Amount]):
     """Seconds since the lease was granted."""
     site: str | None
     """Where it was acquired (``"file.py:42 in function"``), or ``None`` if not recorded."""
+    task_name: str | None = None
+    """The name of the asyncio task that acquired the lease, or ``None`` for a thread (then
+    ``thread_name`` is the thread; for a task it is the thread running the task's loop)."""
 
 
 @attrs.frozen
@@ -49,6 +55,9 @@ class WaiterInfo(Generic[Amount]):
     """Seconds spent in the queue so far."""
     site: str | None
     """Where the request was made, or ``None`` if not recorded."""
+    task_name: str | None = None
+    """The name of the asyncio task that waits, or ``None`` for a thread (then
+    ``thread_name`` is the thread; for a task it is the thread running the task's loop)."""
 
 
 @attrs.frozen
@@ -98,14 +107,14 @@ class ManagerStatistics(Generic[Amount]):
         ]
         for holder in self.holders:
             lines.append(
-                f"    {holder.amounts!r} held {holder.age:.3f} s by {holder.thread_name}"
+                f"    {holder.amounts!r} held {holder.age:.3f} s by {_owner(holder)}"
                 + (f", acquired at {holder.site}" if holder.site else "")
             )
         lines.append(f"  {len(self.waiters)} waiter(s), next served first:")
         for position, waiter in enumerate(self.waiters, 1):
             lines.append(
                 f"    {position}. {waiter.requested!r} waiting {waiter.waited:.3f} s: "
-                f"{waiter.thread_name}" + (f", at {waiter.site}" if waiter.site else "")
+                f"{_owner(waiter)}" + (f", at {waiter.site}" if waiter.site else "")
             )
         if self.claims:
             lines.append(f"  {len(self.claims)} declared claim(s):")
@@ -132,7 +141,11 @@ class RateWaiterInfo:
     allowed_in: float
     """Seconds until it is planned to be allowed (``0.0`` if that time has come)."""
     reservation: bool
-    """``True`` for a reservation (nobody sleeps on it), ``False`` for a waiting thread."""
+    """``True`` for a reservation (nobody sleeps on it), ``False`` for a waiting thread or
+    task."""
+    task_name: str | None = None
+    """The name of the asyncio task that waits, or ``None`` for a thread (then
+    ``thread_name`` is the thread; for a task it is the thread running the task's loop)."""
 
 
 @attrs.frozen
@@ -172,7 +185,7 @@ class RateStatistics:
             f"  {len(self.waiters)} waiter(s), next allowed first:",
         ]
         for position, waiter in enumerate(self.waiters, 1):
-            kind = "reservation" if waiter.reservation else waiter.thread_name
+            kind = "reservation" if waiter.reservation else _owner(waiter)
             lines.append(
                 f"    {position}. {waiter.cost} unit(s), allowed in {waiter.allowed_in:.3f} s, "
                 f"waiting {waiter.waited:.3f} s: {kind}"
@@ -198,6 +211,7 @@ def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> Manage
                 thread_id=view.thread.ident,
                 age=now - view.since,
                 site=describe_site(view.site),
+                task_name=_task_name(view.task),
             )
             for view in snapshot.holders
         ),
@@ -208,6 +222,7 @@ def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> Manage
                 thread_id=view.thread.ident,
                 waited=now - view.since,
                 site=describe_site(view.site),
+                task_name=_task_name(view.task),
             )
             for view in snapshot.waiters
         ),
@@ -223,3 +238,14 @@ def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> Manage
             for view in snapshot.accounts
         ),
     )
+
+
+def _task_name(task: asyncio.Task[Any] | None) -> str | None:
+    return None if task is None else task.get_name()
+
+
+def _owner(info: HolderInfo[Any] | WaiterInfo[Any] | RateWaiterInfo) -> str:
+    """``thread T`` or ``task N (thread T)``, for reports."""
+    if info.task_name is None:
+        return f"thread {info.thread_name}"
+    return f"task {info.task_name} (thread {info.thread_name})"

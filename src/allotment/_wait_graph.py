@@ -1,10 +1,12 @@
 """The wait graph: who holds what and who waits for whom, across every live manager.
 
-Nodes are threads. A thread queued on a manager *waits for* every thread holding units of it
-(any of them may release what it needs) and every thread queued ahead of it (strict FIFO
-serves those first). A waiting thread is *deadlocked* when every thread it can reach in this
-graph waits too: nobody it depends on is running, so nobody will ever release. Cycles are
-what a deadlock looks like; the deadlocked set is the precise answer.
+Nodes are threads and asyncio tasks (a task is a node of its own, apart from its loop's
+thread and the other tasks on it: each waits or runs on its own). A thread or task queued on
+a manager *waits for* every one holding units of it (any of them may release what it needs)
+and every one queued ahead of it (strict FIFO serves those first). A waiter is *deadlocked*
+when every node it can reach in this graph waits too: nobody it depends on is running, so
+nobody will ever release. Cycles are what a deadlock looks like; the deadlocked set is the
+precise answer.
 
 Each manager is snapshotted under its own lock, one after the other, so the graph is not one
 instant; a real deadlock does not change between snapshots, so it is always shown whole.
@@ -24,14 +26,23 @@ from ._statistics import ManagerStatistics
 __all__ = ["ThreadRef", "WaitEdge", "WaitGraph", "wait_graph"]
 
 
+def _none_first(value: str | None) -> tuple[bool, str]:
+    return (value is not None, value or "")
+
+
 @attrs.frozen(order=True)
 class ThreadRef:
-    """A thread in the graph, as the snapshots saw it."""
+    """A thread, or an asyncio task, in the graph, as the snapshots saw it.
+
+    For a task, ``task_name`` is its name and ``name``/``ident`` are its loop's thread."""
 
     name: str
     ident: int | None
+    task_name: str | None = attrs.field(default=None, order=_none_first)
 
     def __str__(self) -> str:
+        if self.task_name is not None:
+            return f"task {self.task_name!r} (thread {self.name!r})"
         return f"thread {self.name!r}"
 
 
@@ -74,7 +85,9 @@ class WaitGraph:
             lines.append(f"  skipped (lock busy): {', '.join(map(repr, self.busy))}")
         lines.extend(str(stats) for stats in self.managers)
         if self.deadlocked:
-            names = ", ".join(thread.name for thread in self.deadlocked)
+            names = ", ".join(
+                ref.name if ref.task_name is None else str(ref) for ref in self.deadlocked
+            )
             lines.append(f"DEADLOCK: {names} wait only for each other")
         for number, cycle in enumerate(self.cycles, 1):
             lines.append(f"cycle {number}:")
@@ -115,12 +128,12 @@ def _edges(managers: list[ManagerStatistics[Any]]) -> list[WaitEdge]:
     edges = []
     for stats in managers:
         holders = [
-            (ThreadRef(holder.thread_name, holder.thread_id), holder.amounts)
+            (ThreadRef(holder.thread_name, holder.thread_id, holder.task_name), holder.amounts)
             for holder in stats.holders
         ]
         ahead: list[tuple[ThreadRef, Any]] = []
         for waiter in stats.waiters:
-            thread = ThreadRef(waiter.thread_name, waiter.thread_id)
+            thread = ThreadRef(waiter.thread_name, waiter.thread_id, waiter.task_name)
             for blocker, amounts in holders:
                 edges.append(WaitEdge(thread, blocker, stats.name, f"holds {amounts!r}"))
             for blocker, requested in ahead:

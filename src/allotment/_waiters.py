@@ -6,30 +6,57 @@ own handle, so a release wakes exactly the waiters it granted: no ``notify_all``
 ``Condition``, whose ``wait`` would build this same handle inside, then make the woken thread
 take the shared lock again and re-check, racing newcomers and its own timeout.
 
-An asyncio task will sleep on a future instead: a sibling class with the same ``wake``.
+An asyncio task sleeps on a future instead (:class:`TaskWaiter`), with the same ``wake``: the
+thread that grants it (any thread) resolves the future through the task's loop, after the
+pool's lock is released. Both kinds wait in the same queue of the same pool, so threads and
+tasks are served in one arrival order.
+
+The cancellation protocol, for tasks (the same as for a thread interrupted by an exception):
+whatever interrupts the wait (``task.cancel()``, a timeout scope, a sibling's failure) makes
+the requester call the pool's one release path, which withdraws a queued ticket, or gives back
+a grant that reached it in the gap between "granted" and "resumed" and hands it on to the next
+waiters. The exception then propagates unchanged. No state is kept in the future: it is only an
+alarm, so cancelling it loses nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+import functools
 import math
 import threading
+from collections.abc import Callable, Generator
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import attrs
 
 from ._clock import Clock
-from ._core import NANOSECONDS, REFUSED, Meter, Pool, RateTicket, Ticket, ticks_of
+from ._core import NANOSECONDS, REFUSED, Meter, Pool, RateTicket, Ticket, Waiter, ticks_of
 
 __all__ = [
+    "TASK",
+    "THREAD",
+    "Alarm",
+    "TaskWaiter",
     "ThreadWaiter",
+    "Waiting",
     "await_grant",
+    "await_grant_async",
     "await_rate",
+    "await_rate_async",
+    "new_task_waiter",
     "new_thread_waiter",
+    "run_blocking",
     "seconds_at",
     "seconds_of",
+    "set_alarm",
+    "sleep_until_async",
 ]
 
+_T = TypeVar("_T")
 _new_lock = threading.Lock
+_running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
 
 
 @attrs.define(eq=False)
@@ -69,6 +96,124 @@ def new_thread_waiter() -> ThreadWaiter:
     return ThreadWaiter(handle)
 
 
+@attrs.define(eq=False)
+class TaskWaiter:
+    """A task's wake-up: a future of the task's loop, resolved through that loop.
+
+    ``wake`` may run on any thread: on the loop's own thread it resolves the future at once,
+    from any other through ``call_soon_threadsafe``. ``_woken`` is set by the pool's waker; an
+    alarm (the deadline, on the clock) resolves the future without it. If the loop is closed,
+    the task will never run again: ``lost`` (set by the requester once it is queued) is called
+    instead, and hands the ticket back so that the queue moves on.
+    """
+
+    _loop: asyncio.AbstractEventLoop
+    _future: asyncio.Future[None]
+    lost: Callable[[], object] | None = None
+    _woken: bool = False
+
+    def wake(self) -> None:
+        """Idempotent and non-blocking, like every waiter's."""
+        self._woken = True
+        if not self._ring():
+            lost, self.lost = self.lost, None
+            if lost is not None:
+                lost()
+
+    def alarm(self) -> None:
+        """The deadline came: end the sleep, leaving ``_woken`` as it is."""
+        self._ring()
+
+    def _ring(self) -> bool:
+        loop = self._loop
+        if _running_loop() is loop:
+            _resolve(self._future)
+            return True
+        try:
+            loop.call_soon_threadsafe(_resolve, self._future)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    async def sleep(self, clock: Clock, deadline: float | None) -> bool:
+        """Wait until woken (``True``) or until ``deadline`` on ``clock`` (``False``): the
+        task's side of :meth:`ThreadWaiter.sleep`. A cancellation propagates from here."""
+        if deadline is None:
+            await self._future
+        else:
+            alarm = set_alarm(clock, self._loop, deadline, self.alarm)
+            try:
+                await self._future
+            finally:
+                alarm.cancel()
+        return self._woken
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a retried wake-up, or one after a cancellation
+        future.set_result(None)
+
+
+def new_task_waiter() -> TaskWaiter:
+    """A waiter for the running task. Made under the pool's lock, only for a ticket that
+    queues: it runs no user code (the loop's ``create_future``)."""
+    loop = _running_loop()
+    assert loop is not None, "only called from a running task"
+    return TaskWaiter(loop, loop.create_future())
+
+
+class Alarm(Protocol):
+    """A callback set for a deadline on a clock; ``cancel`` is idempotent."""
+
+    def cancel(self) -> None: ...
+
+
+def set_alarm(
+    clock: Clock, loop: asyncio.AbstractEventLoop, deadline: float, callback: Callable[[], None]
+) -> Alarm:
+    """Call ``callback`` once ``clock`` reaches ``deadline``: through the clock's own
+    ``call_at`` if it has one (a manual clock, which calls it as it is advanced), else on
+    ``loop``'s timers, measuring the delay on the clock (any clock that moves in real time)."""
+    call_at = getattr(clock, "call_at", None)
+    if call_at is not None:
+        return cast("Alarm", call_at(deadline, callback))
+    alarm = _LoopAlarm(clock, loop, deadline, callback)
+    alarm.ring_or_rearm()
+    return alarm
+
+
+@attrs.define(eq=False)
+class _LoopAlarm:
+    """An alarm on the loop's timers. The loop's time may not be the clock's, and its timers
+    may ring a little early or late: each ring compares the clock with the deadline and
+    re-arms for what is left."""
+
+    _clock: Clock
+    _loop: asyncio.AbstractEventLoop
+    _deadline: float
+    _callback: Callable[[], None]
+    _handle: asyncio.TimerHandle | None = None
+
+    def ring_or_rearm(self) -> None:
+        remaining = self._deadline - self._clock.now()
+        if remaining <= 0:
+            self._handle = None
+            self._callback()
+        else:
+            self._handle = self._loop.call_later(remaining, self.ring_or_rearm)
+
+    def cancel(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+
+
+async def sleep_until_async(clock: Clock, deadline: float) -> None:
+    """Sleep the running task until ``clock`` reaches ``deadline``."""
+    loop = asyncio.get_running_loop()
+    await TaskWaiter(loop, loop.create_future()).sleep(clock, deadline)
+
+
 def await_grant(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None) -> bool:
     """The calling thread's side of a queued ticket: sleep, then settle with the pool.
 
@@ -86,6 +231,25 @@ def await_grant(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
     return pool.withdraw(ticket)
 
 
+async def await_grant_async(
+    pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
+) -> bool:
+    """A task's side of a queued ticket: :func:`await_grant`, sleeping on the task's loop.
+
+    The caller hands the ticket back on any exception (a cancellation included), which
+    withdraws it or, if a grant reached it first, gives the grant on to the next waiters.
+    """
+    waiter = ticket.waiter
+    assert isinstance(waiter, TaskWaiter)
+    # Set only now, but in time: the loop runs this task, so it cannot be closed before.
+    waiter.lost = functools.partial(pool.release, ticket, None)
+    if await waiter.sleep(clock, deadline):
+        if ticket.state is REFUSED:
+            raise ticket.error
+        return True
+    return pool.withdraw(ticket)
+
+
 def await_rate(meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None) -> bool:
     """The calling thread's side of a queued rate ticket: sleep until its planned tick, then
     let the meter grant it; sleep again whenever the plan moved.
@@ -94,21 +258,40 @@ def await_rate(meter: Meter, ticket: RateTicket, clock: Clock, deadline: float |
     ticket has then left the queue). The caller calls ``meter.release(ticket)`` on any
     exception, including one raised here.
     """
-    scale = meter.scale
     due: int | None = ticket.due
     while due is not None:
         waiter = ticket.sleeper
         assert isinstance(waiter, ThreadWaiter)
-        wake_at = seconds_at(due, scale)
-        if deadline is not None and deadline < wake_at:
-            wake_at = deadline
-        waiter.sleep(clock, wake_at)
+        waiter.sleep(clock, _wake_at(due, meter.scale, deadline))
         due = meter.poll(ticket, new_thread_waiter)
         if due is not None and deadline is not None and clock.now() >= deadline:
             # The deadline passed (a charge pushed the plan past it): leave, unless a grant
             # arrived meanwhile, which wins.
             return meter.withdraw(ticket)
     return True
+
+
+async def await_rate_async(
+    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+) -> bool:
+    """A task's side of a queued rate ticket: :func:`await_rate`, sleeping on loop timers
+    (or on a manual clock's alarms). The caller calls ``meter.release(ticket)`` on any
+    exception, a cancellation included: nothing is then spent."""
+    due: int | None = ticket.due
+    while due is not None:
+        waiter = ticket.sleeper
+        assert isinstance(waiter, TaskWaiter)
+        waiter.lost = functools.partial(meter.release, ticket)
+        await waiter.sleep(clock, _wake_at(due, meter.scale, deadline))
+        due = meter.poll(ticket, new_task_waiter)
+        if due is not None and deadline is not None and clock.now() >= deadline:
+            return meter.withdraw(ticket)
+    return True
+
+
+def _wake_at(due: int, scale: int, deadline: float | None) -> float:
+    wake_at = seconds_at(due, scale)
+    return wake_at if deadline is None or wake_at <= deadline else deadline
 
 
 def seconds_of(tick: int, scale: int) -> float:
@@ -127,3 +310,81 @@ def seconds_at(tick: int, scale: int) -> float:
     while ticks_of(earlier := math.nextafter(seconds, -math.inf), scale) >= tick:
         seconds = earlier
     return seconds
+
+
+Steps = Generator[Any, Any, _T]
+"""Code that may wait, written once for threads and tasks: a generator that suspends (yields
+to the event loop) only where a task awaits. A thread's waits block instead and never
+suspend, so :func:`run_blocking` runs it to the end in one step. A generator rather than an
+``async def``: one that an exception stops before it starts leaves no "never awaited"
+warning behind."""
+
+
+@attrs.frozen
+class Waiting:
+    """How a caller waits: a thread blocks, a task awaits (see :data:`Steps`)."""
+
+    new_waiter: Callable[[], Waiter]
+    for_grant: Callable[[Pool, Ticket, Clock, float | None], Steps[bool]]
+    for_rate: Callable[[Meter, RateTicket, Clock, float | None], Steps[bool]]
+    in_task: bool
+
+    def adopt(self, ticket: Ticket) -> None:
+        """Mark ``ticket`` as the running task's (a thread's needs nothing)."""
+        if self.in_task:
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("allotment's async methods must be awaited in an asyncio task")
+            ticket.task = task
+
+
+def _grant_blocking(
+    pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
+) -> Steps[bool]:
+    return await_grant(pool, ticket, clock, deadline)
+    yield  # a generator that never suspends
+
+
+def _rate_blocking(
+    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+) -> Steps[bool]:
+    return await_rate(meter, ticket, clock, deadline)
+    yield  # a generator that never suspends
+
+
+def _grant_in_task(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None) -> Steps[bool]:
+    return (yield from await_grant_async(pool, ticket, clock, deadline).__await__())
+
+
+def _rate_in_task(
+    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+) -> Steps[bool]:
+    return (yield from await_rate_async(meter, ticket, clock, deadline).__await__())
+
+
+THREAD = Waiting(new_thread_waiter, _grant_blocking, _rate_blocking, in_task=False)
+TASK = Waiting(new_task_waiter, _grant_in_task, _rate_in_task, in_task=True)
+
+
+def run_blocking(steps: Steps[_T]) -> _T:
+    """Run steps written against :data:`THREAD` to their end on this thread."""
+    try:
+        next(steps)
+    except StopIteration as finished:
+        result: _T = finished.value
+        return result
+    steps.close()
+    raise RuntimeError("a blocking wait suspended: it was given a task's waiting")
+
+
+@attrs.frozen
+class _Awaiting(Generic[_T]):
+    steps: Steps[_T]
+
+    def __await__(self) -> Steps[_T]:
+        return self.steps
+
+
+async def run_in_task(steps: Steps[_T]) -> _T:
+    """Run steps written against :data:`TASK` in the running task."""
+    return await _Awaiting(steps)

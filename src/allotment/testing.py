@@ -13,6 +13,8 @@ import contextlib
 import math
 import numbers
 import threading
+from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 
@@ -39,8 +41,8 @@ class ManualClock:
 
     _now: float = 0.0
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _sleepers: dict[WakeHandle, float] = attrs.field(init=False, factory=dict)
-    """Each sleeping thread's wake-up handle and deadline."""
+    _sleepers: dict[_Releasable, float] = attrs.field(init=False, factory=dict)
+    """Each sleeping thread's wake-up handle, and each task's alarm, with its deadline."""
 
     def now(self) -> float:
         """The current reading, in seconds (starts at the value given, 0.0 by default)."""
@@ -72,9 +74,23 @@ class ManualClock:
 
     @property
     def sleepers(self) -> int:
-        """How many threads are sleeping on this clock now: a test advances the clock once
-        the threads it expects are asleep."""
+        """How many threads and asyncio tasks are sleeping on this clock now: a test advances
+        the clock once those it expects are asleep."""
         return len(self._sleepers)
+
+    def call_at(self, deadline: float, callback: Callable[[], object]) -> _Alarm:
+        """Call ``callback`` once the clock reaches ``deadline``: from the thread that
+        advances it there, or at once if it is there already. Returns an alarm whose
+        ``cancel()`` calls it off. How asyncio tasks sleep on this clock; ``callback`` must
+        be safe to call from any thread."""
+        alarm = _Alarm(self, callback)
+        with self._lock:
+            ring_now = self._now >= deadline
+            if not ring_now:
+                self._sleepers[alarm] = deadline
+        if ring_now:
+            callback()
+        return alarm
 
     def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
         """Block until ``handle`` is released by a waker (``True``) or by :meth:`advance`
@@ -94,6 +110,29 @@ class ManualClock:
         return f"<allotment.testing.ManualClock now={self._now!r} sleepers={self.sleepers}>"
 
 
-def _release_once(handle: WakeHandle) -> None:
+class _Releasable(Protocol):
+    def release(self) -> None: ...
+
+
+@attrs.define(eq=False)
+class _Alarm:
+    """A task's alarm on a manual clock: ``release`` (by ``advance``) rings it."""
+
+    _clock: ManualClock
+    _callback: Callable[[], object] | None
+
+    def release(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def cancel(self) -> None:
+        self._callback = None
+        clock = self._clock
+        with clock._lock:
+            clock._sleepers.pop(self, None)
+
+
+def _release_once(handle: _Releasable) -> None:
     with contextlib.suppress(RuntimeError):  # already released by the waker that granted it
         handle.release()

@@ -20,6 +20,7 @@ from ._tickets import (
     Waiter,
     caller_site,
     describe_site,
+    task_of,
 )
 
 __all__ = [
@@ -61,5 +62,6 @@ __all__ = [
     "describe_site",
     "exact_positive",
     "form_for",
+    "task_of",
     "ticks_of",
 ]

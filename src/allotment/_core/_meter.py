@@ -44,14 +44,17 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
 from .._errors import ReentrantCall
 from ._pool import SectionLock, new_section_lock
 from ._rate import Gcra, PlanEntry, RateRule
-from ._tickets import FINISHED, GRANTED, PENDING, Ticket, Waiter
+from ._tickets import FINISHED, GRANTED, PENDING, Ticket, Waiter, task_of
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Entry", "Meter", "MeterRetired", "MeterSnapshot", "RateTicket", "WaitingView"]
 
@@ -95,6 +98,7 @@ class WaitingView:
     since: float
     due: int
     reservation: bool
+    task: asyncio.Task[Any] | None = None
 
 
 @attrs.frozen
@@ -365,7 +369,7 @@ class Meter:
             available=0 if queue else rule.available(now),
             next_free=self._plan_after(now, 1),
             waiting=tuple(
-                WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None)
+                WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
                 for t in queue
                 if not t.charge
             ),

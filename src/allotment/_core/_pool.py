@@ -40,14 +40,16 @@ import threading
 import types
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import attrs
 
 from .._errors import ExceedsCapacity, ManagerClosed, ReentrantCall, ReleaseExceedsHeld
-from ._tickets import FINISHED, GRANTED, PENDING, REFUSED, Site, Ticket, Waiter
+from ._tickets import FINISHED, GRANTED, PENDING, REFUSED, Site, Ticket, Waiter, task_of
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._amounts import Form, Quantity
 
 __all__ = [
@@ -95,6 +97,7 @@ class TicketView:
     since: float
     thread: threading.Thread
     site: Site | None
+    task: asyncio.Task[Any] | None = None
 
 
 @attrs.frozen
@@ -777,7 +780,7 @@ class MemoryPool:
 
 
 def _view(ticket: Ticket) -> TicketView:
-    return TicketView(ticket.units, ticket.since, ticket.thread, ticket.site)
+    return TicketView(ticket.units, ticket.since, ticket.thread, ticket.site, task_of(ticket))
 
 
 def _wake_all(woken: list[Waiter] | tuple[Waiter, ...]) -> None:

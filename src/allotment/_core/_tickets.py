@@ -14,11 +14,12 @@ from __future__ import annotations
 import enum
 import sys
 from types import CodeType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 if TYPE_CHECKING:
+    import asyncio
     import threading
 
     from ._amounts import Quantity
@@ -34,6 +35,7 @@ __all__ = [
     "Waiter",
     "caller_site",
     "describe_site",
+    "task_of",
 ]
 
 Site = tuple[CodeType, int]
@@ -77,11 +79,14 @@ class Ticket:
     """A request and then a holding.
 
     ``units``, ``state``, ``since``, ``waiter`` and ``error`` are guarded by the pool's lock;
-    ``thread`` and ``site`` never change. ``since`` is when the ticket asked, reset to when it
-    was granted if it had to queue (on the pool's clock). ``thread`` is the thread that asked,
-    ``site`` where it asked (``None`` unless sites are recorded). ``waiter`` is set only for a
-    ticket that queues and ``error`` only with the REFUSED state: left unset otherwise, they
-    cost nothing on the uncontended path.
+    ``thread``, ``site`` and ``task`` never change once the ticket is entered. ``since`` is
+    when the ticket asked, reset to when it was granted if it had to queue (on the pool's
+    clock). ``thread`` is the thread that asked,
+    ``site`` where it asked (``None`` unless sites are recorded). ``task`` is the asyncio task
+    that asked (on ``thread``, its loop's thread), set before the ticket is entered; a thread's
+    ticket leaves it unset (read it with :func:`task_of`). ``waiter`` is set only for a ticket
+    that queues and ``error`` only with the REFUSED state. Left unset, these cost nothing on
+    the uncontended path.
 
     Equality is identity, and so is the hash: a ticket is a key of the pool's tables.
     """
@@ -93,6 +98,12 @@ class Ticket:
     state: TicketState = PENDING
     waiter: Waiter = attrs.field(init=False)
     error: BaseException = attrs.field(init=False)
+    task: asyncio.Task[Any] = attrs.field(init=False)
+
+
+def task_of(ticket: Ticket) -> asyncio.Task[Any] | None:
+    """The task that asked for ``ticket``, or ``None`` for a thread."""
+    return getattr(ticket, "task", None)
 
 
 def caller_site(depth: int) -> Site:
