@@ -71,5 +71,9 @@ class Acquisition(Coroutine[Any, Any, _Held]):
     ) -> None:
         self._held.__exit__(exc_type, exc_value, traceback)
 
+    @property
+    def __name__(self) -> str:  # what a task's repr shows
+        return str(getattr(self._coroutine, "__qualname__", "acquisition"))
+
     def __repr__(self) -> str:
-        return f"<allotment.Acquisition of {getattr(self._coroutine, '__qualname__', '?')}>"
+        return f"<allotment.Acquisition of {self.__name__}>"
