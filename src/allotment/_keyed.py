@@ -110,10 +110,13 @@ class KeyedRateLimiter:
         :meth:`RateLimiter.acquire`, per key."""
         cost = validate_cost(cost, self._burst)
         _check_key(key)
+        if timeout is not None:
+            deadline_after(self._clock, timeout)  # a bad timeout changes nothing
         while True:
             meter = self._meter_for(key)
             try:
-                acquire_ticket(self._parts(meter), meter, cost, timeout)
+                if not meter.take_now(cost, False):  # allowed at once: no ticket, no wait
+                    acquire_ticket(self._parts(meter), meter, cost, timeout)
             except MeterRetired:
                 continue  # forgotten between the lookup and the call: look it up again
             return
@@ -133,7 +136,8 @@ class KeyedRateLimiter:
         while True:
             meter = self._meter_for(key)
             try:
-                await run_in_task(rate_ticket(self._parts(meter), meter, cost, timeout, TASK))
+                if not meter.take_now(cost, False):
+                    await run_in_task(rate_ticket(self._parts(meter), meter, cost, timeout, TASK))
             except MeterRetired:
                 continue
             return

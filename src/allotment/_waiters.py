@@ -115,7 +115,10 @@ class TaskWaiter:
     def wake(self) -> None:
         """Idempotent and non-blocking, like every waiter's."""
         self._woken = True
-        if not self._ring():
+        # A loop closed just after the wake-up was scheduled drops it: the task never resumes
+        # either way. (One that closes later still has a window; asyncio.run never does
+        # that, as it cancels every task first.)
+        if not self._ring() or self._loop.is_closed():
             lost, self.lost = self.lost, None
             if lost is not None:
                 lost()
@@ -243,7 +246,9 @@ async def await_grant_async(
     assert isinstance(waiter, TaskWaiter)
     # Set only now, but in time: the loop runs this task, so it cannot be closed before.
     waiter.lost = functools.partial(pool.release, ticket, None)
-    if await waiter.sleep(clock, deadline):
+    woken = await waiter.sleep(clock, deadline)
+    waiter.lost = None  # resumed: the ticket is this task's to settle
+    if woken:
         if ticket.state is REFUSED:
             raise ticket.error
         return True
@@ -283,6 +288,7 @@ async def await_rate_async(
         assert isinstance(waiter, TaskWaiter)
         waiter.lost = functools.partial(meter.release, ticket)
         await waiter.sleep(clock, _wake_at(due, meter.scale, deadline))
+        waiter.lost = None
         due = meter.poll(ticket, new_task_waiter)
         if due is not None and deadline is not None and clock.now() >= deadline:
             return meter.withdraw(ticket)
