@@ -413,3 +413,25 @@ def test_rate_queued_helper_sees_task_waiters() -> None:
         await asyncio.wait_for(task, GENEROUS)
 
     run(main)
+
+
+def test_a_rate_grant_that_reached_a_cancelled_task_is_refunded_exactly() -> None:
+    """The meter grants a sleeping task at its time when anyone calls (here a try_acquire);
+    the task is cancelled before it resumes: the grant is undone, the unit is free again."""
+    limiter, clock = drained(1)  # one unit per second
+
+    async def main() -> None:
+        for round_ in range(20):
+            task = asyncio.create_task(limiter.acquire_async(1), name=f"round-{round_}")
+            await asleep(limiter, clock, 1)
+            allowed = limiter.statistics().allowed
+            clock.advance(1)  # its time has come; its alarm rings ...
+            assert not limiter.try_acquire()  # ... and this call grants it, at once
+            assert limiter.statistics().allowed == allowed + 1
+            task.cancel()  # before it resumes
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert limiter.statistics().allowed == allowed  # refunded exactly
+            assert limiter.try_acquire()  # and the unit is there for the next caller
+
+    run(main)
