@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
-from ._acquisition import Acquisition
+from ._acquisition import Acquisition, start_acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import (
     Amount,
@@ -50,7 +50,6 @@ __all__ = [
     "take",
     "take_async",
     "take_or_none",
-    "task_ticket",
     "timeout_summary",
 ]
 
@@ -141,16 +140,6 @@ async def take_async(
         pool.release(ticket, None)
         raise
     return granted
-
-
-def task_ticket(units: Quantity, site: Site | None, since: float) -> Ticket:
-    """A ticket for the running task (raises ``RuntimeError`` outside a running loop)."""
-    task = _current_task()
-    if task is None:
-        raise RuntimeError("acquire_async must be awaited in an asyncio task")
-    ticket = Ticket(units, _current_thread(), site, since)
-    ticket.task = task
-    return ticket
 
 
 def take_or_none(parts: ManagerParts, ticket: Ticket, lease: Lease[Amount]) -> Lease[Amount] | None:
@@ -387,31 +376,44 @@ class ResourceManager(Generic[Amount]):
         else:
             request = self._form.parse(amount)
         deadline = None if timeout is None else deadline_after(self._clock, timeout)
-        site = record_site(self._parts, 1)
+        rule = self._site_rule
+        if rule and (rule == _ALWAYS or _is_tracing()):
+            frame = _getframe(1)
+            site: Site | None = (frame.f_code, frame.f_lasti)
+        else:
+            site = None
         node = self._node
         if node.policy is not None and timeout != 0:
             check_order((node,), site or caller_site(1), stacklevel=2)
-        return Acquisition(self._acquire_async(request, site, amount, timeout, deadline))
+        return start_acquisition(self._acquire_async, request, site, amount, timeout, deadline)
 
-    async def _acquire_async(
+    async def _acquire_async(  # noqa: PLR0917 - private, called in one place
         self,
         request: Quantity,
         site: Site | None,
         amount: Amount,
         timeout: float | None,
         deadline: float | None,
+        acquisition: Acquisition[Lease[Amount]],
     ) -> Lease[Amount]:
-        ticket = task_ticket(request, site, self._now())
-        lease: Lease[Amount] = Lease(ticket, self._pool, self)
-        parts = self._parts
+        task = _current_task()
+        if task is None:
+            raise RuntimeError("acquire_async must be awaited in an asyncio task")
+        ticket = Ticket(request, _current_thread(), site, self._now())
+        ticket.task = task
+        pool = self._pool
+        lease: Lease[Amount] = Lease(ticket, pool, self)
         try:
-            if timeout == 0:
-                if take(parts, ticket, lease, False, None):
-                    return lease
-            elif await take_async(parts, ticket, lease, deadline):
+            # take_async, written out: granted at once is the common case, with no await.
+            if pool.enter(ticket, new_task_waiter if timeout != 0 else None) or (
+                timeout != 0 and await await_grant_async(pool, ticket, self._clock, deadline)
+            ):
+                if self._node.policy is not None:
+                    note_held(lease, self._node, site)
+                acquisition.held = lease
                 return lease
-        except BaseException:  # even one landing as the lease is returned
-            self._pool.release(ticket, None)
+        except BaseException:  # a cancellation too, even one landing as the lease is returned
+            pool.release(ticket, None)
             raise
         raise self._timeout_error(amount, timeout)
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
-from ._acquisition import Acquisition
+from ._acquisition import Acquisition, start_acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site, ticks_of
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
@@ -185,7 +185,15 @@ def acquire_all_async(
     site = caller_site(1)
     _check_order(plan, timeout != 0, site)
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
-    return Acquisition(run_in_task(taking))
+    return start_acquisition(_take_all_in_task, taking)
+
+
+async def _take_all_in_task(
+    taking: Steps[LeaseGroup], acquisition: Acquisition[LeaseGroup]
+) -> LeaseGroup:
+    group = await run_in_task(taking)
+    acquisition.held = group
+    return group
 
 
 def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
