@@ -959,9 +959,21 @@ def main() -> None:
     text = report(arguments.quick, arguments.only)
     print(text, end="")
     if arguments.write:
+        with open(arguments.write, encoding="utf-8") as file:
+            kept = sections_of_other_scripts(file.read())
         with open(arguments.write, "w", encoding="utf-8") as file:
-            file.write(text)
+            file.write(text + (f"\n{kept}" if kept else ""))
     sys.stdout.flush()
+
+
+def sections_of_other_scripts(page: str) -> str:
+    """The end of ``page`` that other scripts write (``rate.py``, ``aio.py``: from the
+    heading of the first section holding one of their markers), kept as it is."""
+    marker = page.find("<!-- written by benchmarks/")
+    if marker < 0:
+        return ""
+    heading = page.rfind("\n## ", 0, marker)
+    return page[heading + 1 :] if heading >= 0 else ""
 
 
 if __name__ == "__main__":
