@@ -301,8 +301,8 @@ def test_a_task_cancelled_while_queued_leaves_as_if_it_had_never_asked() -> None
         await queued(pool, 1)
         second = asyncio.create_task(pool.acquire_async(1), name="second")
         await queued(pool, 2)
-        first.cancel("not needed")
-        with pytest.raises(asyncio.CancelledError, match="not needed"):
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
             await first
         assert [w.task_name for w in pool.statistics().waiters] == ["second"]
         held.release()
@@ -412,7 +412,7 @@ def test_a_timeout_scope_leaves_no_trace() -> None:
 
     async def main() -> None:
         held = await pool.acquire_async(1)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from 3.11
             await asyncio.wait_for(pool.acquire_async(1), 0.01)
         assert pool.statistics().waiters == ()
         if sys.version_info >= (3, 11):

@@ -37,14 +37,13 @@ class Step:
     hold: int  # loop iterations (tasks) or switches (threads) to hold for
 
 
-@st.composite
-def steps(draw: st.DrawFn) -> Step:
-    names = draw(st.lists(st.sampled_from(sorted(CAPACITY)), min_size=1, max_size=2, unique=True))
+def _step(rng: random.Random) -> Step:
+    names = rng.sample(sorted(CAPACITY), rng.randint(1, 2))
     return Step(
-        request={name: draw(st.integers(1, CAPACITY[name])) for name in names},
-        how=draw(st.sampled_from(["with", "with", "timeout", "try", "zero"])),
-        timeout=draw(st.sampled_from([0.0005, 0.002, 0.02])),
-        hold=draw(st.integers(0, 3)),
+        request={name: rng.randint(1, CAPACITY[name]) for name in names},
+        how=rng.choice(["with", "with", "timeout", "try", "zero"]),
+        timeout=rng.choice([0.0005, 0.002, 0.02]),
+        hold=rng.randint(0, 3),
     )
 
 
@@ -58,12 +57,20 @@ class Workload:
 
 @st.composite
 def workloads(draw: st.DrawFn) -> Workload:
-    script = st.lists(steps(), min_size=1, max_size=3)
-    tasks = draw(st.lists(script, min_size=100, max_size=300 if HEAVY else 200))
-    threads = draw(st.lists(script, min_size=12, max_size=40 if HEAVY else 24))
-    cancelled = draw(st.sets(st.integers(0, len(tasks) - 1), max_size=len(tasks) // 3))
-    cancel_at = {index: draw(st.integers(0, 12)) for index in sorted(cancelled)}
-    return Workload(tasks, threads, cancel_at)
+    """Hundreds of scripts are too much data to draw one choice at a time (Hypothesis would
+    overrun its buffer): it draws the sizes and a seed, and the scripts follow from those."""
+    task_count = draw(st.integers(100, 300 if HEAVY else 200))
+    thread_count = draw(st.integers(12, 40 if HEAVY else 24))
+    cancelled_share = draw(st.sampled_from([0.0, 0.1, 0.33]))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+
+    def script() -> list[Step]:
+        return [_step(rng) for _ in range(rng.randint(1, 3))]
+
+    tasks = [script() for _ in range(task_count)]
+    threads = [script() for _ in range(thread_count)]
+    cancelled = rng.sample(range(task_count), int(task_count * cancelled_share))
+    return Workload(tasks, threads, {index: rng.randint(0, 12) for index in sorted(cancelled)})
 
 
 async def run_task_script(

@@ -508,12 +508,16 @@ def _result_in_transit(run: Run) -> bool:
     anywhere in ``Lease.__enter__`` or at the first line of ``__exit__`` (a ``with``
     statement aborted before entering or leaving), or as a call returned its result (the
     value dropped on its way back to the caller: the same window every caller of a function
-    that returns a resource has in its own frame). There, the designed outcome is the
-    finalizer's: the units come back at once, with a ResourceWarning. Everything else is
-    still checked."""
+    that returns a resource has in its own frame, and all that ``run_blocking`` holds).
+    There, the designed outcome is the finalizer's: the units come back at once, with a
+    ResourceWarning. Everything else is still checked."""
     fired = run.fired or ""
-    return "(after a call into Python)" in fired or bool(
-        re.search(r"_lease\.py:\d+ in (__enter__ |__exit__ \(entry\))", fired)
+    # run_blocking (with _collect) only carries the result of a thread's steps to the caller:
+    # it takes nothing itself, so its every window is before the steps or in transit.
+    return (
+        "(after a call into Python)" in fired
+        or bool(re.search(r" in (run_blocking|_collect) ", fired))
+        or bool(re.search(r"_lease\.py:\d+ in (__enter__ |__exit__ \(entry\))", fired))
     )
 
 

@@ -373,14 +373,20 @@ TASK = Waiting(new_task_waiter, _grant_in_task, _rate_in_task, in_task=True)
 
 
 def run_blocking(steps: Steps[_T]) -> _T:
-    """Run steps written against :data:`THREAD` to their end on this thread."""
-    try:
-        next(steps)
-    except StopIteration as finished:
-        result: _T = finished.value
-        return result
-    steps.close()
-    raise RuntimeError("a blocking wait suspended: it was given a task's waiting")
+    """Run steps written against :data:`THREAD` to their end on this thread.
+
+    The result is collected by ``yield from`` into a list, not caught from a
+    ``StopIteration``: an exception landing in a handler would chain that ``StopIteration``,
+    and with it the result (leases), to itself for as long as anyone keeps the exception.
+    """
+    result: list[_T] = []
+    for _ in _collect(steps, result):
+        raise RuntimeError("a blocking wait suspended: it was given a task's waiting")
+    return result[0]
+
+
+def _collect(steps: Steps[_T], into: list[_T]) -> Steps[None]:
+    into.append((yield from steps))
 
 
 @attrs.frozen
