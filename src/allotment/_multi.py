@@ -383,19 +383,10 @@ def _take_all(
                     raise _timeout(step.manager, position, plan, timeout)
                 _release_all(taken)
                 return None
-            parts = step.parts
-            leases[parts[0][0]] = first_lease
-            if len(parts) > 1:
-                others = [Ticket(units, thread, lease_site, first.since) for _, units in parts[1:]]
-                for ticket in others:
-                    waiting.adopt(ticket)
-                other_leases = [Lease(ticket, of.pool, step.manager) for ticket in others]
-                taken.extend(other_leases)
-                of.pool.split(first, others)
-                for (index, _), ticket, lease in zip(parts[1:], others, other_leases, strict=True):
-                    leases[index] = lease
-                    if of.node.policy is not None:
-                        note_held(lease, of.node, ticket.site)
+            leases[step.parts[0][0]] = first_lease
+            # Last in the loop's body, and a plain call: on 3.12 and 3.13 a body that ends
+            # with an ``if`` gets a copy of the loop's back edge outside the try's handler.
+            _split(step, first, waiting, leases, taken)
         if planned.rates:
             granted_rates = yield from _take_rates(
                 planned, blocking, deadline, timeout, waiting, quietly=quietly
@@ -414,6 +405,31 @@ def _take_all(
         _withdraw_rates(list(rates))  # the work never started: its rate is refunded
         _release_all(taken)
         raise
+
+
+def _split(
+    step: _Step,
+    first: Ticket,
+    waiting: Waiting,
+    leases: list[Lease[Any] | None],
+    taken: list[Lease[Any]],
+) -> None:
+    """Hand each other request to the same manager its part of what the first one took:
+    a lease of its own (appended to ``taken`` before the pool moves any units to it)."""
+    parts = step.parts
+    if len(parts) == 1:
+        return
+    of = step.of
+    others = [Ticket(units, first.thread, first.site, first.since) for _, units in parts[1:]]
+    for ticket in others:
+        waiting.adopt(ticket)
+    other_leases = [Lease(ticket, of.pool, step.manager) for ticket in others]
+    taken.extend(other_leases)
+    of.pool.split(first, others)
+    for (index, _), ticket, lease in zip(parts[1:], others, other_leases, strict=True):
+        leases[index] = lease
+        if of.node.policy is not None:
+            note_held(lease, of.node, ticket.site)
 
 
 def _take_rates(
