@@ -328,10 +328,10 @@ warning behind."""
 
 @attrs.frozen
 class Waiting:
-    """How a caller waits: a thread blocks, a task awaits (see :data:`Steps`)."""
+    """How a caller waits: a thread blocks, a task awaits (see :data:`Steps`). A manager's
+    grant is awaited by ``take``/``take_async`` in ``_manager.py``, chosen by ``in_task``."""
 
     new_waiter: Callable[[], Waiter]
-    for_grant: Callable[[Pool, Ticket, Clock, float | None], Steps[bool]]
     for_rate: Callable[[Meter, RateTicket, Clock, float | None], Steps[bool]]
     in_task: bool
 
@@ -344,22 +344,11 @@ class Waiting:
             ticket.task = task
 
 
-def _grant_blocking(
-    pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
-) -> Steps[bool]:
-    return await_grant(pool, ticket, clock, deadline)
-    yield  # a generator that never suspends
-
-
 def _rate_blocking(
     meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
 ) -> Steps[bool]:
     return await_rate(meter, ticket, clock, deadline)
     yield  # a generator that never suspends
-
-
-def _grant_in_task(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None) -> Steps[bool]:
-    return (yield from await_grant_async(pool, ticket, clock, deadline).__await__())
 
 
 def _rate_in_task(
@@ -368,8 +357,8 @@ def _rate_in_task(
     return (yield from await_rate_async(meter, ticket, clock, deadline).__await__())
 
 
-THREAD = Waiting(new_thread_waiter, _grant_blocking, _rate_blocking, in_task=False)
-TASK = Waiting(new_task_waiter, _grant_in_task, _rate_in_task, in_task=True)
+THREAD = Waiting(new_thread_waiter, _rate_blocking, in_task=False)
+TASK = Waiting(new_task_waiter, _rate_in_task, in_task=True)
 
 
 def run_blocking(steps: Steps[_T]) -> _T:
