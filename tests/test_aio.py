@@ -685,3 +685,58 @@ def test_the_loop_keeps_ticking_while_threads_hammer_the_same_manager() -> None:
     worst = asyncio.run(main())
     assert worst < 2.0, f"the loop stalled for {worst:.3f} s"
     assert_idle(pool)
+
+
+# -- declared claims (banker mode) -------------------------------------------------------------
+
+
+def test_two_tasks_with_claims_wait_instead_of_deadlocking() -> None:
+    pool = allotment.ResourceManager(2, name="banker", banker=True)
+
+    async def main() -> None:
+        first = pool.claim(2)
+        await first.acquire_async(1)
+        second = pool.claim(2)
+        # Granting this would leave each claim one short with nothing available: unsafe.
+        waiting = asyncio.create_task(second.acquire_async(1), name="second")
+        await queued(pool, 1)
+        assert pool.statistics().waiters[0].task_name == "second"
+        async with first.acquire_async(1, timeout=0):  # the holder still gets what it needs
+            pass
+        first.close()
+        lease = await asyncio.wait_for(waiting, GENEROUS)
+        assert isinstance(lease, allotment.Lease)
+        async with second.acquire_async(1, timeout=0):
+            pass
+        second.close()
+
+    run(main)
+    assert_idle(pool)
+
+
+def test_closing_a_claim_refuses_its_queued_task_and_a_cancelled_one_leaves_no_trace() -> None:
+    pool = allotment.ResourceManager(3, name="banker", banker=True)
+
+    async def main() -> None:
+        held = await pool.acquire_async(3)
+        claim = pool.claim(2)
+        refused = asyncio.create_task(claim.acquire_async(1))
+        await queued(pool, 1)
+        claim.close()
+        with pytest.raises(allotment.ClaimClosed):
+            await refused
+        other = pool.claim(1)
+        cancelled = asyncio.create_task(other.acquire_async(1))
+        await queued(pool, 1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert pool.statistics().waiters == ()
+        other.close()
+        held.release()
+        # Checked by the pool, when awaited.
+        with pool.claim(1) as small, pytest.raises(allotment.ExceedsClaim):
+            await small.acquire_async(2)
+
+    run(main)
+    assert_idle(pool)

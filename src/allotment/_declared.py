@@ -10,12 +10,22 @@ from typing import TYPE_CHECKING, Generic
 
 import attrs
 
+from ._acquisition import Acquisition, start_acquisition
 from ._clock import deadline_after
 from ._core import Account, AccountTicket, Amount, BankerPolicy, Site, describe_site
 from ._errors import AcquireTimeout, BankerModeRequired
 from ._lease import Lease
 from ._lock_order import check_order
-from ._manager import ManagerParts, parts_of, record_site, take, take_or_none, timeout_summary
+from ._manager import (
+    ManagerParts,
+    parts_of,
+    record_site,
+    take,
+    take_async,
+    take_or_none,
+    timeout_summary,
+)
+from ._waiters import TASK
 
 if TYPE_CHECKING:
     from ._manager import ResourceManager
@@ -84,13 +94,47 @@ class DeclaredClaim(Generic[Amount]):
         ticket, lease = self._new_lease(amount, checked=timeout != 0)
         self._keep(lease)  # first: owned by the claim whatever happens next
         if not take(parts, ticket, lease, timeout != 0, deadline):
-            error = AcquireTimeout(
-                f"{parts.name!r} did not grant {amount!r} within {timeout} s; "
-                f"{timeout_summary(parts)}"
-            )
-            error.manager = self._manager
-            raise error
+            raise self._timeout_error(amount, timeout)
         return lease
+
+    def acquire_async(
+        self, amount: Amount, timeout: float | None = None
+    ) -> Acquisition[Lease[Amount]]:
+        """:meth:`acquire` for asyncio tasks, as :meth:`ResourceManager.acquire_async`:
+        awaitable, or ``async with``; the task waits in the manager's queue beside threads,
+        granted only safely. The amount and the timeout are checked here."""
+        deadline = deadline_after(self._parts.clock, timeout)
+        ticket, lease = self._new_lease(amount, checked=timeout != 0)
+        return start_acquisition(self._acquire_async, ticket, lease, amount, timeout, deadline)
+
+    async def _acquire_async(  # noqa: PLR0917 - private, called in one place
+        self,
+        ticket: AccountTicket,
+        lease: Lease[Amount],
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+        acquisition: Acquisition[Lease[Amount]],
+    ) -> Lease[Amount]:
+        TASK.adopt(ticket)
+        self._keep(lease)  # first: owned by the claim whatever happens next
+        parts = self._parts
+        if timeout == 0:
+            granted = take(parts, ticket, lease, False, None)
+        else:
+            granted = await take_async(parts, ticket, lease, deadline)
+        if not granted:
+            raise self._timeout_error(amount, timeout)
+        acquisition.held = lease
+        return lease
+
+    def _timeout_error(self, amount: Amount, timeout: float | None) -> AcquireTimeout:
+        parts = self._parts
+        error = AcquireTimeout(
+            f"{parts.name!r} did not grant {amount!r} within {timeout} s; {timeout_summary(parts)}"
+        )
+        error.manager = self._manager
+        return error
 
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible safely without waiting, else ``None``."""
