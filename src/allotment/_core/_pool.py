@@ -706,21 +706,23 @@ class MemoryPool:
             return  # the exception is leaving an inner section: the outer one restores
         extra: list[Waiter] = []
         with self._lock:
-            capacity = self.capacity
             for ticket in list(self.queue):
-                if self.closed:
-                    self.refuse(
-                        ticket, ManagerClosed("the manager was closed while waiting"), extra
-                    )
-                elif capacity is not None and not ticket.units <= capacity:
-                    error = ExceedsCapacity(self.too_large(ticket.units, capacity))
-                    self.refuse(ticket, error, extra)
+                # A call, not an if, ends the body: see "Loops in sections" in design.md.
+                self._refuse_if_unservable(ticket, extra)
             if self.queue:
                 self._policy.grant_waiters(self, extra)
         if isinstance(woken, list):
             woken.extend(extra)
         else:
             _wake_all(extra)
+
+    def _refuse_if_unservable(self, ticket: Ticket, woken: list[Waiter]) -> None:
+        """Refuse a queued ticket that waits on a closed pool or no longer fits the capacity."""
+        capacity = self.capacity
+        if self.closed:
+            self.refuse(ticket, ManagerClosed("the manager was closed while waiting"), woken)
+        elif capacity is not None and not ticket.units <= capacity:
+            self.refuse(ticket, ExceedsCapacity(self.too_large(ticket.units, capacity)), woken)
 
     def _settle(self, woken: list[Waiter] | tuple[Waiter, ...]) -> None:
         """After a section: wake whom it granted, then do the releases deferred into it.
@@ -735,18 +737,22 @@ class MemoryPool:
         lock = self._lock
         if not self._orphans or lock._is_owned():
             return  # nothing to do, or an inner section: the outer epilogue drains
-        notices: list[Callable[[], None]] = []
+        notices: list[Callable[[], None] | None] = []
         woken: list[Waiter] = []
         with lock:
             orphans = self._orphans
-            while orphans:
+            # "while True", and a call (not an if) last: see "Loops in sections" in design.md.
+            while True:
+                if not orphans:
+                    break
                 operation, notice = orphans[0]
                 operation(woken)
                 orphans.popleft()
-                if notice is not None:
-                    notices.append(notice)
+                notices.append(notice)
         _wake_all(woken)
         for notice in notices:
+            if notice is None:
+                continue
             try:
                 notice()
             except Exception:  # a leak warning turned into an error: as from __del__
