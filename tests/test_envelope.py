@@ -32,6 +32,8 @@ checks the "eval breaker", which for the interpreter running the tests is:
   callee raised after doing its work";
 - a backward jump (``JUMP_BACKWARD``; on 3.11 also a taken ``POP_JUMP_BACKWARD_IF_*``; on 3.10
   ``JUMP_ABSOLUTE`` and a taken ``POP_JUMP_IF_FALSE`` or ``POP_JUMP_IF_TRUE``, either way);
+  from 3.13 checked *before* the jump, so raised at the jump's own 'opcode' event and belonging
+  to the jump (whose handler may not be its target's), before 3.13 after it;
 - on 3.10 only, the first instruction of an exception handler; and 3.10 never checks right
   before ``SETUP_FINALLY``, ``SETUP_WITH``, ``BEFORE_ASYNC_WITH`` or ``YIELD_FROM``.
 
@@ -76,6 +78,9 @@ class Injected(Exception):
 # -- check points ----------------------------------------------------------------------------
 
 _PY310 = sys.version_info < (3, 11)
+_CHECKS_BEFORE_JUMPING = sys.version_info >= (3, 13)
+"""From 3.13 a backward jump checks before it jumps: what it raises belongs to the jump (whose
+handler may differ from its target's: see tests/test_back_edges.py); before, after."""
 
 _CALLS = frozenset(
     {"CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD"}
@@ -178,7 +183,7 @@ class _Bytecode:
                 return None  # the call raised: the handler is reached without a check (3.11+)
             return "after a call into Python" if python_callee else "after a call"
         if name in _LOOPS:
-            return "jump target"
+            return None if _CHECKS_BEFORE_JUMPING else "jump target"
         if name in _TAKEN_JUMPS and offset != self.following[previous]:
             return "jump target"
         return None
@@ -232,6 +237,15 @@ class _FrameTracer:
                 kind = "exception handler" if _PY310 else None
             else:
                 kind = bytecode.check_after(previous, offset, self.python_callee)
+            if (
+                kind is None
+                and _CHECKS_BEFORE_JUMPING
+                and not self._raised
+                and bytecode.opname.get(offset) in _LOOPS
+            ):
+                # Raised at the jump's own 'opcode' event, the exception belongs to the jump,
+                # as CPython's does: the same handler by construction.
+                previous, kind = offset, "backward jump"
             counted = self.counted
             self._raised = self.python_callee = self.c_call = self.counted = False
             self.pending = offset if offset in bytecode.raises_as_it_returns else -1
@@ -1202,7 +1216,8 @@ def test_plain_stores_have_no_check_point_between_them() -> None:
 
 def test_each_call_and_each_loop_round_is_a_check_point() -> None:
     after_call = "after a call"
-    expected = ["entry", after_call] + [after_call, "jump target"] * 3
+    loop = "backward jump" if _CHECKS_BEFORE_JUMPING else "jump target"
+    expected = ["entry", after_call] + [after_call, loop] * 3
     assert _points_of(lambda: _toy_loop(3)) == expected
 
 
