@@ -14,11 +14,12 @@ from support import assert_idle
 
 def test_demo_narrates_and_returns_everything() -> None:
     lines: list[str] = []
-    node = run_demo(workers=4, jobs_per_worker=2, seed=1, print_line=lines.append)
+    node = run_demo(workers=4, jobs_per_worker=2, seed=1, print_line=lines.append, tasks=2)
     text = "\n".join(lines)
-    assert "4 workers start, 2 jobs each" in text
+    assert "4 worker threads and 2 asyncio tasks start, 2 jobs each" in text
     assert "worker-1 got {'gpu': 4, 'ram_gb': 64}" in text  # the whole node, in its turn
-    assert text.count(" got ") == 8
+    assert text.count(" got ") == 8 + 4
+    assert text.count(" (asyncio) got ") == 4
     assert "waiting per worker" in text
     assert "final statistics:" in text
     assert node.closed
@@ -30,7 +31,18 @@ def test_demo_narrates_and_returns_everything() -> None:
 
 def test_demo_command_line() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "allotment", "demo", "--workers", "3", "--jobs", "2"],
+        [
+            sys.executable,
+            "-m",
+            "allotment",
+            "demo",
+            "--workers",
+            "3",
+            "--jobs",
+            "2",
+            "--tasks",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,14 +11,17 @@ from ._demo import run_demo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m allotment")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="threads contend for a GPU node; see who got what")
+    demo = commands.add_parser(
+        "demo", help="threads and asyncio tasks contend for a GPU node; see who got what"
+    )
     demo.add_argument("--workers", type=int, default=6, help="threads (default 6)")
-    demo.add_argument("--jobs", type=int, default=3, help="jobs per thread (default 3)")
+    demo.add_argument("--tasks", type=int, default=2, help="asyncio tasks (default 2)")
+    demo.add_argument("--jobs", type=int, default=3, help="jobs per thread or task (default 3)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     arguments = parser.parse_args(argv)
-    if arguments.workers < 2 or arguments.jobs < 2:
-        parser.error("the demo needs at least 2 workers and 2 jobs each")
-    run_demo(arguments.workers, arguments.jobs, arguments.seed)
+    if arguments.workers < 2 or arguments.jobs < 2 or arguments.tasks < 0:
+        parser.error("the demo needs at least 2 workers and 2 jobs each, and 0 tasks or more")
+    run_demo(arguments.workers, arguments.jobs, arguments.seed, tasks=arguments.tasks)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""The demo behind ``python -m allotment demo``: threads sharing a GPU node, narrated."""
+"""The demo behind ``python -m allotment demo``: threads, and asyncio tasks on an event loop
+of their own, sharing a GPU node in one queue, narrated."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -22,8 +24,12 @@ def run_demo(
     jobs_per_worker: int = 3,
     seed: int = 7,
     print_line: Callable[[str], None] = print,
+    tasks: int = 2,
 ) -> ResourceManager[Mapping[str, int]]:
-    """Run the demo and return its (closed) manager; everything printed goes to ``print_line``."""
+    """Run the demo and return its (closed) manager; everything printed goes to ``print_line``.
+
+    ``workers`` threads and ``tasks`` asyncio tasks (on one event loop, in a thread of its own)
+    each run ``jobs_per_worker`` jobs."""
     node = ResourceManager(dict(NODE), name="gpu-node")
     started = now()
     print_lock = threading.Lock()
@@ -52,8 +58,32 @@ def run_demo(
                     lease.release({"ram_gb": 8})  # done with part of its memory early
             say(f"{name} returned its lease")
 
+    async def task(name: str, rng: random.Random) -> None:
+        for _ in range(jobs_per_worker):
+            request = {"gpu": 1, "ram_gb": rng.choice([8, 16])}
+            asked = now()
+            # The same queue as the threads: the loop never blocks while the task waits.
+            async with node.acquire_async(request, timeout=30) as lease:
+                waited = now() - asked
+                waits.setdefault(name, []).append(waited)
+                say(f"{name} (asyncio) got {lease.amounts} after waiting {waited:.3f}s")
+                await asyncio.sleep(rng.uniform(0.02, 0.08))
+            say(f"{name} returned its lease")
+
+    def event_loop(seeds: list[float], barrier: threading.Barrier) -> None:
+        async def main() -> None:
+            await asyncio.gather(
+                *(
+                    asyncio.create_task(task(f"task-{n}", random.Random(s)), name=f"task-{n}")
+                    for n, s in enumerate(seeds)
+                )
+            )
+
+        barrier.wait()
+        asyncio.run(main())
+
     rng = random.Random(seed)
-    barrier = threading.Barrier(workers + 1)
+    barrier = threading.Barrier(workers + 2)
     threads = [
         threading.Thread(
             target=worker,
@@ -62,9 +92,14 @@ def run_demo(
         )
         for n in range(workers)
     ]
+    seeds = [rng.random() for _ in range(tasks)]
+    threads.append(threading.Thread(target=event_loop, args=(seeds, barrier), name="event-loop"))
     for thread in threads:
         thread.start()
-    say(f"{workers} workers start, {jobs_per_worker} jobs each, on {NODE}")
+    say(
+        f"{workers} worker threads and {tasks} asyncio tasks start, {jobs_per_worker} jobs "
+        f"each, on {NODE}"
+    )
     barrier.wait()
     time.sleep(0.05)
     say("a look at the node while it is busy (who holds what, who waits for what):")
@@ -74,7 +109,7 @@ def run_demo(
         thread.join()
     node.close()
     print_line("")
-    print_line("waiting per worker (first come, first served; nobody starves):")
+    print_line("waiting per worker and task (first come, first served; nobody starves):")
     for name in sorted(waits):
         times = waits[name]
         print_line(
