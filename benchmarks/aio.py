@@ -22,10 +22,7 @@ with sleeps. Nothing here is asserted: the figures and the targets are reported,
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import gc
 import importlib
 import importlib.metadata
 import math
@@ -33,18 +30,16 @@ import os
 import platform
 import queue
 import statistics
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import allotment
+from common import quiet_gc, run_section_script
 
 SECTION = "## asyncio"
-BEGIN = "<!-- written by benchmarks/aio.py --write: from here -->"
-END = "<!-- to here: benchmarks/aio.py -->"
 
 TASKS = 64
 """Tasks on a capacity of one in the contention runs."""
@@ -121,16 +116,6 @@ def _available(subjects: Sequence[Subject]) -> tuple[list[Subject], list[str]]:
     return found, notes
 
 
-@contextlib.contextmanager
-def _quiet_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 # -- 1. uncontended cost -----------------------------------------------------------------------
 
 
@@ -162,7 +147,7 @@ def _batch(subject: Subject, number: int) -> Awaitable[float]:
 async def uncontended(subjects: Sequence[Subject], repeats: int, number: int) -> dict[str, float]:
     """Nanoseconds per ``async with``: the median of ``repeats`` batches, interleaved."""
     samples: dict[str, list[float]] = {subject.label: [] for subject in subjects}
-    with _quiet_gc():
+    with quiet_gc():
         for _ in range(repeats):
             for subject in subjects:
                 samples[subject.label].append(await _batch(subject, number) / number * 1e9)
@@ -222,7 +207,7 @@ async def contention(
     runs: dict[str, list[Contention]] = {subject.label: [] for subject in subjects}
     for _ in range(repeats):
         for subject in subjects:
-            with _quiet_gc():
+            with quiet_gc():
                 runs[subject.label].append(await contended(subject, TASKS, seconds))
     return {
         label: (
@@ -307,7 +292,7 @@ async def handoff(rounds: int) -> tuple[list[int], list[int]]:
     ours: list[int] = []
     bare: list[int] = []
     try:
-        with _quiet_gc():
+        with quiet_gc():
             for _ in range(rounds):
                 ours.append(await _allotment_round(pool, commands))
                 bare.append(await _bare_round(commands))
@@ -490,34 +475,9 @@ def report(quick: bool) -> str:
     return asyncio.run(_report(quick))
 
 
-def replace_figures(page: str, figures: str) -> str:
-    """``page`` with what lies between ``BEGIN`` and ``END`` replaced by ``figures``; a page
-    without them gets a new ``## asyncio`` section at its end. Whatever else the section
-    holds (a reading of the figures) stays."""
-    begin = page.find(BEGIN)
-    end = page.find(END, begin) if begin >= 0 else -1
-    if begin < 0 or end < 0:
-        return f"{page.rstrip()}\n\n{SECTION}\n\n{BEGIN}\n\n{figures}\n{END}\n"
-    return f"{page[: begin + len(BEGIN)]}\n\n{figures}\n{page[end:]}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
-    parser.add_argument(
-        "--write",
-        metavar="PATH",
-        help=f"also write the figures into the page at PATH (its {SECTION!r} section)",
-    )
-    arguments = parser.parse_args()
-    figures = report(arguments.quick)
-    print(f"{SECTION}\n\n{figures}", end="")
-    if arguments.write:
-        with open(arguments.write, encoding="utf-8") as file:
-            page = file.read()
-        with open(arguments.write, "w", encoding="utf-8") as file:
-            file.write(replace_figures(page, figures))
-    sys.stdout.flush()
+    description = __doc__.splitlines()[0] if __doc__ else None
+    run_section_script(description, SECTION, "aio.py", report)
 
 
 if __name__ == "__main__":

@@ -17,26 +17,24 @@ units were shared out. Nothing here is asserted: the figures are reported, not t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import contextlib
-import gc
 import importlib
 import importlib.metadata
 import math
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 import timeit
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import allotment
+from common import quiet_gc, run_section_script
 
 Kind = Literal["bucket", "window"]
 
@@ -286,16 +284,6 @@ def _available(module: str) -> bool:
 # -- 1. uncontended cost ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def _seconds_sync(call: Callable[[], object], number: int) -> float:
     return timeit.timeit(call, number=number)
 
@@ -326,7 +314,7 @@ def uncontended(subjects: Sequence[Subject], repeats: int, number: int) -> list[
     repeat times ``number`` calls on a fresh limiter (so a window limiter's log never holds
     more than ``number`` entries), the subjects interleaved."""
     samples: dict[tuple[str, str], list[float]] = {}
-    with _quiet_gc():
+    with quiet_gc():
         for _ in range(repeats):
             for subject in subjects:
                 shape = Shape(subject.kind, HUGE, 1.0, HUGE)
@@ -762,37 +750,9 @@ def report(quick: bool) -> str:
     return "\n\n".join("\n".join(part) for part in body) + "\n"
 
 
-BEGIN = "<!-- written by benchmarks/rate.py --write: from here -->"
-END = "<!-- to here -->"
-
-
-def replace_figures(page: str, figures: str) -> str:
-    """``page`` with what lies between ``BEGIN`` and ``END`` replaced by ``figures``; a page
-    without them gets a new ``## Rate limiters`` section at its end. Whatever else the
-    section holds (a reading of the figures) stays."""
-    begin, end = page.find(BEGIN), page.find(END)
-    if begin < 0 or end < begin:
-        return f"{page.rstrip()}\n\n{SECTION}\n\n{BEGIN}\n\n{figures}\n{END}\n"
-    return f"{page[: begin + len(BEGIN)]}\n\n{figures}\n{page[end:]}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
-    parser.add_argument(
-        "--write",
-        metavar="PATH",
-        help=f"also write the figures into the page at PATH (its {SECTION!r} section)",
-    )
-    arguments = parser.parse_args()
-    figures = report(arguments.quick)
-    print(f"{SECTION}\n\n{figures}", end="")
-    if arguments.write:
-        with open(arguments.write, encoding="utf-8") as file:
-            page = file.read()
-        with open(arguments.write, "w", encoding="utf-8") as file:
-            file.write(replace_figures(page, figures))
-    sys.stdout.flush()
+    description = __doc__.splitlines()[0] if __doc__ else None
+    run_section_script(description, SECTION, "rate.py", report)
 
 
 if __name__ == "__main__":

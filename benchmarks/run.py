@@ -13,7 +13,6 @@ Nothing here is asserted: performance is reported, not tested.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import queue
@@ -23,12 +22,13 @@ import threading
 import time
 import timeit
 import tracemalloc
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import allotment
+from common import MARKER, quiet_gc
 
 Factory = Callable[[int], Callable[[], AbstractContextManager[Any]]]
 """Given a capacity, returns a callable whose result is entered once per operation."""
@@ -56,21 +56,11 @@ IMPLEMENTATIONS: dict[str, Factory] = {
 }
 
 
-@contextmanager
-def _quiet_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def _median_ns(
     cases: Mapping[str, Callable[[], object]], repeats: int, number: int
 ) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in cases}
-    with _quiet_gc():
+    with quiet_gc():
         for _ in range(repeats):
             for name, function in cases.items():  # interleaved
                 samples[name].append(timeit.timeit(function, number=number) / number * 1e9)
@@ -325,7 +315,7 @@ def release_cost(waiters: int, releases: int, repeats: int) -> ReleaseFigures:
     medians: list[list[float]] = [[] for _ in kinds]
     fastest: list[list[float]] = [[] for _ in kinds]
     try:
-        with _quiet_gc():
+        with quiet_gc():
             for _ in range(repeats):
                 samples: list[list[int]] = [[] for _ in kinds]
                 for index in range(releases):
@@ -370,7 +360,7 @@ def handoff_cost(queued: int, releases: int) -> float:
         time.sleep(0.001)
     durations = []
     lease = first
-    with _quiet_gc():
+    with quiet_gc():
         for _ in range(releases):
             started = time.perf_counter_ns()
             lease.release()
@@ -969,7 +959,7 @@ def main() -> None:
 def sections_of_other_scripts(page: str) -> str:
     """The end of ``page`` that other scripts write (``rate.py``, ``aio.py``: from the
     heading of the first section holding one of their markers), kept as it is."""
-    marker = page.find("<!-- written by benchmarks/")
+    marker = page.find(MARKER)
     if marker < 0:
         return ""
     heading = page.rfind("\n## ", 0, marker)

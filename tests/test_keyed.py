@@ -134,6 +134,20 @@ def test_bad_costs_and_settings_are_refused() -> None:
         allotment.KeyedRateLimiter(1, burst=True)
 
 
+@pytest.mark.parametrize(
+    ("timeout", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
+)
+def test_bad_timeouts_are_refused_and_spend_nothing(
+    timeout: object, error: type[Exception]
+) -> None:
+    users = allotment.KeyedRateLimiter(10, clock=ManualClock())
+    with pytest.raises(error, match="timeout"):
+        users.acquire("alice", 1, timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        _ = users.acquire_async("alice", 1, timeout)  # type: ignore[arg-type]
+    assert users.statistics("alice").allowed == 0
+
+
 def test_repr_and_settings() -> None:
     users = allotment.KeyedRateLimiter(10, per=2, name="per-user")
     assert (users.rate, users.per, users.burst, users.name) == (10.0, 2.0, 10, "per-user")

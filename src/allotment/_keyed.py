@@ -44,6 +44,7 @@ _SWEEP = 2
 """Keys checked per lookup: more than the one a lookup can add."""
 
 _current_thread = threading.current_thread
+_SECONDS = (int, float)
 
 
 class KeyedRateLimiter:
@@ -110,12 +111,13 @@ class KeyedRateLimiter:
         :meth:`RateLimiter.acquire`, per key."""
         cost = validate_cost(cost, self._burst)
         _check_key(key)
-        if timeout is not None:
-            deadline_after(self._clock, timeout)  # a bad timeout changes nothing
+        # Allowed at once: no ticket, no wait. A bad timeout never takes that path, and
+        # acquire_ticket refuses it before anything changes (as RateLimiter.acquire).
+        at_once = timeout is None or (type(timeout) in _SECONDS and timeout >= 0)
         while True:
             meter = self._meter_for(key)
             try:
-                if not meter.take_now(cost, False):  # allowed at once: no ticket, no wait
+                if not (at_once and meter.take_now(cost, False)):
                     acquire_ticket(self._parts(meter), meter, cost, timeout)
             except MeterRetired:
                 continue  # forgotten between the lookup and the call: look it up again

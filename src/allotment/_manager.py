@@ -371,6 +371,7 @@ class ResourceManager(Generic[Amount]):
         it was cancelled, and propagates unchanged. ``timeout`` works as for :meth:`acquire`;
         amounts and the timeout are checked here, before anything is awaited.
         """
+        # acquire's prologue, written out here too: a call costs a tenth of this path.
         if type(amount) is int and amount > 0 and self._scalar:
             request: Quantity = amount
         else:
