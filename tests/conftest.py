@@ -7,7 +7,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import redis
 from hypothesis import HealthCheck, settings
+
+from allotment.redis import RedisBackend
+from redis_support import RedisServer
 
 # Threaded examples take as long as their threads do: no per-example deadline. Hypothesis
 # loads its built-in "ci" profile by itself when CI is set; extend it rather than replace it.
@@ -34,3 +38,32 @@ def no_thread_outlives_the_test() -> Iterator[None]:
     for thread in set(threading.enumerate()) - before:
         thread.join(30)
         assert not thread.is_alive(), f"thread {thread.name} is still running after the test"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the whole run (about 10 ms to start)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the private server, which is emptied (and restarted, if a test stopped
+    it) before the test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_backend(redis_client: redis.Redis) -> Iterator[RedisBackend]:
+    """A backend on the private server; closed (its keeper stopped) after the test."""
+    backend = RedisBackend(redis_client, lease_ttl=30)
+    yield backend
+    backend.close()

@@ -109,7 +109,9 @@ def test_the_core_imports_only_the_standard_library_attrs_and_errors(path: Path)
 
 
 @pytest.mark.parametrize(
-    "path", [path for path in MODULES if CORE not in path.parents], ids=lambda path: path.name
+    "path",
+    [path for path in MODULES if CORE not in path.parents],
+    ids=lambda path: str(path.relative_to(PACKAGE)),
 )
 def test_other_modules_reach_the_core_only_through_its_package(path: Path) -> None:
     for name in _all_imports(path):

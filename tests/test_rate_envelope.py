@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import allotment
-from allotment._core import Gcra, SlidingWindow
+from allotment._core import Gcra, Meter, SlidingWindow
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
 from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
@@ -112,6 +112,7 @@ def _accounted(env: RateEnv, slack: int) -> None:
     """The rule's state is what the counted grants and charges make it, or at most ``slack``
     more (the clock never moved, so every unit spent still shows)."""
     meter = limiter_parts(env.limiter).meter
+    assert isinstance(meter, Meter)
     stats = env.limiter.statistics()
     rule = meter.rule
     counted = stats.allowed_units + stats.charged - _charged_in_line(meter)

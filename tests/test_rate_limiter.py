@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import allotment
-from allotment._core import SlidingWindow
+from allotment._core import Meter, SlidingWindow
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
 from support import Worker, inject, start, wait_until
@@ -496,6 +496,7 @@ def test_repr_reads_plain_fields() -> None:
 def test_a_signal_handler_inside_the_section_gets_reentrant_call_not_a_hang() -> None:
     limiter, _ = drained(10)
     meter = limiter_parts(limiter).meter
+    assert isinstance(meter, Meter)
     outcome: list[object] = []
 
     def reenter() -> int:

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import allotment
 from allotment._clock import WakeHandle
+from allotment._core import Meter
 from allotment._limiters import limiter_parts
 from support import GENEROUS, Worker, assert_idle, inject, start, wait_until
 
@@ -292,6 +293,7 @@ def test_a_real_signal_handler_inside_the_section_gets_reentrant_call_or_a_value
         else allotment.WindowLimiter(3, per=1, clock=clock)
     )
     meter = limiter_parts(limiter).meter
+    assert isinstance(meter, Meter)
     seen: list[object] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:

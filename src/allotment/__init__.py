@@ -17,6 +17,8 @@ from ._declared import DeclaredClaim
 from ._errors import (
     AcquireTimeout,
     AllotmentError,
+    BackendConflict,
+    BackendUnavailable,
     BankerModeRequired,
     ClaimClosed,
     ExceedsBurst,
@@ -27,6 +29,7 @@ from ._errors import (
     InvalidKey,
     InvalidLimit,
     InvalidLimitType,
+    LeaseLost,
     LeaseReleased,
     LockOrderViolation,
     LockOrderWarning,
@@ -34,6 +37,7 @@ from ._errors import (
     ReentrantCall,
     ReleaseExceedsHeld,
     UnknownResource,
+    UnsupportedByBackend,
 )
 from ._guard import guard
 from ._keyed import KeyedRateLimiter
@@ -62,6 +66,8 @@ __all__ = [
     "AcquireTimeout",
     "Acquisition",
     "AllotmentError",
+    "BackendConflict",
+    "BackendUnavailable",
     "BankerModeRequired",
     "BoundedSemaphore",
     "ClaimClosed",
@@ -80,6 +86,7 @@ __all__ = [
     "KeyedRateLimiter",
     "Lease",
     "LeaseGroup",
+    "LeaseLost",
     "LeaseReleased",
     "LockOrderPolicy",
     "LockOrderViolation",
@@ -99,6 +106,7 @@ __all__ = [
     "SystemClock",
     "ThreadRef",
     "UnknownResource",
+    "UnsupportedByBackend",
     "WaitEdge",
     "WaitGraph",
     "WaiterInfo",

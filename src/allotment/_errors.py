@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AcquireTimeout",
     "AllotmentError",
+    "BackendConflict",
+    "BackendUnavailable",
     "BankerModeRequired",
     "ClaimClosed",
     "ExceedsBurst",
@@ -26,6 +28,7 @@ __all__ = [
     "InvalidKey",
     "InvalidLimit",
     "InvalidLimitType",
+    "LeaseLost",
     "LeaseReleased",
     "LockOrderViolation",
     "LockOrderWarning",
@@ -33,6 +36,7 @@ __all__ = [
     "ReentrantCall",
     "ReleaseExceedsHeld",
     "UnknownResource",
+    "UnsupportedByBackend",
 ]
 
 
@@ -45,6 +49,32 @@ class AcquireTimeout(AllotmentError, TimeoutError):
 
     manager: ResourceManager[Any] | None = None
     """The manager the request was waiting on when the deadline passed."""
+
+
+class BackendUnavailable(AllotmentError, ConnectionError):
+    """The backend that keeps a shared limit (a Redis server) could not be reached or did not
+    answer in time. Raised within the backend's ``timeout``, never after a silent retry.
+    Nothing granted is lost: a lease that cannot be released is released again in the
+    background, and in any case returns when its TTL runs out."""
+
+
+class BackendConflict(AllotmentError, ValueError):
+    """A shared manager or limiter already exists under this name with other settings
+    (another capacity, rate, burst, limit or period, or other resource names)."""
+
+
+class UnsupportedByBackend(AllotmentError, TypeError):
+    """What was asked cannot be done on this backend (banker mode on Redis, for one):
+    refused when the manager or limiter is made, not discovered later."""
+
+
+class LeaseLost(AllotmentError, RuntimeError):
+    """The lease expired before it could be renewed (its process could not reach the server
+    for longer than its TTL, or the server lost its data): its units may have been granted
+    to someone else, and work done under it since may have overlapped theirs. Raised by
+    :meth:`Lease.release` (and the end of its ``with`` block); ``lease.lost`` tells it
+    earlier. Fencing tokens (``lease.fencing_token``) let the resource itself refuse the
+    late writer."""
 
 
 class ManagerClosed(AllotmentError, RuntimeError):

@@ -17,14 +17,18 @@ one key.
 from __future__ import annotations
 
 import collections
+import fractions
+import functools
 import threading
-from collections.abc import Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
+from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import Meter, MeterRetired
-from ._errors import InvalidKey, ReentrantCall
+from ._core import MeterRetired, RateMeter
+from ._errors import InvalidKey, ReentrantCall, UnsupportedByBackend
 from ._limiters import (
+    GcraSettings,
     LimiterParts,
     Number,
     acquire_ticket,
@@ -67,6 +71,7 @@ class KeyedRateLimiter:
         "_burst",
         "_clock",
         "_lock",
+        "_make",
         "_meters",
         "_name",
         "_settings",
@@ -80,15 +85,31 @@ class KeyedRateLimiter:
         burst: int | None = None,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
+        on_unavailable: OnUnavailable | None = None,
     ) -> None:
+        """``backend`` keeps every key's state elsewhere, shared by every process that
+        names the limiter (``name`` is then required, keys must be ``str``, ``int`` or
+        ``bytes``, and the clock is the server's); ``on_unavailable`` overrides the
+        backend's failure policy for this limiter."""
         self._settings = gcra_settings(rate, per, burst)
         self._burst = self._settings.burst
+        policy = check_on_unavailable(on_unavailable, backend)
+        if backend is not None:
+            if clock is not None:
+                raise UnsupportedByBackend("a limiter with a backend runs on the server's clock")
+            name = check_backend_name(name, backend, "KeyedRateLimiter")
+            self._make: Callable[[Hashable], RateMeter] = functools.partial(
+                _shared_meter, backend, name, self._settings, policy
+            )
+        else:
+            self._make = functools.partial(_local_meter, self._settings, clock or SYSTEM_CLOCK)
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._name = "keyed-rate-limiter" if name is None else str(name)
         self._lock = threading.RLock()
         """Guards ``_meters`` (its keys and their order); held only to find, add or forget a
         meter, never while a meter's own lock is waited on by a sleeper."""
-        self._meters: collections.OrderedDict[Hashable, Meter] = collections.OrderedDict()
+        self._meters: collections.OrderedDict[Hashable, RateMeter] = collections.OrderedDict()
 
     @property
     def rate(self) -> float:
@@ -201,10 +222,10 @@ class KeyedRateLimiter:
         except TypeError:
             return False
 
-    def _parts(self, meter: Meter) -> LimiterParts:
+    def _parts(self, meter: RateMeter) -> LimiterParts:
         return LimiterParts(meter, self._clock, self._name, self._burst)
 
-    def _meter_for(self, key: Hashable) -> Meter:
+    def _meter_for(self, key: Hashable) -> RateMeter:
         """The key's meter, made if new; sweeps idle keys on the way."""
         lock = self._lock
         if lock._is_owned():  # type: ignore[attr-defined]
@@ -225,7 +246,7 @@ class KeyedRateLimiter:
             found = meters.get(key)
             if found is not None:
                 return found
-            fresh = self._settings.meter(self._clock)
+            fresh = self._make(key)
             meters[key] = fresh
             return fresh
 
@@ -234,6 +255,32 @@ class KeyedRateLimiter:
             f"<allotment.KeyedRateLimiter {self._name!r}: {self.rate:g} per {self.per:g} s "
             f"per key, burst {self._burst}, keys={len(self._meters)}>"
         )
+
+
+def _local_meter(settings: GcraSettings, clock: Clock, key: Hashable) -> RateMeter:
+    return settings.meter(clock)
+
+
+def _shared_meter(
+    backend: Backend,
+    name: str,
+    settings: GcraSettings,
+    policy: OnUnavailable | None,
+    key: Hashable,
+) -> RateMeter:
+    if type(key) is str:
+        encoded = f"s:{key}"
+    elif type(key) is int:
+        encoded = f"i:{key}"
+    elif type(key) is bytes:
+        encoded = f"b:{key.hex()}"
+    else:
+        raise InvalidKey(
+            f"a key of a limiter with a backend must be a str, an int or bytes, not "
+            f"{type(key).__name__}"
+        )
+    interval = fractions.Fraction(settings.interval, settings.scale)
+    return backend.gcra_meter(name, interval, settings.burst, encoded, policy)
 
 
 def _check_key(key: object) -> None:

@@ -60,6 +60,21 @@ class Lease(Generic[Amount]):
         return rendered
 
     @property
+    def fencing_token(self) -> int | None:
+        """For a manager with a backend: a number strictly greater than that of every
+        earlier grant on the manager (even across a server restart that lost its data).
+        Pass it to the resource you guard, and have it refuse writes carrying a smaller
+        token than it has seen: a holder that lost its lease is then refused. ``None`` for
+        an in-memory manager."""
+        return self._pool.fencing_token(self._ticket)
+
+    @property
+    def lost(self) -> bool:
+        """For a manager with a backend: ``True`` once the lease expired before it could be
+        renewed (its units may have gone to someone else). Always ``False`` in memory."""
+        return self._pool.lost(self._ticket)
+
+    @property
     def released(self) -> bool:
         """``True`` once the lease holds nothing."""
         return self._ticket.state is not GRANTED

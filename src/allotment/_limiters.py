@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
+from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after, nanoseconds_of
 from ._core import (
     NANOSECONDS,
     Gcra,
     Meter,
+    RateMeter,
     RateTicket,
     SlidingWindow,
     exact_positive,
@@ -34,6 +36,7 @@ from ._errors import (
     InvalidAmountType,
     InvalidLimit,
     InvalidLimitType,
+    UnsupportedByBackend,
 )
 from ._waiters import (
     TASK,
@@ -113,14 +116,14 @@ def whole_number(value: object, what: str) -> int:
 class LimiterParts:
     """What the other faces (``acquire_all``, guards, keyed limiters) use of a limiter."""
 
-    meter: Meter
+    meter: RateMeter
     clock: Clock
     name: str
     largest: int
 
 
 def acquire_ticket(
-    parts: LimiterParts, meter: Meter, cost: int, timeout: float | None
+    parts: LimiterParts, meter: RateMeter, cost: int, timeout: float | None
 ) -> RateTicket:
     """Wait until ``cost`` (validated) is allowed on ``meter``; return its granted ticket.
 
@@ -131,7 +134,7 @@ def acquire_ticket(
 
 
 def rate_ticket(
-    parts: LimiterParts, meter: Meter, cost: int, timeout: float | None, waiting: Waiting
+    parts: LimiterParts, meter: RateMeter, cost: int, timeout: float | None, waiting: Waiting
 ) -> Steps[RateTicket]:
     """:func:`acquire_ticket`, for a thread or a task as ``waiting`` says."""
     clock = parts.clock
@@ -153,7 +156,7 @@ def rate_ticket(
     )
 
 
-def try_take(meter: Meter, cost: int) -> bool:
+def try_take(meter: RateMeter, cost: int) -> bool:
     """Spend ``cost`` (validated) if allowed now and nobody is queued; never waits."""
     taken = meter.take_now(cost, True)
     if taken is None:
@@ -161,13 +164,13 @@ def try_take(meter: Meter, cost: int) -> bool:
     return taken
 
 
-def _try_behind_queue(meter: Meter, cost: int) -> bool:
+def _try_behind_queue(meter: RateMeter, cost: int) -> bool:
     """Someone is queued: the meter grants those whose time has come, then decides."""
     ticket = RateTicket(cost, _current_thread(), None, 0.0)
     return meter.enter(ticket, None, False, -1) == "granted"
 
 
-def refund(meter: Meter, ticket: RateTicket) -> bool:
+def refund(meter: RateMeter, ticket: RateTicket) -> bool:
     """Give back a grant the caller never used (the guarded call never started), exactly if
     nothing was granted after it; ``True`` if refunded."""
     return meter.release(ticket)
@@ -175,7 +178,7 @@ def refund(meter: Meter, ticket: RateTicket) -> bool:
 
 def _timeout(
     parts: LimiterParts,
-    meter: Meter,
+    meter: RateMeter,
     *,
     ticket: RateTicket,
     cost: int,
@@ -216,7 +219,7 @@ class Reservation:
     time: float
     """When the units are allowed (seconds on the limiter's clock)."""
     _ticket: RateTicket
-    _meter: Meter
+    _meter: RateMeter
     _clock: Clock
 
     @property
@@ -256,13 +259,13 @@ class _Limiter:
     __slots__ = ("_clock", "_largest", "_meter", "_name", "_parts", "_per")
 
     _largest: int
-    _meter: Meter
+    _meter: RateMeter
     _clock: Clock
     _name: str
     _per: fractions.Fraction
     _parts: LimiterParts
 
-    def _setup(self, name: str | None, kind: str, clock: Clock | None, meter: Meter) -> None:
+    def _setup(self, name: str | None, kind: str, clock: Clock | None, meter: RateMeter) -> None:
         self._meter = meter
         self._clock = SYSTEM_CLOCK if clock is None else clock
         self._name = f"{kind}-{next(_serial)}" if name is None else str(name)
@@ -431,6 +434,12 @@ def statistics_of(
     )
 
 
+def _shared_name(name: str | None, backend: Backend, clock: Clock | None, kind: str) -> str:
+    if clock is not None:
+        raise UnsupportedByBackend(f"a {kind} with a backend runs on the server's clock")
+    return check_backend_name(name, backend, kind)
+
+
 def limiter_parts(limiter: _Limiter) -> LimiterParts:
     """The meter and settings of ``limiter``, for the other faces of this package."""
     return limiter._parts
@@ -454,7 +463,7 @@ class GcraSettings:
     """Ticks per nanosecond: the denominator of the interval in nanoseconds, so that the
     interval is a whole number of ticks."""
 
-    def meter(self, clock: Clock) -> Meter:
+    def meter(self, clock: Clock) -> RateMeter:
         """A fresh meter on ``clock``, its bucket full from now."""
         start = ticks_of(clock.now(), self.scale)
         rule = Gcra(self.interval, self.burst, start, self.scale)
@@ -500,13 +509,22 @@ class RateLimiter(_Limiter):
         burst: int | None = None,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
+        on_unavailable: OnUnavailable | None = None,
     ) -> None:
         settings = gcra_settings(rate, per, burst)
         chosen = SYSTEM_CLOCK if clock is None else clock
+        policy = check_on_unavailable(on_unavailable, backend)
+        if backend is None:
+            meter = settings.meter(chosen)
+        else:
+            name = _shared_name(name, backend, clock, "RateLimiter")
+            interval = fractions.Fraction(settings.interval, settings.scale)
+            meter = backend.gcra_meter(name, interval, settings.burst, None, policy)
         self._rate = settings.rate
         self._per = settings.per
         self._burst = settings.burst
-        self._setup(name, "rate-limiter", chosen, settings.meter(chosen))
+        self._setup(name, "rate-limiter", chosen, meter)
 
     @property
     def rate(self) -> float:
@@ -550,21 +568,26 @@ class WindowLimiter(_Limiter):
         *,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
+        on_unavailable: OnUnavailable | None = None,
     ) -> None:
         limit = whole_number(limit, "limit")
         exact_per = exact_positive(per, "per")
         window = exact_per * NANOSECONDS
         chosen = SYSTEM_CLOCK if clock is None else clock
-        scale = window.denominator
-        rule = SlidingWindow(limit, window.numerator, scale)
+        policy = check_on_unavailable(on_unavailable, backend)
+        meter: RateMeter
+        if backend is None:
+            scale = window.denominator
+            rule = SlidingWindow(limit, window.numerator, scale)
+            now = ticks_of(chosen.now(), scale)
+            meter = Meter(rule, scale, chosen.now, nanoseconds_of(chosen), now)
+        else:
+            name = _shared_name(name, backend, clock, "WindowLimiter")
+            meter = backend.window_meter(name, limit, exact_per, policy)
         self._limit = limit
         self._per = exact_per
-        self._setup(
-            name,
-            "window-limiter",
-            chosen,
-            Meter(rule, scale, chosen.now, nanoseconds_of(chosen), ticks_of(chosen.now(), scale)),
-        )
+        self._setup(name, "window-limiter", chosen, meter)
 
     @property
     def limit(self) -> int:

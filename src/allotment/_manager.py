@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import attrs
 
 from ._acquisition import Acquisition, start_acquisition
+from ._backend import Backend, check_backend_name
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import (
     Amount,
@@ -30,7 +31,7 @@ from ._core import (
     caller_site,
     form_for,
 )
-from ._errors import AcquireTimeout
+from ._errors import AcquireTimeout, UnsupportedByBackend
 from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._registry import register
@@ -215,6 +216,7 @@ class ResourceManager(Generic[Amount]):
         banker: bool = False,
         capture_sites: bool | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
     ) -> None: ...
 
     @overload
@@ -228,6 +230,7 @@ class ResourceManager(Generic[Amount]):
         banker: bool = False,
         capture_sites: bool | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
     ) -> None: ...
 
     def __init__(
@@ -240,6 +243,7 @@ class ResourceManager(Generic[Amount]):
         banker: bool = False,
         capture_sites: bool | None = None,
         clock: Clock | None = None,
+        backend: Backend | None = None,
     ) -> None:
         """Create a manager with ``capacity`` units (an int, or a mapping name -> int).
 
@@ -258,6 +262,10 @@ class ResourceManager(Generic[Amount]):
 
         ``clock`` measures every timeout of this manager (default: the system's monotonic
         clock); tests pass an :class:`allotment.testing.ManualClock`.
+
+        ``backend`` keeps the manager's state elsewhere, shared by every process that names
+        it (``allotment.redis.RedisBackend``): ``name`` is then required, and banker mode is
+        refused (:class:`UnsupportedByBackend`). Its leases carry a ``fencing_token``.
         """
         form = form_for(capacity)
         initial = form.parse_capacity(capacity, None)
@@ -274,7 +282,13 @@ class ResourceManager(Generic[Amount]):
         self._form = form  # type: ignore[assignment]
         self._scalar = isinstance(form, ScalarForm)
         policy = BankerPolicy() if banker else FifoPolicy()
-        self._pool = MemoryPool(form, initial, initial, policy, clock.now, holders={})
+        if backend is None:
+            self._pool = MemoryPool(form, initial, initial, policy, clock.now, holders={})
+        else:
+            if banker:
+                raise UnsupportedByBackend("banker mode needs an in-memory manager")
+            name = check_backend_name(name, backend, "ResourceManager")
+            self._pool = backend.manager_pool(name, form, initial, clock)
         self._node = new_node(serial, self._name, rank, lock_order)
         self._clock = clock
         self._now = clock.now

@@ -28,7 +28,7 @@ import attrs
 
 from ._acquisition import Acquisition, start_acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import Meter, Quantity, RateTicket, Site, Ticket, caller_site, ticks_of
+from ._core import Quantity, RateMeter, RateTicket, Site, Ticket, caller_site, ticks_of
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
 from ._limiters import (
@@ -81,7 +81,7 @@ class LeaseGroup(Sequence[Lease[Any]]):
     _leases: tuple[Lease[Any], ...]
     _taken: tuple[Lease[Any], ...]
     """The same leases in the order they were granted."""
-    _grants: tuple[tuple[Meter, RateTicket], ...] = ()
+    _grants: tuple[tuple[RateMeter, RateTicket], ...] = ()
     """The limiters' grants, for :meth:`refund`."""
     rates: tuple[RateGrant, ...] = ()
     """What each rate limiter allowed, one per limiter named, in the order first named."""
@@ -362,7 +362,7 @@ def _take_all(
     plan, count = planned.steps, planned.count
     leases: list[Lease[Any] | None] = [None] * count
     taken: list[Lease[Any]] = []
-    rates: tuple[tuple[Meter, RateTicket], ...] = ()
+    rates: tuple[tuple[RateMeter, RateTicket], ...] = ()
     thread = _current_thread()
     try:
         for position, step in enumerate(plan):
@@ -440,7 +440,7 @@ def _take_rates(
     waiting: Waiting,
     *,
     quietly: bool,
-) -> Steps[tuple[tuple[Meter, RateTicket], ...] | None]:
+) -> Steps[tuple[tuple[RateMeter, RateTicket], ...] | None]:
     """Spend every limiter's cost, or none. ``None`` (if ``quietly``) or ``AcquireTimeout``
     when one cannot be allowed by ``deadline``, with whatever was granted given back.
 
@@ -465,7 +465,7 @@ def _take_rates(
             return None
         forecasts.append((wait, step))
     forecasts.sort(key=lambda pair: -pair[0])
-    granted: list[tuple[Meter, RateTicket]] = []
+    granted: list[tuple[RateMeter, RateTicket]] = []
     try:
         for _, step in forecasts:
             meter = step.of.meter
@@ -487,13 +487,13 @@ def _take_rates(
         raise
 
 
-def _withdraw_rates(entered: Sequence[tuple[Meter, RateTicket]]) -> None:
+def _withdraw_rates(entered: Sequence[tuple[RateMeter, RateTicket]]) -> None:
     """Withdraw or refund every limiter's ticket, last first (see :func:`_undo_all`)."""
     _undo_all(entered, lambda pair: pair[0].release(pair[1]))
 
 
 def _rates_refused(
-    entered: list[tuple[Meter, RateTicket]],
+    entered: list[tuple[RateMeter, RateTicket]],
     step: _RateStep | None,
     timeout: float | None,
     *,

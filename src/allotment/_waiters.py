@@ -32,7 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import attrs
 
 from ._clock import Clock
-from ._core import NANOSECONDS, REFUSED, Meter, Pool, RateTicket, Ticket, Waiter, ticks_of
+from ._core import NANOSECONDS, REFUSED, Pool, RateMeter, RateTicket, Ticket, Waiter, ticks_of
 
 __all__ = [
     "TASK",
@@ -255,7 +255,7 @@ async def await_grant_async(
     return pool.withdraw(ticket)
 
 
-def await_rate(meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None) -> bool:
+def await_rate(meter: RateMeter, ticket: RateTicket, clock: Clock, deadline: float | None) -> bool:
     """The calling thread's side of a queued rate ticket: sleep until its planned tick, then
     let the meter grant it; sleep again whenever the plan moved.
 
@@ -277,7 +277,7 @@ def await_rate(meter: Meter, ticket: RateTicket, clock: Clock, deadline: float |
 
 
 async def await_rate_async(
-    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+    meter: RateMeter, ticket: RateTicket, clock: Clock, deadline: float | None
 ) -> bool:
     """A task's side of a queued rate ticket: :func:`await_rate`, sleeping on loop timers
     (or on a manual clock's alarms). The caller calls ``meter.release(ticket)`` on any
@@ -332,7 +332,7 @@ class Waiting:
     grant is awaited by ``take``/``take_async`` in ``_manager.py``, chosen by ``in_task``."""
 
     new_waiter: Callable[[], Waiter]
-    for_rate: Callable[[Meter, RateTicket, Clock, float | None], Steps[bool]]
+    for_rate: Callable[[RateMeter, RateTicket, Clock, float | None], Steps[bool]]
     in_task: bool
 
     def adopt(self, ticket: Ticket) -> None:
@@ -345,14 +345,14 @@ class Waiting:
 
 
 def _rate_blocking(
-    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+    meter: RateMeter, ticket: RateTicket, clock: Clock, deadline: float | None
 ) -> Steps[bool]:
     return await_rate(meter, ticket, clock, deadline)
     yield  # a generator that never suspends
 
 
 def _rate_in_task(
-    meter: Meter, ticket: RateTicket, clock: Clock, deadline: float | None
+    meter: RateMeter, ticket: RateTicket, clock: Clock, deadline: float | None
 ) -> Steps[bool]:
     return (yield from await_rate_async(meter, ticket, clock, deadline).__await__())
 

@@ -5,9 +5,26 @@ so). The core imports only the standard library, attrs, and allotment's errors.
 """
 
 from ._amounts import Amount, Form, NamedForm, Quantity, ScalarForm, Units, form_for
-from ._meter import Entry, Meter, MeterRetired, MeterSnapshot, RateTicket, WaitingView
+from ._meter import (
+    Entry,
+    Meter,
+    MeterRetired,
+    MeterSnapshot,
+    RateMeter,
+    RateTicket,
+    WaitingView,
+)
 from ._policies import Account, AccountTicket, BankerPolicy, FifoPolicy
-from ._pool import AccountView, AdmissionPolicy, MemoryPool, Pool, Snapshot, TicketView
+from ._pool import (
+    AccountView,
+    AdmissionPolicy,
+    MemoryPool,
+    Pool,
+    SectionLock,
+    Snapshot,
+    TicketView,
+    new_section_lock,
+)
 from ._rate import NANOSECONDS, Gcra, RateRule, SlidingWindow, exact_positive, ticks_of
 from ._tickets import (
     FINISHED,
@@ -46,9 +63,11 @@ __all__ = [
     "NamedForm",
     "Pool",
     "Quantity",
+    "RateMeter",
     "RateRule",
     "RateTicket",
     "ScalarForm",
+    "SectionLock",
     "Site",
     "SlidingWindow",
     "Snapshot",
@@ -62,6 +81,7 @@ __all__ = [
     "describe_site",
     "exact_positive",
     "form_for",
+    "new_section_lock",
     "task_of",
     "ticks_of",
 ]

@@ -43,8 +43,8 @@ import collections
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Callable, Sized
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -56,7 +56,15 @@ from ._tickets import FINISHED, GRANTED, PENDING, Ticket, Waiter, task_of
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Entry", "Meter", "MeterRetired", "MeterSnapshot", "RateTicket", "WaitingView"]
+__all__ = [
+    "Entry",
+    "Meter",
+    "MeterRetired",
+    "MeterSnapshot",
+    "RateMeter",
+    "RateTicket",
+    "WaitingView",
+]
 
 Entry = Literal["granted", "queued", "refused"]
 _R = TypeVar("_R")
@@ -116,6 +124,50 @@ class MeterSnapshot:
     waited: int
     charged: int
     taken_at: float
+
+
+class _Largest(Protocol):
+    @property
+    def largest(self) -> int: ...
+
+
+class RateMeter(Protocol):
+    """The state of one rate limit, wherever it lives: :class:`Meter` in this process, or a
+    meter in Redis. The faces (the limiters, ``acquire_all``, guards) use this and nothing
+    else. Ticks are on the meter's ``scale`` (ticks per nanosecond of the limiter's clock)."""
+
+    @property
+    def scale(self) -> int: ...
+
+    @property
+    def queue(self) -> Sized: ...
+
+    @property
+    def rule(self) -> _Largest: ...
+
+    def take_now(self, cost: int, count_refusal: bool) -> bool | None: ...
+
+    def enter(
+        self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
+    ) -> Entry: ...
+
+    def forecast(self, cost: int) -> int: ...
+
+    def count_refusal(self) -> None: ...
+
+    def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None: ...
+
+    def withdraw(self, ticket: RateTicket) -> bool: ...
+
+    def release(self, ticket: RateTicket) -> bool: ...
+
+    def cancel(self, ticket: RateTicket) -> bool: ...
+
+    def charge(self, cost: int) -> None: ...
+
+    def retire_if_idle(self) -> bool: ...
+
+    def snapshot(self) -> MeterSnapshot: ...
 
 
 @attrs.define(eq=False)

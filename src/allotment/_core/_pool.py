@@ -217,6 +217,10 @@ class Pool(Protocol):
 
     def try_snapshot(self, timeout: float) -> Snapshot | None: ...
 
+    def fencing_token(self, ticket: Ticket) -> int | None: ...
+
+    def lost(self, ticket: Ticket) -> bool: ...
+
 
 @attrs.define(eq=False)
 class MemoryPool:
@@ -682,6 +686,14 @@ class MemoryPool:
             if lock._is_owned():
                 lock.release()
             raise
+
+    def fencing_token(self, ticket: Ticket) -> int | None:
+        """In memory there is nobody to fence off: ``None``."""
+        return None
+
+    def lost(self, ticket: Ticket) -> bool:
+        """A lease in memory is never lost."""
+        return False
 
     def _snapshot_locked(self, woken: object) -> Snapshot:
         holders = self.holders

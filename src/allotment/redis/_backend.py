@@ -1,0 +1,507 @@
+"""RedisBackend: the connection, the scripts, and the one keeper thread of a process.
+
+The keeper is the only thread that waits on Redis for others. It pops this process's wake-up
+list (the grant scripts push ``id|token`` there for each waiter they grant), hands each grant
+to the local ticket and wakes its waiter (a thread's lock or a task's future: the same
+waiters as in memory); every second it asks the server about every local waiter (the polling
+backstop, which also keeps the waiters' records alive), and every third of ``lease_ttl`` it
+renews every local lease in one round trip per manager. Releases that could not reach the
+server, and leases reclaimed from finalizers, are done here too: a finalizer never does I/O
+(it might run inside redis-py's own connection-pool lock).
+
+``_lock`` guards the local tables (``_waiting``, ``_held``, ``_retries``) and the local state
+of Redis tickets; it is held only for dictionary work, never across a round trip.
+"""
+
+from __future__ import annotations
+
+import collections
+import fractions
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._backend import OnUnavailable
+from .._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
+from .._core import FINISHED, Form, Pool, Quantity, RateMeter, SectionLock, Ticket, new_section_lock
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
+from . import _scripts
+
+if TYPE_CHECKING:
+    from ._pool import RedisPool
+
+__all__ = ["OnUnavailable", "RedisBackend", "parse_policy"]
+
+logger = logging.getLogger("allotment.redis")
+
+_POLICIES = ("raise", "allow", "deny")
+
+_SLICE = 0.5
+"""The longest the keeper blocks in one BLPOP: how late it notices a stop or new work."""
+_BACKSTOP = 1.0
+"""How often the keeper asks about every local waiter: a lost wake-up costs at most this."""
+
+_NOW_NS = nanoseconds_of(SYSTEM_CLOCK)
+_monotonic = SYSTEM_CLOCK.now
+
+_CONNECTION_KEYS = (
+    "path", "host", "port", "db", "username", "password", "credential_provider",
+    "client_name", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs",
+    "ssl_ca_data", "ssl_ca_path", "ssl_check_hostname", "ssl_password", "ssl_min_version",
+    "ssl_ciphers",
+)  # fmt: skip
+_SYNC_CLASSES = {
+    "UnixDomainSocketConnection": redis.UnixDomainSocketConnection,
+    "Connection": redis.Connection,
+    "SSLConnection": redis.SSLConnection,
+}
+
+
+def parse_policy(value: object, what: str = "on_unavailable") -> OnUnavailable:
+    if value not in _POLICIES:
+        raise ValueError(f"{what} must be 'raise', 'allow' or 'deny', not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _positive_seconds(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, not {value!r}")
+    return float(value)
+
+
+def _own_client(client: object, timeout: float) -> redis.Redis:
+    """A client of our own to the server ``client`` talks to: its address, credentials and
+    TLS settings, with bounded timeouts and no retries (redis-py's default retry stalls up
+    to a minute on a hung server and replays a script that may have run)."""
+    if not isinstance(client, (redis.Redis, redis.asyncio.Redis)):
+        raise TypeError(
+            "RedisBackend needs a redis.Redis or redis.asyncio.Redis client (a cluster "
+            f"client is not supported), not {type(client).__name__}"
+        )
+    pool = client.connection_pool
+    kind = _SYNC_CLASSES.get(pool.connection_class.__name__)
+    if kind is None:
+        raise TypeError(f"unsupported redis connection class {pool.connection_class!r}")
+    settings = {
+        key: pool.connection_kwargs[key]
+        for key in _CONNECTION_KEYS
+        if key in pool.connection_kwargs
+    }
+    connections = redis.ConnectionPool(
+        connection_class=kind,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=False,
+        protocol=2,
+        **settings,
+    )
+    return redis.Redis(connection_pool=connections)
+
+
+def unavailable(error: BaseException, what: str) -> BackendUnavailable:
+    return BackendUnavailable(f"the Redis server did not answer ({what}): {error}")
+
+
+@attrs.define(eq=False)
+class _Retry:
+    """A release the server did not confirm, retried by the keeper until it is, or until the
+    lease would have expired anyway."""
+
+    pool: RedisPool
+    rid: str
+    give_up_at: float
+
+
+class RedisBackend:
+    """State kept in a Redis server (or Valkey), shared by every process that names it.
+
+    ::
+
+        shared = RedisBackend(redis.Redis(unix_socket_path=path), lease_ttl=30)
+        gpus = allotment.ResourceManager({"gpu": 16}, name="cluster:gpus", backend=shared)
+        api = allotment.RateLimiter(500, per=60, name="api:openai", backend=shared)
+
+    ``client`` (a ``redis.Redis`` or a ``redis.asyncio.Redis``) says where the server is: the
+    backend opens connections of its own with the same address, credentials and TLS
+    settings, with ``timeout`` seconds for connecting and for each reply and no retries, so
+    a dead or hung server raises :class:`~allotment.BackendUnavailable` within ``timeout``.
+
+    ``lease_ttl``: a lease not renewed for this long expires, and its units return (its
+    process is presumed dead); this process renews its leases every third of it. A waiter
+    not heard from for ``waiter_ttl`` is dropped from the queue. ``on_unavailable`` is what
+    limiters do when the server is unreachable (``"raise"``, ``"allow"``: fail open,
+    ``"deny"``: refuse), unless a limiter says otherwise. ``prefix`` starts every key.
+
+    One keeper thread per backend and process wakes local waiters and renews local leases.
+    :meth:`close` stops it (leases not released then expire after ``lease_ttl``).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | redis.asyncio.Redis,
+        *,
+        lease_ttl: float = 30.0,
+        waiter_ttl: float = 5.0,
+        timeout: float = 1.0,
+        on_unavailable: OnUnavailable = "raise",
+        prefix: str = "allotment",
+    ) -> None:
+        self.lease_ttl = _positive_seconds(lease_ttl, "lease_ttl")
+        self.waiter_ttl = _positive_seconds(waiter_ttl, "waiter_ttl")
+        self.timeout = _positive_seconds(timeout, "timeout")
+        if self.waiter_ttl < 3 * _BACKSTOP:
+            raise ValueError(
+                f"waiter_ttl must be at least {3 * _BACKSTOP} s (it is renewed every {_BACKSTOP} s)"
+            )
+        if self.lease_ttl < 3 * self.timeout:
+            raise ValueError(
+                "lease_ttl must be at least three times timeout, to be renewed in time"
+            )
+        self.on_unavailable = parse_policy(on_unavailable)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, not {prefix!r}")
+        self.prefix = prefix
+        self.client = _own_client(client, self.timeout)
+        # The keeper's BLPOP blocks for a slice: its socket must wait that much longer.
+        self._keeper_client = _own_client(client, self.timeout + _SLICE)
+        self.manager_script = self.client.register_script(_scripts.MANAGER)
+        self.gcra_script = self.client.register_script(_scripts.GCRA)
+        self.window_script = self.client.register_script(_scripts.WINDOW)
+        self._lock: SectionLock = new_section_lock()
+        self._waiting: dict[str, tuple[RedisPool, Ticket]] = {}
+        self._held: dict[str, tuple[RedisPool, Ticket]] = {}
+        self._retries: dict[str, _Retry] = {}
+        self._reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]] = (
+            collections.deque()
+        )
+        self._ids = iter(range(1, 1 << 62))
+        self._closed = False
+        self._keeper: threading.Thread | None = None
+        self._work = threading.Event()
+        self._new_process()
+        _live_backends.add(self)
+
+    def _new_process(self) -> None:
+        self._pid = os.getpid()
+        self.process = secrets.token_hex(8)
+        self.wake_key = f"{self.prefix}:wake:{self.process}"
+
+    # -- round trips ---------------------------------------------------------------------------
+
+    def run_script(
+        self, script: Any, keys: Sequence[str], args: Sequence[object], what: str
+    ) -> Any:
+        """One EVALSHA (redis-py loads the script again after a SCRIPT FLUSH or a restart).
+        Script refusals become allotment's errors; anything else from Redis becomes
+        :class:`BackendUnavailable`."""
+        try:
+            return script(keys=keys, args=args)
+        except redis.exceptions.ResponseError as error:
+            message = str(error)
+            if "ALLOTMENT_CONFLICT" in message:
+                raise BackendConflict(
+                    message.split("ALLOTMENT_CONFLICT ", 1)[1].split(" script:", maxsplit=1)[0]
+                ) from None
+            if "ALLOTMENT_" in message:
+                raise ScriptRefusal(
+                    message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0]
+                ) from None
+            raise unavailable(error, what) from error
+        except redis.exceptions.RedisError as error:
+            raise unavailable(error, what) from error
+
+    def new_id(self) -> str:
+        return f"{self.process}:{next(self._ids)}"
+
+    # -- the local tables ----------------------------------------------------------------------
+
+    def section(self) -> SectionLock:
+        """The local tables' lock; raises ``ReentrantCall`` on a thread already inside it (a
+        signal handler or finalizer that interrupted it)."""
+        if self._lock._is_owned():
+            raise ReentrantCall(
+                "cannot use a Redis-backed manager from inside its own bookkeeping on this "
+                "thread (a finalizer or signal handler ran there)"
+            )
+        return self._lock
+
+    def in_section(self) -> bool:
+        return self._lock._is_owned()
+
+    def expect_waiter(self, rid: str, pool: RedisPool, ticket: Ticket) -> None:
+        """Lock held: ``ticket`` may be granted by a push from now on."""
+        self._waiting[rid] = (pool, ticket)
+
+    def forget(self, rid: str) -> None:
+        """Lock held."""
+        self._waiting.pop(rid, None)
+        self._held.pop(rid, None)
+
+    def hold(self, rid: str, pool: RedisPool, ticket: Ticket) -> None:
+        """Lock held: ``ticket`` is granted; renew it from now on."""
+        self._waiting.pop(rid, None)
+        self._held[rid] = (pool, ticket)
+
+    def waiting_ticket(self, rid: str) -> tuple[RedisPool, Ticket] | None:
+        with self.section():
+            return self._waiting.get(rid)
+
+    def waiting_of(self, pool: RedisPool) -> list[tuple[str, Ticket]]:
+        with self.section():
+            return [
+                (rid, ticket) for rid, (owner, ticket) in self._waiting.items() if owner is pool
+            ]
+
+    def drop_held(self, rid: str) -> tuple[RedisPool, Ticket] | None:
+        """The lease was lost: stop renewing it."""
+        with self.section():
+            return self._held.pop(rid, None)
+
+    def retry_release(self, pool: RedisPool, rid: str) -> None:
+        with self._lock:
+            self._retries[rid] = _Retry(pool, rid, _monotonic() + self.lease_ttl)
+        self.start_keeper()
+
+    def reclaim(self, pool: RedisPool, ticket: Ticket, notice: Callable[[], None]) -> None:
+        """From a finalizer: no lock, no I/O; the keeper releases it and gives the notice."""
+        self._reclaims.append((pool, ticket, notice))
+
+    # -- the keeper ----------------------------------------------------------------------------
+
+    def start_keeper(self) -> None:
+        """Start this process's keeper if it is not running; wake it for new work."""
+        if os.getpid() != self._pid:
+            self._after_fork_in_child()
+        keeper = self._keeper
+        if keeper is None or not keeper.is_alive():
+            with self._lock:
+                keeper = self._keeper
+                if (keeper is None or not keeper.is_alive()) and not self._closed:
+                    keeper = threading.Thread(
+                        target=self._keep,
+                        name=f"allotment-redis-keeper-{self.process}",
+                        daemon=True,
+                    )
+                    keeper.start()
+                    self._keeper = keeper
+        self._work.set()
+
+    def _keep(self) -> None:
+        renew_at = _monotonic() + self.lease_ttl / 3
+        poll_at = _monotonic() + _BACKSTOP
+        backoff = 0.0
+        while not self._closed:
+            try:
+                if backoff:
+                    time.sleep(backoff)
+                self._reclaim_pending()
+                if self._waiting:
+                    popped: Any = self._keeper_client.blpop([self.wake_key], timeout=_SLICE)
+                    if popped is not None:
+                        self._deliver(popped[1].decode())
+                        # Everything else pushed meanwhile, without blocking.
+                        rest: Any = self._keeper_client.lpop(self.wake_key, 1000)
+                        for message in rest or ():
+                            self._deliver(message.decode())
+                else:
+                    self._work.wait(min(_SLICE, max(0.0, renew_at - _monotonic())))
+                    self._work.clear()
+                now = _monotonic()
+                if now >= poll_at:
+                    poll_at = now + _BACKSTOP
+                    self._poll_waiters()
+                    self._retry_releases(now)
+                if now >= renew_at:
+                    renew_at = now + self.lease_ttl / 3
+                    self._renew_leases()
+                backoff = 0.0
+            except (redis.exceptions.RedisError, BackendUnavailable) as error:
+                logger.warning("allotment keeper: the Redis server did not answer: %s", error)
+                backoff = min(1.0, max(0.05, backoff * 2))
+            except Exception:  # a bug: report it, and keep the leases alive
+                logger.exception("allotment keeper: unexpected error")
+                backoff = 1.0
+
+    def _deliver(self, message: str) -> None:
+        """A grant (``id|token``) or a refusal (``id|!capacity``) pushed by a script."""
+        rid, _, outcome = message.partition("|")
+        with self._lock:
+            entry = self._waiting.get(rid)
+        if entry is None:
+            return  # withdrawn meanwhile (its withdrawal found the grant and kept it)
+        pool, ticket = entry
+        if outcome.startswith("!"):
+            pool.refused(ticket, rid, outcome[1:])
+        else:
+            pool.granted(ticket, rid, int(outcome), wake=True)
+
+    def _by_pool(self, table: dict[str, tuple[RedisPool, Ticket]]) -> dict[RedisPool, list[str]]:
+        with self._lock:
+            entries = list(table.items())
+        grouped: dict[RedisPool, list[str]] = {}
+        for rid, (pool, _) in entries:
+            grouped.setdefault(pool, []).append(rid)
+        return grouped
+
+    def _poll_waiters(self) -> None:
+        """The backstop: ask about every local waiter (which also renews its record)."""
+        for pool, rids in self._by_pool(self._waiting).items():
+            pool.poll(rids)
+
+    def _renew_leases(self) -> None:
+        for pool, rids in self._by_pool(self._held).items():
+            pool.renew(rids)
+
+    def _retry_releases(self, now: float) -> None:
+        with self._lock:
+            retries = list(self._retries.values())
+        for retry in retries:
+            if now < retry.give_up_at:
+                retry.pool.release_by_id(retry.rid)
+            with self._lock:
+                self._retries.pop(retry.rid, None)
+
+    def _reclaim_pending(self) -> None:
+        reclaims = self._reclaims
+        while reclaims:
+            pool, ticket, notice = reclaims[0]
+            pool.release_quietly(ticket)
+            reclaims.popleft()
+            try:
+                notice()
+            except Exception:  # a leak warning turned into an error, as from __del__
+                _report_unraisable(notice)
+
+    def close(self) -> None:
+        """Stop the keeper. Leases still held are no longer renewed and expire after
+        ``lease_ttl``; waiters are dropped after ``waiter_ttl``."""
+        self._closed = True
+        self._work.set()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(self.timeout + 2 * _SLICE)
+        self.client.close()
+        self._keeper_client.close()
+
+    def _after_fork_in_child(self) -> None:
+        """The child has none of the parent's threads: its tickets are the parent's (never
+        released or renewed from here), and it gets a process id and a keeper of its own."""
+        self._lock = new_section_lock()
+        for table in (self._waiting, self._held):
+            for _, ticket in table.values():
+                ticket.state = FINISHED
+        self._waiting.clear()
+        self._held.clear()
+        self._retries.clear()
+        self._reclaims.clear()
+        self._keeper = None
+        self._work = threading.Event()
+        self._new_process()
+
+    # -- what the faces ask for -----------------------------------------------------------------
+
+    def manager_pool(self, name: str, form: Form[Any], capacity: Quantity, clock: Clock) -> Pool:
+        """The pool of a manager named ``name`` (declared with ``capacity``)."""
+        from ._pool import RedisPool
+
+        return RedisPool(form, self, name, capacity, clock.now)
+
+    def gcra_meter(
+        self,
+        name: str,
+        interval_ns: fractions.Fraction,
+        burst: int,
+        key: str | None,
+        on_unavailable: OnUnavailable | None,
+    ) -> RateMeter:
+        """The meter of a GCRA named ``name`` (of one of its keys, for a keyed limiter).
+        Each unit's interval is rounded up to a whole microsecond: never looser."""
+        from ._meter import RedisMeter, RuleLimits, gcra_key
+
+        interval_us = math.ceil(interval_ns / 1000)
+        meter = RedisMeter(
+            self,
+            self.gcra_script,
+            gcra_key(self.prefix, name, key),
+            (f"{interval_us},{burst}", interval_us, burst),
+            RuleLimits(burst),
+            self.on_unavailable if on_unavailable is None else on_unavailable,
+            _NOW_NS,
+            SYSTEM_CLOCK.now,
+            name,
+        )
+        if key is None:
+            meter.declare()
+        return meter
+
+    def window_meter(
+        self, name: str, limit: int, per: fractions.Fraction, on_unavailable: OnUnavailable | None
+    ) -> RateMeter:
+        """The meter of a sliding window named ``name``."""
+        from ._meter import RedisMeter, RuleLimits, window_keys
+
+        window_us = math.ceil(per * 1_000_000)
+        meter = RedisMeter(
+            self,
+            self.window_script,
+            window_keys(self.prefix, name),
+            (f"{limit},{window_us}", limit, window_us),
+            RuleLimits(limit),
+            self.on_unavailable if on_unavailable is None else on_unavailable,
+            _NOW_NS,
+            SYSTEM_CLOCK.now,
+            name,
+        )
+        meter.declare()
+        return meter
+
+    def __repr__(self) -> str:
+        return f"<allotment.redis.RedisBackend prefix={self.prefix!r} lease_ttl={self.lease_ttl:g}>"
+
+
+class ScriptRefusal(Exception):
+    """Internal: a script refused an operation (``KIND detail``)."""
+
+
+def _report_unraisable(notice: object) -> None:
+    import sys
+    import types
+
+    kind, value, traceback = sys.exc_info()
+    sys.unraisablehook(
+        types.SimpleNamespace(
+            exc_type=kind,
+            exc_value=value,
+            exc_traceback=traceback,
+            err_msg="Exception ignored in an allotment leak warning",
+            object=notice,
+        )
+    )
+
+
+_live_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _reinitialise_after_fork() -> None:
+    for backend in list(_live_backends):
+        backend._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinitialise_after_fork)

@@ -1,0 +1,289 @@
+"""RedisMeter: a rate limiter's state in Redis, behind the same meter interface as memory.
+
+One round trip per decision: the script reads the server's clock, decides, and records. A
+request that must wait is *reserved*: the script records it at the time it will be allowed
+(for GCRA, the theoretical arrival time moves on; for a window, an entry is logged at that
+future time) and answers how long to wait, which the caller sleeps here on its own clock: a
+duration, so a client clock that is minutes off changes nothing. Reservations are served in
+the order the server records them: FIFO across every process.
+
+Nothing is spent on failure: a waiter interrupted (a timeout cannot happen: a reservation is
+made only if it falls within the deadline) undoes its reservation, exactly when nothing was
+recorded after it on that limit; otherwise it stays spent, which can only make the limit
+stricter, never looser. Ticks are this process's clock in nanoseconds (``scale`` 1).
+
+``_lock`` guards the local queue (tickets sleeping until their reserved time) and the
+counters; it is never held across a round trip.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .._core import (
+    FINISHED,
+    GRANTED,
+    PENDING,
+    Entry,
+    MeterSnapshot,
+    RateTicket,
+    Waiter,
+    WaitingView,
+    task_of,
+)
+from .._errors import BackendConflict, BackendUnavailable
+from ._backend import OnUnavailable, RedisBackend
+
+__all__ = ["RedisMeter", "RuleLimits"]
+
+logger = logging.getLogger("allotment.redis")
+
+
+@attrs.frozen
+class RuleLimits:
+    """What the faces read of a meter's rule: the largest cost it can allow."""
+
+    largest: int
+
+
+@attrs.define(eq=False)
+class RedisMeter:
+    """One rate limit (or one key of a keyed limit) kept in Redis."""
+
+    _backend: RedisBackend
+    _script: Any
+    _keys: tuple[str, ...]
+    _settings: tuple[object, ...]
+    """The script's settings arguments; the first is the string other declarations must
+    match."""
+    rule: RuleLimits
+    _policy: OnUnavailable
+    _now_ns: Callable[[], int]
+    _now: Callable[[], float]
+    name: str
+    scale: int = 1
+    queue: collections.OrderedDict[RateTicket, None] = attrs.field(
+        init=False, factory=collections.OrderedDict
+    )
+    allowed: int = attrs.field(init=False, default=0)
+    allowed_units: int = attrs.field(init=False, default=0)
+    refused: int = attrs.field(init=False, default=0)
+    waited: int = attrs.field(init=False, default=0)
+    charged: int = attrs.field(init=False, default=0)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+
+    def declare(self) -> None:
+        """Check this process's settings against those stored under the name."""
+        try:
+            self._call("declare")
+        except BackendConflict as conflict:
+            raise BackendConflict(
+                f"{self.name!r} already exists in Redis with settings {str(conflict)!r}; this "
+                f"process declared {self._settings[0]!r}. Declare the same limit, or use "
+                "another name"
+            ) from None
+
+    def _call(self, operation: str, *args: object) -> Any:
+        backend = self._backend
+        return backend.run_script(
+            self._script, self._keys, (operation, *self._settings, *args),
+            f"{operation} on {self.name!r}",
+        )  # fmt: skip
+
+    def _count(self, cost: int) -> None:
+        with self._lock:
+            self.allowed += 1
+            self.allowed_units += cost
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def take_now(self, cost: int, count_refusal: bool) -> bool | None:
+        """Spend ``cost`` if it is allowed now (one round trip); never queues."""
+        try:
+            code, _, _, _ = self._take(cost, 0)
+        except BackendUnavailable:
+            if self._policy == "raise":
+                raise
+            return self._policy == "allow"
+        if code == 1:
+            self._count(cost)
+            return True
+        if count_refusal:
+            with self._lock:
+                self.refused += 1
+        return False
+
+    def _take(self, cost: int, longest: int) -> tuple[int, int, object, object]:
+        reply = self._call("take", cost, longest)
+        if len(reply) == 3:  # a window: code, wait, member
+            return int(reply[0]), int(reply[1]), reply[2], None
+        return int(reply[0]), int(reply[1]), reply[2], reply[3]
+
+    def enter(
+        self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
+    ) -> Entry:
+        """Grant ``ticket`` now; or reserve its place and queue it locally until its time
+        (``"queued"``, ``ticket.due`` on this process's clock); or refuse it, spending
+        nothing. With ``on_unavailable="allow"`` an unreachable server grants; otherwise it
+        raises :class:`BackendUnavailable` (a wait cannot be promised without the server)."""
+        now = self._now_ns()
+        longest = 0 if not wait else (-1 if deadline < 0 else max(0, (deadline - now) // 1000))
+        try:
+            code, wait_us, first, second = self._take(ticket.cost, longest)
+        except BackendUnavailable:
+            if self._policy != "allow":
+                raise
+            ticket.state = GRANTED
+            return "granted"
+        ticket.token = (first, second)
+        if code == 1:
+            ticket.state = GRANTED
+            self._count(ticket.cost)
+            return "granted"
+        # Measured from when the answer arrived: later than the server meant, never earlier.
+        due = self._now_ns() + wait_us * 1000
+        ticket.due = due
+        if code == -1:
+            with self._lock:
+                self.refused += 1
+            return "refused"
+        made = None if sleeper is None else sleeper()
+        ticket.sleeper = made
+        if made is None:
+            ticket.promised = due
+        with self._lock:
+            self.queue[ticket] = None
+            self.waited += 1
+        return "queued"
+
+    def forecast(self, cost: int) -> int:
+        """When ``cost`` would be allowed if it were reserved now."""
+        wait_us, _ = self._call("peek", cost)
+        return self._now_ns() + int(wait_us) * 1000
+
+    def count_refusal(self) -> None:
+        with self._lock:
+            self.refused += 1
+
+    def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
+        """The sleeper woke: granted once its reserved time has come, else sleep again."""
+        if ticket.state is GRANTED:
+            return None
+        if ticket.state is not PENDING:
+            raise ValueError("this ticket is no longer queued")
+        if self._now_ns() >= ticket.due:
+            self._grant(ticket)
+            return None
+        ticket.sleeper = sleeper()
+        return ticket.due
+
+    def _grant(self, ticket: RateTicket) -> None:
+        with self._lock:
+            if ticket.state is not PENDING:
+                return
+            self.queue.pop(ticket, None)
+            ticket.state = GRANTED
+            self.allowed += 1
+            self.allowed_units += ticket.cost
+
+    def withdraw(self, ticket: RateTicket) -> bool:
+        """The deadline passed: keep the grant if its time has come, else give it back."""
+        if ticket.state is PENDING and self._now_ns() >= ticket.due:
+            self._grant(ticket)
+        if ticket.state is GRANTED:
+            return True
+        self.release(ticket)
+        return False
+
+    def release(self, ticket: RateTicket) -> bool:
+        """Interrupted: undo the reservation or grant, exactly if nothing was recorded after
+        it. ``True`` if this gave something back."""
+        with self._lock:
+            state = ticket.state
+            if state is not PENDING and state is not GRANTED:
+                return False
+            ticket.state = FINISHED
+            self.queue.pop(ticket, None)
+            if state is GRANTED:
+                self.allowed -= 1
+                self.allowed_units -= ticket.cost
+        return self._undo(ticket)
+
+    def _undo(self, ticket: RateTicket) -> bool:
+        token = ticket.token
+        if not isinstance(token, tuple) or token[0] is None:
+            return False  # granted while the server was unreachable: nothing recorded
+        try:
+            return bool(self._call("undo", *(part for part in token if part is not None)))
+        except BackendUnavailable as error:
+            logger.warning("could not give back a grant on %r: %s", self.name, error)
+            return False
+
+    def cancel(self, ticket: RateTicket) -> bool:
+        """A reservation given back before its time: ``True`` if refunded exactly."""
+        if ticket.state is not PENDING or ticket.promised <= self._now_ns():
+            return False
+        with self._lock:
+            if ticket.state is not PENDING:
+                return False
+            ticket.state = FINISHED
+            self.queue.pop(ticket, None)
+        return self._undo(ticket)
+
+    def charge(self, cost: int) -> None:
+        """Spend ``cost`` now, allowed or not."""
+        try:
+            self._call("charge", cost)
+        except BackendUnavailable:
+            if self._policy == "raise":
+                raise
+            logger.warning(
+                "a charge of %d on %r was dropped: the server is unreachable", cost, self.name
+            )
+            return
+        with self._lock:
+            self.charged += cost
+
+    def retire_if_idle(self) -> bool:
+        """Nothing is kept here that the server does not keep: forgettable when no local
+        caller waits."""
+        return not self.queue
+
+    def snapshot(self) -> MeterSnapshot:
+        now = self._now_ns()
+        wait_us, free = self._call("peek", 1)
+        with self._lock:
+            queued = tuple(self.queue)
+            waiting = tuple(
+                WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
+                for t in queued
+            )
+            figures = (self.allowed, self.allowed_units, self.refused, self.waited, self.charged)
+        return MeterSnapshot(
+            now=now,
+            available=int(free),
+            next_free=now + int(wait_us) * 1000,
+            waiting=waiting,
+            allowed=figures[0],
+            allowed_units=figures[1],
+            refused=figures[2],
+            waited=figures[3],
+            charged=figures[4],
+            taken_at=self._now(),
+        )
+
+
+def window_keys(prefix: str, name: str) -> tuple[str, str]:
+    base = f"{prefix}:{{{name}}}"
+    return (f"{base}:wcfg", f"{base}:wlog")
+
+
+def gcra_key(prefix: str, name: str, key: str | None = None) -> tuple[str]:
+    base = f"{prefix}:{{{name}}}"
+    return (f"{base}:gcra",) if key is None else (f"{base}:k:{key}",)

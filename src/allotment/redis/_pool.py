@@ -1,0 +1,484 @@
+"""RedisPool: a manager's units kept in Redis, behind the same ``Pool`` interface as memory.
+
+The queue, the holders and the hand-off live in Redis (``_scripts.MANAGER``); this process
+keeps only its own tickets. The rules of the in-memory pool hold across processes:
+
+- **Strict FIFO, hand-off.** A request is granted on arrival only if nobody is queued and it
+  fits; whoever makes units available (a release, a resize, an expiry noticed by any call)
+  grants the head of the queue inside the same script, records the grant (holder, fencing
+  token, expiry) and pushes ``id|token`` to the waiter's process. The waiter never competes.
+- **The grant is authoritative in Redis.** The push is only a wake-up: if it is lost (the
+  keeper's connection dropped as it popped, the server restarted), the keeper's once-a-second
+  poll finds the grant in the holders table. A waiter whose deadline passes withdraws with a
+  script that keeps a grant that arrived (an arrived grant beats an expired deadline).
+- **One release path, by id.** ``release(ticket, None)`` releases a holder, or withdraws a
+  queued request, whichever the server has: so a caller interrupted mid-round-trip (it cannot
+  know whether its ``enter`` ran) always leaves as if it had never asked.
+- **Nothing granted is lost.** Every holder has an expiry, renewed by its process's keeper;
+  a holder that dies (SIGKILL) returns its units when the expiry passes, and a release that
+  cannot reach the server is retried by the keeper.
+
+Local state of a ticket (``state``, ``units``, its record) changes under the backend's lock,
+never held across a round trip. The order is: register locally, then ask the server; the
+server's answer is applied idempotently, whether it comes by reply, by push or by poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from .._core import (
+    FINISHED,
+    GRANTED,
+    PENDING,
+    REFUSED,
+    Form,
+    NamedForm,
+    Quantity,
+    Snapshot,
+    Ticket,
+    TicketView,
+    Units,
+    Waiter,
+    task_of,
+)
+from .._errors import (
+    BackendConflict,
+    BackendUnavailable,
+    ExceedsCapacity,
+    LeaseLost,
+    ManagerClosed,
+    ReentrantCall,
+    ReleaseExceedsHeld,
+    UnsupportedByBackend,
+)
+from ._backend import RedisBackend, ScriptRefusal
+
+if TYPE_CHECKING:
+    from .._core import MemoryPool
+
+__all__ = ["RedisPool"]
+
+logger = logging.getLogger("allotment.redis")
+_R = TypeVar("_R")
+
+
+@attrs.define(eq=False)
+class _Record:
+    """What this process knows of one ticket in Redis."""
+
+    rid: str
+    token: int | None = None
+    lost: bool = False
+
+
+def _encode(units: Quantity) -> str:
+    counts = units.counts if isinstance(units, Units) else (units,)
+    return ",".join(map(str, counts))
+
+
+@attrs.define(eq=False)
+class RedisPool:
+    """One manager's units in Redis. See the module docstring for the rules."""
+
+    form: Form[object]
+    _backend: RedisBackend
+    name: str
+    _declared: Quantity
+    _now: Callable[[], float]
+    _keys: tuple[str, ...] = attrs.field(init=False)
+    _head: tuple[str, ...] = attrs.field(init=False)
+    _records: weakref.WeakKeyDictionary[Ticket, _Record] = attrs.field(
+        init=False, factory=weakref.WeakKeyDictionary
+    )
+    closed: bool = attrs.field(init=False, default=False)
+    _last: tuple[Quantity, Quantity, int, int] = attrs.field(init=False)
+    """The last figures read (capacity, available, holders, waiters): what the lock-free
+    properties show if the server cannot be asked."""
+    zero: Quantity = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        backend = self._backend
+        base = f"{backend.prefix}:{{{self.name}}}"
+        self._keys = tuple(
+            f"{base}:{part}" for part in ("cfg", "holders", "hexp", "queue", "wants", "wexp")
+        )
+        names = ",".join(self.form.names) if isinstance(self.form, NamedForm) else "-"
+        key_ttl_ms = int(max(4 * backend.lease_ttl, 4 * backend.waiter_ttl, 60.0) * 1000)
+        self._head = (
+            names,
+            _encode(self._declared),
+            str(int(backend.lease_ttl * 1_000_000)),
+            str(int(backend.waiter_ttl * 1_000_000)),
+            str(key_ttl_ms),
+        )
+        self.zero = self.form.zero()
+        self._last = (self._declared, self._declared, 0, 0)
+        try:
+            self._read()  # declares the manager, or refuses a conflicting declaration
+        except BackendConflict as conflict:
+            names, declared, capacity = str(conflict).split("=")
+            raise BackendConflict(
+                f"{self.name!r} already exists in Redis with resources {names!r} declared "
+                f"as {declared!r} (capacity now {capacity!r}); this process declared "
+                f"{self._head[0]!r} as {self._head[1]!r}. Declare the same capacity (use "
+                "resize() to change it for everyone), or use another name"
+            ) from None
+
+    # -- round trips -------------------------------------------------------------------------
+
+    def _call(self, operation: str, *args: object) -> Any:
+        backend = self._backend
+        return backend.run_script(
+            backend.manager_script,
+            (*self._keys, backend.wake_key),
+            (operation, *self._head, *args),
+            f"{operation} on {self.name!r}",
+        )
+
+    def _decode(self, text: bytes | str) -> Quantity:
+        counts = tuple(
+            int(part) for part in (text.decode() if isinstance(text, bytes) else text).split(",")
+        )
+        return Units(counts) if isinstance(self.form, NamedForm) else counts[0]
+
+    def _read(self) -> tuple[Quantity, Quantity, int, int, int]:
+        capacity, available, version, holders, waiters = self._call("snapshot")
+        figures = (self._decode(capacity), self._decode(available), int(holders), int(waiters))
+        self._last = figures
+        return (*figures, int(version))
+
+    # -- lock-free figures (one round trip each, or the last figures read) -------------------
+
+    def _figures(self) -> tuple[Quantity, Quantity, int, int]:
+        try:
+            capacity, available, holders, waiters, _ = self._read()
+            return capacity, available, holders, waiters
+        except BackendUnavailable:
+            return self._last
+
+    @property
+    def capacity(self) -> Quantity:
+        return self._figures()[0]
+
+    @property
+    def available(self) -> Quantity:
+        return self._figures()[1]
+
+    @property
+    def holding(self) -> int:
+        return self._figures()[2]
+
+    @property
+    def waiting(self) -> int:
+        return self._figures()[3]
+
+    # -- arrival, wait, withdrawal, release -------------------------------------------------
+
+    def enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
+        """Grant ``ticket`` now (``True``) or queue it in Redis with a local waiter, which
+        the keeper wakes when a push or a poll brings its grant (``False``)."""
+        if self.closed:
+            raise ManagerClosed("the manager is closed")
+        backend = self._backend
+        record = _Record(backend.new_id())
+        made = None if waiter is None else waiter()
+        with backend.section():
+            self._records[ticket] = record
+            if made is not None:
+                ticket.waiter = made
+                backend.expect_waiter(record.rid, self, ticket)
+        if made is not None:
+            backend.start_keeper()
+        try:
+            code, token = self._call("enter", record.rid, _encode(ticket.units), 1 if made else 0)
+        except ScriptRefusal as refusal:
+            self._forget(ticket, record)
+            capacity = self._decode(str(refusal).split(" ", 1)[1])
+            raise ExceedsCapacity(
+                f"a request for {self.form.render(ticket.units)!r} can never be granted: "
+                f"the capacity is {self.form.render_all(capacity)!r}"
+            ) from None
+        if code == 1:
+            self.granted(ticket, record.rid, int(token), wake=False)
+            return True
+        if code == -1:
+            self._forget(ticket, record)
+        return False
+
+    def _forget(self, ticket: Ticket, record: _Record) -> None:
+        with self._backend.section():
+            self._backend.forget(record.rid)
+
+    def granted(self, ticket: Ticket, rid: str, token: int, *, wake: bool) -> None:
+        """The server granted ``ticket`` (by reply, push or poll): idempotent."""
+        record = self._records.get(ticket)
+        backend = self._backend
+        with backend.section():
+            if ticket.state is not PENDING or record is None or record.rid != rid:
+                return
+            record.token = token
+            ticket.state = GRANTED
+            ticket.since = self._now()
+            backend.hold(rid, self, ticket)
+        if wake:
+            ticket.waiter.wake()
+
+    def refused(self, ticket: Ticket, rid: str, capacity: str) -> None:
+        """A resize made the queued ``ticket`` impossible (the server took it off)."""
+        self._refuse(
+            ticket,
+            rid,
+            ExceedsCapacity(
+                f"a request for {self.form.render(ticket.units)!r} can never be granted: "
+                f"the capacity is {self.form.render_all(self._decode(capacity))!r}"
+            ),
+        )
+
+    def _refuse(self, ticket: Ticket, rid: str, error: BaseException) -> None:
+        backend = self._backend
+        with backend.section():
+            if ticket.state is not PENDING:
+                return
+            ticket.error = error
+            ticket.state = REFUSED
+            backend.forget(rid)
+        ticket.waiter.wake()
+
+    def withdraw(self, ticket: Ticket) -> bool:
+        """The deadline passed: leave the queue unless a grant arrived, which is kept."""
+        record = self._records.get(ticket)
+        if ticket.state is GRANTED:
+            return True
+        if ticket.state is REFUSED:
+            raise ticket.error
+        if record is None or ticket.state is not PENDING:
+            return False
+        code, token = self._call("withdraw", record.rid, "")
+        if code == 1:
+            self.granted(ticket, record.rid, int(token), wake=False)
+            return True
+        with self._backend.section():
+            self._backend.forget(record.rid)
+            if ticket.state is PENDING:
+                ticket.state = FINISHED
+        if ticket.state is REFUSED:
+            raise ticket.error
+        return ticket.state is GRANTED
+
+    def release(self, ticket: Ticket, part: Quantity | None) -> None:
+        """The one release path: give back ``part`` (or everything), or withdraw a queued
+        ticket. A full release that cannot reach the server is retried by the keeper (the
+        lease's TTL returns the units in any case). Raises :class:`LeaseLost` for a lease
+        that had expired."""
+        backend = self._backend
+        if backend.in_section():  # a finalizer or signal handler inside our bookkeeping
+            if part is not None:
+                raise ReentrantCall("cannot partially release a lease from inside its bookkeeping")
+            backend.reclaim(self, ticket, _nothing)
+            return
+        record = self._records.get(ticket)
+        state = ticket.state
+        if part is not None and (state is not GRANTED or not part <= ticket.units):
+            held = ticket.units if state is GRANTED else self.zero
+            raise ReleaseExceedsHeld(
+                f"cannot release {self.form.render(part)!r}: "
+                f"the lease holds {self.form.render(held)!r}"
+            )
+        if record is None or (state is not GRANTED and state is not PENDING):
+            return
+        if part is not None and part != ticket.units:
+            self._release_part(ticket, record, part)
+            return
+        # Local first: from here the keeper neither renews nor delivers to this ticket.
+        with backend.section():
+            backend.forget(record.rid)
+            ticket.state = FINISHED
+            if state is GRANTED:
+                ticket.units = self.zero
+        try:
+            code, _ = self._call("release", record.rid, "")
+        except BackendUnavailable as error:
+            logger.warning("releasing %s on %r later: %s", record.rid, self.name, error)
+            backend.retry_release(self, record.rid)
+            return
+        if state is GRANTED and (code == -1 or record.lost):
+            record.lost = True
+            raise LeaseLost(self._lost_message())
+
+    def _release_part(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
+        code, _ = self._call("release", record.rid, _encode(part))
+        if code == -1 or record.lost:
+            record.lost = True
+            raise LeaseLost(self._lost_message())
+        with self._backend.section():
+            ticket.units = ticket.units - part
+
+    def _lost_message(self) -> str:
+        return (
+            f"this lease on {self.name!r} expired before it could be renewed: its units may "
+            "have been granted to others meanwhile"
+        )
+
+    def release_by_id(self, rid: str) -> None:
+        """The keeper's retry of a release the server did not confirm."""
+        self._call("release", rid, "")
+
+    def release_quietly(self, ticket: Ticket) -> None:
+        """A reclaim from a finalizer, done by the keeper: release, never raise."""
+        with contextlib.suppress(LeaseLost):  # the notice that follows reports the leak
+            self.release(ticket, None)
+
+    def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
+        """A leaked lease: the keeper releases it, then gives the notice (no I/O here: a
+        finalizer may run inside redis-py's own locks)."""
+        self._backend.reclaim(self, ticket, notice)
+        self._backend.start_keeper()
+
+    # -- the keeper's side ------------------------------------------------------------------
+
+    def poll(self, rids: Sequence[str]) -> None:
+        """The backstop: settle local waiters from the server's records."""
+        outcomes = self._call("status", *rids)
+        backend = self._backend
+        for rid, outcome in zip(rids, outcomes, strict=True):
+            entry = backend.waiting_ticket(rid)
+            if entry is None:
+                continue
+            token = int(outcome)
+            if token > 0:
+                self.granted(entry[1], rid, token, wake=True)
+            elif token < 0:
+                self._refuse(
+                    entry[1],
+                    rid,
+                    BackendUnavailable(
+                        f"the request on {self.name!r} was dropped by the server (its process "
+                        "could not renew it in time, or the server lost its data)"
+                    ),
+                )
+
+    def renew(self, rids: Sequence[str]) -> None:
+        lost = self._call("renew", *rids)
+        if not lost:
+            return
+        backend = self._backend
+        for raw in lost:
+            rid = raw.decode()
+            entry = backend.drop_held(rid)
+            if entry is not None:
+                record = self._records.get(entry[1])
+                if record is not None:
+                    record.lost = True
+                logger.warning(
+                    "a lease on %r was lost: it expired before it was renewed", self.name
+                )
+
+    # -- the rest of the Pool interface -----------------------------------------------------
+
+    def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
+        record = self._records.get(ticket)
+        if record is None or ticket.state is not GRANTED:
+            return
+        backend = self._backend
+        part_records = [_Record(backend.new_id(), record.token) for _ in parts]
+        pairs: list[object] = []
+        for part, part_record in zip(parts, part_records, strict=True):
+            pairs += [part_record.rid, _encode(part.units)]
+        if not self._call("split", record.rid, *pairs):
+            return
+        with backend.section():
+            remaining = ticket.units
+            for part, part_record in zip(parts, part_records, strict=True):
+                remaining = remaining - part.units
+                part.since = ticket.since
+                part.state = GRANTED
+                self._records[part] = part_record
+                backend.hold(part_record.rid, self, part)
+            ticket.units = remaining
+
+    def resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
+        """Change the capacity for every process: computed from the capacity read, and
+        written only if no other resize came between (else read and compute again)."""
+        if self.closed:
+            raise ManagerClosed("the manager is closed")
+        for _ in range(100):
+            capacity, _, _, _, version = self._read()
+            target = new_capacity(capacity)
+            done, _, _ = self._call("resize", version, _encode(target))
+            if done:
+                return
+        raise BackendUnavailable(f"could not resize {self.name!r}: it kept changing")
+
+    def close(self) -> None:
+        """Close this process's face of the manager: its queued requests are refused with
+        :class:`ManagerClosed` (and leave the queue in Redis), and so are later ones. Other
+        processes are not affected."""
+        self.closed = True
+        backend = self._backend
+        for rid, ticket in backend.waiting_of(self):
+            try:
+                self._call("release", rid, "")
+            except BackendUnavailable:
+                backend.retry_release(self, rid)
+            self._refuse(ticket, rid, ManagerClosed("the manager was closed while waiting"))
+
+    def fits_capacity(self, units: Quantity) -> bool:
+        return bool(units <= self._read()[0])
+
+    def snapshot(self) -> Snapshot:
+        """The whole manager's capacity and availability; this process's holders and
+        waiters (others' threads are not ours to show)."""
+        capacity, available, _, _, _ = self._read()
+        backend = self._backend
+        with backend.section():
+            mine = [t for t, _ in self._records.items()]
+        holders = tuple(_view(t) for t in mine if t.state is GRANTED)
+        waiters = tuple(_view(t) for t in mine if t.state is PENDING and hasattr(t, "waiter"))
+        return Snapshot(capacity, available, holders, waiters, self.closed, self._now())
+
+    def try_snapshot(self, timeout: float) -> Snapshot | None:
+        if self._backend.in_section():
+            return None
+        try:
+            return self.snapshot()
+        except BackendUnavailable:
+            return None
+
+    def fencing_token(self, ticket: Ticket) -> int | None:
+        record = self._records.get(ticket)
+        return None if record is None else record.token
+
+    def lost(self, ticket: Ticket) -> bool:
+        record = self._records.get(ticket)
+        return record is not None and record.lost
+
+    # -- what this backend cannot do ----------------------------------------------------------
+
+    def take(self, units: Quantity, receipt: list[Quantity]) -> bool:
+        raise UnsupportedByBackend("a Redis-backed pool has no semaphore facade")
+
+    def give(self, units: Quantity, limit: Quantity | None) -> bool:
+        raise UnsupportedByBackend("a Redis-backed pool has no semaphore facade")
+
+    def reclaim_with(
+        self, operation: Callable[[MemoryPool, list[Waiter]], None], notice: Callable[[], None]
+    ) -> None:
+        raise UnsupportedByBackend("banker mode is not available on Redis")
+
+    def policy_call(self, operation: Callable[[MemoryPool, list[Waiter]], _R]) -> _R:
+        raise UnsupportedByBackend("banker mode is not available on Redis")
+
+
+def _view(ticket: Ticket) -> TicketView:
+    return TicketView(ticket.units, ticket.since, ticket.thread, ticket.site, task_of(ticket))
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,449 @@
+"""The Lua scripts: every decision a Redis backend makes, made inside Redis.
+
+Each script runs atomically on the server, reads the time with ``TIME`` (never a client's
+clock) and works in whole microseconds: Lua numbers are doubles, exact to 2**53, and a
+microsecond timestamp is below 2**51. Numbers leave a script as integers, or formatted with
+``%d``: a Lua float would be truncated, and ``tostring`` loses digits.
+
+A script raises an error reply whose message starts with ``ALLOTMENT_`` and a word (the
+client maps it to an exception) before it writes anything; the maintenance it does first
+(purging expired holders and waiters, granting) is correct whatever follows.
+
+All of a manager's keys share the hash tag ``{name}``. The grant pass also pushes to the
+wake-up list of the waiter's process, named in the waiter's record: a script that touches a
+key it was not given, which standalone Redis and Valkey allow and a cluster does not.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GCRA", "MANAGER", "WINDOW"]
+
+_PRELUDE = r"""
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function fmt(n) return string.format('%d', n) end
+local function ints(s)
+  local out = {}
+  for x in string.gmatch(s, '[^,]+') do out[#out + 1] = tonumber(x) end
+  return out
+end
+local function csv(t)
+  local parts = {}
+  for i, v in ipairs(t) do parts[i] = fmt(v) end
+  return table.concat(parts, ',')
+end
+local function fail(kind, detail)
+  error({err = 'ALLOTMENT_' .. kind .. ' ' .. detail})
+end
+"""
+
+MANAGER = (
+    _PRELUDE
+    + r"""
+-- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units"), 3 holder expiries (zset),
+--       4 queue (list of ids, FIFO), 5 wants (hash id -> "units|wake list"),
+--       6 waiter expiries (zset), 7 this process's wake-up list
+-- ARGV: 1 operation, 2 resource names, 3 declared capacity, 4 lease ttl (us),
+--       5 waiter ttl (us), 6 key ttl (ms), 7... the operation's own
+local K_CFG, K_HOLD, K_HEXP, K_QUEUE, K_WANT, K_WEXP, K_WAKE =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local op, names, declared = ARGV[1], ARGV[2], ARGV[3]
+local lease_ttl, waiter_ttl, key_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_us()
+
+local cfg = redis.call('HMGET', K_CFG, 'names', 'declared', 'capacity', 'avail', 'seq', 'version')
+local capacity, avail, seq, version
+if not cfg[1] then
+  capacity, avail, seq, version = ints(declared), ints(declared), 0, 1
+  redis.call('HSET', K_CFG, 'names', names, 'declared', declared, 'capacity', declared,
+             'avail', declared, 'seq', '0', 'version', '1')
+else
+  if cfg[1] ~= names or cfg[2] ~= declared then
+    fail('CONFLICT', cfg[1] .. '=' .. cfg[2] .. '=' .. cfg[3])
+  end
+  capacity, avail, seq, version = ints(cfg[3]), ints(cfg[4]), tonumber(cfg[5]), tonumber(cfg[6])
+end
+local dirty = false
+
+local function units_of_holding(v)
+  local bar = string.find(v, '|', 1, true)
+  return tonumber(string.sub(v, 1, bar - 1)), string.sub(v, bar + 1)
+end
+local function fits(units, have)
+  for i, u in ipairs(units) do
+    if u > 0 and u > have[i] then return false end
+  end
+  return true
+end
+local function add(into, units, sign)
+  for i, u in ipairs(units) do into[i] = into[i] + sign * u end
+  dirty = true
+end
+local function next_token()
+  seq = math.max(seq + 1, now)
+  dirty = true
+  return seq
+end
+local function push(list, message)
+  redis.call('RPUSH', list, message)
+  redis.call('PEXPIRE', list, key_ttl)
+end
+local function forget_waiter(id)
+  redis.call('LREM', K_QUEUE, 0, id)
+  redis.call('HDEL', K_WANT, id)
+  redis.call('ZREM', K_WEXP, id)
+end
+
+-- Hand-off: grant the head while it fits, and tell its process.
+local function grant_pass()
+  while true do
+    local head = redis.call('LINDEX', K_QUEUE, 0)
+    if not head then break end
+    local want = redis.call('HGET', K_WANT, head)
+    if not want then
+      redis.call('LPOP', K_QUEUE)
+    else
+      local bar = string.find(want, '|', 1, true)
+      local units_s, wake = string.sub(want, 1, bar - 1), string.sub(want, bar + 1)
+      local units = ints(units_s)
+      if not fits(units, avail) then break end
+      forget_waiter(head)
+      add(avail, units, -1)
+      local token = next_token()
+      redis.call('HSET', K_HOLD, head, fmt(token) .. '|' .. units_s)
+      redis.call('ZADD', K_HEXP, now + lease_ttl, head)
+      push(wake, head .. '|' .. fmt(token))
+    end
+  end
+end
+
+-- Holders whose lease ran out give their units back; waiters that stopped renewing leave.
+local function purge()
+  local changed = false
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_HEXP, '-inf', now)) do
+    local v = redis.call('HGET', K_HOLD, id)
+    if v then
+      local _, units_s = units_of_holding(v)
+      add(avail, ints(units_s), 1)
+      redis.call('HDEL', K_HOLD, id)
+    end
+    redis.call('ZREM', K_HEXP, id)
+    changed = true
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_WEXP, '-inf', now)) do
+    forget_waiter(id)
+    changed = true
+  end
+  if changed then grant_pass() end
+end
+
+local function finish()
+  if dirty then
+    redis.call('HSET', K_CFG, 'avail', csv(avail), 'seq', fmt(seq), 'capacity', csv(capacity),
+               'version', fmt(version))
+  end
+  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], key_ttl) end
+end
+
+local result
+purge()
+if op == 'enter' then
+  -- ARGV 7 id, 8 units, 9 wait (1/0)
+  local id, units_s = ARGV[7], ARGV[8]
+  local units = ints(units_s)
+  for i, u in ipairs(units) do
+    if u > capacity[i] then fail('CAPACITY', csv(capacity)) end
+  end
+  if redis.call('LLEN', K_QUEUE) == 0 and fits(units, avail) then
+    add(avail, units, -1)
+    local token = next_token()
+    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. units_s)
+    redis.call('ZADD', K_HEXP, now + lease_ttl, id)
+    result = {1, fmt(token)}
+  elseif ARGV[9] == '1' then
+    redis.call('RPUSH', K_QUEUE, id)
+    redis.call('HSET', K_WANT, id, units_s .. '|' .. K_WAKE)
+    redis.call('ZADD', K_WEXP, now + waiter_ttl, id)
+    result = {0, '0'}
+  else
+    result = {-1, '0'}
+  end
+elseif op == 'withdraw' or op == 'release' then
+  -- ARGV 7 id, 8 part ('' for everything; release only)
+  local id, part_s = ARGV[7], ARGV[8]
+  local held = redis.call('HGET', K_HOLD, id)
+  if held then
+    local token, units_s = units_of_holding(held)
+    if op == 'withdraw' then
+      result = {1, fmt(token)}
+    else
+      local units = ints(units_s)
+      local part = units
+      if part_s ~= '' then
+        part = ints(part_s)
+        for i, u in ipairs(part) do
+          if u > units[i] then fail('EXCEEDS', units_s) end
+        end
+      end
+      add(avail, part, 1)
+      local rest = {}
+      local any = false
+      for i, u in ipairs(units) do
+        rest[i] = u - part[i]
+        if rest[i] > 0 then any = true end
+      end
+      if any then
+        redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(rest))
+      else
+        redis.call('HDEL', K_HOLD, id)
+        redis.call('ZREM', K_HEXP, id)
+      end
+      grant_pass()
+      result = {1, fmt(token)}
+    end
+  elseif redis.call('HEXISTS', K_WANT, id) == 1 then
+    forget_waiter(id)
+    grant_pass()
+    result = {0, '0'}
+  else
+    result = {-1, '0'}
+  end
+elseif op == 'status' then
+  -- ARGV 7... waiter ids: granted (token), queued (0, its expiry renewed) or gone (-1)
+  result = {}
+  for i = 7, #ARGV do
+    local id = ARGV[i]
+    local held = redis.call('HGET', K_HOLD, id)
+    if held then
+      local token = units_of_holding(held)
+      result[#result + 1] = fmt(token)
+    elseif redis.call('HEXISTS', K_WANT, id) == 1 then
+      redis.call('ZADD', K_WEXP, now + waiter_ttl, id)
+      result[#result + 1] = '0'
+    else
+      result[#result + 1] = '-1'
+    end
+  end
+elseif op == 'renew' then
+  -- ARGV 7... holder ids: renewed, or reported lost
+  result = {}
+  for i = 7, #ARGV do
+    local id = ARGV[i]
+    if redis.call('HEXISTS', K_HOLD, id) == 1 then
+      redis.call('ZADD', K_HEXP, now + lease_ttl, id)
+    else
+      result[#result + 1] = id
+    end
+  end
+elseif op == 'split' then
+  -- ARGV 7 id, then (part id, units) pairs: the parts become holders with the same token
+  local id = ARGV[7]
+  local held = redis.call('HGET', K_HOLD, id)
+  if held then
+    local token, units_s = units_of_holding(held)
+    local units = ints(units_s)
+    local expiry = redis.call('ZSCORE', K_HEXP, id)
+    for i = 8, #ARGV, 2 do
+      local part = ints(ARGV[i + 1])
+      for j, u in ipairs(part) do units[j] = units[j] - u end
+      redis.call('HSET', K_HOLD, ARGV[i], fmt(token) .. '|' .. ARGV[i + 1])
+      redis.call('ZADD', K_HEXP, expiry, ARGV[i])
+    end
+    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(units))
+    result = 1
+  else
+    result = 0
+  end
+elseif op == 'resize' then
+  -- ARGV 7 the version read, 8 the new capacity: refused if another resize came between
+  if tonumber(ARGV[7]) ~= version then
+    result = {0, csv(capacity), fmt(version)}
+  else
+    local new = ints(ARGV[8])
+    for i, c in ipairs(new) do avail[i] = avail[i] + c - capacity[i] end
+    capacity = new
+    version = version + 1
+    dirty = true
+    for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
+      local want = redis.call('HGET', K_WANT, id)
+      if want then
+        local bar = string.find(want, '|', 1, true)
+        local units = ints(string.sub(want, 1, bar - 1))
+        for i, u in ipairs(units) do
+          if u > capacity[i] then
+            forget_waiter(id)
+            push(string.sub(want, bar + 1), id .. '|!' .. csv(capacity))
+            break
+          end
+        end
+      end
+    end
+    grant_pass()
+    result = {1, csv(capacity), fmt(version)}
+  end
+elseif op == 'snapshot' then
+  result = {csv(capacity), csv(avail), fmt(version), redis.call('HLEN', K_HOLD),
+            redis.call('LLEN', K_QUEUE)}
+else
+  fail('OPERATION', op)
+end
+finish()
+return result
+"""
+)
+
+GCRA = (
+    _PRELUDE
+    + r"""
+-- KEYS: 1 the limit's hash (settings, tat: the theoretical arrival time, in us)
+-- ARGV: 1 operation, 2 settings ("interval,burst" in us), 3 interval (us), 4 burst,
+--       5... the operation's own
+local K = KEYS[1]
+local op, settings = ARGV[1], ARGV[2]
+local interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_us()
+local stored = redis.call('HMGET', K, 'settings', 'tat')
+if stored[1] and stored[1] ~= settings then fail('CONFLICT', stored[1]) end
+local tat = now
+if stored[2] then tat = math.max(tonumber(stored[2]), now) end
+local tolerance = burst * interval
+
+local function store(new_tat)
+  -- The key lives while the bucket is not full again: idle limits vanish.
+  local ttl_ms = math.ceil((new_tat - now) / 1000)
+  if ttl_ms < 1 then
+    redis.call('DEL', K)
+  else
+    redis.call('HSET', K, 'settings', settings, 'tat', fmt(new_tat))
+    redis.call('PEXPIRE', K, ttl_ms + 1000)
+  end
+end
+
+if op == 'take' then
+  -- ARGV 5 cost, 6 the longest wait (us; -1: any): granted now (1), reserved (0, after the
+  -- wait) or refused (-1); with the tat before and after, to undo the grant exactly
+  local cost, longest = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local allow_at = tat + cost * interval - tolerance
+  if allow_at < now then allow_at = now end
+  local wait = allow_at - now
+  if wait == 0 or longest < 0 or wait <= longest then
+    local after = tat + cost * interval
+    store(after)
+    local code = 1
+    if wait > 0 then code = 0 end
+    return {code, fmt(wait), fmt(tat), fmt(after)}
+  end
+  return {-1, fmt(wait), '0', '0'}
+elseif op == 'undo' then
+  -- ARGV 5 tat before, 6 tat after: taken back only if nothing was granted since
+  if stored[2] and stored[2] == ARGV[6] then
+    local before = tonumber(ARGV[5])
+    store(before)
+    return 1
+  end
+  return 0
+elseif op == 'charge' then
+  store(tat + tonumber(ARGV[5]) * interval)
+  return 1
+elseif op == 'peek' then
+  -- ARGV 5 cost: the wait until it would be allowed, and the units allowed now
+  local cost = tonumber(ARGV[5])
+  local wait = tat + cost * interval - tolerance - now
+  if wait < 0 then wait = 0 end
+  local free = math.floor((now + tolerance - tat) / interval)
+  if free < 0 then free = 0 end
+  return {fmt(wait), fmt(free)}
+elseif op == 'declare' then
+  return 1
+end
+fail('OPERATION', op)
+"""
+)
+
+WINDOW = (
+    _PRELUDE
+    + r"""
+-- KEYS: 1 settings and sequence (hash), 2 the log (zset: "seq:units" scored by its time, us)
+-- ARGV: 1 operation, 2 settings ("limit,window"), 3 limit, 4 window (us), 5... its own
+local K_CFG, K_LOG = KEYS[1], KEYS[2]
+local op, settings = ARGV[1], ARGV[2]
+local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_us()
+local stored = redis.call('HGET', K_CFG, 'settings')
+if stored and stored ~= settings then fail('CONFLICT', stored) end
+-- A unit at t counts in the windows (s - window, s] that hold t: gone once t <= now - window.
+redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', now - window)
+
+local function units_of(member)
+  return tonumber(string.sub(member, string.find(member, ':', 1, true) + 1))
+end
+-- The earliest time at or after now, and after every entry (FIFO), at which cost fits.
+local function earliest(cost)
+  local log = redis.call('ZRANGE', K_LOG, 0, -1, 'WITHSCORES')
+  local total = 0
+  for i = 1, #log, 2 do total = total + units_of(log[i]) end
+  local at = now
+  if #log > 0 then at = math.max(at, tonumber(log[#log])) end
+  local i = 1
+  while total + cost > limit and i <= #log do
+    total = total - units_of(log[i])
+    at = math.max(at, tonumber(log[i + 1]) + window)
+    i = i + 2
+  end
+  return at, total
+end
+local function record(at, cost)
+  local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
+  local member = fmt(seq) .. ':' .. fmt(cost)
+  redis.call('ZADD', K_LOG, at, member)
+  redis.call('HSET', K_CFG, 'settings', settings)
+  local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
+  local ttl_ms = math.ceil((tonumber(last[2]) + window - now) / 1000) + 1000
+  redis.call('PEXPIRE', K_LOG, ttl_ms)
+  redis.call('PEXPIRE', K_CFG, ttl_ms)
+  return member
+end
+
+if op == 'take' then
+  -- ARGV 5 cost, 6 the longest wait (us; -1: any)
+  local cost, longest = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local at = earliest(cost)
+  local wait = at - now
+  if wait == 0 or longest < 0 or wait <= longest then
+    local member = record(at, cost)
+    local code = 1
+    if wait > 0 then code = 0 end
+    return {code, fmt(wait), member}
+  end
+  return {-1, fmt(wait), ''}
+elseif op == 'undo' then
+  -- ARGV 5 member: taken back only if nothing was recorded after it
+  local last = redis.call('ZRANGE', K_LOG, -1, -1)
+  if last[1] == ARGV[5] then
+    redis.call('ZREM', K_LOG, ARGV[5])
+    return 1
+  end
+  return 0
+elseif op == 'charge' then
+  local at = now
+  local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
+  if #last > 0 then at = math.max(at, tonumber(last[2])) end
+  record(at, tonumber(ARGV[5]))
+  return 1
+elseif op == 'peek' then
+  -- ARGV 5 cost: the wait until it would be allowed, and the units allowed now (none while
+  -- a reservation is ahead)
+  local at = earliest(tonumber(ARGV[5]))
+  local log = redis.call('ZRANGE', K_LOG, 0, -1, 'WITHSCORES')
+  local free = limit
+  for i = 1, #log, 2 do free = free - units_of(log[i]) end
+  if free < 0 or (#log > 0 and tonumber(log[#log]) > now) then free = 0 end
+  return {fmt(at - now), fmt(free)}
+elseif op == 'declare' then
+  return 1
+end
+fail('OPERATION', op)
+"""
+)
