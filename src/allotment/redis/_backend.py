@@ -382,11 +382,11 @@ class RedisBackend:
         while reclaims:
             pool, ticket, notice = reclaims[0]
             pool.release_quietly(ticket)
-            reclaims.popleft()
             try:
                 notice()
             except Exception:  # a leak warning turned into an error, as from __del__
                 _report_unraisable(notice)
+            reclaims.popleft()  # last: an empty deque means every notice was given
 
     def close(self) -> None:
         """Stop the keeper. Leases still held are no longer renewed and expire after

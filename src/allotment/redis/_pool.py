@@ -75,7 +75,14 @@ class _Record:
 
     rid: str
     token: int | None = None
+    """Set once granted: the grant's fencing token."""
     lost: bool = False
+    sent: bool = False
+    """A full release was sent (its answer may not have arrived)."""
+    done: bool = False
+    """The full release is done (or handed to the keeper): nothing is left to give back."""
+    queued: bool = False
+    """The server queued it (what statistics show as waiting)."""
 
 
 def _encode(units: Quantity) -> str:
@@ -210,6 +217,8 @@ class RedisPool:
             return True
         if code == -1:
             self._forget(ticket, record)
+        else:
+            record.queued = True
         return False
 
     def _forget(self, ticket: Ticket, record: _Record) -> None:
@@ -220,13 +229,17 @@ class RedisPool:
         """The server granted ``ticket`` (by reply, push or poll): idempotent."""
         record = self._records.get(ticket)
         backend = self._backend
+        now = self._now()
         with backend.section():
-            if ticket.state is not PENDING or record is None or record.rid != rid:
+            if record is None or record.rid != rid or record.done:
                 return
-            record.token = token
-            ticket.state = GRANTED
-            ticket.since = self._now()
-            backend.hold(rid, self, ticket)
+            if ticket.state is PENDING:
+                record.token = token
+                ticket.since = now
+                ticket.state = GRANTED
+            elif ticket.state is not GRANTED:
+                return
+            backend.hold(rid, self, ticket)  # again, if a first delivery was cut short
         if wake:
             ticket.waiter.wake()
 
@@ -242,14 +255,18 @@ class RedisPool:
         )
 
     def _refuse(self, ticket: Ticket, rid: str, error: BaseException) -> None:
+        """Idempotent: a refusal cut short is completed by the next (the keeper's poll)."""
         backend = self._backend
         with backend.section():
-            if ticket.state is not PENDING:
+            if ticket.state is PENDING:
+                ticket.error = error
+                ticket.state = REFUSED
+            elif ticket.state is not REFUSED:
                 return
-            ticket.error = error
-            ticket.state = REFUSED
-            backend.forget(rid)
+        # Forgotten only once woken: until then the keeper's poll finds it and refuses again.
         ticket.waiter.wake()
+        with backend.section():
+            backend.forget(rid)
 
     def withdraw(self, ticket: Ticket) -> bool:
         """The deadline passed: leave the queue unless a grant arrived, which is kept."""
@@ -276,7 +293,10 @@ class RedisPool:
         """The one release path: give back ``part`` (or everything), or withdraw a queued
         ticket. A full release that cannot reach the server is retried by the keeper (the
         lease's TTL returns the units in any case). Raises :class:`LeaseLost` for a lease
-        that had expired."""
+        that had expired.
+
+        Safe to repeat after an exception cut it short anywhere: the record says whether the
+        server confirmed it, and the script releases by id, whatever is left."""
         backend = self._backend
         if backend.in_section():  # a finalizer or signal handler inside our bookkeeping
             if part is not None:
@@ -291,26 +311,38 @@ class RedisPool:
                 f"cannot release {self.form.render(part)!r}: "
                 f"the lease holds {self.form.render(held)!r}"
             )
-        if record is None or (state is not GRANTED and state is not PENDING):
+        if record is None or record.done:
             return
         if part is not None and part != ticket.units:
             self._release_part(ticket, record, part)
             return
-        # Local first: from here the keeper neither renews nor delivers to this ticket.
+        # The keeper stops renewing it and delivering to it; the server releases it; then
+        # this process sees it released. Cut short after the server's release, the ticket
+        # still looks held here until the release is repeated (a with-block's exit does, and
+        # so does the lease's finalizer); cut short before, the lease's TTL is the backstop.
         with backend.section():
             backend.forget(record.rid)
-            ticket.state = FINISHED
-            if state is GRANTED:
-                ticket.units = self.zero
+        repeated = record.sent
+        record.sent = True
         try:
             code, _ = self._call("release", record.rid, "")
         except BackendUnavailable as error:
+            self._finish(ticket, record)
             logger.warning("releasing %s on %r later: %s", record.rid, self.name, error)
             backend.retry_release(self, record.rid)
             return
-        if state is GRANTED and (code == -1 or record.lost):
+        self._finish(ticket, record)
+        # Not found: the lease had expired, unless an interrupted release of ours did it.
+        if record.token is not None and ((code == -1 and not repeated) or record.lost):
             record.lost = True
             raise LeaseLost(self._lost_message())
+
+    def _finish(self, ticket: Ticket, record: _Record) -> None:
+        with self._backend.section():
+            ticket.state = FINISHED
+            if record.token is not None:
+                ticket.units = self.zero
+            record.done = True
 
     def _release_part(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
         code, _ = self._call("release", record.rid, _encode(part))
@@ -336,10 +368,23 @@ class RedisPool:
             self.release(ticket, None)
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
-        """A leaked lease: the keeper releases it, then gives the notice (no I/O here: a
-        finalizer may run inside redis-py's own locks)."""
-        self._backend.reclaim(self, ticket, notice)
-        self._backend.start_keeper()
+        """A leaked lease (from its finalizer): released at once, as in memory, then the
+        notice; from inside this process's bookkeeping, or if the server cannot be reached,
+        the keeper does both instead (redis-py's locks are re-entrant, so the round trip
+        cannot deadlock on this thread)."""
+        backend = self._backend
+        if not backend.in_section():
+            try:
+                self.release(ticket, None)
+            except LeaseLost:
+                pass
+            except Exception:  # noqa: BLE001 - a finalizer must not raise: the keeper retries
+                backend.reclaim(self, ticket, notice)
+                backend.start_keeper()
+                return
+            notice()
+            return
+        backend.reclaim(self, ticket, notice)
 
     # -- the keeper's side ------------------------------------------------------------------
 
@@ -352,8 +397,13 @@ class RedisPool:
             if entry is None:
                 continue
             token = int(outcome)
+            if token == 0 and self.closed:  # close() was cut short before withdrawing it
+                self._call("release", rid, "")
+                token = -1
             if token > 0:
                 self.granted(entry[1], rid, token, wake=True)
+            elif token < 0 and self.closed:  # close() withdrew it and was cut short
+                self._refuse(entry[1], rid, ManagerClosed("the manager was closed while waiting"))
             elif token < 0:
                 self._refuse(
                     entry[1],
@@ -383,23 +433,29 @@ class RedisPool:
     # -- the rest of the Pool interface -----------------------------------------------------
 
     def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
+        """Move units from the granted ``ticket`` to ``parts``, which become holders with its
+        fencing token. The parts' records exist before the server splits: if an exception
+        cuts this short, releasing them releases whatever the server made of them."""
         record = self._records.get(ticket)
         if record is None or ticket.state is not GRANTED:
             return
         backend = self._backend
-        part_records = [_Record(backend.new_id(), record.token) for _ in parts]
+        part_records = [_Record(backend.new_id()) for _ in parts]
         pairs: list[object] = []
         for part, part_record in zip(parts, part_records, strict=True):
             pairs += [part_record.rid, _encode(part.units)]
+        with backend.section():
+            for part, part_record in zip(parts, part_records, strict=True):
+                self._records[part] = part_record
         if not self._call("split", record.rid, *pairs):
             return
         with backend.section():
             remaining = ticket.units
             for part, part_record in zip(parts, part_records, strict=True):
                 remaining = remaining - part.units
+                part_record.token = record.token
                 part.since = ticket.since
                 part.state = GRANTED
-                self._records[part] = part_record
                 backend.hold(part_record.rid, self, part)
             ticket.units = remaining
 
@@ -438,9 +494,9 @@ class RedisPool:
         capacity, available, _, _, _ = self._read()
         backend = self._backend
         with backend.section():
-            mine = [t for t, _ in self._records.items()]
-        holders = tuple(_view(t) for t in mine if t.state is GRANTED)
-        waiters = tuple(_view(t) for t in mine if t.state is PENDING and hasattr(t, "waiter"))
+            mine = list(self._records.items())
+        holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
+        waiters = tuple(_view(t) for t, record in mine if t.state is PENDING and record.queued)
         return Snapshot(capacity, available, holders, waiters, self.closed, self._now())
 
     def try_snapshot(self, timeout: float) -> Snapshot | None:
