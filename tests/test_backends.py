@@ -332,3 +332,66 @@ def test_threads_hammering_never_overlap(make: MakeManager, workers: list[Worker
         assert worker.error is None
     assert worst[0] <= 3
     assert pool.statistics().available == 3
+
+
+# -- Redis only ----------------------------------------------------------------------------------
+
+
+def test_a_lease_taken_without_waiting_is_renewed(redis_client: Any) -> None:
+    backend = RedisBackend(redis_client, lease_ttl=3)
+    try:
+        pool = allotment.ResourceManager(1, name="renewed", backend=backend)
+        lease = pool.try_acquire(1)
+        assert lease is not None
+        time.sleep(4.5)  # longer than the TTL: only renewals keep it
+        assert not lease.lost
+        lease.release()
+    finally:
+        backend.close()
+
+
+def test_a_closed_backend_refuses(redis_client: Any) -> None:
+    backend = RedisBackend(redis_client)
+    pool = allotment.ResourceManager(1, name="closed-backend", backend=backend)
+    backend.close()
+    with pytest.raises(allotment.BackendUnavailable, match="closed"):
+        pool.acquire(1)
+
+
+def test_keys_are_shared_between_processes(redis_client: Any) -> None:
+    first, second = RedisBackend(redis_client), RedisBackend(redis_client)  # as two processes
+    try:
+        one = allotment.KeyedRateLimiter(1, per=60, name="users", backend=first)
+        other = allotment.KeyedRateLimiter(1, per=60, name="users", backend=second)
+        assert one.try_acquire("alice")
+        assert not other.try_acquire("alice")
+        assert other.retry_after("alice") > 50
+        assert other.statistics("alice").available == 0
+        assert other.try_acquire("bob")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_conflicting_declaration_is_refused(redis_backend: RedisBackend) -> None:
+    allotment.ResourceManager({"gpu": 2}, name="declared", backend=redis_backend)
+    with pytest.raises(allotment.BackendConflict, match="declared"):
+        allotment.ResourceManager({"gpu": 3}, name="declared", backend=redis_backend)
+    api = allotment.RateLimiter(10, per=1, name="declared-rate", backend=redis_backend)
+    api.acquire()
+    with pytest.raises(allotment.BackendConflict):
+        allotment.RateLimiter(20, per=1, name="declared-rate", backend=redis_backend)
+
+
+def test_what_a_backend_cannot_do_is_refused_at_construction(redis_backend: RedisBackend) -> None:
+    with pytest.raises(allotment.UnsupportedByBackend):
+        allotment.ResourceManager(2, name="banker", backend=redis_backend, banker=True)
+    with pytest.raises(allotment.UnsupportedByBackend):
+        allotment.RateLimiter(1, name="clocked", backend=redis_backend, clock=ManualClock())
+    with pytest.raises(TypeError, match="name"):
+        allotment.ResourceManager(2, backend=redis_backend)
+    with pytest.raises(allotment.UnsupportedByBackend):
+        allotment.RateLimiter(1, on_unavailable="allow")
+    keyed = allotment.KeyedRateLimiter(1, name="keyed", backend=redis_backend)
+    with pytest.raises(allotment.InvalidKey):
+        keyed.try_acquire(("a", 1))

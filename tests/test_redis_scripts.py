@@ -329,3 +329,34 @@ def test_manager_script_matches_the_memory_pool(client: redis.Redis) -> None:
         max_examples=60, stateful_step_count=30
     )
     ManagerScriptMatchesMemoryPool.TestCase().runTest()
+
+
+def _manager_call(script: Any, operation: str, *args: object, ttl: int = 10_000_000) -> Any:
+    keys = ["cfg", "holders", "hexp", "queue", "wants", "wexp", "wake"]
+    return script(keys=keys, args=[operation, "-", "2", ttl, 60_000_000, 600_000, *args])
+
+
+def test_a_refusal_after_an_expiry_keeps_the_expired_units(client: redis.Redis) -> None:
+    """The expiry is noticed by a call that is then refused: the units it returned stay."""
+    client.flushall()
+    client.set("test:now", START)
+    script = client.register_script(on_test_clock(_scripts.MANAGER))
+    assert _manager_call(script, "enter", "a", "2", 0)[0] == 1
+    client.set("test:now", START + 10_000_001)  # a's lease has expired
+    with pytest.raises(redis.exceptions.ResponseError, match="ALLOTMENT_CAPACITY"):
+        _manager_call(script, "enter", "b", "3", 0)
+    capacity, available, _, holders, _ = _manager_call(script, "snapshot")
+    assert (available, holders) == (b"2", 0)
+
+
+def test_a_handed_off_grant_gets_its_waiters_own_ttl(client: redis.Redis) -> None:
+    """Processes may run with different lease TTLs: a grant handed to a waiter lasts for the
+    waiter's TTL, not the releasing process's."""
+    client.flushall()
+    client.set("test:now", START)
+    script = client.register_script(on_test_clock(_scripts.MANAGER))
+    assert _manager_call(script, "enter", "short", "2", 0, ttl=1_000_000)[0] == 1
+    assert _manager_call(script, "enter", "long", "2", 1, ttl=100_000_000)[0] == 0
+    _manager_call(script, "release", "short", "", ttl=1_000_000)
+    client.set("test:now", START + 50_000_000)
+    assert _manager_call(script, "snapshot")[3] == 1  # "long" still holds

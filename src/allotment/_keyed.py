@@ -72,6 +72,7 @@ class KeyedRateLimiter:
         "_clock",
         "_lock",
         "_make",
+        "_shared",
         "_meters",
         "_name",
         "_settings",
@@ -104,6 +105,7 @@ class KeyedRateLimiter:
             )
         else:
             self._make = functools.partial(_local_meter, self._settings, clock or SYSTEM_CLOCK)
+        self._shared = backend is not None
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._name = "keyed-rate-limiter" if name is None else str(name)
         self._lock = threading.RLock()
@@ -196,7 +198,10 @@ class KeyedRateLimiter:
         _check_key(key)
         meter = self._meters.get(key)
         if meter is None:
-            return 0.0  # an unknown key has a full bucket
+            if self._shared:  # the key's state is on the server: ask it
+                meter = self._make(key)
+            else:
+                return 0.0  # an unknown key has a full bucket
         try:
             allowed_at = meter.forecast(cost)
         except MeterRetired:
@@ -208,7 +213,7 @@ class KeyedRateLimiter:
         _check_key(key)
         meter = self._meters.get(key)
         if meter is None:
-            meter = self._settings.meter(self._clock)
+            meter = self._make(key)  # in memory a full bucket; shared, the server's state
         return statistics_of(
             self._parts(meter), float(self._settings.rate), self.per, self._burst, "gcra"
         )

@@ -6,8 +6,9 @@ to the local ticket and wakes its waiter (a thread's lock or a task's future: th
 waiters as in memory); every second it asks the server about every local waiter (the polling
 backstop, which also keeps the waiters' records alive), and every third of ``lease_ttl`` it
 renews every local lease in one round trip per manager. Releases that could not reach the
-server, and leases reclaimed from finalizers, are done here too: a finalizer never does I/O
-(it might run inside redis-py's own connection-pool lock).
+server are retried here, and so are leases reclaimed by a finalizer that ran inside this
+process's bookkeeping (a finalizer elsewhere releases at once: redis-py's locks are
+re-entrant, so its round trip cannot deadlock the thread it interrupted).
 
 ``_lock`` guards the local tables (``_waiting``, ``_held``, ``_retries``) and the local state
 of Redis tickets; it is held only for dictionary work, never across a round trip.
@@ -210,6 +211,8 @@ class RedisBackend:
         """One EVALSHA (redis-py loads the script again after a SCRIPT FLUSH or a restart).
         Script refusals become allotment's errors; anything else from Redis becomes
         :class:`BackendUnavailable`."""
+        if self._closed:
+            raise BackendUnavailable(f"this RedisBackend was closed ({what})")
         try:
             return script(keys=keys, args=args)
         except redis.exceptions.ResponseError as error:
@@ -323,13 +326,15 @@ class RedisBackend:
                     self._work.wait(min(_SLICE, max(0.0, renew_at - _monotonic())))
                     self._work.clear()
                 now = _monotonic()
+                # Each schedule moves on only once done: a failure is retried after the
+                # backoff, not a whole period later (leases must be renewed within their TTL).
                 if now >= poll_at:
-                    poll_at = now + _BACKSTOP
                     self._poll_waiters()
                     self._retry_releases(now)
+                    poll_at = now + _BACKSTOP
                 if now >= renew_at:
-                    renew_at = now + self.lease_ttl / 3
                     self._renew_leases()
+                    renew_at = now + self.lease_ttl / 3
                 backoff = 0.0
             except (redis.exceptions.RedisError, BackendUnavailable) as error:
                 logger.warning("allotment keeper: the Redis server did not answer: %s", error)

@@ -79,22 +79,24 @@ class RedisMeter:
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     def declare(self) -> None:
-        """Check this process's settings against those stored under the name."""
-        try:
-            self._call("declare")
-        except BackendConflict as conflict:
-            raise BackendConflict(
-                f"{self.name!r} already exists in Redis with settings {str(conflict)!r}; this "
-                f"process declared {self._settings[0]!r}. Declare the same limit, or use "
-                "another name"
-            ) from None
+        """Check this process's settings against those stored under the name (stored while
+        the limit holds state; an idle limit has none, and a conflict shows at first use)."""
+        self._call("declare")
 
     def _call(self, operation: str, *args: object) -> Any:
         backend = self._backend
-        return backend.run_script(
-            self._script, self._keys, (operation, *self._settings, *args),
-            f"{operation} on {self.name!r}",
-        )  # fmt: skip
+        try:
+            return backend.run_script(
+                self._script, self._keys, (operation, *self._settings, *args),
+                f"{operation} on {self.name!r}",
+            )  # fmt: skip
+        except BackendConflict as conflict:
+            # Settings vanish with an idle limit's state: a conflict may show only now.
+            raise BackendConflict(
+                f"{self.name!r} exists in Redis with settings {str(conflict)!r}; this "
+                f"process declared {self._settings[0]!r}. Declare the same limit, or use "
+                "another name"
+            ) from None
 
     def _count(self, cost: int) -> None:
         with self._lock:
@@ -108,9 +110,15 @@ class RedisMeter:
         try:
             code, _, _, _ = self._take(cost, 0)
         except BackendUnavailable:
-            if self._policy == "raise":
-                raise
-            return self._policy == "allow"
+            # "deny" refuses a try_acquire; a call that may wait (count_refusal is False
+            # there) raises now rather than after a second round trip in enter().
+            if self._policy == "allow":
+                return True
+            if self._policy == "deny" and count_refusal:
+                with self._lock:
+                    self.refused += 1
+                return False
+            raise
         if code == 1:
             self._count(cost)
             return True
@@ -163,8 +171,14 @@ class RedisMeter:
         return "queued"
 
     def forecast(self, cost: int) -> int:
-        """When ``cost`` would be allowed if it were reserved now."""
-        wait_us, _ = self._call("peek", cost)
+        """When ``cost`` would be allowed if it were reserved now (now, for a limiter that
+        allows everything while the server is unreachable)."""
+        try:
+            wait_us, _ = self._call("peek", cost)
+        except BackendUnavailable:
+            if self._policy == "allow":
+                return self._now_ns()
+            raise
         return self._now_ns() + int(wait_us) * 1000
 
     def count_refusal(self) -> None:

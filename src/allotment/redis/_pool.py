@@ -161,30 +161,28 @@ class RedisPool:
         self._last = figures
         return (*figures, int(version))
 
-    # -- lock-free figures (one round trip each, or the last figures read) -------------------
-
-    def _figures(self) -> tuple[Quantity, Quantity, int, int]:
-        try:
-            capacity, available, holders, waiters, _ = self._read()
-            return capacity, available, holders, waiters
-        except BackendUnavailable:
-            return self._last
+    # -- lock-free figures: the last ones read, never a round trip (repr must not block) ---
 
     @property
     def capacity(self) -> Quantity:
-        return self._figures()[0]
+        return self._last[0]
 
     @property
     def available(self) -> Quantity:
-        return self._figures()[1]
+        return self._last[1]
 
     @property
     def holding(self) -> int:
-        return self._figures()[2]
+        return self._last[2]
 
     @property
     def waiting(self) -> int:
-        return self._figures()[3]
+        return self._last[3]
+
+    def _refresh(self) -> None:
+        """Read the figures again for a message, if the server answers."""
+        with contextlib.suppress(BackendUnavailable):
+            self._read()
 
     # -- arrival, wait, withdrawal, release -------------------------------------------------
 
@@ -240,6 +238,7 @@ class RedisPool:
             elif ticket.state is not GRANTED:
                 return
             backend.hold(rid, self, ticket)  # again, if a first delivery was cut short
+        backend.start_keeper()  # which renews the lease
         if wake:
             ticket.waiter.wake()
 
@@ -287,6 +286,8 @@ class RedisPool:
                 ticket.state = FINISHED
         if ticket.state is REFUSED:
             raise ticket.error
+        if ticket.state is not GRANTED:
+            self._refresh()  # the figures the timeout's message shows
         return ticket.state is GRANTED
 
     def release(self, ticket: Ticket, part: Quantity | None) -> None:

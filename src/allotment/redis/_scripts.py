@@ -56,6 +56,7 @@ local now = now_us()
 local cfg = redis.call('HMGET', K_CFG, 'names', 'declared', 'capacity', 'avail', 'seq', 'version')
 local capacity, avail, seq, version
 if not cfg[1] then
+  -- A new (or expired, or lost) manager: declared here, whatever the call then does.
   capacity, avail, seq, version = ints(declared), ints(declared), 0, 1
   redis.call('HSET', K_CFG, 'names', names, 'declared', declared, 'capacity', declared,
              'avail', declared, 'seq', '0', 'version', '1')
@@ -90,6 +91,13 @@ local function push(list, message)
   redis.call('RPUSH', list, message)
   redis.call('PEXPIRE', list, key_ttl)
 end
+-- A waiter's record: "units|wake list|lease ttl" (its own process's TTL for the grant).
+local function parse_want(want)
+  local first = string.find(want, '|', 1, true)
+  local second = string.find(want, '|', first + 1, true)
+  return string.sub(want, 1, first - 1), string.sub(want, first + 1, second - 1),
+    tonumber(string.sub(want, second + 1))
+end
 local function forget_waiter(id)
   redis.call('LREM', K_QUEUE, 0, id)
   redis.call('HDEL', K_WANT, id)
@@ -105,15 +113,14 @@ local function grant_pass()
     if not want then
       redis.call('LPOP', K_QUEUE)
     else
-      local bar = string.find(want, '|', 1, true)
-      local units_s, wake = string.sub(want, 1, bar - 1), string.sub(want, bar + 1)
+      local units_s, wake, ttl = parse_want(want)
       local units = ints(units_s)
       if not fits(units, avail) then break end
       forget_waiter(head)
       add(avail, units, -1)
       local token = next_token()
       redis.call('HSET', K_HOLD, head, fmt(token) .. '|' .. units_s)
-      redis.call('ZADD', K_HEXP, now + lease_ttl, head)
+      redis.call('ZADD', K_HEXP, now + ttl, head)
       push(wake, head .. '|' .. fmt(token))
     end
   end
@@ -147,15 +154,29 @@ local function finish()
   for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], key_ttl) end
 end
 
+-- Refusals come first: an error reply after a write would keep the write and lose the
+-- figures (avail, seq) that finish() saves.
+if op == 'enter' then
+  for i, u in ipairs(ints(ARGV[8])) do
+    if u > capacity[i] then fail('CAPACITY', csv(capacity)) end
+  end
+elseif op == 'release' and ARGV[8] ~= '' then
+  local held = redis.call('HGET', K_HOLD, ARGV[7])
+  if held then
+    local _, units_s = units_of_holding(held)
+    local units = ints(units_s)
+    for i, u in ipairs(ints(ARGV[8])) do
+      if u > units[i] then fail('EXCEEDS', units_s) end
+    end
+  end
+end
+
 local result
 purge()
 if op == 'enter' then
   -- ARGV 7 id, 8 units, 9 wait (1/0)
   local id, units_s = ARGV[7], ARGV[8]
   local units = ints(units_s)
-  for i, u in ipairs(units) do
-    if u > capacity[i] then fail('CAPACITY', csv(capacity)) end
-  end
   if redis.call('LLEN', K_QUEUE) == 0 and fits(units, avail) then
     add(avail, units, -1)
     local token = next_token()
@@ -164,7 +185,7 @@ if op == 'enter' then
     result = {1, fmt(token)}
   elseif ARGV[9] == '1' then
     redis.call('RPUSH', K_QUEUE, id)
-    redis.call('HSET', K_WANT, id, units_s .. '|' .. K_WAKE)
+    redis.call('HSET', K_WANT, id, units_s .. '|' .. K_WAKE .. '|' .. fmt(lease_ttl))
     redis.call('ZADD', K_WEXP, now + waiter_ttl, id)
     result = {0, '0'}
   else
@@ -181,12 +202,7 @@ elseif op == 'withdraw' or op == 'release' then
     else
       local units = ints(units_s)
       local part = units
-      if part_s ~= '' then
-        part = ints(part_s)
-        for i, u in ipairs(part) do
-          if u > units[i] then fail('EXCEEDS', units_s) end
-        end
-      end
+      if part_s ~= '' then part = ints(part_s) end  -- checked above, before any write
       add(avail, part, 1)
       local rest = {}
       local any = false
@@ -269,12 +285,12 @@ elseif op == 'resize' then
     for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
       local want = redis.call('HGET', K_WANT, id)
       if want then
-        local bar = string.find(want, '|', 1, true)
-        local units = ints(string.sub(want, 1, bar - 1))
+        local units_s, wake = parse_want(want)
+        local units = ints(units_s)
         for i, u in ipairs(units) do
           if u > capacity[i] then
             forget_waiter(id)
-            push(string.sub(want, bar + 1), id .. '|!' .. csv(capacity))
+            push(wake, id .. '|!' .. csv(capacity))
             break
           end
         end
@@ -396,7 +412,8 @@ local function earliest(cost)
 end
 local function record(at, cost)
   local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
-  local member = fmt(seq) .. ':' .. fmt(cost)
+  -- Zero-padded: members of one time sort by sequence, so the last recorded is last.
+  local member = string.format('%015d', seq) .. ':' .. fmt(cost)
   redis.call('ZADD', K_LOG, at, member)
   redis.call('HSET', K_CFG, 'settings', settings)
   local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
