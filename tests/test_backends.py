@@ -395,3 +395,22 @@ def test_what_a_backend_cannot_do_is_refused_at_construction(redis_backend: Redi
     keyed = allotment.KeyedRateLimiter(1, name="keyed", backend=redis_backend)
     with pytest.raises(allotment.InvalidKey):
         keyed.try_acquire(("a", 1))
+
+
+def test_an_asyncio_client_names_the_server_too(redis_server: Any, redis_client: Any) -> None:
+    import redis.asyncio
+
+    async def main() -> None:
+        client = redis.asyncio.Redis(unix_socket_path=redis_server.path)
+        backend = RedisBackend(client)  # its own connections, to the same server
+        try:
+            pool = allotment.ResourceManager(1, name="from-async", backend=backend)
+            async with pool.acquire_async(1) as lease:
+                assert lease.fencing_token is not None
+            api = allotment.RateLimiter(10, name="from-async", backend=backend)
+            await api.acquire_async()
+        finally:
+            backend.close()
+            await client.aclose()
+
+    run(main)

@@ -163,7 +163,9 @@ def test_window_script_keeps_the_window(
         if operation == "take":
             code, wait, member = script(keys=keys, args=["take", *settings_args, cost, 0])
             if now >= reserved_until:
-                # No reservation ahead: the script decides as the reference does.
+                # No reservation ahead: the script decides as the reference does, which
+                # holds every grant made so far (reservations whose time has come included).
+                reference = _replay(limit, window, grants, now)
                 admitted = reference.admits(now, cost)
                 assert code == (1 if admitted else -1), (now, cost)
                 if admitted:

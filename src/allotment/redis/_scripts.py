@@ -389,33 +389,47 @@ local limit, window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_us()
 local stored = redis.call('HGET', K_CFG, 'settings')
 if stored and stored ~= settings then fail('CONFLICT', stored) end
--- A unit at t counts in the windows (s - window, s] that hold t: gone once t <= now - window.
-redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', now - window)
-
 local function units_of(member)
   return tonumber(string.sub(member, string.find(member, ':', 1, true) + 1))
 end
+-- ``total`` (in the settings hash) is the units in the log: kept as entries come and go, so
+-- that a decision reads only what expires and, when over the limit, the oldest entries it
+-- must wait for; never the whole log.
+local total = tonumber(redis.call('HGET', K_CFG, 'total') or '0')
+-- A unit at t counts in the windows (s - window, s] that hold t: gone once t <= now - window.
+local expired = redis.call('ZRANGEBYSCORE', K_LOG, '-inf', now - window)
+if #expired > 0 then
+  for _, member in ipairs(expired) do total = total - units_of(member) end
+  redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', now - window)
+  redis.call('HSET', K_CFG, 'total', fmt(total))
+end
+
 -- The earliest time at or after now, and after every entry (FIFO), at which cost fits.
 local function earliest(cost)
-  local log = redis.call('ZRANGE', K_LOG, 0, -1, 'WITHSCORES')
-  local total = 0
-  for i = 1, #log, 2 do total = total + units_of(log[i]) end
   local at = now
-  if #log > 0 then at = math.max(at, tonumber(log[#log])) end
-  local i = 1
-  while total + cost > limit and i <= #log do
-    total = total - units_of(log[i])
-    at = math.max(at, tonumber(log[i + 1]) + window)
-    i = i + 2
+  local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
+  if #last > 0 then at = math.max(at, tonumber(last[2])) end
+  local left = total
+  local start = 0
+  while left + cost > limit do
+    local page = redis.call('ZRANGE', K_LOG, start, start + 63, 'WITHSCORES')
+    if #page == 0 then break end
+    for i = 1, #page, 2 do
+      if left + cost <= limit then break end
+      left = left - units_of(page[i])
+      at = math.max(at, tonumber(page[i + 1]) + window)
+    end
+    start = start + 64
   end
-  return at, total
+  return at
 end
 local function record(at, cost)
   local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
   -- Zero-padded: members of one time sort by sequence, so the last recorded is last.
   local member = string.format('%015d', seq) .. ':' .. fmt(cost)
   redis.call('ZADD', K_LOG, at, member)
-  redis.call('HSET', K_CFG, 'settings', settings)
+  total = total + cost
+  redis.call('HSET', K_CFG, 'settings', settings, 'total', fmt(total))
   local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
   local ttl_ms = math.ceil((tonumber(last[2]) + window - now) / 1000) + 1000
   redis.call('PEXPIRE', K_LOG, ttl_ms)
@@ -440,6 +454,7 @@ elseif op == 'undo' then
   local last = redis.call('ZRANGE', K_LOG, -1, -1)
   if last[1] == ARGV[5] then
     redis.call('ZREM', K_LOG, ARGV[5])
+    redis.call('HSET', K_CFG, 'total', fmt(total - units_of(ARGV[5])))
     return 1
   end
   return 0
@@ -453,10 +468,9 @@ elseif op == 'peek' then
   -- ARGV 5 cost: the wait until it would be allowed, and the units allowed now (none while
   -- a reservation is ahead)
   local at = earliest(tonumber(ARGV[5]))
-  local log = redis.call('ZRANGE', K_LOG, 0, -1, 'WITHSCORES')
-  local free = limit
-  for i = 1, #log, 2 do free = free - units_of(log[i]) end
-  if free < 0 or (#log > 0 and tonumber(log[#log]) > now) then free = 0 end
+  local free = limit - total
+  local last = redis.call('ZRANGE', K_LOG, -1, -1, 'WITHSCORES')
+  if free < 0 or (#last > 0 and tonumber(last[2]) > now) then free = 0 end
   return {fmt(at - now), fmt(free)}
 elseif op == 'declare' then
   return 1
