@@ -24,11 +24,11 @@ def _now() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # one clock for every process
 
 
-def hammer(
-    path: str, name: str, capacity: int, threads: int, rounds: int, log: str, seed: int
-) -> None:
-    """``threads`` threads each take random amounts ``rounds`` times; every hold is logged as
-    (start, end, units, token), measured inside the hold, for an overlap detector."""
+def hammer(path: str, name: str, capacity: int, log: str, *, shape: tuple[int, int, int]) -> None:
+    """``shape`` is (threads, rounds, seed): each thread takes random amounts ``rounds``
+    times; every hold is logged as (start, end, units, token), measured inside the hold, for
+    an overlap detector."""
+    threads, rounds, seed = shape
     backend = _backend(path)
     pool = allotment.ResourceManager({"gpu": capacity}, name=name, backend=backend)
     holds: list[tuple[int, int, int, int | None]] = []
@@ -81,8 +81,8 @@ def take_rate_with_a_skewed_clock(
     """Take from a shared rate limit as fast as allowed, in a process whose wall clock is
     ``skew`` seconds off (every wall-clock reading of this process is shifted)."""
     real_time, real_time_ns = time.time, time.time_ns
-    time.time = lambda: real_time() + skew  # type: ignore[assignment]
-    time.time_ns = lambda: real_time_ns() + int(skew * 1e9)  # type: ignore[assignment]
+    time.time = lambda: real_time() + skew
+    time.time_ns = lambda: real_time_ns() + int(skew * 1e9)
     backend = _backend(path)
     limiter = allotment.RateLimiter(100, per=1, burst=10, name=name, backend=backend)
     taken = []

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 import pytest
-from aio_support import run
 
 import allotment
+from aio_support import run
 from allotment.redis import RedisBackend
 
 _names = itertools.count()
@@ -99,7 +99,7 @@ def test_bad_input_raises_before_any_round_trip(backend: RedisBackend | None) ->
             api.acquire(bad)  # type: ignore[arg-type]
     with pytest.raises(allotment.ExceedsBurst):
         api.acquire(4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="timeout"):
         api.acquire(1, timeout=-1)
 
 

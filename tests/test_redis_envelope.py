@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import redis
-import test_envelope
-from support import assert_idle, wait_until
-from test_envelope import CASES, GENEROUS, Case, run_sweep
 
 import allotment
+import test_envelope
 from allotment.redis import RedisBackend
+from support import GENEROUS, assert_idle, wait_until
+from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_support import RedisServer
-from redis_workers import hammer, hold_forever, queue_forever, take_rate_with_a_skewed_clock
-from support import wait_until
 
 import allotment
 from allotment.redis import RedisBackend
+from redis_support import RedisServer
+from redis_workers import hammer, hold_forever, queue_forever, take_rate_with_a_skewed_clock
+from support import wait_until
 
 spawn = multiprocessing.get_context("spawn")
 
@@ -41,7 +41,8 @@ def test_processes_and_threads_never_overlap(redis_server: RedisServer, tmp_path
     children = [
         spawn.Process(
             target=hammer,
-            args=(redis_server.path, "stress", capacity, threads, rounds, str(log), index),
+            args=(redis_server.path, "stress", capacity, str(log)),
+            kwargs={"shape": (threads, rounds, index)},
         )
         for index, log in enumerate(logs)
     ]

@@ -89,14 +89,13 @@ def test_gcra_script_decides_as_the_reference(
     script = client.register_script(on_test_clock(_scripts.GCRA))
     now = START
     reference = Gcra(interval, burst, now)
-    head = ["x", f"{interval},{burst}", interval, burst]
+    head: list[Any] = ["take", f"{interval},{burst}", interval, burst]
     grants: list[tuple[int, int]] = []
     last_token: tuple[Any, ...] | None = None
-    for operation, cost, elapsed in steps:
+    for operation, drawn, elapsed in steps:
         now += elapsed
         client.set("test:now", now)
-        cost = min(cost, burst)
-        head[0] = "take"
+        cost = min(drawn, burst)
         if operation in ("take", "reserve"):
             longest = 0 if operation == "take" else -1
             code, wait, before, after = script(keys=["gcra"], args=[*head, cost, longest])
@@ -112,11 +111,11 @@ def test_gcra_script_decides_as_the_reference(
             grants.append((due, cost))
             last_token = (before, after, token, due, cost)
         elif operation == "undo" and last_token is not None:
-            before, after, token, due, cost = last_token
+            before, after, token, due, undone_cost = last_token
             undone = script(keys=["gcra"], args=["undo", *head[1:], before, after])
             assert bool(undone) == reference.undo(token)
             if undone:
-                grants.remove((due, cost))
+                grants.remove((due, undone_cost))
             last_token = None
         elif operation == "charge":
             script(keys=["gcra"], args=["charge", *head[1:], cost])
@@ -151,15 +150,15 @@ def test_window_script_keeps_the_window(
     client.flushall()
     script = client.register_script(on_test_clock(_scripts.WINDOW))
     keys = ["wcfg", "wlog"]
-    settings_args = [f"{limit},{window}", limit, window]
+    settings_args: list[Any] = [f"{limit},{window}", limit, window]
     now = START
     reference = SlidingWindow(limit, window)
     reserved_until = now
     grants: list[tuple[int, int, bytes]] = []
-    for operation, cost, elapsed in steps:
+    for operation, drawn, elapsed in steps:
         now += elapsed
         client.set("test:now", now)
-        cost = min(cost, limit)
+        cost = min(drawn, limit)
         if operation == "take":
             code, wait, member = script(keys=keys, args=["take", *settings_args, cost, 0])
             if now >= reserved_until:
@@ -181,11 +180,11 @@ def test_window_script_keeps_the_window(
             reserved_until = max(reserved_until, at)
             reference = _replay(limit, window, grants, now)
         elif operation == "undo" and grants:
-            at, cost, member = grants[-1]
+            member = grants[-1][2]
             if script(keys=keys, args=["undo", *settings_args, member]):
                 grants.pop()
                 reference = _replay(limit, window, grants, now)
-        _window_holds([(at, cost) for at, cost, _ in grants], limit, window)
+        _window_holds([(at, units) for at, units, _ in grants], limit, window)
 
 
 def _replay(
@@ -209,10 +208,10 @@ class ManagerScriptMatchesMemoryPool(RuleBasedStateMachine):
     :class:`MemoryPool`: the same grants, the same queue, the same availability."""
 
     LEASE_TTL = 10_000_000
+    client: redis.Redis  # set by the test
 
     def __init__(self) -> None:
         super().__init__()
-        self.client = _client
         self.client.flushall()
         self.now = START
         self.client.set("test:now", self.now)
@@ -230,9 +229,9 @@ class ManagerScriptMatchesMemoryPool(RuleBasedStateMachine):
         )
         self.call("snapshot")
 
-    def call(self, operation: str, *args: object) -> Any:
+    def call(self, operation: str, *args: Any) -> Any:
         keys = ["cfg", "holders", "hexp", "queue", "wants", "wexp", "wake"]
-        head = ["gpu,ram", self.declared, self.LEASE_TTL, 60_000_000, 600_000]
+        head: list[Any] = ["gpu,ram", self.declared, self.LEASE_TTL, 60_000_000, 600_000]
         return self.script(keys=keys, args=[operation, *head, *args])
 
     @rule(gpu=st.integers(0, 7), ram=st.integers(0, 7), wait=st.booleans())
@@ -244,12 +243,11 @@ class ManagerScriptMatchesMemoryPool(RuleBasedStateMachine):
         ticket = Ticket(units, None, None, 0.0)  # type: ignore[arg-type]
         capacity = self.pool.capacity
         assert isinstance(capacity, Units)
-        try:
-            code, _ = self.call("enter", rid, f"{gpu},{ram}", 1 if wait else 0)
-        except redis.exceptions.ResponseError as error:
-            assert "ALLOTMENT_CAPACITY" in str(error)
-            assert not units <= capacity
+        if not units <= capacity:
+            with pytest.raises(redis.exceptions.ResponseError, match="ALLOTMENT_CAPACITY"):
+                self.call("enter", rid, f"{gpu},{ram}", 1 if wait else 0)
             return
+        code, _ = self.call("enter", rid, f"{gpu},{ram}", 1 if wait else 0)
         granted = self.pool.enter(ticket, _Bell if wait else None)
         assert code == (1 if granted else (0 if wait else -1))
         if granted or wait:
@@ -309,11 +307,10 @@ class ManagerScriptMatchesMemoryPool(RuleBasedStateMachine):
         assert Units(tuple(map(int, available.split(b",")))) == pool.available
         assert int(waiters) == len(pool.queue)
         assert int(holders) == len(pool.holders or ())
-        queue = [rid.decode() for rid in self.client.lrange("queue", 0, -1)]
+        queue = [rid.decode() for rid in self.client.lrange("queue", 0, -1)]  # type: ignore[union-attr]
         assert queue == [rid for rid, t in self.tickets.items() if t in pool.queue]
-        held = {
-            k.decode(): v.decode().split("|")[1] for k, v in self.client.hgetall("holders").items()
-        }
+        stored: dict[bytes, bytes] = self.client.hgetall("holders")  # type: ignore[assignment]
+        held = {key.decode(): value.decode().split("|")[1] for key, value in stored.items()}
         assert held == {
             rid: ",".join(map(str, t.units.counts))  # type: ignore[attr-defined]
             for rid, t in self.tickets.items()
@@ -321,12 +318,10 @@ class ManagerScriptMatchesMemoryPool(RuleBasedStateMachine):
         }
 
 
-_client: redis.Redis
-
-
-def test_manager_script_matches_the_memory_pool(client: redis.Redis) -> None:
-    global _client
-    _client = client
+def test_manager_script_matches_the_memory_pool(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ManagerScriptMatchesMemoryPool, "client", client, raising=False)
     ManagerScriptMatchesMemoryPool.TestCase.settings = settings(
         max_examples=60, stateful_step_count=30
     )
@@ -347,7 +342,7 @@ def test_a_refusal_after_an_expiry_keeps_the_expired_units(client: redis.Redis) 
     client.set("test:now", START + 10_000_001)  # a's lease has expired
     with pytest.raises(redis.exceptions.ResponseError, match="ALLOTMENT_CAPACITY"):
         _manager_call(script, "enter", "b", "3", 0)
-    capacity, available, _, holders, _ = _manager_call(script, "snapshot")
+    _, available, _, holders, _ = _manager_call(script, "snapshot")
     assert (available, holders) == (b"2", 0)
 
 

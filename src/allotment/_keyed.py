@@ -72,10 +72,10 @@ class KeyedRateLimiter:
         "_clock",
         "_lock",
         "_make",
-        "_shared",
         "_meters",
         "_name",
         "_settings",
+        "_shared",
     )
 
     def __init__(

@@ -379,7 +379,7 @@ class RedisPool:
                 self.release(ticket, None)
             except LeaseLost:
                 pass
-            except Exception:  # noqa: BLE001 - a finalizer must not raise: the keeper retries
+            except Exception:  # a finalizer must not raise: the keeper retries
                 backend.reclaim(self, ticket, notice)
                 backend.start_keeper()
                 return
