@@ -191,6 +191,7 @@ class RedisBackend:
         self._reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]] = (
             collections.deque()
         )
+        self._reclaiming = threading.Lock()
         self._ids = iter(range(1, 1 << 62))
         self._closed = False
         self._keeper: threading.Thread | None = None
@@ -357,6 +358,8 @@ class RedisBackend:
             pool.granted(ticket, rid, int(outcome), wake=True)
 
     def _by_pool(self, table: dict[str, tuple[RedisPool, Ticket]]) -> dict[RedisPool, list[str]]:
+        if not table:
+            return {}  # nothing to do: not even the lock, which callers' sections use
         with self._lock:
             entries = list(table.items())
         grouped: dict[RedisPool, list[str]] = {}
@@ -374,6 +377,8 @@ class RedisBackend:
             pool.renew(rids)
 
     def _retry_releases(self, now: float) -> None:
+        if not self._retries:
+            return
         with self._lock:
             retries = list(self._retries.values())
         for retry in retries:
@@ -382,16 +387,29 @@ class RedisBackend:
             with self._lock:
                 self._retries.pop(retry.rid, None)
 
+    def settle(self) -> None:
+        """After an operation, on the caller's thread: do the releases a finalizer or signal
+        handler deferred while this thread was inside the bookkeeping, so that their units
+        are back before the operation returns (as in memory)."""
+        if self._reclaims and not self._lock._is_owned():
+            self._reclaim_pending()
+
     def _reclaim_pending(self) -> None:
-        reclaims = self._reclaims
-        while reclaims:
-            pool, ticket, notice = reclaims[0]
-            pool.release_quietly(ticket)
-            try:
-                notice()
-            except Exception:  # a leak warning turned into an error, as from __del__
-                _report_unraisable(notice)
-            reclaims.popleft()  # last: an empty deque means every notice was given
+        # One thread at a time (the keeper, or a caller settling); a finalizer running here
+        # releases at once itself and never waits for this lock.
+        if not self._reclaiming.acquire(blocking=False):
+            return
+        try:
+            reclaims = self._reclaims
+            while True:
+                if not reclaims:
+                    break
+                pool, ticket, notice = reclaims[0]
+                pool.release_quietly(ticket)
+                _notify(notice)
+                reclaims.popleft()  # last: an empty deque means every notice was given
+        finally:
+            self._reclaiming.release()
 
     def close(self) -> None:
         """Stop the keeper. Leases still held are no longer renewed and expire after
@@ -415,6 +433,7 @@ class RedisBackend:
         self._held.clear()
         self._retries.clear()
         self._reclaims.clear()
+        self._reclaiming = threading.Lock()
         self._keeper = None
         self._work = threading.Event()
         self._new_process()
@@ -482,6 +501,13 @@ class RedisBackend:
 
 class ScriptRefusal(Exception):
     """Internal: a script refused an operation (``KIND detail``)."""
+
+
+def _notify(notice: Callable[[], None]) -> None:
+    try:
+        notice()
+    except Exception:  # a leak warning turned into an error, as from __del__
+        _report_unraisable(notice)
 
 
 def _report_unraisable(notice: object) -> None:

@@ -187,6 +187,12 @@ class RedisPool:
     # -- arrival, wait, withdrawal, release -------------------------------------------------
 
     def enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
+        try:
+            return self._enter(ticket, waiter)
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
         """Grant ``ticket`` now (``True``) or queue it in Redis with a local waiter, which
         the keeper wakes when a push or a poll brings its grant (``False``)."""
         if self.closed:
@@ -268,6 +274,12 @@ class RedisPool:
             backend.forget(rid)
 
     def withdraw(self, ticket: Ticket) -> bool:
+        try:
+            return self._withdraw(ticket)
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _withdraw(self, ticket: Ticket) -> bool:
         """The deadline passed: leave the queue unless a grant arrived, which is kept."""
         record = self._records.get(ticket)
         if ticket.state is GRANTED:
@@ -291,6 +303,12 @@ class RedisPool:
         return ticket.state is GRANTED
 
     def release(self, ticket: Ticket, part: Quantity | None) -> None:
+        try:
+            self._release(ticket, part)
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _release(self, ticket: Ticket, part: Quantity | None) -> None:
         """The one release path: give back ``part`` (or everything), or withdraw a queued
         ticket. A full release that cannot reach the server is retried by the keeper (the
         lease's TTL returns the units in any case). Raises :class:`LeaseLost` for a lease
@@ -434,6 +452,12 @@ class RedisPool:
     # -- the rest of the Pool interface -----------------------------------------------------
 
     def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
+        try:
+            self._split(ticket, parts)
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
         """Move units from the granted ``ticket`` to ``parts``, which become holders with its
         fencing token. The parts' records exist before the server splits: if an exception
         cuts this short, releasing them releases whatever the server made of them."""
@@ -461,6 +485,12 @@ class RedisPool:
             ticket.units = remaining
 
     def resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
+        try:
+            self._resize(new_capacity)
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
         """Change the capacity for every process: computed from the capacity read, and
         written only if no other resize came between (else read and compute again)."""
         if self.closed:
@@ -474,6 +504,12 @@ class RedisPool:
         raise BackendUnavailable(f"could not resize {self.name!r}: it kept changing")
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _close(self) -> None:
         """Close this process's face of the manager: its queued requests are refused with
         :class:`ManagerClosed` (and leave the queue in Redis), and so are later ones. Other
         processes are not affected."""
@@ -490,6 +526,12 @@ class RedisPool:
         return bool(units <= self._read()[0])
 
     def snapshot(self) -> Snapshot:
+        try:
+            return self._snapshot()
+        finally:
+            self._backend.settle()  # releases deferred while this thread was inside
+
+    def _snapshot(self) -> Snapshot:
         """The whole manager's capacity and availability; this process's holders and
         waiters (others' threads are not ours to show)."""
         capacity, available, _, _, _ = self._read()
