@@ -269,3 +269,28 @@ def test_every_child_forked_during_churn_can_use_the_manager() -> None:
         for churner in churners:
             churner.outcome()
     assert_idle(pool)
+
+
+def test_a_forked_child_neither_releases_nor_renews_the_parents_redis_leases(
+    redis_backend: Any,
+) -> None:
+    """The leases a child inherits belong to its parent: releasing them there does nothing on
+    the server, and the child's own requests get a process id (wake-up list) of their own."""
+    pool = allotment.ResourceManager(2, name="forked", backend=redis_backend)
+    parents = pool.acquire(1)
+    token = parents.fencing_token
+
+    def child() -> object:
+        parents.release()  # the parent's: nothing happens on the server
+        stats = pool.statistics()
+        with pool.acquire(1, timeout=GENEROUS) as own:  # may wait: the child's own keeper
+            mine = own.fencing_token
+        return [stats.in_use, mine is not None and mine > (token or 0)]
+
+    in_use, newer = run_in_child(child)  # type: ignore[misc]
+    assert in_use == 1
+    assert newer
+    assert not parents.released
+    assert pool.statistics().in_use == 1
+    parents.release()
+    assert pool.statistics().in_use == 0

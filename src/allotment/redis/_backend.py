@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
-from .._core import FINISHED, Form, Pool, Quantity, RateMeter, SectionLock, Ticket, new_section_lock
+from .._core import Form, Pool, Quantity, RateMeter, SectionLock, Ticket, new_section_lock
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
 
@@ -427,8 +427,8 @@ class RedisBackend:
         released or renewed from here), and it gets a process id and a keeper of its own."""
         self._lock = new_section_lock()
         for table in (self._waiting, self._held):
-            for _, ticket in table.values():
-                ticket.state = FINISHED
+            for pool, ticket in table.values():
+                pool.disown(ticket)
         self._waiting.clear()
         self._held.clear()
         self._retries.clear()

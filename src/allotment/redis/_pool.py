@@ -377,6 +377,13 @@ class RedisPool:
             "have been granted to others meanwhile"
         )
 
+    def disown(self, ticket: Ticket) -> None:
+        """In a forked child: ``ticket`` is the parent's; this process never releases it."""
+        record = self._records.get(ticket)
+        if record is not None:
+            record.done = True
+        ticket.state = FINISHED
+
     def release_by_id(self, rid: str) -> None:
         """The keeper's retry of a release the server did not confirm."""
         self._call("release", rid, "")
