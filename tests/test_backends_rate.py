@@ -165,3 +165,56 @@ def test_a_cost_reserved_but_interrupted_is_refunded(backend: RedisBackend | Non
     (outcome,) = run(main)
     assert isinstance(outcome, asyncio.CancelledError)
     assert 0.2 < api.reserve().delay <= 0.5  # the cancelled unit left no trace
+
+
+def _script_calls(client: Any) -> int:
+    stats = client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        for command in ("evalsha", "eval", "script|load")
+    )
+
+
+def test_bad_input_makes_no_round_trip(redis_backend: RedisBackend, redis_client: Any) -> None:
+    pool = allotment.ResourceManager({"gpu": 2}, name=_name(), backend=redis_backend)
+    api = allotment.RateLimiter(10, per=1, burst=3, name=_name(), backend=redis_backend)
+    keyed = allotment.KeyedRateLimiter(10, per=1, name=_name(), backend=redis_backend)
+    before = _script_calls(redis_client)
+    for bad in (0, -1, True, 1.5, "1"):
+        with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
+            pool.acquire({"gpu": bad})
+        with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
+            api.acquire(bad)  # type: ignore[arg-type]
+        with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
+            keyed.acquire("user", bad)  # type: ignore[arg-type]
+    with pytest.raises(allotment.UnknownResource):
+        pool.acquire({"cpu": 1})
+    with pytest.raises(allotment.ExceedsBurst):
+        api.try_acquire(4)
+    with pytest.raises(allotment.InvalidKey):
+        keyed.try_acquire(["a"])
+    with pytest.raises(ValueError, match="timeout"):
+        pool.acquire({"gpu": 1}, timeout=-1)
+    assert _script_calls(redis_client) == before
+
+
+def test_everything_async_on_a_shared_backend(redis_backend: RedisBackend) -> None:
+    shared_pool = allotment.ResourceManager(1, name=_name(), backend=redis_backend, rank=1)
+    local_pool = allotment.ResourceManager(1, rank=2)
+    api = allotment.RateLimiter(20, per=1, burst=1, name=_name(), backend=redis_backend)
+
+    @api.guard()
+    async def call(value: int) -> int:
+        await asyncio.sleep(0)
+        return value
+
+    async def main() -> None:
+        async with allotment.acquire_all_async([(shared_pool, 1), (local_pool, 1), (api, 1)]):
+            assert shared_pool.try_acquire(1) is None
+        reservation = api.reserve()
+        await reservation.wait_async()
+        assert reservation.delay == 0
+        assert await call(7) == 7
+
+    run(main)
+    assert shared_pool.statistics().available == 1
