@@ -180,19 +180,20 @@ def test_bad_input_makes_no_round_trip(redis_backend: RedisBackend, redis_client
     api = allotment.RateLimiter(10, per=1, burst=3, name=_name(), backend=redis_backend)
     keyed = allotment.KeyedRateLimiter(10, per=1, name=_name(), backend=redis_backend)
     before = _script_calls(redis_client)
+    bad: Any
     for bad in (0, -1, True, 1.5, "1"):
         with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
             pool.acquire({"gpu": bad})
         with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
-            api.acquire(bad)  # type: ignore[arg-type]
+            api.acquire(bad)
         with pytest.raises((allotment.InvalidAmount, allotment.InvalidAmountType)):
-            keyed.acquire("user", bad)  # type: ignore[arg-type]
+            keyed.acquire("user", bad)
     with pytest.raises(allotment.UnknownResource):
         pool.acquire({"cpu": 1})
     with pytest.raises(allotment.ExceedsBurst):
         api.try_acquire(4)
     with pytest.raises(allotment.InvalidKey):
-        keyed.try_acquire(["a"])
+        keyed.try_acquire(["a"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
         pool.acquire({"gpu": 1}, timeout=-1)
     assert _script_calls(redis_client) == before

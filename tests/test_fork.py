@@ -287,7 +287,9 @@ def test_a_forked_child_neither_releases_nor_renews_the_parents_redis_leases(
             mine = own.fencing_token
         return [stats.in_use, mine is not None and mine > (token or 0)]
 
-    in_use, newer = run_in_child(child)  # type: ignore[misc]
+    outcome = run_in_child(child)
+    assert isinstance(outcome, list)
+    in_use, newer = outcome
     assert in_use == 1
     assert newer
     assert not parents.released

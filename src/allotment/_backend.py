@@ -16,7 +16,13 @@ from ._clock import Clock
 from ._core import Form, Pool, Quantity, RateMeter
 from ._errors import UnsupportedByBackend
 
-__all__ = ["Backend", "OnUnavailable", "check_backend_name", "check_on_unavailable"]
+__all__ = [
+    "Backend",
+    "OnUnavailable",
+    "check_backend_name",
+    "check_on_unavailable",
+    "valid_on_unavailable",
+]
 
 OnUnavailable = Literal["raise", "allow", "deny"]
 
@@ -62,6 +68,10 @@ def check_on_unavailable(value: object, backend: object) -> OnUnavailable | None
         return None
     if backend is None:
         raise UnsupportedByBackend("on_unavailable= applies only to a limiter with a backend")
-    if value not in ("raise", "allow", "deny"):
-        raise ValueError(f"on_unavailable must be 'raise', 'allow' or 'deny', not {value!r}")
-    return value
+    return valid_on_unavailable(value)
+
+
+def valid_on_unavailable(value: object) -> OnUnavailable:
+    if value == "raise" or value == "allow" or value == "deny":  # noqa: PLR1714 - narrows
+        return value
+    raise ValueError(f"on_unavailable must be 'raise', 'allow' or 'deny', not {value!r}")

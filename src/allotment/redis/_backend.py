@@ -34,7 +34,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._backend import OnUnavailable
+from .._backend import OnUnavailable, valid_on_unavailable
 from .._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
 from .._core import Form, Pool, Quantity, RateMeter, SectionLock, Ticket, new_section_lock
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
@@ -43,11 +43,9 @@ from . import _scripts
 if TYPE_CHECKING:
     from ._pool import RedisPool
 
-__all__ = ["OnUnavailable", "RedisBackend", "parse_policy"]
+__all__ = ["RedisBackend"]
 
 logger = logging.getLogger("allotment.redis")
-
-_POLICIES = ("raise", "allow", "deny")
 
 _SLICE = 0.5
 """The longest the keeper blocks in one BLPOP: how late it notices a stop or new work."""
@@ -68,12 +66,6 @@ _SYNC_CLASSES = {
     "Connection": redis.Connection,
     "SSLConnection": redis.SSLConnection,
 }
-
-
-def parse_policy(value: object, what: str = "on_unavailable") -> OnUnavailable:
-    if value not in _POLICIES:
-        raise ValueError(f"{what} must be 'raise', 'allow' or 'deny', not {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def _positive_seconds(value: object, what: str) -> float:
@@ -174,7 +166,7 @@ class RedisBackend:
             raise ValueError(
                 "lease_ttl must be at least three times timeout, to be renewed in time"
             )
-        self.on_unavailable = parse_policy(on_unavailable)
+        self.on_unavailable = valid_on_unavailable(on_unavailable)
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty string, not {prefix!r}")
         self.prefix = prefix
@@ -191,7 +183,8 @@ class RedisBackend:
         self._reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]] = (
             collections.deque()
         )
-        self._reclaiming = threading.Lock()
+        self._draining = threading.RLock()
+        self._draining_now = False
         self._ids = iter(range(1, 1 << 62))
         self._closed = False
         self._keeper: threading.Thread | None = None
@@ -314,7 +307,7 @@ class RedisBackend:
             try:
                 if backoff:
                     time.sleep(backoff)
-                self._reclaim_pending()
+                self.settle()
                 if self._waiting:
                     popped: Any = self._keeper_client.blpop([self.wake_key], timeout=_SLICE)
                     if popped is not None:
@@ -388,28 +381,29 @@ class RedisBackend:
                 self._retries.pop(retry.rid, None)
 
     def settle(self) -> None:
-        """After an operation, on the caller's thread: do the releases a finalizer or signal
-        handler deferred while this thread was inside the bookkeeping, so that their units
-        are back before the operation returns (as in memory)."""
-        if self._reclaims and not self._lock._is_owned():
-            self._reclaim_pending()
-
-    def _reclaim_pending(self) -> None:
-        # One thread at a time (the keeper, or a caller settling); a finalizer running here
-        # releases at once itself and never waits for this lock.
-        if not self._reclaiming.acquire(blocking=False):
+        """After an operation: do the releases a finalizer or signal handler deferred while a
+        thread was inside the bookkeeping, so that their units are back before the operation
+        returns (as in memory). The keeper settles too, after each round. One thread drains
+        at a time, and the others wait for it: a deferred release is done when any of them
+        returns. A finalizer that runs during a drain, on the draining thread, releases at
+        once itself (outside the bookkeeping) and never drains."""
+        if not self._reclaims or self._lock._is_owned():
             return
-        try:
-            reclaims = self._reclaims
-            while True:
-                if not reclaims:
-                    break
-                pool, ticket, notice = reclaims[0]
-                pool.release_quietly(ticket)
-                _notify(notice)
-                reclaims.popleft()  # last: an empty deque means every notice was given
-        finally:
-            self._reclaiming.release()
+        with self._draining:
+            if self._draining_now:
+                return  # re-entered on this thread
+            self._draining_now = True
+            try:
+                reclaims = self._reclaims
+                while True:
+                    if not reclaims:
+                        break
+                    pool, ticket, notice = reclaims[0]
+                    pool.release_quietly(ticket)
+                    _notify(notice)
+                    reclaims.popleft()  # last: an empty deque means every notice was given
+            finally:
+                self._draining_now = False
 
     def close(self) -> None:
         """Stop the keeper. Leases still held are no longer renewed and expire after
@@ -433,7 +427,8 @@ class RedisBackend:
         self._held.clear()
         self._retries.clear()
         self._reclaims.clear()
-        self._reclaiming = threading.Lock()
+        self._draining = threading.RLock()
+        self._draining_now = False
         self._keeper = None
         self._work = threading.Event()
         self._new_process()

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from .._backend import OnUnavailable
 from .._core import (
     FINISHED,
     GRANTED,
@@ -38,7 +39,7 @@ from .._core import (
     task_of,
 )
 from .._errors import BackendConflict, BackendUnavailable
-from ._backend import OnUnavailable, RedisBackend
+from ._backend import RedisBackend
 
 __all__ = ["RedisMeter", "RuleLimits"]
 
