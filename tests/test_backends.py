@@ -414,3 +414,19 @@ def test_an_asyncio_client_names_the_server_too(redis_server: Any, redis_client:
             await client.aclose()
 
     run(main)
+
+
+def test_statistics_count_other_processes(redis_client: Any) -> None:
+    first, second = RedisBackend(redis_client), RedisBackend(redis_client)  # as two processes
+    try:
+        here = allotment.ResourceManager(2, name="counted", backend=first)
+        there = allotment.ResourceManager(2, name="counted", backend=second)
+        theirs = there.acquire(2)
+        stats = here.statistics()
+        assert (stats.holders, stats.other_holders, stats.in_use) == ((), 1, 2)
+        assert "(and 1 in other processes)" in str(stats)
+        theirs.release()
+        assert here.statistics().other_holders == 0
+    finally:
+        first.close()
+        second.close()

@@ -97,20 +97,33 @@ class ManagerStatistics(Generic[Amount]):
     closed: bool
     claims: tuple[ClaimInfo[Amount], ...] = ()
     """Banker mode: one record per open declared claim, oldest first."""
+    other_holders: int = 0
+    """A manager with a backend: leases held by other processes (counted in ``in_use``;
+    ``holders`` lists this process's only)."""
+    other_waiters: int = 0
+    """A manager with a backend: requests other processes have queued (``waiters`` lists
+    this process's only)."""
 
     def __str__(self) -> str:
         state = " (closed)" if self.closed else ""
+        elsewhere = " (and {} in other processes)"
         lines = [
             f"{self.name}{state}: capacity {self.capacity!r}, in use {self.in_use!r}, "
             f"available {self.available!r}",
-            f"  {len(self.holders)} holder(s):",
+            f"  {len(self.holders)} holder(s)"
+            + (elsewhere.format(self.other_holders) if self.other_holders else "")
+            + ":",
         ]
         for holder in self.holders:
             lines.append(
                 f"    {holder.amounts!r} held {holder.age:.3f} s by {_owner(holder)}"
                 + (f", acquired at {holder.site}" if holder.site else "")
             )
-        lines.append(f"  {len(self.waiters)} waiter(s), next served first:")
+        lines.append(
+            f"  {len(self.waiters)} waiter(s)"
+            + (elsewhere.format(self.other_waiters) if self.other_waiters else "")
+            + ", next served first:"
+        )
         for position, waiter in enumerate(self.waiters, 1):
             lines.append(
                 f"    {position}. {waiter.requested!r} waiting {waiter.waited:.3f} s: "
@@ -227,6 +240,8 @@ def statistics_from(name: str, form: Form[Amount], snapshot: Snapshot) -> Manage
             for view in snapshot.waiters
         ),
         closed=snapshot.closed,
+        other_holders=snapshot.other_holders,
+        other_waiters=snapshot.other_waiters,
         claims=tuple(
             ClaimInfo(
                 maximum=form.render(view.maximum),

@@ -121,6 +121,10 @@ class Snapshot:
     closed: bool
     taken_at: float
     accounts: tuple[AccountView, ...] = ()
+    other_holders: int = 0
+    """Holders of other processes (a pool kept elsewhere): not in ``holders``."""
+    other_waiters: int = 0
+    """Waiters of other processes (a pool kept elsewhere): not in ``waiters``."""
 
 
 class AdmissionPolicy(Protocol):

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -121,6 +121,7 @@ class _Retry:
     give_up_at: float
 
 
+@attrs.define(eq=False, init=False, repr=False)
 class RedisBackend:
     """State kept in a Redis server (or Valkey), shared by every process that names it.
 
@@ -144,6 +145,35 @@ class RedisBackend:
     One keeper thread per backend and process wakes local waiters and renews local leases.
     :meth:`close` stops it (leases not released then expire after ``lease_ttl``).
     """
+
+    lease_ttl: float
+    waiter_ttl: float
+    timeout: float
+    on_unavailable: OnUnavailable
+    prefix: str
+    client: redis.Redis
+    """This backend's own connections (bounded timeouts, no retries)."""
+    manager_script: Any
+    gcra_script: Any
+    window_script: Any
+    process: str
+    """This process's random id (a forked child gets its own)."""
+    wake_key: str
+    """This process's wake-up list."""
+    _keeper_client: redis.Redis
+    _lock: SectionLock
+    _waiting: dict[str, tuple[RedisPool, Ticket]]
+    _held: dict[str, tuple[RedisPool, Ticket]]
+    _retries: dict[str, _Retry]
+    _reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]]
+    """Releases deferred by a finalizer or signal handler inside the bookkeeping."""
+    _draining: threading.RLock
+    _draining_now: bool
+    _ids: Iterator[int]
+    _closed: bool
+    _keeper: threading.Thread | None
+    _work: threading.Event
+    _pid: int
 
     def __init__(
         self,
@@ -176,18 +206,16 @@ class RedisBackend:
         self.manager_script = self.client.register_script(_scripts.MANAGER)
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
-        self._lock: SectionLock = new_section_lock()
-        self._waiting: dict[str, tuple[RedisPool, Ticket]] = {}
-        self._held: dict[str, tuple[RedisPool, Ticket]] = {}
-        self._retries: dict[str, _Retry] = {}
-        self._reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]] = (
-            collections.deque()
-        )
+        self._lock = new_section_lock()
+        self._waiting = {}
+        self._held = {}
+        self._retries = {}
+        self._reclaims = collections.deque()
         self._draining = threading.RLock()
         self._draining_now = False
         self._ids = iter(range(1, 1 << 62))
         self._closed = False
-        self._keeper: threading.Thread | None = None
+        self._keeper = None
         self._work = threading.Event()
         self._new_process()
         _live_backends.add(self)

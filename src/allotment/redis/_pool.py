@@ -541,13 +541,24 @@ class RedisPool:
     def _snapshot(self) -> Snapshot:
         """The whole manager's capacity and availability; this process's holders and
         waiters (others' threads are not ours to show)."""
-        capacity, available, _, _, _ = self._read()
+        capacity, available, holding, waiting, _ = self._read()
         backend = self._backend
         with backend.section():
             mine = list(self._records.items())
         holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
         waiters = tuple(_view(t) for t, record in mine if t.state is PENDING and record.queued)
-        return Snapshot(capacity, available, holders, waiters, self.closed, self._now())
+        return Snapshot(
+            capacity,
+            available,
+            holders,
+            waiters,
+            self.closed,
+            self._now(),
+            # Read just after the server's counts: a local change between shows as a
+            # difference of one here, never as a negative count.
+            other_holders=max(0, holding - len(holders)),
+            other_waiters=max(0, waiting - len(waiters)),
+        )
 
     def try_snapshot(self, timeout: float) -> Snapshot | None:
         if self._backend.in_section():
