@@ -67,3 +67,13 @@ def redis_backend(redis_client: redis.Redis) -> Iterator[RedisBackend]:
     backend = RedisBackend(redis_client, lease_ttl=30)
     yield backend
     backend.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> RedisBackend | None:
+    """Where a contract test's managers and limiters keep their state: in memory (``None``),
+    or on the private redis-server."""
+    if request.param == "memory":
+        return None
+    shared: RedisBackend = request.getfixturevalue("redis_backend")
+    return shared

@@ -23,14 +23,6 @@ _names = itertools.count()
 MakeManager = Callable[..., allotment.ResourceManager[Any]]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> RedisBackend | None:
-    if request.param == "memory":
-        return None
-    backend: RedisBackend = request.getfixturevalue("redis_backend")
-    return backend
-
-
 @pytest.fixture
 def make(backend: RedisBackend | None) -> MakeManager:
     def make(capacity: Any, **options: Any) -> allotment.ResourceManager[Any]:

@@ -17,14 +17,6 @@ from allotment.redis import RedisBackend
 _names = itertools.count()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> RedisBackend | None:
-    if request.param == "memory":
-        return None
-    shared: RedisBackend = request.getfixturevalue("redis_backend")
-    return shared
-
-
 def _name() -> str:
     return f"rate-{next(_names)}"
 

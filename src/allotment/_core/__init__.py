@@ -24,6 +24,7 @@ from ._pool import (
     Snapshot,
     TicketView,
     new_section_lock,
+    report_unraisable,
 )
 from ._rate import NANOSECONDS, Gcra, RateRule, SlidingWindow, exact_positive, ticks_of
 from ._tickets import (
@@ -82,6 +83,7 @@ __all__ = [
     "exact_positive",
     "form_for",
     "new_section_lock",
+    "report_unraisable",
     "task_of",
     "ticks_of",
 ]

@@ -61,6 +61,7 @@ __all__ = [
     "Snapshot",
     "TicketView",
     "new_section_lock",
+    "report_unraisable",
 ]
 
 _NO_WAKEUPS: tuple[Waiter, ...] = ()
@@ -772,7 +773,7 @@ class MemoryPool:
             try:
                 notice()
             except Exception:  # a leak warning turned into an error: as from __del__
-                _report_unraisable(notice)
+                report_unraisable(notice)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock, and no trace of the threads that did not come.
@@ -818,7 +819,7 @@ def _reentrant(what: str) -> ReentrantCall:
     )
 
 
-def _report_unraisable(notice: object) -> None:
+def report_unraisable(notice: object) -> None:
     """Hand the exception being handled to ``sys.unraisablehook``, as if raised in __del__."""
     kind, value, traceback = sys.exc_info()
     arguments = types.SimpleNamespace(

@@ -36,7 +36,16 @@ from redis.retry import Retry
 
 from .._backend import OnUnavailable, valid_on_unavailable
 from .._clock import SYSTEM_CLOCK, Clock, nanoseconds_of
-from .._core import Form, Pool, Quantity, RateMeter, SectionLock, Ticket, new_section_lock
+from .._core import (
+    Form,
+    Pool,
+    Quantity,
+    RateMeter,
+    SectionLock,
+    Ticket,
+    new_section_lock,
+    report_unraisable,
+)
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
 
@@ -530,23 +539,7 @@ def _notify(notice: Callable[[], None]) -> None:
     try:
         notice()
     except Exception:  # a leak warning turned into an error, as from __del__
-        _report_unraisable(notice)
-
-
-def _report_unraisable(notice: object) -> None:
-    import sys
-    import types
-
-    kind, value, traceback = sys.exc_info()
-    sys.unraisablehook(
-        types.SimpleNamespace(
-            exc_type=kind,
-            exc_value=value,
-            exc_traceback=traceback,
-            err_msg="Exception ignored in an allotment leak warning",
-            object=notice,
-        )
-    )
+        report_unraisable(notice)
 
 
 _live_backends: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
