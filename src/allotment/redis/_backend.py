@@ -237,13 +237,14 @@ class RedisBackend:
     # -- round trips ---------------------------------------------------------------------------
 
     def run_script(
-        self, script: Any, keys: Sequence[str], args: Sequence[object], what: str
+        self, script: Any, keys: Sequence[str], args: Sequence[object], name: str
     ) -> Any:
-        """One EVALSHA (redis-py loads the script again after a SCRIPT FLUSH or a restart).
-        Script refusals become allotment's errors; anything else from Redis becomes
+        """One EVALSHA of ``args[0]`` (the operation) on the manager or limit ``name``
+        (redis-py loads the script again after a SCRIPT FLUSH or a restart). Script
+        refusals become allotment's errors; anything else from Redis becomes
         :class:`BackendUnavailable`."""
         if self._closed:
-            raise BackendUnavailable(f"this RedisBackend was closed ({what})")
+            raise BackendUnavailable(f"this RedisBackend was closed ({args[0]} on {name!r})")
         try:
             return script(keys=keys, args=args)
         except redis.exceptions.ResponseError as error:
@@ -256,9 +257,9 @@ class RedisBackend:
                 raise ScriptRefusal(
                     message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0]
                 ) from None
-            raise unavailable(error, what) from error
+            raise unavailable(error, f"{args[0]} on {name!r}") from error
         except redis.exceptions.RedisError as error:
-            raise unavailable(error, what) from error
+            raise unavailable(error, f"{args[0]} on {name!r}") from error
 
     def new_id(self) -> str:
         return f"{self.process}:{next(self._ids)}"

@@ -88,8 +88,7 @@ class RedisMeter:
         backend = self._backend
         try:
             return backend.run_script(
-                self._script, self._keys, (operation, *self._settings, *args),
-                f"{operation} on {self.name!r}",
+                self._script, self._keys, (operation, *self._settings, *args), self.name
             )  # fmt: skip
         except BackendConflict as conflict:
             # Settings vanish with an idle limit's state: a conflict may show only now.

@@ -146,7 +146,7 @@ class RedisPool:
             backend.manager_script,
             (*self._keys, backend.wake_key),
             (operation, *self._head, *args),
-            f"{operation} on {self.name!r}",
+            self.name,
         )
 
     def _decode(self, text: bytes | str) -> Quantity:

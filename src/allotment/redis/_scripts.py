@@ -313,17 +313,24 @@ return result
 GCRA = (
     _PRELUDE
     + r"""
--- KEYS: 1 the limit's hash (settings, tat: the theoretical arrival time, in us)
+-- KEYS: 1 the limit's state: a string "tat|settings" (tat: the theoretical arrival time, us)
 -- ARGV: 1 operation, 2 settings ("interval,burst" in us), 3 interval (us), 4 burst,
 --       5... the operation's own
+-- One string, not a hash: a decision is GET, TIME and SET ... PX, three calls, the fewest.
 local K = KEYS[1]
 local op, settings = ARGV[1], ARGV[2]
 local interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_us()
-local stored = redis.call('HMGET', K, 'settings', 'tat')
-if stored[1] and stored[1] ~= settings then fail('CONFLICT', stored[1]) end
+local raw = redis.call('GET', K)
+local stored_tat
+if raw then
+  local bar = string.find(raw, '|', 1, true)
+  local stored_settings = string.sub(raw, bar + 1)
+  if stored_settings ~= settings then fail('CONFLICT', stored_settings) end
+  stored_tat = string.sub(raw, 1, bar - 1)
+end
 local tat = now
-if stored[2] then tat = math.max(tonumber(stored[2]), now) end
+if stored_tat then tat = math.max(tonumber(stored_tat), now) end
 local tolerance = burst * interval
 
 local function store(new_tat)
@@ -332,8 +339,7 @@ local function store(new_tat)
   if ttl_ms < 1 then
     redis.call('DEL', K)
   else
-    redis.call('HSET', K, 'settings', settings, 'tat', fmt(new_tat))
-    redis.call('PEXPIRE', K, ttl_ms + 1000)
+    redis.call('SET', K, fmt(new_tat) .. '|' .. settings, 'PX', ttl_ms + 1000)
   end
 end
 
@@ -354,7 +360,7 @@ if op == 'take' then
   return {-1, fmt(wait), '0', '0'}
 elseif op == 'undo' then
   -- ARGV 5 tat before, 6 tat after: taken back only if nothing was granted since
-  if stored[2] and stored[2] == ARGV[6] then
+  if stored_tat and stored_tat == ARGV[6] then
     local before = tonumber(ARGV[5])
     store(before)
     return 1
