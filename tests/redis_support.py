@@ -101,3 +101,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=self.path)
+
+    def flush(self) -> None:
+        """Empty the server (with a client closed at once: an open socket left to the
+        collector warns)."""
+        with self.client() as client:
+            client.flushall()

@@ -46,7 +46,7 @@ def test_processes_and_threads_never_overlap(redis_server: RedisServer, tmp_path
         )
         for index, log in enumerate(logs)
     ]
-    redis_server.client().flushall()
+    redis_server.flush()
     for child in children:
         child.start()
     for child in children:
@@ -227,7 +227,7 @@ def test_a_skewed_client_clock_gets_its_fair_share(
 ) -> None:
     """Two processes, one whose wall clock is ten minutes ahead: the limit holds overall
     (never more than burst + rate * t) and each gets a share."""
-    redis_server.client().flushall()
+    redis_server.flush()
     logs = [tmp_path / "honest.json", tmp_path / "skewed.json"]
     children = [
         spawn.Process(

@@ -451,8 +451,10 @@ class RedisBackend:
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(self.timeout + 2 * _SLICE)
-        self.client.close()
-        self._keeper_client.close()
+        # The connection pools are this backend's own: close() of a client with a pool
+        # passed in leaves the pool's sockets open.
+        self.client.connection_pool.disconnect()
+        self._keeper_client.connection_pool.disconnect()
 
     def _after_fork_in_child(self) -> None:
         """The child has none of the parent's threads: its tickets are the parent's (never
