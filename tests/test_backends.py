@@ -382,6 +382,9 @@ def test_what_a_backend_cannot_do_is_refused_at_construction(redis_backend: Redi
         allotment.RateLimiter(1, name="clocked", backend=redis_backend, clock=ManualClock())
     with pytest.raises(TypeError, match="name"):
         allotment.ResourceManager(2, backend=redis_backend)
+    for semaphore in (allotment.Semaphore, allotment.BoundedSemaphore):
+        with pytest.raises(allotment.UnsupportedByBackend):
+            semaphore(2, backend=redis_backend)
     with pytest.raises(allotment.UnsupportedByBackend):
         allotment.RateLimiter(1, on_unavailable="allow")
     keyed = allotment.KeyedRateLimiter(1, name="keyed", backend=redis_backend)

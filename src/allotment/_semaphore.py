@@ -10,6 +10,7 @@ import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import FifoPolicy, MemoryPool, Pool, Quantity, ScalarForm, Ticket
+from ._errors import UnsupportedByBackend
 from ._waiters import await_grant, new_thread_waiter
 
 __all__ = ["BoundedSemaphore", "Semaphore"]
@@ -41,8 +42,17 @@ class Semaphore:
     _limit: int | None
     """The most permits there may be, or ``None``: set by BoundedSemaphore."""
 
-    def __init__(self, value: int = 1, *, clock: Clock | None = None) -> None:
-        """``clock`` measures timeouts (default: the system's monotonic clock)."""
+    def __init__(
+        self, value: int = 1, *, clock: Clock | None = None, backend: object = None
+    ) -> None:
+        """``clock`` measures timeouts (default: the system's monotonic clock). A semaphore
+        lives in this process: ``backend`` is refused (:class:`UnsupportedByBackend`); share
+        a :class:`ResourceManager` instead."""
+        if backend is not None:
+            raise UnsupportedByBackend(
+                "a Semaphore lives in this process: for permits shared across processes, use "
+                "ResourceManager(n, name=..., backend=...)"
+            )
         value = operator.index(value)
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
@@ -137,8 +147,10 @@ class BoundedSemaphore(Semaphore):
     would raise the counter above the initial value, which usually reveals a bug.
     """
 
-    def __init__(self, value: int = 1, *, clock: Clock | None = None) -> None:
-        super().__init__(value, clock=clock)
+    def __init__(
+        self, value: int = 1, *, clock: Clock | None = None, backend: object = None
+    ) -> None:
+        super().__init__(value, clock=clock, backend=backend)
         self._limit = operator.index(value)
 
     def __repr__(self) -> str:
