@@ -296,3 +296,22 @@ def test_a_forked_child_neither_releases_nor_renews_the_parents_redis_leases(
     assert pool.statistics().in_use == 1
     parents.release()
     assert pool.statistics().in_use == 0
+
+
+def test_a_forked_child_drops_the_parents_waiters_on_a_redis_limiter(redis_backend: Any) -> None:
+    api = allotment.RateLimiter(1, per=2, burst=1, name="forked-rate", backend=redis_backend)
+    api.acquire()
+    waiter = start(api.acquire, name="waiting")  # reserved, sleeping for about 2 s
+    deadline = time.monotonic() + GENEROUS
+    while not api.statistics().waiters and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert api.statistics().waiters
+
+    def child() -> object:
+        stats = api.statistics()
+        return [len(stats.waiters), api.try_acquire()]
+
+    outcome = run_in_child(child)
+    assert outcome == [0, False]  # the parent's waiter is not the child's; still spent
+    waiter.join(GENEROUS)
+    assert waiter.error is None

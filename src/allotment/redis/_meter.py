@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +80,19 @@ class RedisMeter:
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        _live_meters.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh lock, and no local waiters of threads that did not
+        come. Their reservations stay recorded on the server (spent, never looser)."""
+        self._lock = threading.Lock()
+        me = threading.current_thread()
+        for ticket in list(self.queue):
+            if ticket.thread is not me:
+                ticket.state = FINISHED
+                del self.queue[ticket]
 
     def declare(self) -> None:
         """Check this process's settings against those stored under the name (stored while
@@ -301,3 +316,15 @@ def window_keys(prefix: str, name: str) -> tuple[str, str]:
 def gcra_key(prefix: str, name: str, key: str | None = None) -> tuple[str]:
     base = f"{prefix}:{{{name}}}"
     return (f"{base}:gcra",) if key is None else (f"{base}:k:{key}",)
+
+
+_live_meters: weakref.WeakSet[RedisMeter] = weakref.WeakSet()
+
+
+def _reinitialise_after_fork() -> None:
+    for meter in list(_live_meters):
+        meter._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinitialise_after_fork)
