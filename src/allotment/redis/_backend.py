@@ -182,7 +182,7 @@ class RedisBackend:
     _closed: bool
     _keeper: threading.Thread | None
     _work: threading.Event
-    _pid: int
+    _starting: threading.Lock
 
     def __init__(
         self,
@@ -230,7 +230,7 @@ class RedisBackend:
         _live_backends.add(self)
 
     def _new_process(self) -> None:
-        self._pid = os.getpid()
+        self._starting = threading.Lock()
         self.process = secrets.token_hex(8)
         self.wake_key = f"{self.prefix}:wake:{self.process}"
 
@@ -314,18 +314,22 @@ class RedisBackend:
         self.start_keeper()
 
     def reclaim(self, pool: RedisPool, ticket: Ticket, notice: Callable[[], None]) -> None:
-        """From a finalizer: no lock, no I/O; the keeper releases it and gives the notice."""
+        """From a finalizer or signal handler inside the bookkeeping: no lock, no I/O. The
+        interrupted operation's :meth:`settle` (or the keeper's) releases it and gives the
+        notice."""
         self._reclaims.append((pool, ticket, notice))
 
     # -- the keeper ----------------------------------------------------------------------------
 
-    def start_keeper(self) -> None:
-        """Start this process's keeper if it is not running; wake it for new work."""
-        if os.getpid() != self._pid:
-            self._after_fork_in_child()
+    def start_keeper(self, *, wake: bool = True) -> None:
+        """Start this process's keeper if it is not running; with ``wake``, wake it for new
+        work (a waiter to listen for). A lease needs no wake-up: renewals run on a timer.
+
+        ``_starting`` (not the tables' lock) guards the start: ``Thread.start`` waits for
+        the new thread, and the tables' lock is never held while waiting."""
         keeper = self._keeper
         if keeper is None or not keeper.is_alive():
-            with self._lock:
+            with self._starting:
                 keeper = self._keeper
                 if (keeper is None or not keeper.is_alive()) and not self._closed:
                     keeper = threading.Thread(
@@ -335,7 +339,8 @@ class RedisBackend:
                     )
                     keeper.start()
                     self._keeper = keeper
-        self._work.set()
+        if wake:
+            self._work.set()
 
     def _keep(self) -> None:
         renew_at = _monotonic() + self.lease_ttl / 3

@@ -19,8 +19,10 @@ keeps only its own tickets. The rules of the in-memory pool hold across processe
   cannot reach the server is retried by the keeper.
 
 Local state of a ticket (``state``, ``units``, its record) changes under the backend's lock,
-never held across a round trip. The order is: register locally, then ask the server; the
-server's answer is applied idempotently, whether it comes by reply, by push or by poll.
+never held across a round trip. An arrival registers locally, then asks the server (so a
+grant pushed before the reply finds its ticket); a release asks the server, then marks the
+ticket released (so a release cut short in between is repeated, not lost). The server's
+answers are applied idempotently, whether they come by reply, by push or by poll.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class RedisPool:
         try:
             code, token = self._call("enter", record.rid, _encode(ticket.units), 1 if made else 0)
         except ScriptRefusal as refusal:
-            self._forget(ticket, record)
+            self._forget(record)
             capacity = self._decode(str(refusal).split(" ", 1)[1])
             raise ExceedsCapacity(
                 f"a request for {self.form.render(ticket.units)!r} can never be granted: "
@@ -220,12 +222,12 @@ class RedisPool:
             self.granted(ticket, record.rid, int(token), wake=False)
             return True
         if code == -1:
-            self._forget(ticket, record)
+            self._forget(record)
         else:
             record.queued = True
         return False
 
-    def _forget(self, ticket: Ticket, record: _Record) -> None:
+    def _forget(self, record: _Record) -> None:
         with self._backend.section():
             self._backend.forget(record.rid)
 
@@ -244,7 +246,7 @@ class RedisPool:
             elif ticket.state is not GRANTED:
                 return
             backend.hold(rid, self, ticket)  # again, if a first delivery was cut short
-        backend.start_keeper()  # which renews the lease
+        backend.start_keeper(wake=False)  # which renews the lease on its timer
         if wake:
             ticket.waiter.wake()
 
