@@ -4,6 +4,9 @@
     python benchmarks/run.py --write docs/benchmarks.md
     python benchmarks/run.py --quick         # seconds, for a smoke test
     python benchmarks/run.py --only release  # one section (or several, comma-separated)
+    python3.13 benchmarks/run.py --only uncontended,release --write docs/benchmarks.md
+                                             # those sections on another Python, written
+                                             # into that Python's own section of the page
 
 Every figure is a median over several repeats, and every comparison is a ratio measured in
 the same process, with the implementations interleaved so that drift hits them equally.
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import allotment
-from common import MARKER, quiet_gc
+from common import MARKER, quiet_gc, replace_figures
 
 Factory = Callable[[int], Callable[[], AbstractContextManager[Any]]]
 """Given a capacity, returns a callable whose result is entered once per operation."""
@@ -968,17 +971,19 @@ def report(quick: bool, only: Sequence[str] | None = None) -> str:
         lines, figures = SECTIONS[name](settings)
         sections.append(lines)
         measured += figures
-    scope = "" if only is None else f" Sections: {', '.join(chosen)} (`--only`)."
+    command = "python benchmarks/run.py" + (
+        " --write docs/benchmarks.md" if only is None else f" --only {','.join(chosen)}"
+    )
     intro = [
         "# Benchmarks",
         "",
-        "Produced by `python benchmarks/run.py --write docs/benchmarks.md`"
+        f"Produced by `{command}`"
         + (" (quick mode)" if quick else "")
         + f" on {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} cores. Medians of {settings.repeats} repeats "
         "unless a section says otherwise; the implementations are interleaved within each "
         "repeat. Timings on a shared 2-core "
-        "machine move by about 10% from run to run: read the ratios, not the digits." + scope,
+        "machine move by about 10% from run to run: read the ratios, not the digits.",
     ]
     if measured:
         sections.insert(0, targets_part(measured))
@@ -1006,16 +1011,32 @@ def main() -> None:
         help=f"measure only these sections, of: {', '.join(SECTIONS)}",
     )
     arguments = parser.parse_args()
-    if arguments.only is not None and arguments.write:
-        parser.error("--write writes the whole page: run it without --only")
     text = report(arguments.quick, arguments.only)
     print(text, end="")
-    if arguments.write:
+    if arguments.write and arguments.only is not None:
+        write_version_section(arguments.write, text)
+    elif arguments.write:
         with open(arguments.write, encoding="utf-8") as file:
             kept = sections_of_other_scripts(file.read())
         with open(arguments.write, "w", encoding="utf-8") as file:
             file.write(text + (f"\n{kept}" if kept else ""))
     sys.stdout.flush()
+
+
+def write_version_section(path: str, text: str) -> None:
+    """Put a partial report (``--only``) into the page's section for this Python version,
+    after the sections other scripts own, so that a full ``--write`` keeps it. What the
+    section holds after its figures (a comparison written by hand) stays."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    heading = f"## Python {version}"
+    body = text.split("\n", 2)[2]  # without the page's "# Benchmarks" title
+    figures = "\n".join(
+        "#" + line if line.startswith("## ") else line for line in body.splitlines()
+    )
+    with open(path, encoding="utf-8") as file:
+        page = file.read()
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(replace_figures(page, figures, heading, f"run.py on Python {version}"))
 
 
 def sections_of_other_scripts(page: str) -> str:
