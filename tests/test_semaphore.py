@@ -74,6 +74,26 @@ def test_context_manager(standard: Any, ours: Any) -> None:
 
 
 @pytest.mark.parametrize(("standard", "ours"), KINDS)
+def test_a_subclass_release_runs_when_a_with_block_ends(standard: Any, ours: Any) -> None:
+    # threading's __exit__ calls self.release(): a drop-in must too, for subclasses.
+    for base in (standard, ours):
+
+        class Counting(base):  # type: ignore[valid-type, misc]
+            released: list[int]
+
+            def release(self, n: int = 1) -> None:
+                self.released.append(n)
+                super().release(n)
+
+        semaphore = Counting(1)
+        semaphore.released = []
+        with semaphore:
+            assert not semaphore.acquire(blocking=False)
+        assert semaphore.released == [1]
+        assert semaphore.acquire(blocking=False)  # the permit came back through it
+
+
+@pytest.mark.parametrize(("standard", "ours"), KINDS)
 def test_repr_has_the_same_form(standard: Any, ours: Any) -> None:
     semaphore = ours(3)
     semaphore.acquire()

@@ -746,9 +746,9 @@ class MemoryPool:
 
         Callers retry it once if an exception cuts it short (even at its first line):
         wake-ups are idempotent and each deferred release is popped only after it is done.
-        The wake-up comes last, so the waker returns at once: on this machine, what a waker
-        does right after a wake-up costs it several microseconds more than the same work
-        before it (see "Release cost" in benchmarks.md).
+        The wake-up comes last, so that none of the waker's own work waits behind the thread
+        it wakes, which the scheduler often runs at once on the waker's CPU (see "Release
+        cost with waiters" in benchmarks.md).
         """
         if self._orphans:
             self._drain_orphans()
