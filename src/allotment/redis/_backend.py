@@ -50,6 +50,7 @@ from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
 
 if TYPE_CHECKING:
+    from ._meter import RedisMeter
     from ._pool import RedisPool
 
 __all__ = ["RedisBackend"]
@@ -496,19 +497,16 @@ class RedisBackend:
     ) -> RateMeter:
         """The meter of a GCRA named ``name`` (of one of its keys, for a keyed limiter).
         Each unit's interval is rounded up to a whole microsecond: never looser."""
-        from ._meter import RedisMeter, RuleLimits, gcra_key
+        from ._meter import gcra_key
 
         interval_us = math.ceil(interval_ns / 1000)
-        meter = RedisMeter(
-            self,
+        meter = self._meter(
+            name,
             self.gcra_script,
             gcra_key(self.prefix, name, key),
             (f"{interval_us},{burst}", interval_us, burst),
-            RuleLimits(burst),
-            self.on_unavailable if on_unavailable is None else on_unavailable,
-            _NOW_NS,
-            SYSTEM_CLOCK.now,
-            name,
+            burst,
+            on_unavailable,
         )
         if key is None:
             meter.declare()
@@ -518,22 +516,44 @@ class RedisBackend:
         self, name: str, limit: int, per: fractions.Fraction, on_unavailable: OnUnavailable | None
     ) -> RateMeter:
         """The meter of a sliding window named ``name``."""
-        from ._meter import RedisMeter, RuleLimits, window_keys
+        from ._meter import window_keys
 
         window_us = math.ceil(per * 1_000_000)
-        meter = RedisMeter(
-            self,
+        meter = self._meter(
+            name,
             self.window_script,
             window_keys(self.prefix, name),
             (f"{limit},{window_us}", limit, window_us),
-            RuleLimits(limit),
+            limit,
+            on_unavailable,
+        )
+        meter.declare()
+        return meter
+
+    def _meter(  # noqa: PLR0917 - private, called in two places
+        self,
+        name: str,
+        script: Any,
+        keys: tuple[str, ...],
+        settings: tuple[object, ...],
+        largest: int,
+        on_unavailable: OnUnavailable | None,
+    ) -> RedisMeter:
+        """A meter of ``script`` on ``keys``; ``settings`` are the script's declaration
+        arguments, and ``largest`` the most units one request may ask for."""
+        from ._meter import RedisMeter, RuleLimits
+
+        return RedisMeter(
+            self,
+            script,
+            keys,
+            settings,
+            RuleLimits(largest),
             self.on_unavailable if on_unavailable is None else on_unavailable,
             _NOW_NS,
             SYSTEM_CLOCK.now,
             name,
         )
-        meter.declare()
-        return meter
 
     def __repr__(self) -> str:
         return f"<allotment.redis.RedisBackend prefix={self.prefix!r} lease_ttl={self.lease_ttl:g}>"
