@@ -3,15 +3,29 @@
 The keeper is the only thread that waits on Redis for others. It pops this process's wake-up
 list (the grant scripts push ``id|token`` there for each waiter they grant), hands each grant
 to the local ticket and wakes its waiter (a thread's lock or a task's future: the same
-waiters as in memory); every second it asks the server about every local waiter (the polling
-backstop, which also keeps the waiters' records alive), and every third of ``lease_ttl`` it
+waiters as in memory); every second it asks the server about every local waiter whose
+``enter`` the server confirmed (the polling backstop, which also keeps the waiters' records
+alive), and every third of ``lease_ttl`` it
 renews every local lease in one round trip per manager. Releases that could not reach the
 server are retried here, and so are leases reclaimed by a finalizer that ran inside this
 process's bookkeeping (a finalizer elsewhere releases at once: redis-py's locks are
 re-entrant, so its round trip cannot deadlock the thread it interrupted).
 
-``_lock`` guards the local tables (``_waiting``, ``_held``, ``_retries``) and the local state
-of Redis tickets; it is held only for dictionary work, never across a round trip.
+``_lock`` guards the local tables (``_waiting``, ``_heard``, ``_held``, ``_retries``) and the
+local state of Redis tickets; it is held only for dictionary work, never across a round trip.
+
+Invariants of the tables, between operations:
+
+- ``_waiting`` has every local ticket that may be granted by a push: registered before its
+  ``enter`` is sent, so a push that overtakes the reply finds it.
+- ``_heard`` (a subset of ``_waiting``'s ids) has the waiters the server is known to have
+  queued, each with when this process last heard so: the reply to its ``enter``, then each
+  ``status`` that found it queued. Only these are polled, and the ids polled are read before
+  the ``status`` is sent, so an answer "unknown id" is about an ``enter`` that had already
+  run: the server really lost it. An ``enter`` in flight is never judged.
+- A waiter not heard of for ``waiter_ttl`` is one the server has dropped too (nothing else
+  renews its record), or cannot be reached about: the keeper refuses it with
+  :class:`BackendUnavailable`, so no wait outlives a dead server by more than that.
 """
 
 from __future__ import annotations
@@ -64,6 +78,8 @@ _BACKSTOP = 1.0
 
 _NOW_NS = nanoseconds_of(SYSTEM_CLOCK)
 _monotonic = SYSTEM_CLOCK.now
+monotonic = _monotonic
+"""The clock of the keeper's schedules and of when a waiter was last heard of."""
 
 _CONNECTION_KEYS = (
     "path", "host", "port", "db", "username", "password", "credential_provider",
@@ -173,6 +189,8 @@ class RedisBackend:
     _keeper_client: redis.Redis
     _lock: SectionLock
     _waiting: dict[str, tuple[RedisPool, Ticket]]
+    _heard: dict[str, float]
+    """The waiters the server confirmed it queued, and when this process last heard so."""
     _held: dict[str, tuple[RedisPool, Ticket]]
     _retries: dict[str, _Retry]
     _reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]]
@@ -218,6 +236,7 @@ class RedisBackend:
         self.window_script = self.client.register_script(_scripts.WINDOW)
         self._lock = new_section_lock()
         self._waiting = {}
+        self._heard = {}
         self._held = {}
         self._retries = {}
         self._reclaims = collections.deque()
@@ -284,19 +303,34 @@ class RedisBackend:
         """Lock held: ``ticket`` may be granted by a push from now on."""
         self._waiting[rid] = (pool, ticket)
 
+    def confirm_waiter(self, rid: str) -> None:
+        """Lock held: the server answered that it queued ``rid``; poll it from now on (unless
+        it was settled meanwhile, by a push or a close)."""
+        if rid in self._waiting:
+            self._heard[rid] = _monotonic()
+
     def forget(self, rid: str) -> None:
         """Lock held."""
         self._waiting.pop(rid, None)
+        self._heard.pop(rid, None)
         self._held.pop(rid, None)
 
     def hold(self, rid: str, pool: RedisPool, ticket: Ticket) -> None:
         """Lock held: ``ticket`` is granted; renew it from now on."""
         self._waiting.pop(rid, None)
+        self._heard.pop(rid, None)
         self._held[rid] = (pool, ticket)
 
     def waiting_ticket(self, rid: str) -> tuple[RedisPool, Ticket] | None:
         with self.section():
             return self._waiting.get(rid)
+
+    def heard_from(self, rids: Sequence[str], at: float) -> None:
+        """A ``status`` answered at ``at`` that the server still queues ``rids``."""
+        with self.section():
+            for rid in rids:
+                if rid in self._heard:
+                    self._heard[rid] = at
 
     def waiting_of(self, pool: RedisPool) -> list[tuple[str, Ticket]]:
         with self.section():
@@ -380,6 +414,10 @@ class RedisBackend:
             except Exception:  # a bug: report it, and keep the leases alive
                 logger.exception("allotment keeper: unexpected error")
                 backoff = 1.0
+            try:
+                self._fail_unheard(_monotonic())
+            except Exception:  # a bug: report it, and go on keeping
+                logger.exception("allotment keeper: unexpected error")
 
     def _deliver(self, message: str) -> None:
         """A grant (``id|token``) or a refusal (``id|!capacity``) pushed by a script."""
@@ -405,9 +443,33 @@ class RedisBackend:
         return grouped
 
     def _poll_waiters(self) -> None:
-        """The backstop: ask about every local waiter (which also renews its record)."""
-        for pool, rids in self._by_pool(self._waiting).items():
+        """The backstop: ask about every local waiter the server confirmed (which also
+        renews its record). The ids are read before the question is sent: an ``enter``
+        confirmed after that is not judged by this answer."""
+        if not self._heard:
+            return
+        with self._lock:
+            entries = [(rid, self._waiting[rid]) for rid in self._heard if rid in self._waiting]
+        grouped: dict[RedisPool, list[str]] = {}
+        for rid, (pool, _) in entries:
+            grouped.setdefault(pool, []).append(rid)
+        for pool, rids in grouped.items():
             pool.poll(rids)
+
+    def _fail_unheard(self, now: float) -> None:
+        """Refuse the waiters not heard of for ``waiter_ttl``: the server has dropped them
+        (nothing renewed their records), or cannot be reached. Their callers' release
+        then withdraws them on the server, or the keeper does once it answers again."""
+        if not self._heard:
+            return
+        with self._lock:
+            stale = [
+                (rid, self._waiting[rid])
+                for rid, heard in self._heard.items()
+                if now - heard >= self.waiter_ttl and rid in self._waiting
+            ]
+        for rid, (pool, ticket) in stale:
+            pool.unreachable(ticket, rid)
 
     def _renew_leases(self) -> None:
         for pool, rids in self._by_pool(self._held).items():
@@ -470,6 +532,7 @@ class RedisBackend:
             for pool, ticket in table.values():
                 pool.disown(ticket)
         self._waiting.clear()
+        self._heard.clear()
         self._held.clear()
         self._retries.clear()
         self._reclaims.clear()

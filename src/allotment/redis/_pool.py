@@ -61,6 +61,7 @@ from .._errors import (
     UnsupportedByBackend,
 )
 from ._backend import RedisBackend, ScriptRefusal
+from ._backend import monotonic as backend_now
 
 if TYPE_CHECKING:
     from .._core import MemoryPool
@@ -220,11 +221,14 @@ class RedisPool:
             ) from None
         if code == 1:
             self.granted(ticket, record.rid, int(token), wake=False)
-            return True
+            # Not granted only if a close() refused it meanwhile: the waiter raises that.
+            return ticket.state is GRANTED
         if code == -1:
             self._forget(record)
         else:
             record.queued = True
+            with backend.section():
+                backend.confirm_waiter(record.rid)  # pollable only now: see the backend
         return False
 
     def _forget(self, record: _Record) -> None:
@@ -417,9 +421,15 @@ class RedisPool:
     # -- the keeper's side ------------------------------------------------------------------
 
     def poll(self, rids: Sequence[str]) -> None:
-        """The backstop: settle local waiters from the server's records."""
+        """The backstop: settle local waiters from the server's records. ``rids`` are
+        waiters whose ``enter`` the server confirmed before this was sent: one it does not
+        know was really dropped."""
         outcomes = self._call("status", *rids)
         backend = self._backend
+        backend.heard_from(
+            [rid for rid, outcome in zip(rids, outcomes, strict=True) if int(outcome) == 0],
+            backend_now(),
+        )
         for rid, outcome in zip(rids, outcomes, strict=True):
             entry = backend.waiting_ticket(rid)
             if entry is None:
@@ -437,10 +447,24 @@ class RedisPool:
                     entry[1],
                     rid,
                     BackendUnavailable(
-                        f"the request on {self.name!r} was dropped by the server (its process "
-                        "could not renew it in time, or the server lost its data)"
+                        f"acquire on {self.name!r}: the request was dropped by the server (its "
+                        "process could not renew it in time, or the server lost its data)"
                     ),
                 )
+
+    def unreachable(self, ticket: Ticket, rid: str) -> None:
+        """The keeper has not heard of this waiter for ``waiter_ttl``: the server cannot be
+        reached (or dropped it without a poll noticing). Refused; the caller's release
+        withdraws it on the server, or queues that for the keeper."""
+        waiter_ttl = self._backend.waiter_ttl
+        self._refuse(
+            ticket,
+            rid,
+            BackendUnavailable(
+                f"acquire on {self.name!r}: the Redis server could not be reached for "
+                f"{waiter_ttl:g} s (waiter_ttl) while the request waited"
+            ),
+        )
 
     def renew(self, rids: Sequence[str]) -> None:
         lost = self._call("renew", *rids)
