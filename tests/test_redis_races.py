@@ -124,3 +124,72 @@ def test_a_killed_server_fails_queued_waiters_then_recovers(server: RedisServer)
     finally:
         backend.close()
         client.close()
+
+
+def _losing_replies(
+    monkeypatch: pytest.MonkeyPatch, lose: Any
+) -> list[tuple[object, ...]]:
+    """Every round trip for which ``lose(args)`` is true runs on the server, then its reply
+    is lost (``BackendUnavailable``, as from a connection that dropped after sending)."""
+    original = RedisBackend.run_script
+    lost: list[tuple[object, ...]] = []
+
+    def run(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        reply = original(self, script, keys, args, name)
+        if lose(args):
+            lost.append(tuple(args))
+            raise allotment.BackendUnavailable("the reply was lost (the test's hook)")
+        return reply
+
+    monkeypatch.setattr(RedisBackend, "run_script", run)
+    return lost
+
+
+def test_a_partial_release_retried_after_a_lost_reply_is_applied_once(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = allotment.ResourceManager(5, name="partial", backend=redis_backend)
+    lease = pool.acquire(4)
+    lost = _losing_replies(
+        monkeypatch, lambda args: args[0] == "release" and args[7] != "" and not lost
+    )
+    with pytest.raises(allotment.BackendUnavailable):
+        lease.release(1)  # ran on the server; the answer never came
+    assert len(lost) == 1
+    assert _available(redis_client, "partial") == "2"
+    lease.release(1)  # the caller's retry: the same release, not a second one
+    assert _available(redis_client, "partial") == "2"
+    assert lease.amounts == 3
+    lease.release(2)  # another amount: released once, after it
+    assert _available(redis_client, "partial") == "4"
+    assert lease.amounts == 1
+    # A lost reply, then another amount: the lost one is settled first, then this one.
+    lost.clear()
+    pool_lease = pool.acquire(3)
+    assert _available(redis_client, "partial") == "1"
+    with pytest.raises(allotment.BackendUnavailable):
+        pool_lease.release(1)
+    pool_lease.release(2)
+    assert _available(redis_client, "partial") == "4"
+    assert pool_lease.amounts == 0
+    assert pool_lease.released
+    lease.release()
+    assert _available(redis_client, "partial") == "5"
+
+
+def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = allotment.ResourceManager(2, name="full", backend=redis_backend)
+    first, second = pool.acquire(1), pool.acquire(1)
+    lost = _losing_replies(monkeypatch, lambda args: args[0] == "release" and not lost)
+    first.release()  # ran; the answer was lost: the keeper retries, nothing raises
+    assert first.released
+    first.release()
+    assert _available(redis_client, "full") == "1"
+    wait_until(lambda: not redis_backend._retries, "the keeper's retry found it released")
+    assert _available(redis_client, "full") == "1"
+    second.release()
+    assert _available(redis_client, "full") == "2"

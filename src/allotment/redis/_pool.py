@@ -86,6 +86,12 @@ class _Record:
     """The full release is done (or handed to the keeper): nothing is left to give back."""
     queued: bool = False
     """The server queued it (what statistics show as waiting)."""
+    releases: int = 0
+    """Partial releases sent: each has its own id, which the server remembers for the
+    lease's lifetime."""
+    pending: tuple[str, Quantity] | None = None
+    """A partial release sent whose answer did not arrive: retried, with the same id, before
+    anything else is released (so it is never applied twice)."""
 
 
 def _encode(units: Quantity) -> str:
@@ -370,12 +376,37 @@ class RedisPool:
             record.done = True
 
     def _release_part(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
-        code, _ = self._call("release", record.rid, _encode(part))
+        """A partial release, with an id the server remembers: one whose answer was lost
+        (``BackendUnavailable``) stays pending, and the next release of this lease sends it
+        again first, with the same id, so the server applies it exactly once. A retry of
+        the same amount is that release; another amount is released after it."""
+        pending = record.pending
+        if pending is not None:
+            self._send_part(ticket, record, *pending)
+            if pending[1] == part:
+                return  # the caller's retry of the release that raised
+            if not part <= ticket.units:
+                raise ReleaseExceedsHeld(
+                    f"cannot release {self.form.render(part)!r}: "
+                    f"the lease holds {self.form.render(ticket.units)!r}"
+                )
+            if part == ticket.units:
+                self._release(ticket, None)
+                return
+        record.releases += 1
+        release_id = str(record.releases)
+        record.pending = (release_id, part)
+        self._send_part(ticket, record, release_id, part)
+
+    def _send_part(self, ticket: Ticket, record: _Record, release_id: str, part: Quantity) -> None:
+        code, _ = self._call("release", record.rid, _encode(part), release_id)
         if code == -1 or record.lost:
             record.lost = True
             raise LeaseLost(self._lost_message())
         with self._backend.section():
-            ticket.units = ticket.units - part
+            if record.pending is not None and record.pending[0] == release_id:
+                record.pending = None
+                ticket.units = ticket.units - part
 
     def _lost_message(self) -> str:
         return (
