@@ -126,9 +126,7 @@ def test_a_killed_server_fails_queued_waiters_then_recovers(server: RedisServer)
         client.close()
 
 
-def _losing_replies(
-    monkeypatch: pytest.MonkeyPatch, lose: Any
-) -> list[tuple[object, ...]]:
+def _losing_replies(monkeypatch: pytest.MonkeyPatch, lose: Any) -> list[tuple[object, ...]]:
     """Every round trip for which ``lose(args)`` is true runs on the server, then its reply
     is lost (``BackendUnavailable``, as from a connection that dropped after sending)."""
     original = RedisBackend.run_script

@@ -134,7 +134,30 @@ def _own_client(client: object, timeout: float) -> redis.Redis:
 
 
 def unavailable(error: BaseException, what: str) -> BackendUnavailable:
-    return BackendUnavailable(f"the Redis server did not answer ({what}): {error}")
+    return BackendUnavailable(f"{what}: the Redis server did not answer: {error}")
+
+
+_CALLS = {
+    "enter": "acquire",
+    "withdraw": "acquire (at its timeout)",
+    "release": "release",
+    "status": "the keeper's check of waiting requests",
+    "renew": "the keeper's renewal of leases",
+    "split": "acquire_all",
+    "resize": "resize",
+    "snapshot": "reading the figures (statistics, or making the manager)",
+    "take": "acquire",
+    "undo": "giving back a grant",
+    "charge": "charge",
+    "peek": "statistics or a forecast",
+    "declare": "making the limiter",
+}
+"""What the user called, for each script operation: what errors name."""
+
+
+def user_call(operation: object, name: str) -> str:
+    """The user's call behind a script operation, on the manager or limiter ``name``."""
+    return f"{_CALLS.get(str(operation), str(operation))} on {name!r}"
 
 
 @attrs.define(eq=False)
@@ -264,7 +287,7 @@ class RedisBackend:
         refusals become allotment's errors; anything else from Redis becomes
         :class:`BackendUnavailable`."""
         if self._closed:
-            raise BackendUnavailable(f"this RedisBackend was closed ({args[0]} on {name!r})")
+            raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
         try:
             return script(keys=keys, args=args)
         except redis.exceptions.ResponseError as error:
@@ -277,9 +300,9 @@ class RedisBackend:
                 raise ScriptRefusal(
                     message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0]
                 ) from None
-            raise unavailable(error, f"{args[0]} on {name!r}") from error
+            raise unavailable(error, user_call(args[0], name)) from error
         except redis.exceptions.RedisError as error:
-            raise unavailable(error, f"{args[0]} on {name!r}") from error
+            raise unavailable(error, user_call(args[0], name)) from error
 
     def new_id(self) -> str:
         return f"{self.process}:{next(self._ids)}"
@@ -571,6 +594,7 @@ class RedisBackend:
             burst,
             on_unavailable,
         )
+        meter.describe = describe_gcra
         if key is None:
             meter.declare()
         return meter
@@ -590,6 +614,7 @@ class RedisBackend:
             limit,
             on_unavailable,
         )
+        meter.describe = describe_window
         meter.declare()
         return meter
 
@@ -620,6 +645,32 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         return f"<allotment.redis.RedisBackend prefix={self.prefix!r} lease_ttl={self.lease_ttl:g}>"
+
+
+def describe_gcra(settings: str) -> str:
+    """A GCRA's stored settings (``interval_us,burst``) in the user's terms: ``50 per 1 s,
+    burst 50`` (per second, minute or hour, whichever counts whole units)."""
+    interval_us, burst = (int(part) for part in settings.split(","))
+    for seconds in (1, 60, 3600):
+        units = fractions.Fraction(seconds * 1_000_000, interval_us)
+        if units.denominator == 1:
+            return f"{units} per {seconds} s, burst {burst}"
+    return f"1 per {interval_us / 1_000_000:g} s, burst {burst}"
+
+
+def describe_window(settings: str) -> str:
+    """A window's stored settings (``limit,window_us``) in the user's terms: ``50 per 1 s``."""
+    limit, window_us = (int(part) for part in settings.split(","))
+    return f"{limit} per {window_us / 1_000_000:g} s"
+
+
+def describe_capacity(names: str, counts: str) -> str:
+    """A manager's stored declaration in the user's terms: ``capacity 3``, or
+    ``resources {'gpu': 2, 'ram_gb': 64}``."""
+    values = [int(part) for part in counts.split(",")]
+    if names == "-":
+        return f"capacity {values[0]}"
+    return f"resources {dict(zip(names.split(','), values, strict=True))!r}"
 
 
 class ScriptRefusal(Exception):

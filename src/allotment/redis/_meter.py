@@ -80,6 +80,8 @@ class RedisMeter:
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    describe: Callable[[str], str] = attrs.field(init=False, default=str)
+    """The settings' string in the user's terms (``50 per 1 s``), for messages."""
 
     def __attrs_post_init__(self) -> None:
         _live_meters.add(self)
@@ -108,9 +110,9 @@ class RedisMeter:
         except BackendConflict as conflict:
             # Settings vanish with an idle limit's state: a conflict may show only now.
             raise BackendConflict(
-                f"{self.name!r} exists in Redis with settings {str(conflict)!r}; this "
-                f"process declared {self._settings[0]!r}. Declare the same limit, or use "
-                "another name"
+                f"{self.name!r} exists in Redis as {self.describe(str(conflict))}; this "
+                f"process declared {self.describe(str(self._settings[0]))}. Declare the same "
+                "limit, or use another name"
             ) from None
 
     def _count(self, cost: int) -> None:

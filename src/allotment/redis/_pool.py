@@ -60,7 +60,7 @@ from .._errors import (
     ReleaseExceedsHeld,
     UnsupportedByBackend,
 )
-from ._backend import RedisBackend, ScriptRefusal
+from ._backend import RedisBackend, ScriptRefusal, describe_capacity
 from ._backend import monotonic as backend_now
 
 if TYPE_CHECKING:
@@ -136,27 +136,31 @@ class RedisPool:
         )
         self.zero = self.form.zero()
         self._last = (self._declared, self._declared, 0, 0)
-        try:
-            self._read()  # declares the manager, or refuses a conflicting declaration
-        except BackendConflict as conflict:
-            names, declared, capacity = str(conflict).split("=")
-            raise BackendConflict(
-                f"{self.name!r} already exists in Redis with resources {names!r} declared "
-                f"as {declared!r} (capacity now {capacity!r}); this process declared "
-                f"{self._head[0]!r} as {self._head[1]!r}. Declare the same capacity (use "
-                "resize() to change it for everyone), or use another name"
-            ) from None
+        self._read()  # declares the manager, or refuses a conflicting declaration
 
     # -- round trips -------------------------------------------------------------------------
 
     def _call(self, operation: str, *args: object) -> Any:
         backend = self._backend
-        return backend.run_script(
-            backend.manager_script,
-            (*self._keys, backend.wake_key),
-            (operation, *self._head, *args),
-            self.name,
-        )
+        try:
+            return backend.run_script(
+                backend.manager_script,
+                (*self._keys, backend.wake_key),
+                (operation, *self._head, *args),
+                self.name,
+            )
+        except BackendConflict as conflict:
+            # Made, or at any later call (the keys expired, another declaration came).
+            names, declared, capacity = str(conflict).split("=")
+            resized = ""
+            if capacity != declared:
+                resized = f" (resized to {describe_capacity(names, capacity)})"
+            raise BackendConflict(
+                f"{self.name!r} already exists in Redis, declared with "
+                f"{describe_capacity(names, declared)}{resized}; this process declared "
+                f"{describe_capacity(*self._head[:2])}. Declare the same (use resize() to "
+                "change the capacity for everyone), or use another name"
+            ) from None
 
     def _decode(self, text: bytes | str) -> Quantity:
         counts = tuple(
