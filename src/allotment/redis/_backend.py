@@ -62,6 +62,7 @@ from .._core import (
 )
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
+from ._loops import LoopClients
 
 if TYPE_CHECKING:
     from ._meter import RedisMeter
@@ -102,10 +103,9 @@ def _positive_seconds(value: object, what: str) -> float:
     return float(value)
 
 
-def _own_client(client: object, timeout: float) -> redis.Redis:
-    """A client of our own to the server ``client`` talks to: its address, credentials and
-    TLS settings, with bounded timeouts and no retries (redis-py's default retry stalls up
-    to a minute on a hung server and replays a script that may have run)."""
+def _connection_settings(client: object) -> tuple[type[object], dict[str, Any]]:
+    """The connection class and settings of the server ``client`` talks to: its address,
+    database, credentials, client name and TLS settings."""
     if not isinstance(client, (redis.Redis, redis.asyncio.Redis)):
         raise TypeError(
             "RedisBackend needs a redis.Redis or redis.asyncio.Redis client (a cluster "
@@ -120,6 +120,14 @@ def _own_client(client: object, timeout: float) -> redis.Redis:
         for key in _CONNECTION_KEYS
         if key in pool.connection_kwargs
     }
+    return kind, settings
+
+
+def _own_client(client: object, timeout: float) -> redis.Redis:
+    """A client of our own to the server ``client`` talks to: its address, credentials and
+    TLS settings, with bounded timeouts and no retries (redis-py's default retry stalls up
+    to a minute on a hung server and replays a script that may have run)."""
+    kind, settings = _connection_settings(client)
     connections = redis.ConnectionPool(
         connection_class=kind,
         socket_timeout=timeout,
@@ -210,6 +218,8 @@ class RedisBackend:
     wake_key: str
     """This process's wake-up list."""
     _keeper_client: redis.Redis
+    loop_clients: LoopClients
+    """One ``redis.asyncio`` client per event loop, for the round trips of tasks."""
     _lock: SectionLock
     _waiting: dict[str, tuple[RedisPool, Ticket]]
     _heard: dict[str, float]
@@ -257,6 +267,9 @@ class RedisBackend:
         self.manager_script = self.client.register_script(_scripts.MANAGER)
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
+        kind, settings = _connection_settings(client)
+        sources = {"manager": _scripts.MANAGER, "gcra": _scripts.GCRA, "window": _scripts.WINDOW}
+        self.loop_clients = LoopClients.like(kind, settings, self.timeout, sources)
         self._lock = new_section_lock()
         self._waiting = {}
         self._heard = {}
@@ -290,19 +303,25 @@ class RedisBackend:
             raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
         try:
             return script(keys=keys, args=args)
-        except redis.exceptions.ResponseError as error:
-            message = str(error)
-            if "ALLOTMENT_CONFLICT" in message:
-                raise BackendConflict(
-                    message.split("ALLOTMENT_CONFLICT ", 1)[1].split(" script:", maxsplit=1)[0]
-                ) from None
-            if "ALLOTMENT_" in message:
-                raise ScriptRefusal(
-                    message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0]
-                ) from None
-            raise unavailable(error, user_call(args[0], name)) from error
         except redis.exceptions.RedisError as error:
-            raise unavailable(error, user_call(args[0], name)) from error
+            raise _translated(error, args, name) from _cause(error)
+
+    async def run_script_async(
+        self, script: str, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        """:meth:`run_script` for a task: on the running loop's own ``redis.asyncio``
+        client, so the loop goes on running other tasks while the server answers (or does
+        not, for up to ``timeout``). ``script`` is ``"manager"``, ``"gcra"`` or ``"window"``."""
+        if self._closed:
+            raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
+        hook = _round_trip_hook
+        if hook is not None:
+            await hook(args)
+        loop_client = self.loop_clients.for_running_loop()
+        try:
+            return await loop_client.scripts[script](keys=keys, args=args)
+        except redis.exceptions.RedisError as error:
+            raise _translated(error, args, name) from _cause(error)
 
     def new_id(self) -> str:
         return f"{self.process}:{next(self._ids)}"
@@ -546,6 +565,7 @@ class RedisBackend:
         # passed in leaves the pool's sockets open.
         self.client.connection_pool.disconnect()
         self._keeper_client.connection_pool.disconnect()
+        self.loop_clients.close()
 
     def _after_fork_in_child(self) -> None:
         """The child has none of the parent's threads: its tickets are the parent's (never
@@ -563,6 +583,7 @@ class RedisBackend:
         self._draining_now = False
         self._keeper = None
         self._work = threading.Event()
+        self.loop_clients.after_fork_in_child()
         self._new_process()
 
     # -- what the faces ask for -----------------------------------------------------------------
@@ -671,6 +692,32 @@ def describe_capacity(names: str, counts: str) -> str:
     if names == "-":
         return f"capacity {values[0]}"
     return f"resources {dict(zip(names.split(','), values, strict=True))!r}"
+
+
+_round_trip_hook: Callable[[Sequence[object]], Any] | None = None
+"""Tests only: an async function awaited before each task's round trip (to stall one)."""
+
+
+def _cause(error: redis.exceptions.RedisError) -> BaseException | None:
+    """Refusals and conflicts are the script's answers: no traceback of redis-py's."""
+    message = str(error)
+    if isinstance(error, redis.exceptions.ResponseError) and "ALLOTMENT_" in message:
+        return None
+    return error
+
+
+def _translated(error: redis.exceptions.RedisError, args: Sequence[object], name: str) -> Exception:
+    """A refusal of a script (``ALLOTMENT_...``) as allotment's error; anything else from
+    Redis as :class:`BackendUnavailable` naming the user's call."""
+    message = str(error)
+    if isinstance(error, redis.exceptions.ResponseError):
+        if "ALLOTMENT_CONFLICT" in message:
+            return BackendConflict(
+                message.split("ALLOTMENT_CONFLICT ", 1)[1].split(" script:", maxsplit=1)[0]
+            )
+        if "ALLOTMENT_" in message:
+            return ScriptRefusal(message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0])
+    return unavailable(error, user_call(args[0], name))
 
 
 class ScriptRefusal(Exception):
