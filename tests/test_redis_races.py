@@ -34,7 +34,8 @@ def _queued(client: redis.Redis, name: str) -> int:
 
 
 def _available(client: redis.Redis, name: str) -> str:
-    return bytes(client.hget(f"allotment:{{{name}}}:cfg", "avail") or b"").decode()
+    value: Any = client.hget(f"allotment:{{{name}}}:cfg", "avail")
+    return bytes(value or b"").decode()
 
 
 def test_a_poll_that_overtakes_an_enter_does_not_judge_it(
@@ -142,7 +143,6 @@ def _losing_replies(monkeypatch: pytest.MonkeyPatch, lose: Any) -> list[tuple[ob
         return reply
 
     monkeypatch.setattr(RedisBackend, "run_script", run)
-    return lost
 
 
 def test_a_partial_release_retried_after_a_lost_reply_is_applied_once(
@@ -150,8 +150,9 @@ def test_a_partial_release_retried_after_a_lost_reply_is_applied_once(
 ) -> None:
     pool = allotment.ResourceManager(5, name="partial", backend=redis_backend)
     lease = pool.acquire(4)
-    lost = _losing_replies(
-        monkeypatch, lambda args: args[0] == "release" and args[7] != "" and not lost
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(
+        monkeypatch, lambda args: args[0] == "release" and args[7] != "" and not lost, lost
     )
     with pytest.raises(allotment.BackendUnavailable):
         lease.release(1)  # ran on the server; the answer never came
@@ -182,7 +183,8 @@ def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
 ) -> None:
     pool = allotment.ResourceManager(2, name="full", backend=redis_backend)
     first, second = pool.acquire(1), pool.acquire(1)
-    lost = _losing_replies(monkeypatch, lambda args: args[0] == "release" and not lost)
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(monkeypatch, lambda args: args[0] == "release" and not lost, lost)
     first.release()  # ran; the answer was lost: the keeper retries, nothing raises
     assert first.released
     first.release()
