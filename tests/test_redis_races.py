@@ -127,11 +127,13 @@ def test_a_killed_server_fails_queued_waiters_then_recovers(server: RedisServer)
         client.close()
 
 
-def _losing_replies(monkeypatch: pytest.MonkeyPatch, lose: Any) -> list[tuple[object, ...]]:
+def _losing_replies(
+    monkeypatch: pytest.MonkeyPatch, lose: Any, lost: list[tuple[object, ...]]
+) -> None:
     """Every round trip for which ``lose(args)`` is true runs on the server, then its reply
-    is lost (``BackendUnavailable``, as from a connection that dropped after sending)."""
+    is lost (``BackendUnavailable``, as from a connection that dropped after sending); each
+    is noted in ``lost``."""
     original = RedisBackend.run_script
-    lost: list[tuple[object, ...]] = []
 
     def run(
         self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
