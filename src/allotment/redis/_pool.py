@@ -748,6 +748,12 @@ class RedisPool:
             self._refuse(ticket, rid, ManagerClosed("the manager was closed while waiting"))
 
     def fits_capacity(self, units: Quantity) -> bool:
+        """``acquire_all``'s check before taking anything. No round trip if the capacity
+        last read allows it: a capacity that shrank meanwhile is refused by ``enter``
+        (``ExceedsCapacity``, and the group gives back what it took); one that seems too
+        small is read again, as it may have grown."""
+        if units <= self._last[0]:
+            return True
         return bool(units <= self._read()[0])
 
     def snapshot(self) -> Snapshot:
