@@ -13,7 +13,7 @@ import redis
 import allotment
 from allotment.redis import RedisBackend
 
-__all__ = ["hammer", "hold_forever", "queue_forever", "take_rate_with_a_skewed_clock"]
+__all__ = ["hammer", "hold_forever", "queue_forever", "soak", "take_rate_with_a_skewed_clock"]
 
 
 def _backend(path: str, lease_ttl: float = 30.0) -> RedisBackend:
@@ -55,6 +55,41 @@ def hammer(path: str, name: str, capacity: int, log: str, *, shape: tuple[int, i
     backend.close()
     with open(log, "w") as file:
         json.dump({"holds": holds, "errors": [repr(error) for error in errors]}, file)
+
+
+def soak(path: str, log: str, *, shape: tuple[int, int, int]) -> None:
+    """A new user's program, all defaults: ``shape`` is (threads, rounds, seed); each thread
+    takes a unit of the shared cap of 3 and one of a 50/s limit with ``acquire_all``, holds it
+    20-80 ms, and logs the hold (start, end, 1, token) and when the rate was granted."""
+    threads, rounds, seed = shape
+    backend = RedisBackend(redis.Redis(unix_socket_path=path))
+    cap = allotment.ResourceManager(3, name="soak:cap", backend=backend)
+    api = allotment.RateLimiter(50, per=1, name="soak:api", backend=backend)
+    holds: list[tuple[int, int, int, int | None]] = []
+    errors: list[str] = []
+
+    def work(index: int) -> None:
+        chooser = random.Random(seed * 100 + index)
+        for _ in range(rounds):
+            try:
+                with allotment.acquire_all([(cap, 1), (api, 1)], timeout=60) as group:
+                    start = _now()
+                    if group[0].released or group[0].fencing_token is None:
+                        errors.append(f"a lease granted released: {group[0]!r}")
+                    time.sleep(chooser.uniform(0.02, 0.08))
+                    end = _now()
+                    holds.append((start, end, 1, group[0].fencing_token))
+            except BaseException as error:  # the test reports every one
+                errors.append(repr(error))
+
+    workers = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    backend.close()
+    with open(log, "w") as file:
+        json.dump({"holds": holds, "errors": errors}, file)
 
 
 def hold_forever(path: str, name: str, capacity: int, lease_ttl: float, ready: Event) -> None:

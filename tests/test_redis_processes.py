@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -16,7 +17,13 @@ import redis
 import allotment
 from allotment.redis import RedisBackend
 from redis_support import RedisServer
-from redis_workers import hammer, hold_forever, queue_forever, take_rate_with_a_skewed_clock
+from redis_workers import (
+    hammer,
+    hold_forever,
+    queue_forever,
+    soak,
+    take_rate_with_a_skewed_clock,
+)
 from support import wait_until
 
 spawn = multiprocessing.get_context("spawn")
@@ -35,6 +42,36 @@ def _queue_length(client: redis.Redis, name: str) -> int:
     return int(client.llen(f"allotment:{{{name}}}:queue"))
 
 
+def _run_children(children: list[Any], logs: list[Path]) -> tuple[list[Any], list[str]]:
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(120)
+        assert child.exitcode == 0
+    holds: list[Any] = []
+    errors: list[str] = []
+    for log in logs:
+        report = json.loads(log.read_text())
+        errors += report["errors"]
+        holds += report["holds"]
+    return holds, errors
+
+
+def _never_overlap(holds: list[Any], capacity: int) -> None:
+    """The overlap detector: at every instant, the units held add up to at most the
+    capacity; and every grant has its own fencing token."""
+    events = sorted(
+        [(start, units) for start, _, units, _ in holds]
+        + [(end, -units) for _, end, units, _ in holds]
+    )
+    held = 0
+    for _, change in sorted(events, key=lambda event: (event[0], event[1])):
+        held += change
+        assert held <= capacity
+    tokens = [token for _, _, _, token in holds]
+    assert len(set(tokens)) == len(tokens)
+
+
 def test_processes_and_threads_never_overlap(redis_server: RedisServer, tmp_path: Path) -> None:
     capacity, processes, threads, rounds = 3, 3, 4, 15
     logs = [tmp_path / f"holds-{index}.json" for index in range(processes)]
@@ -47,28 +84,32 @@ def test_processes_and_threads_never_overlap(redis_server: RedisServer, tmp_path
         for index, log in enumerate(logs)
     ]
     redis_server.flush()
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(120)
-        assert child.exitcode == 0
-    holds = []
-    for log in logs:
-        report = json.loads(log.read_text())
-        assert report["errors"] == []
-        holds += report["holds"]
+    holds, errors = _run_children(children, logs)
+    assert errors == []
     assert len(holds) == processes * threads * rounds
-    # The overlap detector: at every instant, the units held add up to at most the capacity.
-    events = sorted(
-        [(start, units) for start, _, units, _ in holds]
-        + [(end, -units) for _, end, units, _ in holds]
-    )
-    held = 0
-    for _, change in sorted(events, key=lambda event: (event[0], event[1])):
-        held += change
-        assert held <= capacity
-    tokens = [token for _, _, _, token in holds]
-    assert len(set(tokens)) == len(tokens)  # every grant has its own token
+    _never_overlap(holds, capacity)
+
+
+@pytest.mark.timeout(180)
+def test_soak_of_a_new_users_program(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Issue 18's program: 4 processes x 2 threads, all defaults, a cap of 3 and a 50/s
+    limit through acquire_all, holds of 20-80 ms, a few seconds in all. Zero errors (no
+    spurious "dropped", no lease granted released), the cap held, every token its own."""
+    processes, threads, rounds = 4, 2, 12
+    logs = [tmp_path / f"soak-{index}.json" for index in range(processes)]
+    children = [
+        spawn.Process(
+            target=soak,
+            args=(redis_server.path, str(log)),
+            kwargs={"shape": (threads, rounds, index)},
+        )
+        for index, log in enumerate(logs)
+    ]
+    redis_server.flush()
+    holds, errors = _run_children(children, logs)
+    assert errors == []
+    assert len(holds) == processes * threads * rounds
+    _never_overlap(holds, 3)
 
 
 def test_a_killed_holder_returns_its_units_after_its_ttl(server: RedisServer) -> None:

@@ -8,12 +8,13 @@ coroutine that does the work), so ``asyncio.create_task``, ``TaskGroup.create_ta
 
 ``async with`` adds no coroutine of its own: ``__aenter__`` hands out the working coroutine
 (which notes its result here), and ``__aexit__`` releases at once and returns an awaitable
-that is already done. Each coroutine frame costs a tenth of an uncontended acquisition.
+that is already done (in memory; a backend's release is a round trip, awaited on the loop).
+Each coroutine frame costs a tenth of an uncontended acquisition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +28,17 @@ class _Releasable(Protocol):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
+
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> Awaitable[None]: ...
+
+    def exits_async(self) -> bool:
+        """Whether leaving needs round trips (a backend's), awaited on the loop."""
+        ...
 
 
 _Held = TypeVar("_Held", bound=_Releasable)
@@ -80,8 +92,11 @@ class Acquisition(Coroutine[Any, Any, _Held]):
         exc_type: type[BaseException] | None,
         exc_value: BaseException | None,
         traceback: TracebackType | None,
-    ) -> _Done:
-        self.held.__exit__(exc_type, exc_value, traceback)
+    ) -> Awaitable[None]:
+        held = self.held
+        if held.exits_async():  # a backend's round trips: on the loop, never blocking it
+            return held.__aexit__(exc_type, exc_value, traceback)
+        held.__exit__(exc_type, exc_value, traceback)
         return DONE
 
     @property

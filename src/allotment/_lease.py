@@ -90,6 +90,22 @@ class Lease(Generic[Amount]):
         part = None if amount is None else self._pool.form.parse(amount, "released amount")
         self._pool.release(self._ticket, part)
 
+    def exits_async(self) -> bool:
+        """Whether leaving an ``async with`` makes a backend's round trip (awaited)."""
+        return hasattr(self._pool, "release_async")
+
+    async def release_async(self, amount: Amount | None = None) -> None:
+        """:meth:`release` for an asyncio task. On a manager with a backend, the round trip
+        runs on the task's loop without blocking it, and a cancellation does not stop the
+        release (it goes on, and the cancellation propagates); in memory, the same as
+        :meth:`release`."""
+        part = None if amount is None else self._pool.form.parse(amount, "released amount")
+        release_async = getattr(self._pool, "release_async", None)
+        if release_async is None:
+            self._pool.release(self._ticket, part)
+        else:
+            await release_async(self._ticket, part)
+
     def __enter__(self) -> Lease[Amount]:
         if self._ticket.state is not GRANTED:
             raise LeaseReleased("this lease was already released and holds nothing")
@@ -117,7 +133,11 @@ class Lease(Generic[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc_value, traceback)
+        release_async = getattr(self._pool, "release_async", None)
+        if release_async is None:
+            self.__exit__(exc_type, exc_value, traceback)
+        else:  # a backend's round trip, on the loop without blocking it
+            await release_async(self._ticket, None)
 
     def __repr__(self) -> str:
         # Plain reads only: a debugger or a signal handler may call this at any moment.

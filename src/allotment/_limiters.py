@@ -143,7 +143,13 @@ def rate_ticket(
     waiting.adopt(ticket)
     limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
     try:
-        entry = meter.enter(ticket, waiting.new_waiter, timeout != 0, limit)
+        enter_async = getattr(meter, "enter_async", None) if waiting.in_task else None
+        if enter_async is None:
+            entry = meter.enter(ticket, waiting.new_waiter, timeout != 0, limit)
+        else:  # a meter kept elsewhere (Redis): its round trip on the loop, not blocking it
+            entry = yield from enter_async(
+                ticket, waiting.new_waiter, timeout != 0, limit
+            ).__await__()
         if entry == "granted" or (
             entry == "queued" and (yield from waiting.for_rate(meter, ticket, clock, deadline))
         ):
@@ -330,7 +336,12 @@ class _Limiter:
     async def _acquire_async(self, cost: int, timeout: float | None) -> None:
         parts = self._parts
         meter = parts.meter
-        if not meter.take_now(cost, False):
+        take_now_async = getattr(meter, "take_now_async", None)  # a meter kept elsewhere
+        if take_now_async is None:
+            taken = meter.take_now(cost, False)
+        else:  # its round trip on the loop, not blocking it
+            taken = await take_now_async(cost, False)
+        if not taken:
             await run_in_task(rate_ticket(parts, meter, cost, timeout, TASK))
 
     async def __aenter__(self) -> None:

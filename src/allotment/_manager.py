@@ -28,6 +28,7 @@ from ._core import (
     ScalarForm,
     Site,
     Ticket,
+    Waiter,
     caller_site,
     form_for,
 )
@@ -132,15 +133,33 @@ async def take_async(
     nothing, and a grant that reached it is handed on."""
     pool = parts.pool
     try:
-        granted = pool.enter(ticket, new_task_waiter) or await await_grant_async(
+        granted = await _enter_in_task(pool, ticket, new_task_waiter) or await await_grant_async(
             pool, ticket, parts.clock, deadline
         )
         if granted and parts.node.policy is not None:
             note_held(lease, parts.node, ticket.site)
     except BaseException:
-        pool.release(ticket, None)
+        await _release_in_task(pool, ticket)
         raise
     return granted
+
+
+async def _enter_in_task(pool: Pool, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
+    """``pool.enter`` for a task: a pool kept elsewhere (Redis) makes its round trip on the
+    task's loop without blocking it."""
+    enter_async = getattr(pool, "enter_async", None)
+    if enter_async is None:
+        return pool.enter(ticket, waiter)
+    return bool(await enter_async(ticket, waiter))
+
+
+async def _release_in_task(pool: Pool, ticket: Ticket) -> None:
+    """``pool.release(ticket, None)`` for a task (see :func:`_enter_in_task`)."""
+    release_async = getattr(pool, "release_async", None)
+    if release_async is None:
+        pool.release(ticket, None)
+    else:
+        await release_async(ticket, None)
 
 
 def take_or_none(parts: ManagerParts, ticket: Ticket, lease: Lease[Amount]) -> Lease[Amount] | None:
@@ -419,8 +438,15 @@ class ResourceManager(Generic[Amount]):
         pool = self._pool
         lease: Lease[Amount] = Lease(ticket, pool, self)
         try:
-            # take_async, written out: granted at once is the common case, with no await.
-            if pool.enter(ticket, new_task_waiter if timeout != 0 else None) or (
+            # take_async, written out: granted at once is the common case, with no await
+            # (in memory; a pool kept elsewhere awaits its round trip).
+            waiter = new_task_waiter if timeout != 0 else None
+            enter_async = getattr(pool, "enter_async", None)
+            if enter_async is None:
+                entered = pool.enter(ticket, waiter)
+            else:
+                entered = await enter_async(ticket, waiter)
+            if entered or (
                 timeout != 0 and await await_grant_async(pool, ticket, self._clock, deadline)
             ):
                 if self._node.policy is not None:
@@ -428,7 +454,7 @@ class ResourceManager(Generic[Amount]):
                 acquisition.held = lease
                 return lease
         except BaseException:  # a cancellation too, even one landing as the lease is returned
-            pool.release(ticket, None)
+            await _release_in_task(pool, ticket)
             raise
         raise self._timeout_error(amount, timeout)
 

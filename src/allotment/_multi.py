@@ -141,7 +141,23 @@ class LeaseGroup(Sequence[Lease[Any]]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.release()
+        await self.release_async()
+
+    def exits_async(self) -> bool:
+        """Whether leaving an ``async with`` makes a backend's round trips (awaited)."""
+        return any(lease.exits_async() for lease in self._taken)
+
+    async def release_async(self) -> None:
+        """:meth:`release` for an asyncio task: a backend's round trips run on the loop
+        without blocking it. Every lease is released, even if releasing one raises."""
+        error: BaseException | None = None
+        for lease in reversed(self._taken):
+            try:
+                await lease.release_async()
+            except BaseException as raised:  # keep going; report the first failure
+                error = error or raised
+        if error is not None:
+            raise error
 
     def __repr__(self) -> str:
         return f"<allotment.LeaseGroup of {len(self._leases)}: {list(self._leases)!r}>"

@@ -252,6 +252,9 @@ async def await_grant_async(
         if ticket.state is REFUSED:
             raise ticket.error
         return True
+    withdraw_async = getattr(pool, "withdraw_async", None)  # a pool kept elsewhere (Redis)
+    if withdraw_async is not None:
+        return bool(await withdraw_async(ticket))
     return pool.withdraw(ticket)
 
 

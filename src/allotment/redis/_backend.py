@@ -3,15 +3,29 @@
 The keeper is the only thread that waits on Redis for others. It pops this process's wake-up
 list (the grant scripts push ``id|token`` there for each waiter they grant), hands each grant
 to the local ticket and wakes its waiter (a thread's lock or a task's future: the same
-waiters as in memory); every second it asks the server about every local waiter (the polling
-backstop, which also keeps the waiters' records alive), and every third of ``lease_ttl`` it
+waiters as in memory); every second it asks the server about every local waiter whose
+``enter`` the server confirmed (the polling backstop, which also keeps the waiters' records
+alive), and every third of ``lease_ttl`` it
 renews every local lease in one round trip per manager. Releases that could not reach the
 server are retried here, and so are leases reclaimed by a finalizer that ran inside this
 process's bookkeeping (a finalizer elsewhere releases at once: redis-py's locks are
 re-entrant, so its round trip cannot deadlock the thread it interrupted).
 
-``_lock`` guards the local tables (``_waiting``, ``_held``, ``_retries``) and the local state
-of Redis tickets; it is held only for dictionary work, never across a round trip.
+``_lock`` guards the local tables (``_waiting``, ``_heard``, ``_held``, ``_retries``) and the
+local state of Redis tickets; it is held only for dictionary work, never across a round trip.
+
+Invariants of the tables, between operations:
+
+- ``_waiting`` has every local ticket that may be granted by a push: registered before its
+  ``enter`` is sent, so a push that overtakes the reply finds it.
+- ``_heard`` (a subset of ``_waiting``'s ids) has the waiters the server is known to have
+  queued, each with when this process last heard so: the reply to its ``enter``, then each
+  ``status`` that found it queued. Only these are polled, and the ids polled are read before
+  the ``status`` is sent, so an answer "unknown id" is about an ``enter`` that had already
+  run: the server really lost it. An ``enter`` in flight is never judged.
+- A waiter not heard of for ``waiter_ttl`` is one the server has dropped too (nothing else
+  renews its record), or cannot be reached about: the keeper refuses it with
+  :class:`BackendUnavailable`, so no wait outlives a dead server by more than that.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ from .._core import (
 )
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
+from ._loops import LoopClients
 
 if TYPE_CHECKING:
     from ._meter import RedisMeter
@@ -64,6 +79,8 @@ _BACKSTOP = 1.0
 
 _NOW_NS = nanoseconds_of(SYSTEM_CLOCK)
 _monotonic = SYSTEM_CLOCK.now
+monotonic = _monotonic
+"""The clock of the keeper's schedules and of when a waiter was last heard of."""
 
 _CONNECTION_KEYS = (
     "path", "host", "port", "db", "username", "password", "credential_provider",
@@ -86,10 +103,9 @@ def _positive_seconds(value: object, what: str) -> float:
     return float(value)
 
 
-def _own_client(client: object, timeout: float) -> redis.Redis:
-    """A client of our own to the server ``client`` talks to: its address, credentials and
-    TLS settings, with bounded timeouts and no retries (redis-py's default retry stalls up
-    to a minute on a hung server and replays a script that may have run)."""
+def _connection_settings(client: object) -> tuple[type[object], dict[str, Any]]:
+    """The connection class and settings of the server ``client`` talks to: its address,
+    database, credentials, client name and TLS settings."""
     if not isinstance(client, (redis.Redis, redis.asyncio.Redis)):
         raise TypeError(
             "RedisBackend needs a redis.Redis or redis.asyncio.Redis client (a cluster "
@@ -104,6 +120,14 @@ def _own_client(client: object, timeout: float) -> redis.Redis:
         for key in _CONNECTION_KEYS
         if key in pool.connection_kwargs
     }
+    return kind, settings
+
+
+def _own_client(client: object, timeout: float) -> redis.Redis:
+    """A client of our own to the server ``client`` talks to: its address, credentials and
+    TLS settings, with bounded timeouts and no retries (redis-py's default retry stalls up
+    to a minute on a hung server and replays a script that may have run)."""
+    kind, settings = _connection_settings(client)
     connections = redis.ConnectionPool(
         connection_class=kind,
         socket_timeout=timeout,
@@ -118,7 +142,30 @@ def _own_client(client: object, timeout: float) -> redis.Redis:
 
 
 def unavailable(error: BaseException, what: str) -> BackendUnavailable:
-    return BackendUnavailable(f"the Redis server did not answer ({what}): {error}")
+    return BackendUnavailable(f"{what}: the Redis server did not answer: {error}")
+
+
+_CALLS = {
+    "enter": "acquire",
+    "withdraw": "acquire (at its timeout)",
+    "release": "release",
+    "status": "the keeper's check of waiting requests",
+    "renew": "the keeper's renewal of leases",
+    "split": "acquire_all",
+    "resize": "resize",
+    "snapshot": "reading the figures (statistics, or making the manager)",
+    "take": "acquire",
+    "undo": "giving back a grant",
+    "charge": "charge",
+    "peek": "statistics or a forecast",
+    "declare": "making the limiter",
+}
+"""What the user called, for each script operation: what errors name."""
+
+
+def user_call(operation: object, name: str) -> str:
+    """The user's call behind a script operation, on the manager or limiter ``name``."""
+    return f"{_CALLS.get(str(operation), str(operation))} on {name!r}"
 
 
 @attrs.define(eq=False)
@@ -171,8 +218,12 @@ class RedisBackend:
     wake_key: str
     """This process's wake-up list."""
     _keeper_client: redis.Redis
+    loop_clients: LoopClients
+    """One ``redis.asyncio`` client per event loop, for the round trips of tasks."""
     _lock: SectionLock
     _waiting: dict[str, tuple[RedisPool, Ticket]]
+    _heard: dict[str, float]
+    """The waiters the server confirmed it queued, and when this process last heard so."""
     _held: dict[str, tuple[RedisPool, Ticket]]
     _retries: dict[str, _Retry]
     _reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]]
@@ -216,8 +267,12 @@ class RedisBackend:
         self.manager_script = self.client.register_script(_scripts.MANAGER)
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
+        kind, settings = _connection_settings(client)
+        sources = {"manager": _scripts.MANAGER, "gcra": _scripts.GCRA, "window": _scripts.WINDOW}
+        self.loop_clients = LoopClients.like(kind, settings, self.timeout, sources)
         self._lock = new_section_lock()
         self._waiting = {}
+        self._heard = {}
         self._held = {}
         self._retries = {}
         self._reclaims = collections.deque()
@@ -245,22 +300,28 @@ class RedisBackend:
         refusals become allotment's errors; anything else from Redis becomes
         :class:`BackendUnavailable`."""
         if self._closed:
-            raise BackendUnavailable(f"this RedisBackend was closed ({args[0]} on {name!r})")
+            raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
         try:
             return script(keys=keys, args=args)
-        except redis.exceptions.ResponseError as error:
-            message = str(error)
-            if "ALLOTMENT_CONFLICT" in message:
-                raise BackendConflict(
-                    message.split("ALLOTMENT_CONFLICT ", 1)[1].split(" script:", maxsplit=1)[0]
-                ) from None
-            if "ALLOTMENT_" in message:
-                raise ScriptRefusal(
-                    message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0]
-                ) from None
-            raise unavailable(error, f"{args[0]} on {name!r}") from error
         except redis.exceptions.RedisError as error:
-            raise unavailable(error, f"{args[0]} on {name!r}") from error
+            raise _translated(error, args, name) from _cause(error)
+
+    async def run_script_async(
+        self, script: str, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        """:meth:`run_script` for a task: on the running loop's own ``redis.asyncio``
+        client, so the loop goes on running other tasks while the server answers (or does
+        not, for up to ``timeout``). ``script`` is ``"manager"``, ``"gcra"`` or ``"window"``."""
+        if self._closed:
+            raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
+        hook = _round_trip_hook
+        if hook is not None:
+            await hook(args)
+        loop_client = self.loop_clients.for_running_loop()
+        try:
+            return await loop_client.scripts[script](keys=keys, args=args)
+        except redis.exceptions.RedisError as error:
+            raise _translated(error, args, name) from _cause(error)
 
     def new_id(self) -> str:
         return f"{self.process}:{next(self._ids)}"
@@ -284,19 +345,34 @@ class RedisBackend:
         """Lock held: ``ticket`` may be granted by a push from now on."""
         self._waiting[rid] = (pool, ticket)
 
+    def confirm_waiter(self, rid: str) -> None:
+        """Lock held: the server answered that it queued ``rid``; poll it from now on (unless
+        it was settled meanwhile, by a push or a close)."""
+        if rid in self._waiting:
+            self._heard[rid] = _monotonic()
+
     def forget(self, rid: str) -> None:
         """Lock held."""
         self._waiting.pop(rid, None)
+        self._heard.pop(rid, None)
         self._held.pop(rid, None)
 
     def hold(self, rid: str, pool: RedisPool, ticket: Ticket) -> None:
         """Lock held: ``ticket`` is granted; renew it from now on."""
         self._waiting.pop(rid, None)
+        self._heard.pop(rid, None)
         self._held[rid] = (pool, ticket)
 
     def waiting_ticket(self, rid: str) -> tuple[RedisPool, Ticket] | None:
         with self.section():
             return self._waiting.get(rid)
+
+    def heard_from(self, rids: Sequence[str], at: float) -> None:
+        """A ``status`` answered at ``at`` that the server still queues ``rids``."""
+        with self.section():
+            for rid in rids:
+                if rid in self._heard:
+                    self._heard[rid] = at
 
     def waiting_of(self, pool: RedisPool) -> list[tuple[str, Ticket]]:
         with self.section():
@@ -380,6 +456,10 @@ class RedisBackend:
             except Exception:  # a bug: report it, and keep the leases alive
                 logger.exception("allotment keeper: unexpected error")
                 backoff = 1.0
+            try:
+                self._fail_unheard(_monotonic())
+            except Exception:  # a bug: report it, and go on keeping
+                logger.exception("allotment keeper: unexpected error")
 
     def _deliver(self, message: str) -> None:
         """A grant (``id|token``) or a refusal (``id|!capacity``) pushed by a script."""
@@ -405,9 +485,33 @@ class RedisBackend:
         return grouped
 
     def _poll_waiters(self) -> None:
-        """The backstop: ask about every local waiter (which also renews its record)."""
-        for pool, rids in self._by_pool(self._waiting).items():
+        """The backstop: ask about every local waiter the server confirmed (which also
+        renews its record). The ids are read before the question is sent: an ``enter``
+        confirmed after that is not judged by this answer."""
+        if not self._heard:
+            return
+        with self._lock:
+            entries = [(rid, self._waiting[rid]) for rid in self._heard if rid in self._waiting]
+        grouped: dict[RedisPool, list[str]] = {}
+        for rid, (pool, _) in entries:
+            grouped.setdefault(pool, []).append(rid)
+        for pool, rids in grouped.items():
             pool.poll(rids)
+
+    def _fail_unheard(self, now: float) -> None:
+        """Refuse the waiters not heard of for ``waiter_ttl``: the server has dropped them
+        (nothing renewed their records), or cannot be reached. Their callers' release
+        then withdraws them on the server, or the keeper does once it answers again."""
+        if not self._heard:
+            return
+        with self._lock:
+            stale = [
+                (rid, self._waiting[rid])
+                for rid, heard in self._heard.items()
+                if now - heard >= self.waiter_ttl and rid in self._waiting
+            ]
+        for rid, (pool, ticket) in stale:
+            pool.unreachable(ticket, rid)
 
     def _renew_leases(self) -> None:
         for pool, rids in self._by_pool(self._held).items():
@@ -461,6 +565,7 @@ class RedisBackend:
         # passed in leaves the pool's sockets open.
         self.client.connection_pool.disconnect()
         self._keeper_client.connection_pool.disconnect()
+        self.loop_clients.close()
 
     def _after_fork_in_child(self) -> None:
         """The child has none of the parent's threads: its tickets are the parent's (never
@@ -470,6 +575,7 @@ class RedisBackend:
             for pool, ticket in table.values():
                 pool.disown(ticket)
         self._waiting.clear()
+        self._heard.clear()
         self._held.clear()
         self._retries.clear()
         self._reclaims.clear()
@@ -477,6 +583,7 @@ class RedisBackend:
         self._draining_now = False
         self._keeper = None
         self._work = threading.Event()
+        self.loop_clients.after_fork_in_child()
         self._new_process()
 
     # -- what the faces ask for -----------------------------------------------------------------
@@ -508,6 +615,7 @@ class RedisBackend:
             burst,
             on_unavailable,
         )
+        meter.describe = describe_gcra
         if key is None:
             meter.declare()
         return meter
@@ -527,6 +635,7 @@ class RedisBackend:
             limit,
             on_unavailable,
         )
+        meter.describe = describe_window
         meter.declare()
         return meter
 
@@ -557,6 +666,58 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         return f"<allotment.redis.RedisBackend prefix={self.prefix!r} lease_ttl={self.lease_ttl:g}>"
+
+
+def describe_gcra(settings: str) -> str:
+    """A GCRA's stored settings (``interval_us,burst``) in the user's terms: ``50 per 1 s,
+    burst 50`` (per second, minute or hour, whichever counts whole units)."""
+    interval_us, burst = (int(part) for part in settings.split(","))
+    for seconds in (1, 60, 3600):
+        units = fractions.Fraction(seconds * 1_000_000, interval_us)
+        if units.denominator == 1:
+            return f"{units} per {seconds} s, burst {burst}"
+    return f"1 per {interval_us / 1_000_000:g} s, burst {burst}"
+
+
+def describe_window(settings: str) -> str:
+    """A window's stored settings (``limit,window_us``) in the user's terms: ``50 per 1 s``."""
+    limit, window_us = (int(part) for part in settings.split(","))
+    return f"{limit} per {window_us / 1_000_000:g} s"
+
+
+def describe_capacity(names: str, counts: str) -> str:
+    """A manager's stored declaration in the user's terms: ``capacity 3``, or
+    ``resources {'gpu': 2, 'ram_gb': 64}``."""
+    values = [int(part) for part in counts.split(",")]
+    if names == "-":
+        return f"capacity {values[0]}"
+    return f"resources {dict(zip(names.split(','), values, strict=True))!r}"
+
+
+_round_trip_hook: Callable[[Sequence[object]], Any] | None = None
+"""Tests only: an async function awaited before each task's round trip (to stall one)."""
+
+
+def _cause(error: redis.exceptions.RedisError) -> BaseException | None:
+    """Refusals and conflicts are the script's answers: no traceback of redis-py's."""
+    message = str(error)
+    if isinstance(error, redis.exceptions.ResponseError) and "ALLOTMENT_" in message:
+        return None
+    return error
+
+
+def _translated(error: redis.exceptions.RedisError, args: Sequence[object], name: str) -> Exception:
+    """A refusal of a script (``ALLOTMENT_...``) as allotment's error; anything else from
+    Redis as :class:`BackendUnavailable` naming the user's call."""
+    message = str(error)
+    if isinstance(error, redis.exceptions.ResponseError):
+        if "ALLOTMENT_CONFLICT" in message:
+            return BackendConflict(
+                message.split("ALLOTMENT_CONFLICT ", 1)[1].split(" script:", maxsplit=1)[0]
+            )
+        if "ALLOTMENT_" in message:
+            return ScriptRefusal(message.split("ALLOTMENT_", 1)[1].split(" script:", maxsplit=1)[0])
+    return unavailable(error, user_call(args[0], name))
 
 
 class ScriptRefusal(Exception):

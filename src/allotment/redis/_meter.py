@@ -18,6 +18,7 @@ counters; it is never held across a round trip.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -80,6 +81,8 @@ class RedisMeter:
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    describe: Callable[[str], str] = attrs.field(init=False, default=str)
+    """The settings' string in the user's terms (``50 per 1 s``), for messages."""
 
     def __attrs_post_init__(self) -> None:
         _live_meters.add(self)
@@ -108,9 +111,24 @@ class RedisMeter:
         except BackendConflict as conflict:
             # Settings vanish with an idle limit's state: a conflict may show only now.
             raise BackendConflict(
-                f"{self.name!r} exists in Redis with settings {str(conflict)!r}; this "
-                f"process declared {self._settings[0]!r}. Declare the same limit, or use "
-                "another name"
+                f"{self.name!r} exists in Redis as {self.describe(str(conflict))}; this "
+                f"process declared {self.describe(str(self._settings[0]))}. Declare the same "
+                "limit, or use another name"
+            ) from None
+
+    async def _call_async(self, operation: str, *args: object) -> Any:
+        """:meth:`_call` for a task, on its loop's own client: the loop never blocks."""
+        backend = self._backend
+        script = "gcra" if self._script is backend.gcra_script else "window"
+        try:
+            return await backend.run_script_async(
+                script, self._keys, (operation, *self._settings, *args), self.name
+            )
+        except BackendConflict as conflict:
+            raise BackendConflict(
+                f"{self.name!r} exists in Redis as {self.describe(str(conflict))}; this "
+                f"process declared {self.describe(str(self._settings[0]))}. Declare the same "
+                "limit, or use another name"
             ) from None
 
     def _count(self, cost: int) -> None:
@@ -125,15 +143,30 @@ class RedisMeter:
         try:
             code, _, _, _ = self._take(cost, 0)
         except BackendUnavailable:
-            # "deny" refuses a try_acquire; a call that may wait (count_refusal is False
-            # there) raises now rather than after a second round trip in enter().
-            if self._policy == "allow":
-                return True
-            if self._policy == "deny" and count_refusal:
-                with self._lock:
-                    self.refused += 1
-                return False
-            raise
+            return self._take_now_unavailable(count_refusal)
+        return self._taken_now(code, cost, count_refusal)
+
+    async def take_now_async(self, cost: int, count_refusal: bool) -> bool | None:
+        """:meth:`take_now` for a task: the round trip on its loop's own client."""
+        try:
+            code, _, _, _ = _decision(await self._call_async("take", cost, 0))
+        except BackendUnavailable:
+            return self._take_now_unavailable(count_refusal)
+        return self._taken_now(code, cost, count_refusal)
+
+    def _take_now_unavailable(self, count_refusal: bool) -> bool:
+        """Called while handling ``BackendUnavailable``: what the policy answers, or the
+        error again. "deny" refuses a try_acquire; a call that may wait (count_refusal is
+        False there) raises now rather than after a second round trip in enter()."""
+        if self._policy == "allow":
+            return True
+        if self._policy == "deny" and count_refusal:
+            with self._lock:
+                self.refused += 1
+            return False
+        raise  # noqa: PLE0704 - the BackendUnavailable being handled by the caller
+
+    def _taken_now(self, code: int, cost: int, count_refusal: bool) -> bool:
         if code == 1:
             self._count(cost)
             return True
@@ -143,10 +176,28 @@ class RedisMeter:
         return False
 
     def _take(self, cost: int, longest: int) -> tuple[int, int, object, object]:
-        reply = self._call("take", cost, longest)
-        if len(reply) == 3:  # a window: code, wait, member
-            return int(reply[0]), int(reply[1]), reply[2], None
-        return int(reply[0]), int(reply[1]), reply[2], reply[3]
+        return _decision(self._call("take", cost, longest))
+
+    async def enter_async(
+        self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
+    ) -> Entry:
+        """:meth:`enter` for a task: the round trip on its loop's own client."""
+        try:
+            decision = _decision(
+                await self._call_async("take", ticket.cost, self._longest(wait, deadline))
+            )
+        except BackendUnavailable:
+            if self._policy != "allow":
+                raise
+            ticket.state = GRANTED
+            return "granted"
+        return self._entered(ticket, sleeper, decision)
+
+    def _longest(self, wait: bool, deadline: int) -> int:
+        """The longest wait (us) the script may reserve: 0 for a try, -1 for any."""
+        if not wait:
+            return 0
+        return -1 if deadline < 0 else max(0, (deadline - self._now_ns()) // 1000)
 
     def enter(
         self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
@@ -155,15 +206,24 @@ class RedisMeter:
         (``"queued"``, ``ticket.due`` on this process's clock); or refuse it, spending
         nothing. With ``on_unavailable="allow"`` an unreachable server grants; otherwise it
         raises :class:`BackendUnavailable` (a wait cannot be promised without the server)."""
-        now = self._now_ns()
-        longest = 0 if not wait else (-1 if deadline < 0 else max(0, (deadline - now) // 1000))
         try:
-            code, wait_us, first, second = self._take(ticket.cost, longest)
+            decision = self._take(ticket.cost, self._longest(wait, deadline))
         except BackendUnavailable:
             if self._policy != "allow":
                 raise
             ticket.state = GRANTED
             return "granted"
+        return self._entered(ticket, sleeper, decision)
+
+    def _entered(
+        self,
+        ticket: RateTicket,
+        sleeper: Callable[[], Waiter] | None,
+        decision: tuple[int, int, object, object],
+    ) -> Entry:
+        """The script's decision on ``ticket``: granted, reserved (queued here until its
+        time) or refused."""
+        code, wait_us, first, second = decision
         ticket.token = (first, second)
         if code == 1:
             ticket.state = GRANTED
@@ -245,14 +305,29 @@ class RedisMeter:
         return self._undo(ticket)
 
     def _undo(self, ticket: RateTicket) -> bool:
+        """Undo on the server. On a thread that runs an event loop (a task interrupted or
+        timed out), the round trip runs on the loop instead, without blocking it: ``False``
+        then, as its outcome is not known yet."""
         token = ticket.token
         if not isinstance(token, tuple) or token[0] is None:
             return False  # granted while the server was unreachable: nothing recorded
+        loop = _running_loop()
+        if loop is not None:
+            undo = loop.create_task(self._undo_async(token))
+            _undoing.add(undo)
+            undo.add_done_callback(_undoing.discard)
+            return False
         try:
             return bool(self._call("undo", *(part for part in token if part is not None)))
         except BackendUnavailable as error:
             logger.warning("could not give back a grant on %r: %s", self.name, error)
             return False
+
+    async def _undo_async(self, token: tuple[object, ...]) -> None:
+        try:
+            await self._call_async("undo", *(part for part in token if part is not None))
+        except BackendUnavailable as error:
+            logger.warning("could not give back a grant on %r: %s", self.name, error)
 
     def cancel(self, ticket: RateTicket) -> bool:
         """A reservation given back before its time: ``True`` if refunded exactly."""
@@ -306,6 +381,18 @@ class RedisMeter:
             charged=figures[4],
             taken_at=self._now(),
         )
+
+
+def _decision(reply: Any) -> tuple[int, int, object, object]:
+    """A ``take`` reply: code, wait (us), and the token to undo it."""
+    if len(reply) == 3:  # a window: code, wait, member
+        return int(reply[0]), int(reply[1]), reply[2], None
+    return int(reply[0]), int(reply[1]), reply[2], reply[3]
+
+
+_running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
+_undoing: set[asyncio.Task[None]] = set()
+"""Undos running on loops: held until done (a loop holds its tasks only weakly)."""
 
 
 def window_keys(prefix: str, name: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ answers are applied idempotently, whether they come by reply, by push or by poll
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
@@ -60,7 +61,8 @@ from .._errors import (
     ReleaseExceedsHeld,
     UnsupportedByBackend,
 )
-from ._backend import RedisBackend, ScriptRefusal
+from ._backend import RedisBackend, ScriptRefusal, describe_capacity
+from ._backend import monotonic as backend_now
 
 if TYPE_CHECKING:
     from .._core import MemoryPool
@@ -85,6 +87,12 @@ class _Record:
     """The full release is done (or handed to the keeper): nothing is left to give back."""
     queued: bool = False
     """The server queued it (what statistics show as waiting)."""
+    releases: int = 0
+    """Partial releases sent: each has its own id, which the server remembers for the
+    lease's lifetime."""
+    pending: tuple[str, Quantity] | None = None
+    """A partial release sent whose answer did not arrive: retried, with the same id, before
+    anything else is released (so it is never applied twice)."""
 
 
 def _encode(units: Quantity) -> str:
@@ -129,26 +137,47 @@ class RedisPool:
         )
         self.zero = self.form.zero()
         self._last = (self._declared, self._declared, 0, 0)
-        try:
-            self._read()  # declares the manager, or refuses a conflicting declaration
-        except BackendConflict as conflict:
-            names, declared, capacity = str(conflict).split("=")
-            raise BackendConflict(
-                f"{self.name!r} already exists in Redis with resources {names!r} declared "
-                f"as {declared!r} (capacity now {capacity!r}); this process declared "
-                f"{self._head[0]!r} as {self._head[1]!r}. Declare the same capacity (use "
-                "resize() to change it for everyone), or use another name"
-            ) from None
+        self._read()  # declares the manager, or refuses a conflicting declaration
 
     # -- round trips -------------------------------------------------------------------------
 
     def _call(self, operation: str, *args: object) -> Any:
         backend = self._backend
-        return backend.run_script(
-            backend.manager_script,
-            (*self._keys, backend.wake_key),
-            (operation, *self._head, *args),
-            self.name,
+        try:
+            return backend.run_script(
+                backend.manager_script,
+                (*self._keys, backend.wake_key),
+                (operation, *self._head, *args),
+                self.name,
+            )
+        except BackendConflict as conflict:
+            raise self._conflict(conflict) from None
+
+    async def _call_async(self, operation: str, *args: object) -> Any:
+        """:meth:`_call` for a task, on its loop's own client: the loop never blocks."""
+        backend = self._backend
+        try:
+            return await backend.run_script_async(
+                "manager",
+                (*self._keys, backend.wake_key),
+                (operation, *self._head, *args),
+                self.name,
+            )
+        except BackendConflict as conflict:
+            raise self._conflict(conflict) from None
+
+    def _conflict(self, conflict: BackendConflict) -> BackendConflict:
+        """The script's conflict (made, or at any later call: the keys expired, another
+        declaration came), in the user's terms."""
+        names, declared, capacity = str(conflict).split("=")
+        resized = ""
+        if capacity != declared:
+            resized = f" (resized to {describe_capacity(names, capacity)})"
+        return BackendConflict(
+            f"{self.name!r} already exists in Redis, declared with "
+            f"{describe_capacity(names, declared)}{resized}; this process declared "
+            f"{describe_capacity(*self._head[:2])}. Declare the same (use resize() to "
+            "change the capacity for everyone), or use another name"
         )
 
     def _decode(self, text: bytes | str) -> Quantity:
@@ -158,7 +187,10 @@ class RedisPool:
         return Units(counts) if isinstance(self.form, NamedForm) else counts[0]
 
     def _read(self) -> tuple[Quantity, Quantity, int, int, int]:
-        capacity, available, version, holders, waiters = self._call("snapshot")
+        return self._figures(self._call("snapshot"))
+
+    def _figures(self, reply: Any) -> tuple[Quantity, Quantity, int, int, int]:
+        capacity, available, version, holders, waiters = reply
         figures = (self._decode(capacity), self._decode(available), int(holders), int(waiters))
         self._last = figures
         return (*figures, int(version))
@@ -186,6 +218,10 @@ class RedisPool:
         with contextlib.suppress(BackendUnavailable):
             self._read()
 
+    async def _refresh_async(self) -> None:
+        with contextlib.suppress(BackendUnavailable):
+            self._figures(await self._call_async("snapshot"))
+
     # -- arrival, wait, withdrawal, release -------------------------------------------------
 
     def enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
@@ -197,6 +233,32 @@ class RedisPool:
     def _enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
         """Grant ``ticket`` now (``True``) or queue it in Redis with a local waiter, which
         the keeper wakes when a push or a poll brings its grant (``False``)."""
+        record, waits = self._register(ticket, waiter)
+        try:
+            reply = self._call("enter", record.rid, _encode(ticket.units), 1 if waits else 0)
+        except ScriptRefusal as refusal:
+            raise self._enter_refused(ticket, record, refusal) from None
+        return self._entered(ticket, record, reply)
+
+    async def enter_async(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
+        """:meth:`enter` for a task: the round trip on its loop's own client."""
+        try:
+            record, waits = self._register(ticket, waiter)
+            try:
+                reply = await self._call_async(
+                    "enter", record.rid, _encode(ticket.units), 1 if waits else 0
+                )
+            except ScriptRefusal as refusal:
+                raise self._enter_refused(ticket, record, refusal) from None
+            return self._entered(ticket, record, reply)
+        finally:
+            self._backend.settle()
+
+    def _register(
+        self, ticket: Ticket, waiter: Callable[[], Waiter] | None
+    ) -> tuple[_Record, bool]:
+        """Before ``enter`` is sent: the ticket's record, and (if it may wait) its waiter,
+        which a push can find from now on (a poll only once the server confirms it)."""
         if self.closed:
             raise ManagerClosed("the manager is closed")
         backend = self._backend
@@ -209,22 +271,29 @@ class RedisPool:
                 backend.expect_waiter(record.rid, self, ticket)
         if made is not None:
             backend.start_keeper()
-        try:
-            code, token = self._call("enter", record.rid, _encode(ticket.units), 1 if made else 0)
-        except ScriptRefusal as refusal:
-            self._forget(record)
-            capacity = self._decode(str(refusal).split(" ", 1)[1])
-            raise ExceedsCapacity(
-                f"a request for {self.form.render(ticket.units)!r} can never be granted: "
-                f"the capacity is {self.form.render_all(capacity)!r}"
-            ) from None
+        return record, made is not None
+
+    def _enter_refused(self, ticket: Ticket, record: _Record, refusal: ScriptRefusal) -> Exception:
+        self._forget(record)
+        capacity = self._decode(str(refusal).split(" ", 1)[1])
+        return ExceedsCapacity(
+            f"a request for {self.form.render(ticket.units)!r} can never be granted: "
+            f"the capacity is {self.form.render_all(capacity)!r}"
+        )
+
+    def _entered(self, ticket: Ticket, record: _Record, reply: Any) -> bool:
+        """The server's answer to ``enter``: granted, queued, or neither (a try)."""
+        code, token = reply
         if code == 1:
             self.granted(ticket, record.rid, int(token), wake=False)
-            return True
+            # Not granted only if a close() refused it meanwhile: the waiter raises that.
+            return ticket.state is GRANTED
         if code == -1:
             self._forget(record)
         else:
             record.queued = True
+            with self._backend.section():
+                self._backend.confirm_waiter(record.rid)  # pollable only now: see the backend
         return False
 
     def _forget(self, record: _Record) -> None:
@@ -283,14 +352,38 @@ class RedisPool:
 
     def _withdraw(self, ticket: Ticket) -> bool:
         """The deadline passed: leave the queue unless a grant arrived, which is kept."""
-        record = self._records.get(ticket)
-        if ticket.state is GRANTED:
-            return True
+        record = self._withdrawing(ticket)
+        if record is None:
+            return ticket.state is GRANTED
+        code, token = self._call("withdraw", record.rid, "")
+        if not self._withdrawn(ticket, record, code, token):
+            self._refresh()  # the figures the timeout's message shows
+        return ticket.state is GRANTED
+
+    async def withdraw_async(self, ticket: Ticket) -> bool:
+        """:meth:`withdraw` for a task: the round trips on its loop's own client."""
+        try:
+            record = self._withdrawing(ticket)
+            if record is None:
+                return ticket.state is GRANTED
+            code, token = await self._call_async("withdraw", record.rid, "")
+            if not self._withdrawn(ticket, record, code, token):
+                await self._refresh_async()
+            return ticket.state is GRANTED
+        finally:
+            self._backend.settle()
+
+    def _withdrawing(self, ticket: Ticket) -> _Record | None:
+        """The record to withdraw, or ``None`` if there is nothing to ask the server."""
         if ticket.state is REFUSED:
             raise ticket.error
+        record = self._records.get(ticket)
         if record is None or ticket.state is not PENDING:
-            return False
-        code, token = self._call("withdraw", record.rid, "")
+            return None
+        return record
+
+    def _withdrawn(self, ticket: Ticket, record: _Record, code: int, token: Any) -> bool:
+        """The server's answer to ``withdraw``: ``True`` if a grant had arrived (kept)."""
         if code == 1:
             self.granted(ticket, record.rid, int(token), wake=False)
             return True
@@ -300,8 +393,6 @@ class RedisPool:
                 ticket.state = FINISHED
         if ticket.state is REFUSED:
             raise ticket.error
-        if ticket.state is not GRANTED:
-            self._refresh()  # the figures the timeout's message shows
         return ticket.state is GRANTED
 
     def release(self, ticket: Ticket, part: Quantity | None) -> None:
@@ -324,7 +415,49 @@ class RedisPool:
                 raise ReentrantCall("cannot partially release a lease from inside its bookkeeping")
             backend.reclaim(self, ticket, _nothing)
             return
-        record = self._records.get(ticket)
+        record = self._releasing(ticket, part)
+        if record is None:
+            return
+        if part is not None and part != ticket.units:
+            self._release_part(ticket, record, part)
+            return
+        repeated = self._sending_release(record)
+        try:
+            code, _ = self._call("release", record.rid, "")
+        except BackendUnavailable as error:
+            self._release_later(ticket, record, error)
+            return
+        self._released(ticket, record, code, repeated)
+
+    async def release_async(self, ticket: Ticket, part: Quantity | None = None) -> None:
+        """:meth:`release` for a task, on its loop's own client. A cancellation does not
+        stop it: the release goes on, and the cancellation propagates."""
+        task = asyncio.ensure_future(self._release_async(ticket, part))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_retrieve)
+            raise
+        finally:
+            self._backend.settle()
+
+    async def _release_async(self, ticket: Ticket, part: Quantity | None) -> None:
+        record = self._releasing(ticket, part)
+        if record is None:
+            return
+        if part is not None and part != ticket.units:
+            await self._release_part_async(ticket, record, part)
+            return
+        repeated = self._sending_release(record)
+        try:
+            code, _ = await self._call_async("release", record.rid, "")
+        except BackendUnavailable as error:
+            self._release_later(ticket, record, error)
+            return
+        self._released(ticket, record, code, repeated)
+
+    def _releasing(self, ticket: Ticket, part: Quantity | None) -> _Record | None:
+        """Checks before a release: the record to release, or ``None`` if nothing is left."""
         state = ticket.state
         if part is not None and (state is not GRANTED or not part <= ticket.units):
             held = ticket.units if state is GRANTED else self.zero
@@ -332,26 +465,30 @@ class RedisPool:
                 f"cannot release {self.form.render(part)!r}: "
                 f"the lease holds {self.form.render(held)!r}"
             )
+        record = self._records.get(ticket)
         if record is None or record.done:
-            return
-        if part is not None and part != ticket.units:
-            self._release_part(ticket, record, part)
-            return
-        # The keeper stops renewing it and delivering to it; the server releases it; then
-        # this process sees it released. Cut short after the server's release, the ticket
-        # still looks held here until the release is repeated (a with-block's exit does, and
-        # so does the lease's finalizer); cut short before, the lease's TTL is the backstop.
-        with backend.section():
-            backend.forget(record.rid)
+            return None
+        return record
+
+    def _sending_release(self, record: _Record) -> bool:
+        """Before a full release is sent: whether one was sent already (cut short).
+
+        The keeper stops renewing it and delivering to it; the server releases it; then
+        this process sees it released. Cut short after the server's release, the ticket
+        still looks held here until the release is repeated (a with-block's exit does, and
+        so does the lease's finalizer); cut short before, the lease's TTL is the backstop."""
+        with self._backend.section():
+            self._backend.forget(record.rid)
         repeated = record.sent
         record.sent = True
-        try:
-            code, _ = self._call("release", record.rid, "")
-        except BackendUnavailable as error:
-            self._finish(ticket, record)
-            logger.warning("releasing %s on %r later: %s", record.rid, self.name, error)
-            backend.retry_release(self, record.rid)
-            return
+        return repeated
+
+    def _release_later(self, ticket: Ticket, record: _Record, error: BackendUnavailable) -> None:
+        self._finish(ticket, record)
+        logger.warning("releasing %s on %r later: %s", record.rid, self.name, error)
+        self._backend.retry_release(self, record.rid)
+
+    def _released(self, ticket: Ticket, record: _Record, code: int, repeated: bool) -> None:
         self._finish(ticket, record)
         # Not found: the lease had expired, unless an interrupted release of ours did it.
         if record.token is not None and ((code == -1 and not repeated) or record.lost):
@@ -366,12 +503,71 @@ class RedisPool:
             record.done = True
 
     def _release_part(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
-        code, _ = self._call("release", record.rid, _encode(part))
+        """A partial release, with an id the server remembers: one whose answer was lost
+        (``BackendUnavailable``) stays pending, and the next release of this lease sends it
+        again first, with the same id, so the server applies it exactly once. A retry of
+        the same amount is that release; another amount is released after it."""
+        pending = record.pending
+        if pending is not None:
+            release_id, pending_part = pending
+            self._part_done(
+                ticket, record, release_id, pending_part,
+                self._call("release", record.rid, _encode(pending_part), release_id),
+            )  # fmt: skip
+            if not self._after_pending(ticket, pending_part, part):
+                return
+            if part == ticket.units:
+                self._release(ticket, None)
+                return
+        release_id = self._next_part(record, part)
+        reply = self._call("release", record.rid, _encode(part), release_id)
+        self._part_done(ticket, record, release_id, part, reply)
+
+    async def _release_part_async(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
+        pending = record.pending
+        if pending is not None:
+            release_id, pending_part = pending
+            self._part_done(
+                ticket, record, release_id, pending_part,
+                await self._call_async("release", record.rid, _encode(pending_part), release_id),
+            )  # fmt: skip
+            if not self._after_pending(ticket, pending_part, part):
+                return
+            if part == ticket.units:
+                await self._release_async(ticket, None)
+                return
+        release_id = self._next_part(record, part)
+        reply = await self._call_async("release", record.rid, _encode(part), release_id)
+        self._part_done(ticket, record, release_id, part, reply)
+
+    def _after_pending(self, ticket: Ticket, pending_part: Quantity, part: Quantity) -> bool:
+        """The pending release is done: whether ``part`` is still to be released."""
+        if pending_part == part:
+            return False  # the caller's retry of the release that raised
+        if not part <= ticket.units:
+            raise ReleaseExceedsHeld(
+                f"cannot release {self.form.render(part)!r}: "
+                f"the lease holds {self.form.render(ticket.units)!r}"
+            )
+        return True
+
+    def _next_part(self, record: _Record, part: Quantity) -> str:
+        record.releases += 1
+        release_id = str(record.releases)
+        record.pending = (release_id, part)
+        return release_id
+
+    def _part_done(
+        self, ticket: Ticket, record: _Record, release_id: str, part: Quantity, reply: Any
+    ) -> None:
+        code, _ = reply
         if code == -1 or record.lost:
             record.lost = True
             raise LeaseLost(self._lost_message())
         with self._backend.section():
-            ticket.units = ticket.units - part
+            if record.pending is not None and record.pending[0] == release_id:
+                record.pending = None
+                ticket.units = ticket.units - part
 
     def _lost_message(self) -> str:
         return (
@@ -417,9 +613,15 @@ class RedisPool:
     # -- the keeper's side ------------------------------------------------------------------
 
     def poll(self, rids: Sequence[str]) -> None:
-        """The backstop: settle local waiters from the server's records."""
+        """The backstop: settle local waiters from the server's records. ``rids`` are
+        waiters whose ``enter`` the server confirmed before this was sent: one it does not
+        know was really dropped."""
         outcomes = self._call("status", *rids)
         backend = self._backend
+        backend.heard_from(
+            [rid for rid, outcome in zip(rids, outcomes, strict=True) if int(outcome) == 0],
+            backend_now(),
+        )
         for rid, outcome in zip(rids, outcomes, strict=True):
             entry = backend.waiting_ticket(rid)
             if entry is None:
@@ -437,10 +639,24 @@ class RedisPool:
                     entry[1],
                     rid,
                     BackendUnavailable(
-                        f"the request on {self.name!r} was dropped by the server (its process "
-                        "could not renew it in time, or the server lost its data)"
+                        f"acquire on {self.name!r}: the request was dropped by the server (its "
+                        "process could not renew it in time, or the server lost its data)"
                     ),
                 )
+
+    def unreachable(self, ticket: Ticket, rid: str) -> None:
+        """The keeper has not heard of this waiter for ``waiter_ttl``: the server cannot be
+        reached (or dropped it without a poll noticing). Refused; the caller's release
+        withdraws it on the server, or queues that for the keeper."""
+        waiter_ttl = self._backend.waiter_ttl
+        self._refuse(
+            ticket,
+            rid,
+            BackendUnavailable(
+                f"acquire on {self.name!r}: the Redis server could not be reached for "
+                f"{waiter_ttl:g} s (waiter_ttl) while the request waited"
+            ),
+        )
 
     def renew(self, rids: Sequence[str]) -> None:
         lost = self._call("renew", *rids)
@@ -532,6 +748,12 @@ class RedisPool:
             self._refuse(ticket, rid, ManagerClosed("the manager was closed while waiting"))
 
     def fits_capacity(self, units: Quantity) -> bool:
+        """``acquire_all``'s check before taking anything. No round trip if the capacity
+        last read allows it: a capacity that shrank meanwhile is refused by ``enter``
+        (``ExceedsCapacity``, and the group gives back what it took); one that seems too
+        small is read again, as it may have grown."""
+        if units <= self._last[0]:
+            return True
         return bool(units <= self._read()[0])
 
     def snapshot(self) -> Snapshot:
@@ -601,3 +823,10 @@ def _view(ticket: Ticket) -> TicketView:
 
 def _nothing() -> None:
     return None
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A release that outlived its cancelled caller: its error, if any, was logged or
+    handed to the keeper; nothing is left to raise it to."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a release on Redis ended with %r", task.exception())

@@ -42,7 +42,7 @@ end
 MANAGER = (
     _PRELUDE
     + r"""
--- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units"), 3 holder expiries (zset),
+-- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|release ids"), 3 holder expiries (zset),
 --       4 queue (list of ids, FIFO), 5 wants (hash id -> "units|wake list"),
 --       6 waiter expiries (zset), 7 this process's wake-up list
 -- ARGV: 1 operation, 2 resource names, 3 declared capacity, 4 lease ttl (us),
@@ -68,9 +68,17 @@ else
 end
 local dirty = false
 
+-- A holder: "token|units|release ids" (the ids of the partial releases it has applied,
+-- comma-separated: a release retried after its reply was lost is not applied twice).
 local function units_of_holding(v)
   local bar = string.find(v, '|', 1, true)
-  return tonumber(string.sub(v, 1, bar - 1)), string.sub(v, bar + 1)
+  local second = string.find(v, '|', bar + 1, true)
+  return tonumber(string.sub(v, 1, bar - 1)), string.sub(v, bar + 1, second - 1),
+    string.sub(v, second + 1)
+end
+local function applied(ids, release_id)
+  return release_id ~= nil and release_id ~= '' and
+    string.find(',' .. ids .. ',', ',' .. release_id .. ',', 1, true) ~= nil
 end
 local function fits(units, have)
   for i, u in ipairs(units) do
@@ -119,7 +127,7 @@ local function grant_pass()
       forget_waiter(head)
       add(avail, units, -1)
       local token = next_token()
-      redis.call('HSET', K_HOLD, head, fmt(token) .. '|' .. units_s)
+      redis.call('HSET', K_HOLD, head, fmt(token) .. '|' .. units_s .. '|')
       redis.call('ZADD', K_HEXP, now + ttl, head)
       push(wake, head .. '|' .. fmt(token))
     end
@@ -162,7 +170,7 @@ if op == 'enter' then
   end
 elseif op == 'release' and ARGV[8] ~= '' then
   local held = redis.call('HGET', K_HOLD, ARGV[7])
-  if held then
+  if held and not applied(select(3, units_of_holding(held)), ARGV[9]) then
     local _, units_s = units_of_holding(held)
     local units = ints(units_s)
     for i, u in ipairs(ints(ARGV[8])) do
@@ -180,7 +188,7 @@ if op == 'enter' then
   if redis.call('LLEN', K_QUEUE) == 0 and fits(units, avail) then
     add(avail, units, -1)
     local token = next_token()
-    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. units_s)
+    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. units_s .. '|')
     redis.call('ZADD', K_HEXP, now + lease_ttl, id)
     result = {1, fmt(token)}
   elseif ARGV[9] == '1' then
@@ -192,13 +200,15 @@ if op == 'enter' then
     result = {-1, '0'}
   end
 elseif op == 'withdraw' or op == 'release' then
-  -- ARGV 7 id, 8 part ('' for everything; release only)
-  local id, part_s = ARGV[7], ARGV[8]
+  -- ARGV 7 id, 8 part ('' for everything; release only), 9 the partial release's id
+  local id, part_s, release_id = ARGV[7], ARGV[8], ARGV[9]
   local held = redis.call('HGET', K_HOLD, id)
   if held then
-    local token, units_s = units_of_holding(held)
+    local token, units_s, ids = units_of_holding(held)
     if op == 'withdraw' then
       result = {1, fmt(token)}
+    elseif part_s ~= '' and applied(ids, release_id) then
+      result = {2, fmt(token)}  -- a retry: applied already, nothing more given back
     else
       local units = ints(units_s)
       local part = units
@@ -211,7 +221,10 @@ elseif op == 'withdraw' or op == 'release' then
         if rest[i] > 0 then any = true end
       end
       if any then
-        redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(rest))
+        if part_s ~= '' and release_id ~= nil and release_id ~= '' then
+          if ids == '' then ids = release_id else ids = ids .. ',' .. release_id end
+        end
+        redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(rest) .. '|' .. ids)
       else
         redis.call('HDEL', K_HOLD, id)
         redis.call('ZREM', K_HEXP, id)
@@ -258,16 +271,16 @@ elseif op == 'split' then
   local id = ARGV[7]
   local held = redis.call('HGET', K_HOLD, id)
   if held then
-    local token, units_s = units_of_holding(held)
+    local token, units_s, ids = units_of_holding(held)
     local units = ints(units_s)
     local expiry = redis.call('ZSCORE', K_HEXP, id)
     for i = 8, #ARGV, 2 do
       local part = ints(ARGV[i + 1])
       for j, u in ipairs(part) do units[j] = units[j] - u end
-      redis.call('HSET', K_HOLD, ARGV[i], fmt(token) .. '|' .. ARGV[i + 1])
+      redis.call('HSET', K_HOLD, ARGV[i], fmt(token) .. '|' .. ARGV[i + 1] .. '|')
       redis.call('ZADD', K_HEXP, expiry, ARGV[i])
     end
-    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(units))
+    redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(units) .. '|' .. ids)
     result = 1
   else
     result = 0

@@ -1,0 +1,197 @@
+"""The Redis backend's races, each widened by a hook the test installs (never a sleep in the
+library): a poll that overtakes an ``enter``, the server killed under queued waiters (threads
+and tasks), a reply lost after a release ran."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import allotment
+from allotment.redis import RedisBackend
+from redis_support import RedisServer
+from support import Worker, wait_until
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, which it may kill or restart."""
+    private = RedisServer(tmp_path)
+    private.start()
+    yield private
+    private.stop()
+
+
+def _queued(client: redis.Redis, name: str) -> int:
+    return int(client.llen(f"allotment:{{{name}}}:queue"))
+
+
+def _available(client: redis.Redis, name: str) -> str:
+    value: Any = client.hget(f"allotment:{{{name}}}:cfg", "avail")
+    return bytes(value or b"").decode()
+
+
+def test_a_poll_that_overtakes_an_enter_does_not_judge_it(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's backstop runs after the waiter is registered here and before its
+    ``enter`` reaches the server (the hook runs it in exactly that gap): it must not take the
+    server's "unknown id" for a dropped request. The grant then arrives, and the lease is
+    renewed."""
+    pool = allotment.ResourceManager(1, name="overtaken", backend=redis_backend)
+    holder = pool.acquire(1)
+    original = RedisBackend.run_script
+    polled = threading.Event()
+
+    def poll_first(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        if args[0] == "enter" and threading.current_thread() is waiter and not polled.is_set():
+            self._poll_waiters()  # the keeper's once-a-second check, in the gap
+            polled.set()
+        return original(self, script, keys, args, name)
+
+    monkeypatch.setattr(RedisBackend, "run_script", poll_first)
+    waiter = Worker(lambda: pool.acquire(1, timeout=30))
+    waiter.start()
+    assert polled.wait(30)
+    wait_until(lambda: _queued(redis_client, "overtaken") == 1, "the waiter is queued")
+    redis_backend._poll_waiters()  # now confirmed: asked about, and still queued
+    assert waiter.error is None
+    holder.release()
+    waiter.join(30)
+    assert waiter.error is None, waiter.error
+    lease = waiter.result
+    assert isinstance(lease, allotment.Lease)
+    assert not lease.released
+    assert lease.fencing_token is not None
+    assert any(ticket is lease._ticket for _, ticket in redis_backend._held.values())
+    lease.release()
+
+
+def _acquire_in_a_task(pool: allotment.ResourceManager[int]) -> object:
+    async def main() -> object:
+        return await pool.acquire_async(1)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_server_fails_queued_waiters_then_recovers(server: RedisServer) -> None:
+    """Waiters with no timeout (a thread and a task) queued behind a holder when the server is
+    SIGKILLed end with ``BackendUnavailable`` within ``waiter_ttl`` plus a few round trips;
+    after a restart, grants work again and fencing tokens still rise."""
+    waiter_ttl, timeout = 3.0, 0.5
+    backend = RedisBackend(server.client(), lease_ttl=30, waiter_ttl=waiter_ttl, timeout=timeout)
+    client = server.client()
+    try:
+        pool = allotment.ResourceManager(1, name="dies", backend=backend)
+        holder = pool.acquire(1)
+        before = holder.fencing_token
+        assert before is not None
+        waiters = [
+            Worker(lambda: pool.acquire(1), name="thread-waiter"),
+            Worker(lambda: _acquire_in_a_task(pool), name="task-waiter"),
+            Worker(lambda: pool.acquire(1, timeout=60), name="timed-waiter"),
+        ]
+        for waiter in waiters:
+            waiter.start()
+        wait_until(lambda: _queued(client, "dies") == 3, "three waiters are queued")
+        client.close()
+        server.kill()
+        killed = time.monotonic()
+        for waiter in waiters:
+            waiter.join(60)
+            assert not waiter.is_alive(), f"{waiter.name} still waits on a dead server"
+        took = time.monotonic() - killed
+        for waiter in waiters:
+            assert isinstance(waiter.error, allotment.BackendUnavailable), waiter.error
+            assert "'dies'" in str(waiter.error)
+        # The documented bound: waiter_ttl + 2 * timeout + 2 s (generous here).
+        assert took < waiter_ttl + 2 * timeout + 2 + 10
+        holder.release()  # the server is gone: retried by the keeper, never raised
+        server.start()  # empty: the server lost everything
+        with pool.acquire(1, timeout=30) as lease:
+            after = lease.fencing_token
+        assert after is not None
+        assert after > before
+    finally:
+        backend.close()
+        client.close()
+
+
+def _losing_replies(
+    monkeypatch: pytest.MonkeyPatch, lose: Any, lost: list[tuple[object, ...]]
+) -> None:
+    """Every round trip for which ``lose(args)`` is true runs on the server, then its reply
+    is lost (``BackendUnavailable``, as from a connection that dropped after sending); each
+    is noted in ``lost``."""
+    original = RedisBackend.run_script
+
+    def run(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        reply = original(self, script, keys, args, name)
+        if lose(args):
+            lost.append(tuple(args))
+            raise allotment.BackendUnavailable("the reply was lost (the test's hook)")
+        return reply
+
+    monkeypatch.setattr(RedisBackend, "run_script", run)
+
+
+def test_a_partial_release_retried_after_a_lost_reply_is_applied_once(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = allotment.ResourceManager(5, name="partial", backend=redis_backend)
+    lease = pool.acquire(4)
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(
+        monkeypatch, lambda args: args[0] == "release" and args[7] != "" and not lost, lost
+    )
+    with pytest.raises(allotment.BackendUnavailable):
+        lease.release(1)  # ran on the server; the answer never came
+    assert len(lost) == 1
+    assert _available(redis_client, "partial") == "2"
+    lease.release(1)  # the caller's retry: the same release, not a second one
+    assert _available(redis_client, "partial") == "2"
+    assert lease.amounts == 3
+    lease.release(2)  # another amount: released once, after it
+    assert _available(redis_client, "partial") == "4"
+    assert lease.amounts == 1
+    # A lost reply, then another amount: the lost one is settled first, then this one.
+    lost.clear()
+    pool_lease = pool.acquire(3)
+    assert _available(redis_client, "partial") == "1"
+    with pytest.raises(allotment.BackendUnavailable):
+        pool_lease.release(1)
+    pool_lease.release(2)
+    assert _available(redis_client, "partial") == "4"
+    assert pool_lease.amounts == 0
+    assert pool_lease.released
+    lease.release()
+    assert _available(redis_client, "partial") == "5"
+
+
+def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = allotment.ResourceManager(2, name="full", backend=redis_backend)
+    first, second = pool.acquire(1), pool.acquire(1)
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(monkeypatch, lambda args: args[0] == "release" and not lost, lost)
+    first.release()  # ran; the answer was lost: the keeper retries, nothing raises
+    assert first.released
+    first.release()
+    assert _available(redis_client, "full") == "1"
+    wait_until(lambda: not redis_backend._retries, "the keeper's retry found it released")
+    assert _available(redis_client, "full") == "1"
+    second.release()
+    assert _available(redis_client, "full") == "2"

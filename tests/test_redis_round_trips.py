@@ -1,0 +1,65 @@
+"""Round trips per call on the Redis backend (counted, not timed), and that a saved round
+trip costs no guarantee: a capacity that shrank elsewhere is still refused, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import allotment
+from allotment.redis import RedisBackend
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    ran: list[str] = []
+    original = RedisBackend.run_script
+
+    def run(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        ran.append(str(args[0]))
+        return original(self, script, keys, args, name)
+
+    monkeypatch.setattr(RedisBackend, "run_script", run)
+    return ran
+
+
+def test_round_trips_per_call(redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = allotment.ResourceManager(3, name="trips", backend=redis_backend)
+    other = allotment.ResourceManager(3, name="trips-other", backend=redis_backend, rank=5)
+    api = allotment.RateLimiter(1000, per=1, name="trips", backend=redis_backend)
+    ran = _counting(monkeypatch)
+    with pool.acquire(1):
+        pass
+    assert ran == ["enter", "release"]
+    ran.clear()
+    with allotment.acquire_all([(pool, 1), (api, 1)]):
+        pass
+    assert ran == ["enter", "peek", "take", "release"]  # no snapshot for the capacity check
+    ran.clear()
+    with allotment.acquire_all([(pool, 1), (other, 1)]):
+        pass
+    assert sorted(ran) == ["enter", "enter", "release", "release"]
+
+
+def test_a_capacity_shrunk_elsewhere_is_refused_all_or_nothing(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = RedisBackend(redis_client), RedisBackend(redis_client)  # as two processes
+    try:
+        first = allotment.ResourceManager(2, name="first", backend=here, rank=1)
+        shrunk = allotment.ResourceManager(4, name="shrunk", backend=here, rank=2)
+        allotment.ResourceManager(4, name="shrunk", backend=there).resize(2)
+        with pytest.raises(allotment.ExceedsCapacity):
+            allotment.acquire_all([(first, 1), (shrunk, 3)])
+        assert first.statistics().available == 2  # what was taken was given back
+        assert shrunk.statistics().available == 2
+        # A capacity grown elsewhere is read again, not refused from the figures last read.
+        allotment.ResourceManager(4, name="shrunk", backend=there).resize(4)
+        with allotment.acquire_all([(first, 1), (shrunk, 3)]) as group:
+            assert [lease.amounts for lease in group] == [1, 3]
+    finally:
+        here.close()
+        there.close()
