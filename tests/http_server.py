@@ -35,7 +35,7 @@ _logs: dict[str, list[dict[str, object]]] = {}
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
