@@ -226,9 +226,8 @@ def test_each_http_client_is_imported_only_by_its_own_adapter(path: Path) -> Non
     for name in _all_imports(path):
         client = name.split(".")[0]
         if client in HTTP_CLIENTS:
-            assert path.parent.name == "http" and path.name == HTTP_CLIENTS[client], (
-                f"{path.relative_to(PACKAGE)} imports {name}"
-            )
+            where = f"{path.parent.name}/{path.name}"
+            assert where == f"http/{HTTP_CLIENTS[client]}", f"{where} imports {name}"
 
 
 def test_importing_allotment_and_its_http_policy_imports_no_http_client() -> None:
