@@ -74,6 +74,18 @@ ANNOUNCEMENTS: list[tuple[str, int, Headers, float | None]] = [
         [("RateLimit", '"peruser";r=0;t=4;pk=:cHsdsRA=:')],
         4.0,
     ),
+    (
+        "draft 12, spent, resets within the second (rounded down to 0)",
+        429,
+        [("RateLimit-Policy", '"default";q=20;w=1'), ("RateLimit", '"default";r=0;t=0')],
+        1.0,
+    ),
+    (
+        "RateLimit-Reset 0 with nothing left",
+        200,
+        [("RateLimit-Remaining", "0"), ("RateLimit-Reset", "0")],
+        1.0,
+    ),
     ("draft 7 dictionary", 200, [("RateLimit", "limit=100, remaining=0, reset=50")], 50.0),
     (
         "draft 7 dictionary, quota left",

@@ -17,9 +17,10 @@ from now, and the longest one wins (headers only ever make a client slower):
   with RFC 3339 resets (``2024-01-01T00:00:30Z``).
 
 A header says to wait only when it says nothing is left (``remaining`` at or below zero) and
-when (a reset). A value that does not parse is ignored, never raised: a server's typo must
-not fail the request that carried it. Every function here returns ``None`` for "nothing
-usable".
+when (a reset). A reset of ``0`` whole seconds with nothing left means "within this second"
+(servers round down) and reads as one second. A value that does not parse is ignored,
+never raised: a server's typo must not fail the request that carried it. Every function here
+returns ``None`` for "nothing usable".
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def parse_rfc3339(text: str, now: float) -> float | None:
     return _finite(seconds - now)
 
 
+def _whole_seconds(value: float | None) -> float | None:
+    """A reset in whole seconds, for a quota that is spent: ``0`` means "within the second"
+    (servers round down), so it reads as one second, the field's resolution."""
+    return 1.0 if value == 0 else value
+
+
 def _reset_seconds(text: str, now: float) -> float | None:
     """A ``*-Reset`` value: delta-seconds, or a Unix time (seconds or milliseconds)."""
     value = _number(text)
@@ -165,7 +172,7 @@ def _reset_seconds(text: str, now: float) -> float | None:
         return value / 1000.0 - now
     if value >= _UNIX_SECONDS:
         return value - now
-    return value
+    return _whole_seconds(value)
 
 
 def _split(text: str, separator: str) -> list[str]:
@@ -221,11 +228,13 @@ def _ratelimit_field(value: str, policy: str | None) -> tuple[float, str] | None
         remaining = _number(parameters.get("r", ""))
         if remaining is None or remaining > 0:
             continue
-        reset = _number(parameters.get("t", "")) if "t" in parameters else windows.get(item)
+        reset = _whole_seconds(
+            _number(parameters.get("t", "")) if "t" in parameters else windows.get(item)
+        )
         if reset is not None and (longest is None or reset > longest[0]):
             longest = (reset, f'RateLimit: "{item}" r={parameters.get("r")}')
     remaining = _number(dictionary.get("remaining", ""))
-    reset = _number(dictionary.get("reset", ""))
+    reset = _whole_seconds(_number(dictionary.get("reset", "")))
     exhausted = remaining is not None and remaining <= 0
     if exhausted and reset is not None and (longest is None or reset > longest[0]):
         longest = (reset, f"RateLimit: remaining={dictionary['remaining']}")
