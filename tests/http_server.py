@@ -6,7 +6,8 @@ request: ``?limit=50&window=1&style=retry``. Over the limit it refuses, as ``sty
 
 - ``retry``: 429 with ``Retry-After`` in whole seconds (rounded up to the window's end);
 - ``date``: 503 with ``Retry-After`` as an HTTP-date (the window's end, rounded up to a second);
-- ``fields``: 429; every reply carries ``RateLimit-Policy`` and ``RateLimit`` (draft 12).
+- ``fields``: 429; every reply carries ``RateLimit-Policy`` and ``RateLimit`` (draft 12),
+  its reset rounded up to whole seconds (``&round=down``: rounded down).
 
 Every reply to ``/limit/`` also says, in ``X-Window-End``, when its window ends on the
 server's ``CLOCK_MONOTONIC`` (the same clock as the tests' ``time.monotonic``, in every
@@ -97,7 +98,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers = {"X-Window-End": repr(end)}
         if style == "fields":
             headers["RateLimit-Policy"] = f'"window";q={limit};w={math.ceil(window)}'
-            reset = max(1, math.ceil(left))
+            # Rounded up, or down as some servers do (then 0 in a window's last second).
+            reset = int(left) if query.get("round") == "down" else max(1, math.ceil(left))
             headers["RateLimit"] = f'"window";r={max(0, limit - count)};t={reset}'
         elif not allowed and style == "retry":
             headers["Retry-After"] = str(max(1, math.ceil(left)))

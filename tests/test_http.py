@@ -293,10 +293,12 @@ def test_aiohttp_tasks_send_nothing_inside_a_pause(base: str) -> None:
     _server_side_in_flight_bound(base, name, 32)
 
 
-def test_ratelimit_fields_alone_keep_refusals_to_those_in_flight(base: str) -> None:
+@pytest.mark.parametrize("rounding", ["up", "down"])
+def test_ratelimit_fields_alone_keep_refusals_to_those_in_flight(base: str, rounding: str) -> None:
     policy = Policy(allotment.RateLimiter(10_000, per=1, burst=100))
     recorder = Recorder()
     name, url = _limit_url(base, "fields", limit=20)
+    url += f"&round={rounding}"
     with _httpx_client(policy, recorder) as client:
 
         def work() -> None:
