@@ -11,10 +11,13 @@ and its leases warn as leaked leases do (their units return).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import weakref
 
 import aiohttp
 
+from .._errors import AcquireTimeout
 from ._policy import Grant, HTTPRequest, Policy
 
 __all__ = ["aiohttp_middleware"]
@@ -24,6 +27,24 @@ def _describe(client_request: object) -> HTTPRequest:
     assert isinstance(client_request, aiohttp.ClientRequest)
     url = client_request.url
     return HTTPRequest(client_request.method, str(url), client_request.host, client_request)
+
+
+if sys.version_info < (3, 11):
+
+    class _Refused(AcquireTimeout, asyncio.TimeoutError):
+        """On Python 3.10 aiohttp wraps every ``OSError`` but ``asyncio.TimeoutError`` (not
+        yet the built-in ``TimeoutError``) in ``ClientOSError``: a refusal that is both
+        reaches the caller as the ``AcquireTimeout`` it is."""
+
+    def _as_refusal(error: AcquireTimeout) -> AcquireTimeout:
+        refused = _Refused(*error.args)
+        refused.manager = error.manager
+        return refused.with_traceback(error.__traceback__)
+
+else:
+
+    def _as_refusal(error: AcquireTimeout) -> AcquireTimeout:
+        return error
 
 
 def _released(reply: weakref.ref[aiohttp.ClientResponse], grant: Grant) -> None:
@@ -44,7 +65,13 @@ def aiohttp_middleware(policy: Policy) -> aiohttp.ClientMiddlewareType:
     async def limit(
         request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
     ) -> aiohttp.ClientResponse:
-        grant = await policy.enter_async(request, _describe)
+        try:
+            grant = await policy.enter_async(request, _describe)
+        except AcquireTimeout as error:
+            refusal = _as_refusal(error)
+            if refusal is error:
+                raise
+            raise refusal from None
         try:
             response = await handler(request)
         except BaseException:
