@@ -67,6 +67,7 @@ class HTTPXTransport(httpx.BaseTransport):
         self._transport = httpx.HTTPTransport() if transport is None else transport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the policy and the wrapped transport."""
         policy = self._policy
         grant = policy.enter(request, _describe)
         try:
@@ -86,6 +87,7 @@ class HTTPXTransport(httpx.BaseTransport):
         return response
 
     def close(self) -> None:
+        """Close the wrapped transport."""
         self._transport.close()
 
 
@@ -98,6 +100,7 @@ class AsyncHTTPXTransport(httpx.AsyncBaseTransport):
         self._transport = httpx.AsyncHTTPTransport() if transport is None else transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the policy and the wrapped transport."""
         policy = self._policy
         grant = await policy.enter_async(request, _describe)
         try:
@@ -117,4 +120,5 @@ class AsyncHTTPXTransport(httpx.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
+        """Close the wrapped transport."""
         await self._transport.aclose()

@@ -58,6 +58,7 @@ class RequestsAdapter(requests.adapters.HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
+        """Send ``request`` through the policy, then as ``HTTPAdapter.send`` does."""
         policy = self._policy
         grant = policy.enter(request, _describe)
         try:
