@@ -216,3 +216,26 @@ def test_these_rules_read_real_code() -> None:
     # A rule that finds nothing to read could not fail: make sure the walk sees the package.
     assert {path.name for path in MODULES} >= {"_pool.py", "_manager.py", "_clock.py"}
     assert _defined_private_names(_tree(PACKAGE / "_manager.py")) >= {"_pool", "_parts"}
+
+
+HTTP_CLIENTS = {"httpx": "_httpx.py", "requests": "_requests.py", "aiohttp": "_aiohttp.py"}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_each_http_client_is_imported_only_by_its_own_adapter(path: Path) -> None:
+    for name in _all_imports(path):
+        client = name.split(".")[0]
+        if client in HTTP_CLIENTS:
+            where = f"{path.parent.name}/{path.name}"
+            assert where == f"http/{HTTP_CLIENTS[client]}", f"{where} imports {name}"
+
+
+def test_importing_allotment_and_its_http_policy_imports_no_http_client() -> None:
+    import subprocess
+
+    code = (
+        "import sys, allotment, allotment.http; "
+        f"print(sorted(set(sys.modules) & {set(HTTP_CLIENTS)!r}))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

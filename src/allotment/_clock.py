@@ -30,6 +30,7 @@ __all__ = [
     "WakeHandle",
     "deadline_after",
     "nanoseconds_of",
+    "wall_time",
 ]
 
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
@@ -118,6 +119,12 @@ def nanoseconds_of(clock: Clock) -> Callable[[], int]:
         return round(now() * 1_000_000_000)
 
     return rounded
+
+
+def wall_time() -> float:
+    """Seconds since the epoch: only to read the dates servers send (an HTTP-date, a reset
+    at a Unix time), turned into a duration at once; never to time a decision."""
+    return time.time()
 
 
 def deadline_after(clock: Clock, timeout: object) -> float | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import MeterRetired, RateMeter
+from ._core import MeterRetired, RateMeter, ticks_of
 from ._errors import InvalidKey, ReentrantCall, UnsupportedByBackend
 from ._limiters import (
     GcraSettings,
@@ -42,7 +42,7 @@ from ._limiters import (
 from ._statistics import RateStatistics
 from ._waiters import TASK, run_in_task, seconds_of
 
-__all__ = ["KeyedRateLimiter"]
+__all__ = ["KeyedRateLimiter", "pause_key"]
 
 _SWEEP = 2
 """Keys checked per lookup: more than the one a lookup can add."""
@@ -293,3 +293,15 @@ def _check_key(key: object) -> None:
         hash(key)
     except TypeError:
         raise InvalidKey(f"a key must be hashable, not {type(key).__name__}") from None
+
+
+def pause_key(limiter: KeyedRateLimiter, key: Hashable, seconds: float) -> None:
+    """Allow nothing for ``key`` for ``seconds`` from now (a server said to wait; see
+    ``Meter.pause_until``). A paused key is not idle, so it is not forgotten meanwhile."""
+    while True:
+        meter = limiter._meter_for(key)
+        try:
+            meter.pause_until(ticks_of(limiter._clock.now() + seconds, meter.scale))
+        except MeterRetired:
+            continue  # forgotten just now: look the key up again
+        return

@@ -169,6 +169,8 @@ class RateMeter(Protocol):
 
     def snapshot(self) -> MeterSnapshot: ...
 
+    def pause_until(self, until: int) -> None: ...
+
 
 @attrs.define(eq=False)
 class Meter:
@@ -384,6 +386,22 @@ class Meter:
             self.charged += cost
 
         self._section(charge_locked)
+
+    def pause_until(self, until: int) -> None:
+        """Allow nothing before tick ``until`` (a server said to wait): the rule's state moves
+        forward once, and the queue is planned again from it, every waiter keeping its place
+        in line. Heads whose tick has come are granted first; a reservation keeps its
+        promised tick. A tick already past changes nothing."""
+
+        def pause_locked(woken: list[Waiter]) -> None:
+            if self.retired:
+                raise MeterRetired
+            now = self._tick()
+            self._advance(now, woken)
+            if until > now and self.rule.hold_until(until) and self.queue:
+                self._replan(now, woken)
+
+        self._section(pause_locked)
 
     def retire_if_idle(self) -> bool:
         """Retire the meter if forgetting it would change nothing (nobody queued, the rule

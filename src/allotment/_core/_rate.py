@@ -130,6 +130,11 @@ class RateRule(Protocol):
         """Units that could be allowed at ``now`` by this rule alone (no queue)."""
         ...
 
+    def hold_until(self, until: int) -> bool:
+        """Allow nothing before ``until`` (a server asked for a pause): a move of the rule's
+        state, never a timer. Only ever makes the rule stricter; ``True`` if it changed."""
+        ...
+
     def idle(self, now: int) -> bool:
         """The rule is back in its initial state at ``now``: forgetting it changes nothing."""
         ...
@@ -205,6 +210,14 @@ class Gcra:
 
     def idle(self, now: int) -> bool:
         return self.tat <= now
+
+    def hold_until(self, until: int) -> bool:
+        # One unit becomes allowed at ``until`` exactly, and the bucket refills from there.
+        floor = until + self.tolerance - self.interval
+        if floor <= self.tat:
+            return False
+        self.tat = floor
+        return True
 
 
 @attrs.define(eq=False)
@@ -330,3 +343,16 @@ class SlidingWindow:
     def idle(self, now: int) -> bool:
         log = self.log
         return not log or log[-1][0] <= now - self.window
+
+    def hold_until(self, until: int) -> bool:
+        # A full window's worth logged at ``until - window``: it fills every window that ends
+        # before ``until`` and leaves the window exactly then. Kept in tick order; a later
+        # undo of an earlier grant is then refused, which is stricter, never looser.
+        at = until - self.window
+        log = self.log
+        index = len(log)
+        while index and log[index - 1][0] > at:
+            index -= 1
+        self.total += self.limit
+        log.insert(index, [at, self.limit])
+        return True

@@ -42,6 +42,7 @@ from .._core import (
     task_of,
 )
 from .._errors import BackendConflict, BackendUnavailable
+from . import _scripts
 from ._backend import RedisBackend
 
 __all__ = ["RedisMeter", "RuleLimits"]
@@ -358,6 +359,21 @@ class RedisMeter:
         """Nothing is kept here that the server does not keep: forgettable when no local
         caller waits."""
         return not self.queue
+
+    def pause_until(self, until: int) -> None:
+        """Nothing allowed before ``until`` (this process's clock), in every process: the
+        limit's state moves forward in Redis, by the pause measured from now (a duration, as
+        every wait here). Local waiters move back to it too, keeping their order; waiters of
+        other processes keep the times the server already gave them."""
+        delay_us = -(-(until - self._now_ns()) // 1000)
+        if delay_us <= 0:
+            return
+        backend = self._backend
+        script = backend.client.register_script(_scripts.PAUSE)
+        backend.run_script(script, self._keys, (*self._settings, delay_us), self.name)
+        with self._lock:
+            for ticket in self.queue:
+                ticket.due = max(ticket.due, until)
 
     def snapshot(self) -> MeterSnapshot:
         now = self._now_ns()

@@ -16,7 +16,7 @@ key it was not given, which standalone Redis and Valkey allow and a cluster does
 
 from __future__ import annotations
 
-__all__ = ["GCRA", "MANAGER", "WINDOW"]
+__all__ = ["GCRA", "MANAGER", "PAUSE", "WINDOW"]
 
 _PRELUDE = r"""
 local function now_us()
@@ -495,5 +495,47 @@ elseif op == 'declare' then
   return 1
 end
 fail('OPERATION', op)
+"""
+)
+
+PAUSE = (
+    _PRELUDE
+    + r"""
+-- Nothing allowed on a rate limit before now + a pause (a server said to wait): the state
+-- moves forward once, as the in-memory rules do. Reservations already made keep their times.
+-- KEYS: a GCRA's state, or a window's settings and log. ARGV: 1 settings, 2 and 3 the
+-- figures (GCRA: interval (us), burst; window: limit, window (us)), 4 the pause (us)
+local settings = ARGV[1]
+local a, b = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_us()
+local hold = now + tonumber(ARGV[4])
+if #KEYS == 1 then
+  local raw = redis.call('GET', KEYS[1])
+  local tat = now
+  if raw then
+    local bar = string.find(raw, '|', 1, true)
+    local stored = string.sub(raw, bar + 1)
+    if stored ~= settings then fail('CONFLICT', stored) end
+    tat = math.max(tonumber(string.sub(raw, 1, bar - 1)), now)
+  end
+  -- One unit allowed at the end of the pause, as Gcra.hold_until.
+  local floor = hold + b * a - a
+  if floor <= tat then return 0 end
+  local ttl_ms = math.ceil((floor - now) / 1000) + 1000
+  redis.call('SET', KEYS[1], fmt(floor) .. '|' .. settings, 'PX', ttl_ms)
+  return 1
+end
+local stored = redis.call('HGET', KEYS[1], 'settings')
+if stored and stored ~= settings then fail('CONFLICT', stored) end
+-- A full window logged at hold - window, as SlidingWindow.hold_until.
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('ZADD', KEYS[2], hold - b, string.format('%015d', seq) .. ':' .. fmt(a))
+redis.call('HSET', KEYS[1], 'settings', settings, 'total', fmt(total + a))
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local ttl_ms = math.ceil((tonumber(last[2]) + b - now) / 1000) + 1000
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+return 1
 """
 )
