@@ -386,8 +386,10 @@ class MemoryPool:
                         f"the lease holds {self.form.render(held)!r}"
                     )
         except BaseException:
-            if woken is not _NO_WAKEUPS:
-                self._restore(woken)
+            # Whatever the exception cut short, and even before ``woken`` was set (right
+            # after the units were added, where a pending Ctrl-C lands once the lock is
+            # taken): a waiter that fits is granted before the exception goes on.
+            self._restore(woken)
             raise
         finally:
             try:
@@ -576,8 +578,7 @@ class MemoryPool:
                     self._policy.grant_waiters(self, woken)
                 return True
         except BaseException:
-            if woken is not _NO_WAKEUPS:
-                self._restore(woken)
+            self._restore(woken)  # as in release: never dependent on ``woken`` being set
             raise
         finally:
             try:
