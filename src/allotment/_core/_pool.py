@@ -554,25 +554,39 @@ class MemoryPool:
                 self._settle(_NO_WAKEUPS)
                 raise
 
-    def give(self, units: Quantity, limit: Quantity | None) -> bool:
+    def give(
+        self, units: Quantity, limit: Quantity | None, receipt: list[bool | None] | None = None
+    ) -> bool:
         """Add ``units`` that no ticket holds (a semaphore's release) and pass them on.
 
         Returns ``False``, changing nothing, if that would make more than ``limit`` available.
         A give from inside a section on this thread is done when that section ends (a limit
         it would break is then ignored).
+
+        The decision's last step stores its answer in ``receipt[0]`` (the caller's list,
+        ``[None]``): a caller that an exception interrupts anywhere sees from a receipt still
+        ``[None]`` that nothing was decided, and may call again (``Semaphore.__exit__``
+        does), never giving twice.
+        (A receipt is for the in-memory pool alone: the only one with a semaphore face.)
         """
         lock = self._lock
         if lock._is_owned():
             given = Ticket(units, threading.current_thread(), None, 0.0, GRANTED)
             self._orphans.append((functools.partial(self._reclaim_locked, given), None))
+            if receipt is not None:
+                receipt[0] = True
             return True
         woken: list[Waiter] | tuple[Waiter, ...] = _NO_WAKEUPS
         try:
             with lock:
                 available = self.available + units
                 if limit is not None and not available <= limit:
+                    if receipt is not None:
+                        receipt[0] = False
                     return False
                 self.available = available
+                if receipt is not None:
+                    receipt[0] = True  # a plain store: no check point since the one above
                 if self.queue:
                     woken = []
                     self._policy.grant_waiters(self, woken)
