@@ -11,13 +11,14 @@ sweep (whose helpers time out) would only see it as a later release serves them.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 import allotment
-from allotment._core import MemoryPool
+from allotment._core import GRANTED, MemoryPool, Ticket
 from support import GENEROUS, Worker, assert_idle, check_invariants, pool_of, wait_until
 from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
 
@@ -30,7 +31,7 @@ class Queued:
     manager: allotment.ResourceManager[int]
     lease: allotment.Lease[int] | None
     helper: Worker
-    abandoned: list[bool] = field(default_factory=list)
+    ticket: Ticket
 
 
 def _queued_behind_a_lease() -> Queued:
@@ -39,7 +40,7 @@ def _queued_behind_a_lease() -> Queued:
     helper = Worker(functools.partial(manager.acquire, 1), name="waits with no timeout")
     helper.start()
     wait_until(lambda: pool_of(manager).waiting == 1, "the helper is queued")
-    return Queued(manager, lease, helper)
+    return Queued(manager, lease, helper, lease._ticket)
 
 
 def _served(env: Queued, what: str) -> None:
@@ -208,3 +209,51 @@ def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupt
         )
     assert any("_pool.py" in point for point in swept.points)
     assert not lost, lost
+
+
+# -- a leaked lease's finalizer ------------------------------------------------------------------
+
+
+def _drop_the_lease(env: Queued) -> None:
+    """Drop the only reference to a held lease: its finalizer runs here, traced."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        env.lease = None
+
+
+@pytest.mark.timeout(4 * GENEROUS)
+def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit() -> None:
+    # CPython runs a finalizer once: an exception that lands in it before it gave the units
+    # back (at its first line, even) must not lose them. The pool watches the lease, and
+    # gives the units back by its next operation at the latest.
+    ways: dict[str, int] = {"at once": 0, "by the next operation": 0}
+
+    def check(env: Queued, outcome: Outcome) -> None:
+        what = outcome.describe()
+        error = outcome.error
+        outcome.error = outcome.result = None
+        forget_frames(error)
+        try:
+            assert error is None, f"the finalizer's exception escaped at {what}: {error!r}"
+            if env.ticket.state is not GRANTED:
+                ways["at once"] += 1
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    on_another_thread(env.manager.statistics, f"the next operation after {what}")
+                assert env.ticket.state is not GRANTED, (
+                    f"at {what}: the leaked lease's units are lost (its ticket still holds "
+                    "them after the next operation)"
+                )
+                assert [w.category for w in caught] == [allotment.LeakedLeaseWarning]
+                ways["by the next operation"] += 1
+        except BaseException:
+            env.manager.close()
+            env.helper.join(GENEROUS)
+            raise
+        _served(env, what)
+
+    with frozen_gc():
+        swept = sweep(_queued_behind_a_lease, _drop_the_lease, check)
+    assert any("__del__" in point for point in swept.points)
+    assert ways["by the next operation"] > 0, ways

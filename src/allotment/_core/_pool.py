@@ -38,13 +38,20 @@ import os
 import sys
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import attrs
 
-from .._errors import ExceedsCapacity, ManagerClosed, ReentrantCall, ReleaseExceedsHeld
+from .._errors import (
+    ExceedsCapacity,
+    LeakedLeaseWarning,
+    ManagerClosed,
+    ReentrantCall,
+    ReleaseExceedsHeld,
+)
 from ._tickets import FINISHED, GRANTED, PENDING, REFUSED, Site, Ticket, Waiter, task_of
 
 if TYPE_CHECKING:
@@ -61,6 +68,7 @@ __all__ = [
     "Snapshot",
     "TicketView",
     "new_section_lock",
+    "outside_stacklevel",
     "report_unraisable",
 ]
 
@@ -247,8 +255,12 @@ class MemoryPool:
     - Once ``closed``, the queue stays empty.
     - Every waiter granted or refused has been woken, or is being woken by the thread that
       granted it, right after it released the lock.
-    - ``_orphans`` is empty. Only the thread inside a section appends to it (a release that
-      re-entered from a finalizer or signal handler); that section's epilogue drains it.
+    - ``_orphans`` holds no deferred release: only the thread inside a section appends one
+      (a release that re-entered from a finalizer or signal handler), and that section's
+      epilogue drains it. It may hold the weak references of watched faces (leases) that
+      died still holding or asking (their finalizer was interrupted before it gave back):
+      the garbage collector appends them, from any thread, and the next operation's
+      epilogue gives their tickets' units back.
     """
 
     form: Form[object]
@@ -266,7 +278,16 @@ class MemoryPool:
     closed: bool = attrs.field(init=False, default=False)
     zero: Quantity = attrs.field(init=False)
     _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
-    _orphans: collections.deque[_Deferred] = attrs.field(init=False, factory=collections.deque)
+    _orphans: collections.deque[_Deferred | weakref.ref[Any]] = attrs.field(
+        init=False, factory=collections.deque
+    )
+    face_died: Callable[[weakref.ref[Any]], None] = attrs.field(init=False)
+    """The callback of every watched face's weak reference: ``_orphans.append``, C code, so
+    that nothing can interrupt it."""
+
+    @face_died.default
+    def _face_died_default(self) -> Callable[[weakref.ref[Any]], None]:
+        return self._orphans.append
 
     @zero.default
     def _zero_default(self) -> Quantity:
@@ -329,6 +350,7 @@ class MemoryPool:
                 if capacity is not None and not units <= capacity:
                     raise ExceedsCapacity(self.too_large(units, capacity))
                 if waiter is None:
+                    ticket.face = None  # a try that failed: its lease is no leak
                     return False
                 ticket.waiter = waiter()
                 self.queue[ticket] = None
@@ -368,6 +390,7 @@ class MemoryPool:
                         self.available = available
                         ticket.units = self.zero
                         ticket.state = FINISHED
+                        ticket.face = None
                         if self.holders is not None:
                             self.holders.pop(ticket, None)
                         if self.queue:
@@ -422,6 +445,7 @@ class MemoryPool:
         was_head = bool(queue) and next(iter(queue)) is ticket
         follow = self._policy.after_withdraw(self, was_head)
         ticket.state = FINISHED
+        ticket.face = None
         queue.pop(ticket, None)
         if follow and queue:
             self._policy.grant_waiters(self, woken)
@@ -434,6 +458,7 @@ class MemoryPool:
         self.available = available
         if not remaining:
             ticket.state = FINISHED
+            ticket.face = None
             if self.holders is not None:
                 self.holders.pop(ticket, None)
         if self.queue:
@@ -466,6 +491,7 @@ class MemoryPool:
         del self.queue[ticket]
         ticket.error = error
         ticket.state = REFUSED
+        ticket.face = None
         woken.append(waiter)
 
     def too_large(self, units: Quantity, capacity: Quantity) -> str:
@@ -601,6 +627,39 @@ class MemoryPool:
             except BaseException:
                 self._settle(woken)
                 raise
+
+    def watch(self, ticket: Ticket, face: object) -> None:
+        """Notice if ``face`` (the lease of ``ticket``) dies while the ticket holds or asks.
+
+        A lease's finalizer gives its units back at once, but an exception can land in it
+        before it does (at its first line, even), and CPython runs a finalizer only once. The
+        weak reference's callback is C code, so nothing cuts it short: the reference lands on
+        ``_orphans`` and the next operation's epilogue gives the units back and warns. Every
+        way a ticket stops holding or asking clears ``face``, so a lease that dies after its
+        release costs nothing more.
+        """
+        ticket.face = weakref.ref(face, self.face_died)
+
+    def _reclaim_dead_face(
+        self, face: weakref.ref[Any], woken: list[Waiter]
+    ) -> Callable[[], None] | None:
+        """Give back what the ticket of a dead, watched face holds or asks; the notice to give
+        (a leak warning), if it held units. Lock held."""
+        found = None
+        for ticket in (*(self.holders or ()), *self.queue):
+            if getattr(ticket, "face", None) is face:
+                found = ticket
+                break
+        if found is None:
+            return None  # its finalizer gave back first (then it is not found), or a refusal
+        units = found.units
+        state = found.state
+        notice = functools.partial(_warn_dead_face, self.form, units)
+        if state is GRANTED:
+            self._give_back(found, units, woken)
+            return notice
+        self._withdraw(found, woken)
+        return None
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """Give back everything a garbage-collected face's ticket holds, then call ``notice``
@@ -782,8 +841,12 @@ class MemoryPool:
             while True:
                 if not orphans:
                     break
-                operation, notice = orphans[0]
-                operation(woken)
+                entry = orphans[0]
+                if isinstance(entry, tuple):
+                    operation, notice = entry
+                    operation(woken)
+                else:  # a watched face that died holding units
+                    notice = self._reclaim_dead_face(entry, woken)
                 orphans.popleft()
                 notices.append(notice)
         _wake_all(woken)
@@ -804,7 +867,9 @@ class MemoryPool:
         """
         self._lock = new_section_lock()
         me = threading.current_thread()
+        dead_faces = [entry for entry in self._orphans if not isinstance(entry, tuple)]
         self._orphans.clear()
+        self._orphans.extend(dead_faces)  # the next operation gives their units back
         for ticket in list(self.queue):
             if ticket.thread is not me:
                 del self.queue[ticket]
@@ -850,6 +915,32 @@ def report_unraisable(notice: object) -> None:
         object=notice,
     )
     sys.unraisablehook(arguments)
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller of this function name the
+    first frame outside allotment (the user's line), on every Python: ``skip_file_prefixes``
+    exists only from 3.12."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _warn_dead_face(form: Form[object], units: Quantity) -> None:
+    warnings.warn(
+        f"a lease of {form.render(units)!r} was garbage-collected while still held, and an "
+        "exception interrupted its finalizer before it gave its units back; they were "
+        "returned by the manager's next operation. Release leases with a with-block or "
+        "Lease.release()",
+        LeakedLeaseWarning,
+        stacklevel=outside_stacklevel(),
+    )
 
 
 _live_pools: weakref.WeakSet[MemoryPool] = weakref.WeakSet()
