@@ -61,7 +61,7 @@ class Lease(Generic[Amount]):
         pool = self._pool
         if type(pool) is MemoryPool:
             # The pool notices if this lease dies holding units and its finalizer could
-            # not give them back (an exception landed in it): see MemoryPool.watch.
+            # not give them back (an exception landed in it): see MemoryPool.face_died.
             self._ticket.face = _weak(self, pool.face_died)
 
     @property
@@ -154,7 +154,7 @@ class Lease(Generic[Amount]):
         # will describe, and the pool calls it once the units are back and its lock is free,
         # so a warning turned into an error loses nothing. An exception landing in here
         # before the pool's section gives back (CPython runs a finalizer once) is caught by
-        # the pool, which watches this lease (see MemoryPool.watch).
+        # the pool, which watches this lease (see MemoryPool.face_died).
         pool = self._pool
         pool.reclaim(ticket, _partial(_warn_leaked, pool, self._manager, ticket, ticket.units))
 

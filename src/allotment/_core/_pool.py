@@ -282,8 +282,14 @@ class MemoryPool:
         init=False, factory=collections.deque
     )
     face_died: Callable[[weakref.ref[Any]], None] = attrs.field(init=False)
-    """The callback of every watched face's weak reference: ``_orphans.append``, C code, so
-    that nothing can interrupt it."""
+    """The callback of the weak reference a face (a lease) keeps on its ticket
+    (``ticket.face = weakref.ref(lease, pool.face_died)``), so that the pool notices if the
+    lease dies while its ticket holds or asks. A lease's finalizer gives its units back at
+    once, but an exception can land in it before it does (at its first line, even), and
+    CPython runs a finalizer only once. This callback is ``_orphans.append``, C code, so
+    nothing cuts it short: the reference lands on ``_orphans`` and the next operation's
+    epilogue gives the units back and warns. Every way a ticket stops holding or asking
+    clears ``face``, so a lease that dies after its release costs nothing more."""
 
     @face_died.default
     def _face_died_default(self) -> Callable[[weakref.ref[Any]], None]:
@@ -627,18 +633,6 @@ class MemoryPool:
             except BaseException:
                 self._settle(woken)
                 raise
-
-    def watch(self, ticket: Ticket, face: object) -> None:
-        """Notice if ``face`` (the lease of ``ticket``) dies while the ticket holds or asks.
-
-        A lease's finalizer gives its units back at once, but an exception can land in it
-        before it does (at its first line, even), and CPython runs a finalizer only once. The
-        weak reference's callback is C code, so nothing cuts it short: the reference lands on
-        ``_orphans`` and the next operation's epilogue gives the units back and warns. Every
-        way a ticket stops holding or asking clears ``face``, so a lease that dies after its
-        release costs nothing more.
-        """
-        ticket.face = weakref.ref(face, self.face_died)
 
     def _reclaim_dead_face(
         self, face: weakref.ref[Any], woken: list[Waiter]

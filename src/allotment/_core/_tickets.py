@@ -87,7 +87,7 @@ class Ticket:
     that asked (on ``thread``, its loop's thread), set before the ticket is entered; a thread's
     ticket leaves it unset (read it with :func:`task_of`). ``waiter`` is set only for a ticket
     that queues, ``error`` only with the REFUSED state, ``face`` only by
-    ``MemoryPool.watch``. Left unset, these cost nothing on
+    the lease (see ``MemoryPool.face_died``). Left unset, these cost nothing on
     the uncontended path.
 
     Equality is identity, and so is the hash: a ticket is a key of the pool's tables.
