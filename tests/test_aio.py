@@ -641,7 +641,7 @@ def test_a_leaked_lease_names_the_task_that_took_it() -> None:
         run(leak)
         gc.collect()
 
-    with pytest.warns(ResourceWarning, match=r"by task 'leaker' on thread"):
+    with pytest.warns(allotment.LeakedLeaseWarning, match=r"by task 'leaker' on thread"):
         leak_and_collect()
     assert_idle(pool)
 

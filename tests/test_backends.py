@@ -240,7 +240,7 @@ def test_a_leaked_lease_comes_back_with_a_warning(make: MakeManager) -> None:
         gc.collect()
         wait_until(lambda: pool.statistics().available == 1, "the leaked unit comes back")
 
-    with pytest.warns(ResourceWarning, match="garbage-collected"):
+    with pytest.warns(allotment.LeakedLeaseWarning, match="garbage-collected"):
         leak_and_collect()
 
 

@@ -562,7 +562,10 @@ def no_warnings(
         issued = [
             text
             for text in issued
-            if not (text.startswith("ResourceWarning") and any(n in text for n in LEAK_NOTICES))
+            if not (
+                text.startswith(("ResourceWarning", "LeakedLeaseWarning"))
+                and any(n in text for n in LEAK_NOTICES)
+            )
         ]
     assert not issued, f"warned at {what()}: {issued}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
 
 import pytest
 
@@ -60,6 +61,27 @@ def test_idle_keys_are_forgotten_so_memory_stays_bounded() -> None:
         # Keys used within the last 0.1 s hold state; older ones are swept as we go.
         assert len(users) <= 2 * 100 + 2
     assert len(users) >= 90
+
+
+def test_after_a_spike_of_one_off_keys_len_and_memory_follow_the_active_keys() -> None:
+    users, clock = keyed(rate=10, burst=5)
+    tracemalloc.start()
+    try:
+        for index in range(20_000):
+            assert users.try_acquire(("spike", index))
+        spike = tracemalloc.get_traced_memory()[0]
+        assert len(users) > 19_000
+        clock.advance(3600)  # an hour of idleness: every spike key's bucket is full again
+        for index in range(100):
+            assert users.try_acquire(("after", index))
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Each call forgets up to 256 idle keys from the oldest end: all 20,000 are gone, and
+    # only the 100 keys used since (each still in its burst) remain.
+    assert len(users) == 100
+    assert not any(("spike", index) in users for index in range(0, 20_000, 97))
+    assert after < spike / 4, f"{after / 1e6:.1f} MB after the sweep, {spike / 1e6:.1f} MB before"
 
 
 def test_a_key_in_debt_or_with_waiters_is_never_forgotten() -> None:

@@ -142,7 +142,7 @@ def test_leaked_lease_warns_with_its_site_and_returns_its_units() -> None:
     pool = allotment.ResourceManager(2, name="leaky", capture_sites=True)
     line = sys._getframe().f_lineno + 1
     lease = pool.acquire(2)
-    with pytest.warns(ResourceWarning) as record:  # noqa: PT031 - the del is what warns
+    with pytest.warns(allotment.LeakedLeaseWarning) as record:  # noqa: PT031 - the del is what warns
         del lease
         gc.collect()
     (warning,) = record.list
@@ -162,7 +162,7 @@ def test_leaked_lease_in_a_reference_cycle_is_reclaimed() -> None:
     holder = Holder()
     holder.lease = pool.acquire(1)  # type: ignore[attr-defined]
     holder.me = holder  # type: ignore[attr-defined]
-    with pytest.warns(ResourceWarning):  # noqa: PT031 - the del is what warns
+    with pytest.warns(allotment.LeakedLeaseWarning):  # noqa: PT031 - the del is what warns
         del holder
         gc.collect()
     assert_idle(pool)
@@ -183,7 +183,7 @@ def _leak_inside_a_critical_section(
 def test_lease_leaked_inside_a_critical_section_is_returned_after_it() -> None:
     pool = allotment.ResourceManager(2)
     _leak_inside_a_critical_section(pool, [pool.acquire(2)])
-    with pytest.warns(ResourceWarning, match="garbage-collected while still held"):
+    with pytest.warns(allotment.LeakedLeaseWarning, match="garbage-collected while still held"):
         pool.statistics()  # any critical section returns the orphans once it releases the lock
     assert not pool_of(pool)._orphans
     assert_idle(pool)
@@ -195,7 +195,7 @@ def test_orphans_are_returned_even_when_the_next_operation_raises() -> None:
     _leak_inside_a_critical_section(pool, [pool.acquire(2)])
     with (
         pytest.raises(allotment.ReleaseExceedsHeld),
-        pytest.warns(ResourceWarning, match="garbage-collected while still held"),
+        pytest.warns(allotment.LeakedLeaseWarning, match="garbage-collected while still held"),
     ):
         other.release(2)  # raises inside a critical section, which still returns the orphans
     assert not pool_of(pool)._orphans
@@ -207,7 +207,7 @@ def test_leaked_lease_hands_units_to_a_waiter() -> None:
     pool = allotment.ResourceManager(1)
     lease = pool.acquire(1)
     worker = enqueue(pool, 1, name="waiter")
-    with pytest.warns(ResourceWarning):  # noqa: PT031 - the del is what warns
+    with pytest.warns(allotment.LeakedLeaseWarning):  # noqa: PT031 - the del is what warns
         del lease
         gc.collect()
     granted = lease_of(worker)

@@ -76,7 +76,7 @@ def test_several_limiters_and_duplicate_requests_are_merged() -> None:
     with pytest.raises(allotment.ExceedsBurst):
         allotment.acquire_all([(api, 2), (api, 2)])
     with pytest.raises(TypeError, match="not a ResourceManager or a rate limiter"):
-        allotment.acquire_all([(object(), 1)])
+        allotment.acquire_all([(object(), 1)])  # type: ignore[list-item]
 
 
 def test_try_acquire_all_with_limiters_never_waits() -> None:

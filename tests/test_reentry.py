@@ -613,7 +613,7 @@ def test_signal_handler_using_the_manager_never_hangs_the_main_thread() -> None:
 def _showwarning(
     callback: Callable[[Warning | str, type[Warning], str, int], None],
 ) -> Iterator[None]:
-    """Route ResourceWarnings (always shown) to ``callback``; restore everything after."""
+    """Route leak warnings (always shown) to ``callback``; restore everything after."""
 
     def show(  # noqa: PLR0917 - the signature of warnings.showwarning
         message: Warning | str,
@@ -626,7 +626,7 @@ def _showwarning(
         callback(message, category, filename, lineno)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", ResourceWarning)
+        warnings.simplefilter("always", allotment.LeakedLeaseWarning)
         warnings.showwarning = show
         yield
 
@@ -665,7 +665,7 @@ def test_leak_warning_handler_can_use_the_manager_and_sees_the_units_back(where:
 
     with _showwarning(on_warning):
         _leak(pool, clock if where != "outside" else None, 2)
-    assert seen == [(ResourceWarning, 3, True)]
+    assert seen == [(allotment.LeakedLeaseWarning, 3, True)]
     assert_idle(pool)
 
 
@@ -679,10 +679,10 @@ def test_leak_warning_turned_into_an_error_still_returns_the_units(
     unraisable: list[BaseException | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(hook.exc_value))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)
+        warnings.simplefilter("error", allotment.LeakedLeaseWarning)
         _leak(pool, clock if where != "outside" else None, 2)
     (error,) = unraisable
-    assert isinstance(error, ResourceWarning)
+    assert isinstance(error, allotment.LeakedLeaseWarning)
     assert "garbage-collected while still held" in str(error)
     assert_idle(pool)
 
@@ -694,7 +694,7 @@ def _leak_message(pool: allotment.ResourceManager[int]) -> tuple[str, int]:
     """Leak a lease of ``pool``; return the warning's text and the line that acquired it."""
     line = sys._getframe().f_lineno + 1
     lease = pool.acquire(1)
-    with pytest.warns(ResourceWarning) as record:  # noqa: PT031 - the del is what warns
+    with pytest.warns(allotment.LeakedLeaseWarning) as record:  # noqa: PT031 - the del warns
         del lease
         gc.collect()
     # Only this manager's: the collection may also find garbage of an earlier, failed test.

@@ -352,7 +352,10 @@ def _take(
     managers: list[allotment.ResourceManager[Any]], step: MultiStep
 ) -> list[allotment.Lease[Any]] | str:
     """Run one step's acquisition; the leases, or why there are none."""
-    requests = [(managers[index], amount) for index, amount in step.requests]
+    requests: list[allotment.Request] = [
+        (managers[index], amount)  # type: ignore[misc]  # the model mixes both forms
+        for index, amount in step.requests
+    ]
     if step.how == "nested":
         # Single acquires, one per manager, in rank order: safe alongside acquire_all.
         totals = _totals(step)

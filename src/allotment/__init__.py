@@ -29,6 +29,7 @@ from ._errors import (
     InvalidKey,
     InvalidLimit,
     InvalidLimitType,
+    LeakedLeaseWarning,
     LeaseLost,
     LeaseReleased,
     LockOrderViolation,
@@ -50,7 +51,7 @@ from ._lock_order import (
     set_lock_order_policy,
 )
 from ._manager import ResourceManager
-from ._multi import LeaseGroup, acquire_all, acquire_all_async, try_acquire_all
+from ._multi import LeaseGroup, Request, acquire_all, acquire_all_async, try_acquire_all
 from ._semaphore import BoundedSemaphore, Semaphore
 from ._statistics import (
     ClaimInfo,
@@ -84,6 +85,7 @@ __all__ = [
     "InvalidLimit",
     "InvalidLimitType",
     "KeyedRateLimiter",
+    "LeakedLeaseWarning",
     "Lease",
     "LeaseGroup",
     "LeaseLost",
@@ -100,6 +102,7 @@ __all__ = [
     "RateWaiterInfo",
     "ReentrantCall",
     "ReleaseExceedsHeld",
+    "Request",
     "Reservation",
     "ResourceManager",
     "Semaphore",
@@ -124,7 +127,7 @@ __version__ = "0.1.0"
 
 # Public classes live in private modules; present them where users import them from.
 for _public in __all__:
-    if _public != "LockOrderPolicy":  # a type alias, not a class
+    if _public not in {"LockOrderPolicy", "Request"}:  # type aliases, not classes
         globals()[_public].__module__ = __name__
 del _public
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine, Generator
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 __all__ = ["DONE", "Acquisition", "start_acquisition"]
 
@@ -86,6 +86,20 @@ class Acquisition(Coroutine[Any, Any, _Held]):
 
     def __aenter__(self) -> Coroutine[Any, Any, _Held]:
         return self._coroutine
+
+    def __enter__(self) -> NoReturn:
+        # ``with`` instead of ``async with``: say so, rather than Python's generic "does not
+        # support the context manager protocol". Nothing was taken: the coroutine never ran,
+        # and closing it spares the "never awaited" warning.
+        self._coroutine.close()
+        raise TypeError(
+            "acquire_async() and acquire_all_async() are for asyncio tasks: use 'async with', "
+            "not 'with' (or 'await' them for the lease); in a thread, use acquire() or "
+            "acquire_all()"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: :meth:`__enter__` raises."""
 
     def __aexit__(
         self,

@@ -28,6 +28,7 @@ __all__ = [
     "InvalidKey",
     "InvalidLimit",
     "InvalidLimitType",
+    "LeakedLeaseWarning",
     "LeaseLost",
     "LeaseReleased",
     "LockOrderViolation",
@@ -169,6 +170,14 @@ class LockOrderViolation(AllotmentError, RuntimeError):
     cycle: tuple[OrderEdge, ...] = ()
     """``edge`` followed by the recorded edges that lead back to it; empty for a rank
     inversion that closes no cycle."""
+
+
+class LeakedLeaseWarning(RuntimeWarning):
+    """A lease was garbage-collected while it still held units: its units were returned, but
+    the code that dropped it held nothing meanwhile (``pool.acquire(1)`` as a bare statement
+    is released at once). Shown by default, as every ``RuntimeWarning`` is (not a
+    ``ResourceWarning``, which Python hides unless asked), and attributed to the line of the
+    caller's code that was running when the lease was collected."""
 
 
 class LockOrderWarning(RuntimeWarning):

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
 from ._clock import SYSTEM_CLOCK, deadline_after
-from ._multi import acquire_all, acquire_all_async, validate_parts
+from ._multi import Request, acquire_all, acquire_all_async, validate_parts
 
 __all__ = ["guard"]
 
@@ -29,7 +29,7 @@ _T = TypeVar("_T")
 
 
 def guard(
-    *parts: tuple[Any, Any], timeout: float | None = None
+    *parts: Request, timeout: float | None = None
 ) -> Callable[[Callable[_P, _T]], Callable[_P, _T]]:
     """A decorator: every call takes ``parts`` (``(manager, amount)`` and ``(limiter, cost)``
     pairs) through :func:`acquire_all` before it runs, and gives the managers' units back when

@@ -7,11 +7,12 @@ forget a meter.
 
 Memory stays bounded by the keys active within about one period: a key whose bucket is full
 again carries no state, and forgetting it changes nothing, so it is dropped. Every lookup
-checks the two keys looked at least recently and drops them if idle, otherwise moves them to
-the back: the table is swept at twice the rate keys can be added. A key in debt or with
-waiters is never dropped. A meter is retired under its own lock, so a caller that found it
-just before it was forgotten notices and looks the key up again: two meters never exist for
-one key.
+sweeps from the oldest end of the table: it forgets idle keys until it meets a busy one,
+which it moves to the back, or until it has forgotten ``_SWEEP`` keys. Each key is forgotten
+at most once after it was added, so a lookup costs amortised O(1), and at most ``_SWEEP``
+retirements. A key in debt or with waiters is never dropped. A meter is retired under its
+own lock, so a caller that found it just before it was forgotten notices and looks the key up
+again: two meters never exist for one key.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from ._waiters import TASK, run_in_task, seconds_of
 
 __all__ = ["KeyedRateLimiter", "pause_key"]
 
-_SWEEP = 2
-"""Keys checked per lookup: more than the one a lookup can add."""
+_SWEEP = 256
+"""The most idle keys one lookup forgets: more than the one a lookup can add, so the table
+follows the active keys within a few hundred calls even after a spike of a hundred thousand,
+while no lookup does more than this much work."""
 
 _current_thread = threading.current_thread
 _SECONDS = (int, float)
@@ -64,7 +67,9 @@ class KeyedRateLimiter:
 
     Keys are made on first use and forgotten once their bucket is full again, so a million
     one-off keys cost only the keys active within about one period. ``len()`` counts the keys
-    that hold state now. Keys must be hashable (:class:`InvalidKey` otherwise).
+    the table holds: each call forgets idle keys from the oldest end (up to 256), so after a
+    spike of one-off keys the count, and the memory, follow the active keys within a few
+    hundred calls. Keys must be hashable (:class:`InvalidKey` otherwise).
     """
 
     __slots__ = (
@@ -240,14 +245,20 @@ class KeyedRateLimiter:
             )
         with lock:
             meters = self._meters
-            for _ in range(min(_SWEEP, len(meters))):
+            forgotten = 0
+            # "while True", and a statement (not an if) last: see "Loops in sections" in
+            # design.md.
+            while True:
+                if not meters or forgotten >= _SWEEP:
+                    break
                 oldest, meter = next(iter(meters.items()))
                 if oldest == key:
                     break
-                if meter.retire_if_idle():
-                    del meters[oldest]
-                else:
-                    meters.move_to_end(oldest)
+                if not meter.retire_if_idle():
+                    meters.move_to_end(oldest)  # busy: its turn comes again after the rest
+                    break
+                del meters[oldest]
+                forgotten += 1
             found = meters.get(key)
             if found is not None:
                 return found

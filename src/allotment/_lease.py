@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import threading
+import functools
 import warnings
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
 
-from ._clock import Clock
-from ._core import GRANTED, Amount, Form, Pool, Quantity, Site, Ticket, describe_site, task_of
-from ._errors import LeaseReleased
+from ._core import (
+    GRANTED,
+    Amount,
+    MemoryPool,
+    Pool,
+    Quantity,
+    Ticket,
+    describe_site,
+    outside_stacklevel,
+    task_of,
+)
+from ._errors import LeakedLeaseWarning, LeaseReleased
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ._manager import ResourceManager
+
+_weak = weakref.ref
+_partial = functools.partial
 
 __all__ = ["Lease"]
 
@@ -34,8 +45,9 @@ class Lease(Generic[Amount]):
             ...
 
     A lease may be released from any thread. A lease that is garbage-collected while it still
-    holds units returns them and emits a :class:`ResourceWarning` naming the thread that
-    acquired it, how long ago, and (when sites are recorded) the line.
+    holds units returns them and emits a :class:`LeakedLeaseWarning` (shown by default) at the
+    line that dropped it, naming the thread that acquired it, how long ago, and (when sites
+    are recorded) the line that acquired it.
 
     The lease is the public face of a ticket in its manager's pool; the pool holds the ticket,
     never the lease, so a leaked lease stays collectable.
@@ -44,6 +56,13 @@ class Lease(Generic[Amount]):
     _ticket: Ticket
     _pool: Pool
     _manager: ResourceManager[Amount]
+
+    def __attrs_post_init__(self) -> None:
+        pool = self._pool
+        if type(pool) is MemoryPool:
+            # The pool notices if this lease dies holding units and its finalizer could
+            # not give them back (an exception landed in it): see MemoryPool.face_died.
+            self._ticket.face = _weak(self, pool.face_died)
 
     @property
     def manager(self) -> ResourceManager[Amount]:
@@ -151,51 +170,43 @@ class Lease(Generic[Amount]):
             return
         if ticket.state is not GRANTED:
             return
-        # A leak. The pool hands the units back first and only then calls the notice (after
-        # its lock is released), so a warning turned into an error loses nothing.
-        notice = _LeakNotice(
-            self._pool.form,
-            ticket.units,
-            self._manager.name,
-            ticket.thread,
-            ticket.since,
-            ticket.site,
-            self._manager.clock,
-            task_of(ticket),
+        # A leak. Give back first, describe later: the notice is only a partial of what it
+        # will describe, and the pool calls it once the units are back and its lock is free,
+        # so a warning turned into an error loses nothing. An exception landing in here
+        # before the pool's section gives back (CPython runs a finalizer once) is caught by
+        # the pool, which watches this lease (see MemoryPool.face_died).
+        pool = self._pool
+        pool.reclaim(ticket, _partial(_warn_leaked, pool, self._manager, ticket, ticket.units))
+
+
+def _warn_leaked(
+    pool: Pool, manager: ResourceManager[Any], ticket: Ticket, units: Quantity
+) -> None:
+    """The leak warning of one lease, issued once its units are back and the lock is free.
+
+    A :class:`LeakedLeaseWarning`, which Python shows by default, attributed to the first
+    frame outside allotment: the user's line that dropped the lease (for ``pool.acquire(1)``
+    as a bare statement, that very line).
+    """
+    form = pool.form
+    age = manager.clock.now() - ticket.since
+    where = describe_site(ticket.site)
+    who = f"thread {ticket.thread.name!r}"
+    task = task_of(ticket)
+    if task is not None:
+        who = f"task {task.get_name()!r} on {who}"
+    if where is None:
+        origin = (
+            f"it was acquired by {who} {age:.3f} s before; to record where, pass "
+            "capture_sites=True, run Python with -X dev, or enable tracemalloc"
         )
-        self._pool.reclaim(ticket, notice)
-
-
-@attrs.frozen
-class _LeakNotice:
-    """The leak warning of one lease, issued once its units are back and the lock is free."""
-
-    form: Form[object]
-    units: Quantity
-    manager: str
-    thread: threading.Thread
-    since: float
-    site: Site | None
-    clock: Clock
-    task: asyncio.Task[Any] | None
-
-    def __call__(self) -> None:
-        age = self.clock.now() - self.since
-        where = describe_site(self.site)
-        who = f"thread {self.thread.name!r}"
-        if self.task is not None:
-            who = f"task {self.task.get_name()!r} on {who}"
-        if where is None:
-            origin = (
-                f"it was acquired by {who} {age:.3f} s before; to record where, pass "
-                "capture_sites=True, run Python with -X dev, or enable tracemalloc"
-            )
-        else:
-            origin = f"it was acquired at {where} by {who} {age:.3f} s before"
-        warnings.warn(
-            f"a lease of {self.form.render(self.units)!r} from {self.manager!r} was "
-            f"garbage-collected while still held; {origin}. Its units were returned; release "
-            "leases with a with-block or Lease.release()",
-            ResourceWarning,
-            stacklevel=3,
-        )
+    else:
+        origin = f"it was acquired at {where} by {who} {age:.3f} s before"
+    warnings.warn(
+        f"a lease of {form.render(units)!r} from {manager.name!r} was garbage-collected while "
+        f"still held, so nothing was held after this line; {origin}. Its units were returned; "
+        "hold leases in a with-block (with pool.acquire(1): ...) or keep them and call "
+        "Lease.release()",
+        LeakedLeaseWarning,
+        stacklevel=outside_stacklevel(),
+    )

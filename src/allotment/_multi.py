@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -34,6 +34,7 @@ from ._lease import Lease
 from ._limiters import (
     LimiterParts,
     RateGrant,
+    _Limiter,
     is_limiter,
     limiter_parts,
     rate_ticket,
@@ -54,14 +55,23 @@ from ._waiters import TASK, THREAD, Steps, Waiting, run_blocking, run_in_task, s
 
 __all__ = [
     "LeaseGroup",
+    "Request",
     "acquire_all",
     "acquire_all_async",
     "try_acquire_all",
     "validate_parts",
 ]
 
-Request = tuple[Any, Any]
-"""``(manager, amount)`` or ``(limiter, cost)``."""
+Request = (
+    tuple["ResourceManager[int]", int]
+    | tuple["ResourceManager[Mapping[str, int]]", Mapping[str, int]]
+    | tuple["_Limiter", int]
+)
+"""``(manager, amount)`` or ``(limiter, cost)``: an int for a manager of one resource, a
+mapping of resource names for a manager of named ones (the type parameter of
+``ResourceManager`` says which), an int cost for a rate limiter (``RateLimiter`` or
+``WindowLimiter``, whose private base is named here). The runtime checks the same
+(and the names, and the signs) before anything is taken."""
 
 _current_thread = threading.current_thread
 _Item = TypeVar("_Item")
@@ -288,7 +298,9 @@ def _plan(requests: Iterable[Request]) -> _Plan:
             raise TypeError(
                 f"request {index} must be a (manager or limiter, amount) pair, not {request!r}"
             )
-        manager, amount = request
+        manager: Any
+        amount: Any
+        manager, amount = request  # any pair: checked below, as for untyped callers
         count = index + 1
         if is_limiter(manager):
             limits = limiter_parts(manager)

@@ -41,6 +41,9 @@ class Semaphore:
     _clock: Clock
     _limit: int | None
     """The most permits there may be, or ``None``: set by BoundedSemaphore."""
+    _memory: MemoryPool
+    """The same pool, as what it always is for a semaphore: in memory, whose ``give`` takes a
+    receipt."""
 
     def __init__(
         self, value: int = 1, *, clock: Clock | None = None, backend: object = None
@@ -58,9 +61,9 @@ class Semaphore:
             raise ValueError("semaphore initial value must be >= 0")
         self._clock = SYSTEM_CLOCK if clock is None else clock
         # No capacity and no records of holders: a semaphore's release adds permits.
-        self._pool = MemoryPool(
-            ScalarForm(), None, value, FifoPolicy(), self._clock.now, holders=None
-        )
+        pool = MemoryPool(ScalarForm(), None, value, FifoPolicy(), self._clock.now, holders=None)
+        self._pool = pool
+        self._memory = pool
         self._limit = None
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -114,7 +117,16 @@ class Semaphore:
     ) -> None:
         # release(1), written out: the call would add about a fifteenth to a with-block. A
         # subclass that overrides release() gets _exit_through_release instead.
-        if not self._pool.give(1, self._limit):
+        receipt: list[bool | None] = [None]
+        try:
+            given = self._memory.give(1, self._limit, receipt)
+        except BaseException:
+            # Interrupted before the give decided (at its first line, before its lock): give
+            # again, as Lease.__exit__ releases again. The receipt says whether it decided.
+            if receipt[0] is None:
+                self._memory.give(1, self._limit, receipt)
+            raise
+        if not given:
             raise ValueError("Semaphore released too many times")
 
     def _exit_through_release(

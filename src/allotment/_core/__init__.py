@@ -24,6 +24,7 @@ from ._pool import (
     Snapshot,
     TicketView,
     new_section_lock,
+    outside_stacklevel,
     report_unraisable,
 )
 from ._rate import NANOSECONDS, Gcra, RateRule, SlidingWindow, exact_positive, ticks_of
@@ -83,6 +84,7 @@ __all__ = [
     "exact_positive",
     "form_for",
     "new_section_lock",
+    "outside_stacklevel",
     "report_unraisable",
     "task_of",
     "ticks_of",

@@ -38,13 +38,20 @@ import os
 import sys
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import attrs
 
-from .._errors import ExceedsCapacity, ManagerClosed, ReentrantCall, ReleaseExceedsHeld
+from .._errors import (
+    ExceedsCapacity,
+    LeakedLeaseWarning,
+    ManagerClosed,
+    ReentrantCall,
+    ReleaseExceedsHeld,
+)
 from ._tickets import FINISHED, GRANTED, PENDING, REFUSED, Site, Ticket, Waiter, task_of
 
 if TYPE_CHECKING:
@@ -61,6 +68,7 @@ __all__ = [
     "Snapshot",
     "TicketView",
     "new_section_lock",
+    "outside_stacklevel",
     "report_unraisable",
 ]
 
@@ -247,8 +255,12 @@ class MemoryPool:
     - Once ``closed``, the queue stays empty.
     - Every waiter granted or refused has been woken, or is being woken by the thread that
       granted it, right after it released the lock.
-    - ``_orphans`` is empty. Only the thread inside a section appends to it (a release that
-      re-entered from a finalizer or signal handler); that section's epilogue drains it.
+    - ``_orphans`` holds no deferred release: only the thread inside a section appends one
+      (a release that re-entered from a finalizer or signal handler), and that section's
+      epilogue drains it. It may hold the weak references of watched faces (leases) that
+      died still holding or asking (their finalizer was interrupted before it gave back):
+      the garbage collector appends them, from any thread, and the next operation's
+      epilogue gives their tickets' units back.
     """
 
     form: Form[object]
@@ -266,7 +278,22 @@ class MemoryPool:
     closed: bool = attrs.field(init=False, default=False)
     zero: Quantity = attrs.field(init=False)
     _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
-    _orphans: collections.deque[_Deferred] = attrs.field(init=False, factory=collections.deque)
+    _orphans: collections.deque[_Deferred | weakref.ref[Any]] = attrs.field(
+        init=False, factory=collections.deque
+    )
+    face_died: Callable[[weakref.ref[Any]], None] = attrs.field(init=False)
+    """The callback of the weak reference a face (a lease) keeps on its ticket
+    (``ticket.face = weakref.ref(lease, pool.face_died)``), so that the pool notices if the
+    lease dies while its ticket holds or asks. A lease's finalizer gives its units back at
+    once, but an exception can land in it before it does (at its first line, even), and
+    CPython runs a finalizer only once. This callback is ``_orphans.append``, C code, so
+    nothing cuts it short: the reference lands on ``_orphans`` and the next operation's
+    epilogue gives the units back and warns. Every way a ticket stops holding or asking
+    clears ``face``, so a lease that dies after its release costs nothing more."""
+
+    @face_died.default
+    def _face_died_default(self) -> Callable[[weakref.ref[Any]], None]:
+        return self._orphans.append
 
     @zero.default
     def _zero_default(self) -> Quantity:
@@ -329,6 +356,7 @@ class MemoryPool:
                 if capacity is not None and not units <= capacity:
                     raise ExceedsCapacity(self.too_large(units, capacity))
                 if waiter is None:
+                    ticket.face = None  # a try that failed: its lease is no leak
                     return False
                 ticket.waiter = waiter()
                 self.queue[ticket] = None
@@ -368,6 +396,7 @@ class MemoryPool:
                         self.available = available
                         ticket.units = self.zero
                         ticket.state = FINISHED
+                        ticket.face = None
                         if self.holders is not None:
                             self.holders.pop(ticket, None)
                         if self.queue:
@@ -386,8 +415,10 @@ class MemoryPool:
                         f"the lease holds {self.form.render(held)!r}"
                     )
         except BaseException:
-            if woken is not _NO_WAKEUPS:
-                self._restore(woken)
+            # Whatever the exception cut short, and even before ``woken`` was set (right
+            # after the units were added, where a pending Ctrl-C lands once the lock is
+            # taken): a waiter that fits is granted before the exception goes on.
+            self._restore(woken)
             raise
         finally:
             try:
@@ -420,6 +451,7 @@ class MemoryPool:
         was_head = bool(queue) and next(iter(queue)) is ticket
         follow = self._policy.after_withdraw(self, was_head)
         ticket.state = FINISHED
+        ticket.face = None
         queue.pop(ticket, None)
         if follow and queue:
             self._policy.grant_waiters(self, woken)
@@ -432,6 +464,7 @@ class MemoryPool:
         self.available = available
         if not remaining:
             ticket.state = FINISHED
+            ticket.face = None
             if self.holders is not None:
                 self.holders.pop(ticket, None)
         if self.queue:
@@ -464,6 +497,7 @@ class MemoryPool:
         del self.queue[ticket]
         ticket.error = error
         ticket.state = REFUSED
+        ticket.face = None
         woken.append(waiter)
 
     def too_large(self, units: Quantity, capacity: Quantity) -> str:
@@ -552,32 +586,45 @@ class MemoryPool:
                 self._settle(_NO_WAKEUPS)
                 raise
 
-    def give(self, units: Quantity, limit: Quantity | None) -> bool:
+    def give(
+        self, units: Quantity, limit: Quantity | None, receipt: list[bool | None] | None = None
+    ) -> bool:
         """Add ``units`` that no ticket holds (a semaphore's release) and pass them on.
 
         Returns ``False``, changing nothing, if that would make more than ``limit`` available.
         A give from inside a section on this thread is done when that section ends (a limit
         it would break is then ignored).
+
+        The decision's last step stores its answer in ``receipt[0]`` (the caller's list,
+        ``[None]``): a caller that an exception interrupts anywhere sees from a receipt still
+        ``[None]`` that nothing was decided, and may call again (``Semaphore.__exit__``
+        does), never giving twice.
+        (A receipt is for the in-memory pool alone: the only one with a semaphore face.)
         """
         lock = self._lock
         if lock._is_owned():
             given = Ticket(units, threading.current_thread(), None, 0.0, GRANTED)
             self._orphans.append((functools.partial(self._reclaim_locked, given), None))
+            if receipt is not None:
+                receipt[0] = True
             return True
         woken: list[Waiter] | tuple[Waiter, ...] = _NO_WAKEUPS
         try:
             with lock:
                 available = self.available + units
                 if limit is not None and not available <= limit:
+                    if receipt is not None:
+                        receipt[0] = False
                     return False
                 self.available = available
+                if receipt is not None:
+                    receipt[0] = True  # a plain store: no check point since the one above
                 if self.queue:
                     woken = []
                     self._policy.grant_waiters(self, woken)
                 return True
         except BaseException:
-            if woken is not _NO_WAKEUPS:
-                self._restore(woken)
+            self._restore(woken)  # as in release: never dependent on ``woken`` being set
             raise
         finally:
             try:
@@ -586,6 +633,27 @@ class MemoryPool:
             except BaseException:
                 self._settle(woken)
                 raise
+
+    def _reclaim_dead_face(
+        self, face: weakref.ref[Any], woken: list[Waiter]
+    ) -> Callable[[], None] | None:
+        """Give back what the ticket of a dead, watched face holds or asks; the notice to give
+        (a leak warning), if it held units. Lock held."""
+        found = None
+        for ticket in (*(self.holders or ()), *self.queue):
+            if getattr(ticket, "face", None) is face:
+                found = ticket
+                break
+        if found is None:
+            return None  # its finalizer gave back first (then it is not found), or a refusal
+        units = found.units
+        state = found.state
+        notice = functools.partial(_warn_dead_face, self.form, units)
+        if state is GRANTED:
+            self._give_back(found, units, woken)
+            return notice
+        self._withdraw(found, woken)
+        return None
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """Give back everything a garbage-collected face's ticket holds, then call ``notice``
@@ -767,8 +835,12 @@ class MemoryPool:
             while True:
                 if not orphans:
                     break
-                operation, notice = orphans[0]
-                operation(woken)
+                entry = orphans[0]
+                if isinstance(entry, tuple):
+                    operation, notice = entry
+                    operation(woken)
+                else:  # a watched face that died holding units
+                    notice = self._reclaim_dead_face(entry, woken)
                 orphans.popleft()
                 notices.append(notice)
         _wake_all(woken)
@@ -789,7 +861,9 @@ class MemoryPool:
         """
         self._lock = new_section_lock()
         me = threading.current_thread()
+        dead_faces = [entry for entry in self._orphans if not isinstance(entry, tuple)]
         self._orphans.clear()
+        self._orphans.extend(dead_faces)  # the next operation gives their units back
         for ticket in list(self.queue):
             if ticket.thread is not me:
                 del self.queue[ticket]
@@ -835,6 +909,32 @@ def report_unraisable(notice: object) -> None:
         object=notice,
     )
     sys.unraisablehook(arguments)
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller of this function name the
+    first frame outside allotment (the user's line), on every Python: ``skip_file_prefixes``
+    exists only from 3.12."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _warn_dead_face(form: Form[object], units: Quantity) -> None:
+    warnings.warn(
+        f"a lease of {form.render(units)!r} was garbage-collected while still held, and an "
+        "exception interrupted its finalizer before it gave its units back; they were "
+        "returned by the manager's next operation. Release leases with a with-block or "
+        "Lease.release()",
+        LeakedLeaseWarning,
+        stacklevel=outside_stacklevel(),
+    )
 
 
 _live_pools: weakref.WeakSet[MemoryPool] = weakref.WeakSet()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import weakref
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -85,7 +86,8 @@ class Ticket:
     ``site`` where it asked (``None`` unless sites are recorded). ``task`` is the asyncio task
     that asked (on ``thread``, its loop's thread), set before the ticket is entered; a thread's
     ticket leaves it unset (read it with :func:`task_of`). ``waiter`` is set only for a ticket
-    that queues and ``error`` only with the REFUSED state. Left unset, these cost nothing on
+    that queues, ``error`` only with the REFUSED state, ``face`` only by
+    the lease (see ``MemoryPool.face_died``). Left unset, these cost nothing on
     the uncontended path.
 
     Equality is identity, and so is the hash: a ticket is a key of the pool's tables.
@@ -99,6 +101,10 @@ class Ticket:
     waiter: Waiter = attrs.field(init=False)
     error: BaseException = attrs.field(init=False)
     task: asyncio.Task[Any] = attrs.field(init=False)
+    face: weakref.ref[Any] | None = attrs.field(init=False)
+    """A weak reference to the lease that wraps this ticket (in a pool that watches its
+    faces): if the lease dies while this is set, the reference itself lands on the pool's
+    deferred work. Cleared (under the lock) once nothing is held or asked."""
 
 
 def task_of(ticket: Ticket) -> asyncio.Task[Any] | None:

@@ -1,0 +1,259 @@
+"""No unit is lost to an exception: releases, a semaphore's ``with`` block, a leaked lease's
+finalizer, each with a thread queued behind it that waits with no timeout.
+
+These use the check-point sweep of ``test_envelope.py``: each run raises :class:`Injected` at
+the k-th point where CPython can deliver an asynchronous exception (Ctrl-C, an exception
+injected with ``PyThreadState_SetAsyncExc``). A waiter with no timeout never wakes by itself,
+so a unit left free while it sleeps, or lost for ever, shows here at once, where the general
+sweep (whose helpers time out) would only see it as a later release serves them.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+import allotment
+from allotment._core import GRANTED, MemoryPool, Ticket
+from support import GENEROUS, Worker, assert_idle, check_invariants, pool_of, wait_until
+from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
+
+
+@dataclass(eq=False)
+class Queued:
+    """A manager whose units a lease (the subject) holds, and a thread queued behind it with
+    no timeout."""
+
+    manager: allotment.ResourceManager[int]
+    lease: allotment.Lease[int] | None
+    helper: Worker
+    ticket: Ticket
+
+
+def _queued_behind_a_lease() -> Queued:
+    manager = allotment.ResourceManager(2, name="queued-behind")
+    lease = manager.acquire(2)
+    helper = Worker(functools.partial(manager.acquire, 1), name="waits with no timeout")
+    helper.start()
+    wait_until(lambda: pool_of(manager).waiting == 1, "the helper is queued")
+    return Queued(manager, lease, helper, lease._ticket)
+
+
+def _served(env: Queued, what: str) -> None:
+    """The helper is granted, with no other release (but the lease's own, if the exception
+    landed before it did anything), and everything comes back."""
+    try:
+        # Hand-off is eager: a waiter that fits is never left queued.
+        on_another_thread(
+            lambda: check_invariants(env.manager.statistics()), f"statistics after {what}"
+        )
+        lease = env.lease
+        env.lease = None
+        if lease is not None and not lease.released:
+            on_another_thread(lease.release, f"releasing again after {what}")
+        del lease
+        granted = env.helper.outcome()
+        assert isinstance(granted, allotment.Lease)
+        granted.release()
+        del granted
+        assert_idle(env.manager)
+    except BaseException:
+        env.manager.close()  # refuses the helper, which would wait for ever
+        env.helper.join(GENEROUS)
+        raise
+
+
+def _check(env: Queued, outcome: Outcome) -> None:
+    what = outcome.describe()
+    error = outcome.error
+    outcome.error = outcome.result = None
+    forget_frames(error)
+    if error is not None and not isinstance(error, Injected):
+        env.manager.close()
+        env.helper.join(GENEROUS)
+        raise AssertionError(f"the operation raised at {what}: {error!r}") from error
+    del error
+    _served(env, what)
+
+
+def _release(env: Queued) -> None:
+    assert env.lease is not None
+    env.lease.release()
+
+
+def _leave_a_with_block(env: Queued) -> None:
+    assert env.lease is not None
+    env.lease.__exit__(None, None, None)
+
+
+@pytest.mark.timeout(4 * GENEROUS)
+@pytest.mark.parametrize(
+    "operation", [_release, _leave_a_with_block], ids=["release", "leaving-a-with-block"]
+)
+def test_an_interrupted_release_hands_its_units_to_a_waiter_with_no_timeout(
+    operation: Callable[[Queued], None],
+) -> None:
+    with frozen_gc():
+        swept = sweep(_queued_behind_a_lease, operation, _check)
+    assert any("_pool.py" in point for point in swept.points)
+
+
+# -- a semaphore's release, and leaving its with-block -----------------------------------------
+
+
+@dataclass(eq=False)
+class Permits:
+    semaphore: allotment.Semaphore
+    helper: Worker | None
+
+
+def _semaphore_taken(*, queued: bool, bounded: bool = False) -> Callable[[], Permits]:
+    def setup() -> Permits:
+        kind = allotment.BoundedSemaphore if bounded else allotment.Semaphore
+        semaphore = kind(1)
+        assert semaphore.acquire(blocking=False)
+        helper = None
+        if queued:
+            helper = Worker(semaphore.acquire, name="waits for a permit with no timeout")
+            helper.start()
+            wait_until(lambda: pool_of_semaphore(semaphore).waiting == 1, "the helper waits")
+        return Permits(semaphore, helper)
+
+    return setup
+
+
+def pool_of_semaphore(semaphore: allotment.Semaphore) -> MemoryPool:
+    pool = semaphore._pool  # white box: the semaphore's MemoryPool
+    assert isinstance(pool, MemoryPool)
+    return pool
+
+
+def _check_permits(env: Permits, outcome: Outcome, *, must_be_given: bool) -> None:
+    what = outcome.describe()
+    error = outcome.error
+    outcome.error = outcome.result = None
+    forget_frames(error)
+    semaphore, helper = env.semaphore, env.helper
+    pool = pool_of_semaphore(semaphore)
+    try:
+        assert error is None or isinstance(error, Injected), f"at {what}: {error!r}"
+        del error
+
+        def look() -> tuple[object, int]:
+            with pool._lock:
+                return pool.available, pool.waiting
+
+        seen = on_another_thread(look, f"looking after {what}")
+        assert isinstance(seen, tuple)
+        available, waiting = seen
+        assert isinstance(available, int)
+        # Hand-off is eager: a free permit never sits beside a waiter.
+        assert not (waiting and available), f"at {what}: a permit is free and a thread waits"
+        given = available + (1 if helper is not None and not waiting else 0)
+        if must_be_given:
+            assert given == 1, f"at {what}: {given} permits were given back, not 1"
+        elif given == 0:
+            semaphore.release()  # it landed before anything was given: give it now
+        if helper is not None:
+            assert helper.outcome() is True
+            semaphore.release()
+        assert semaphore._value == 1, f"at {what}: the semaphore's value is {semaphore._value}"
+    except BaseException:
+        if helper is not None and helper.is_alive():
+            semaphore.release()
+            helper.join(GENEROUS)
+        raise
+
+
+@pytest.mark.timeout(4 * GENEROUS)
+def test_an_interrupted_semaphore_release_hands_its_permit_to_a_waiter_with_no_timeout() -> None:
+    with frozen_gc():
+        sweep(
+            _semaphore_taken(queued=True),
+            lambda env: env.semaphore.release(),
+            functools.partial(_check_permits, must_be_given=False),
+        )
+
+
+def _leave_a_semaphore_with_block(env: Permits) -> None:
+    env.semaphore.__exit__(None, None, None)
+
+
+@pytest.mark.timeout(4 * GENEROUS)
+@pytest.mark.parametrize("bounded", [False, True], ids=["Semaphore", "BoundedSemaphore"])
+@pytest.mark.parametrize("queued", [False, True], ids=["alone", "with-a-waiter"])
+def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupts_it(
+    queued: bool, bounded: bool
+) -> None:
+    lost: list[str] = []
+
+    def check(env: Permits, outcome: Outcome) -> None:
+        fired = outcome.run.fired or ""
+        if "in __exit__ (entry)" in fired:
+            # The with statement was aborted before leaving: as for a lease, pure Python
+            # cannot close that window (the permit is lost, as threading's is).
+            _check_permits(env, outcome, must_be_given=False)
+            return
+        try:
+            _check_permits(env, outcome, must_be_given=True)
+        except AssertionError as failure:
+            lost.append(str(failure).splitlines()[0])
+
+    with frozen_gc():
+        swept = sweep(
+            _semaphore_taken(queued=queued, bounded=bounded), _leave_a_semaphore_with_block, check
+        )
+    assert any("_pool.py" in point for point in swept.points)
+    assert not lost, lost
+
+
+# -- a leaked lease's finalizer ------------------------------------------------------------------
+
+
+def _drop_the_lease(env: Queued) -> None:
+    """Drop the only reference to a held lease: its finalizer runs here, traced."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        env.lease = None
+
+
+@pytest.mark.timeout(4 * GENEROUS)
+def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit() -> None:
+    # CPython runs a finalizer once: an exception that lands in it before it gave the units
+    # back (at its first line, even) must not lose them. The pool watches the lease, and
+    # gives the units back by its next operation at the latest.
+    ways: dict[str, int] = {"at once": 0, "by the next operation": 0}
+
+    def check(env: Queued, outcome: Outcome) -> None:
+        what = outcome.describe()
+        error = outcome.error
+        outcome.error = outcome.result = None
+        forget_frames(error)
+        try:
+            assert error is None, f"the finalizer's exception escaped at {what}: {error!r}"
+            if env.ticket.state is not GRANTED:
+                ways["at once"] += 1
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    on_another_thread(env.manager.statistics, f"the next operation after {what}")
+                assert env.ticket.state is not GRANTED, (
+                    f"at {what}: the leaked lease's units are lost (its ticket still holds "
+                    "them after the next operation)"
+                )
+                assert [w.category for w in caught] == [allotment.LeakedLeaseWarning]
+                ways["by the next operation"] += 1
+        except BaseException:
+            env.manager.close()
+            env.helper.join(GENEROUS)
+            raise
+        _served(env, what)
+
+    with frozen_gc():
+        swept = sweep(_queued_behind_a_lease, _drop_the_lease, check)
+    assert any("__del__" in point for point in swept.points)
+    assert ways["by the next operation"] > 0, ways
