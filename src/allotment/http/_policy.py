@@ -86,8 +86,8 @@ class Grant:
     body is closed, or when sending fails), and the key it was limited under.
 
     Nothing but the client's response refers to a grant, so a response dropped unclosed
-    drops its leases, which return their units and warn (:class:`ResourceWarning`) as any
-    leaked lease does."""
+    drops its leases, which return their units and warn
+    (:class:`~allotment.LeakedLeaseWarning`) as any leaked lease does."""
 
     _group: LeaseGroup | Lease[Any] | None
     key: Hashable | None = None
