@@ -65,7 +65,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import allotment
-from support import GENEROUS, Worker, assert_idle, check_invariants, wait_until
+from support import (
+    GENEROUS,
+    WITH_ENTRY_CHECKS,
+    Worker,
+    assert_idle,
+    check_invariants,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
@@ -130,8 +137,20 @@ class _Bytecode:
         self.following: dict[int, int] = {}
         """The offset of the next instruction."""
         instructions = list(dis.get_instructions(code))
+        self.with_entries: set[int] = set()
+        """The calls of ``__enter__`` (``__aenter__``) from 3.14: a ``CALL`` right after
+        ``LOAD_SPECIAL``. A C ``__enter__`` checks as it returns only where
+        ``WITH_ENTRY_CHECKS`` (3.14 without the fix of gh-148874), and what it raises there
+        leaves the ``with`` unentered; a Python one checks in its own frame only (3.10 called
+        it from ``SETUP_WITH``, which never checks on return)."""
         prefixes: list[int] = []
         for index, instruction in enumerate(instructions):
+            if (
+                instruction.opname in _CALLS
+                and index > 0
+                and instructions[index - 1].opname == "LOAD_SPECIAL"
+            ):
+                self.with_entries.add(instruction.offset)
             start = getattr(instruction, "start_offset", instruction.offset)
             prefixes.extend(range(start, instruction.offset + 1, 2))
             if instruction.opname == "EXTENDED_ARG":
@@ -181,6 +200,8 @@ class _Bytecode:
         if name in _CALLS:
             if offset != self.following[previous]:
                 return None  # the call raised: the handler is reached without a check (3.11+)
+            if previous in self.with_entries and (python_callee or not WITH_ENTRY_CHECKS):
+                return None
             return "after a call into Python" if python_callee else "after a call"
         if name in _LOOPS:
             return None if _CHECKS_BEFORE_JUMPING else "jump target"
@@ -278,9 +299,16 @@ class _FrameTracer:
         pending = self.pending
         return 0 <= pending <= frame.f_lasti < self._bytecode.following[pending]
 
+    def at_with_entry(self) -> bool:
+        """Whether the pending call is a ``with`` statement's call of ``__enter__``."""
+        return self.pending in self._bytecode.with_entries
+
     def returning(self, frame: FrameType) -> bool:
-        """Whether a Python callee returning now completes this frame's pending call."""
+        """Whether a Python callee returning now completes this frame's pending call (not a
+        Python ``__enter__``: it checks in its own frame only)."""
         if self.c_call or self.counted or not self.in_pending_call(frame):
+            return False
+        if self.at_with_entry():
             return False
         self.counted = True
         return True
@@ -357,6 +385,8 @@ class Run:
         if event == "c_call":
             tracer.c_call = True
         elif event == "c_return" and tracer.c_call:
+            if not WITH_ENTRY_CHECKS and tracer.at_with_entry():
+                return  # a C __enter__ returns without a check (3.15; up to 3.13 no CALL)
             tracer.counted = True
             self.point(frame, "after a call")
         else:
