@@ -281,6 +281,16 @@ class _FrameTracer:
             # 3.10 reports the StopIteration that ends a for loop; that is no handler.
             self._raised = self._bytecode.opname.get(frame.f_lasti) != "FOR_ITER"
         elif event == "return":
+            if (
+                0 <= self._previous != frame.f_lasti
+                and not self._raised
+                and self._bytecode.following.get(self._previous) == frame.f_lasti
+            ):
+                # 3.13 sometimes reports no 'opcode' event for the return right after a call
+                # into Python (``return f()``), though it ran it: counted as reported.
+                self.trace(frame, "opcode", None)
+                if run.stopped:
+                    return None
             run.forget(frame)
             if self._previous < 0:
                 run.unreported.add(_describe(frame))
@@ -514,7 +524,7 @@ def sweep(
             assert not run.unreported, f"instructions were not reported: {run.unreported}"
             assert run.points[: k - 1] == previous[: k - 1], (
                 f"the run that acts at check point {k} took another path before it: "
-                f"{run.points[: k - 1]} != {previous[: k - 1]}"
+                + _divergence(run.points[: k - 1], previous[: k - 1])
             )
             outcome = Outcome(run, worker.result, worker.error)
             worker.result = worker.error = None
@@ -527,6 +537,18 @@ def sweep(
             return Swept(run.points, passed_over, reentries)
         previous = run.points
     raise AssertionError(f"more than {limit} check points: is the operation looping?")
+
+
+def _divergence(now: list[str], before: list[str]) -> str:
+    """Where two runs' check points part, with what came just before."""
+    index = next(
+        (i for i, (one, other) in enumerate(zip(now, before, strict=False)) if one != other),
+        min(len(now), len(before)),
+    )
+    return (
+        f"after {now[max(index - 3, 0) : index]}, at point {index + 1}, this run reached "
+        f"{now[index : index + 3]} where the previous one reached {before[index : index + 3]}"
+    )
 
 
 @contextlib.contextmanager

@@ -20,13 +20,13 @@ from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
 
-pytestmark = pytest.mark.skipif(
+_REENTRY_UNTRACEABLE = pytest.mark.skipif(
     sys.version_info >= (3, 13),
     reason=(
-        "on CPython 3.13 the sweep's runs of one case take different paths through the "
-        "Redis backend's frames when other cases ran before it in the process (each case "
-        "passes alone): the tracer's model of 3.13 does not hold there yet; the sweeps run "
-        "on 3.10, 3.11 and 3.12"
+        "from CPython 3.13 the re-entry sweep's runs on the Redis backend fail: on 3.13 some "
+        "frames run during a sweep report no instructions to the tracer (only their 'call' "
+        "and 'return'), so it cannot place check points there; the same cases fail on 3.14 "
+        "and 3.15, not yet explained. The exception sweeps run everywhere"
     ),
 )
 
@@ -71,6 +71,7 @@ def test_an_exception_at_any_check_point_leaves_a_redis_manager_sound(case: Case
     assert run_sweep(case, reentrant=False).points
 
 
+@_REENTRY_UNTRACEABLE
 @pytest.mark.timeout(8 * GENEROUS)
 @pytest.mark.parametrize("case", _ON_REDIS, ids=[case.id for case in _ON_REDIS])
 @pytest.mark.usefixtures("on_redis")
