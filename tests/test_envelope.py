@@ -35,7 +35,12 @@ checks the "eval breaker", which for the interpreter running the tests is:
   from 3.13 checked *before* the jump, so raised at the jump's own 'opcode' event and belonging
   to the jump (whose handler may not be its target's), before 3.13 after it;
 - on 3.10 only, the first instruction of an exception handler; and 3.10 never checks right
-  before ``SETUP_FINALLY``, ``SETUP_WITH``, ``BEFORE_ASYNC_WITH`` or ``YIELD_FROM``.
+  before ``SETUP_FINALLY``, ``SETUP_WITH``, ``BEFORE_ASYNC_WITH`` or ``YIELD_FROM``;
+- ``with`` entering: up to 3.13 ``BEFORE_WITH`` (``SETUP_WITH`` on 3.10) calls ``__enter__``
+  without a check; 3.14 calls it with a ``CALL`` right after ``LOAD_SPECIAL``, which checks
+  after a C ``__enter__`` returns, outside the block (CPython gh-148874), and 3.15 does not.
+  Probed on the running interpreter (``support.WITH_ENTRY_CHECKS``), not assumed from its
+  version.
 
 The exception is raised at the next instruction's 'opcode' event. From 3.11 the handler of an
 exception is looked up by the offset of the instruction that raised it, and CPython raises from
