@@ -95,6 +95,12 @@ _CHECKS_BEFORE_JUMPING = sys.version_info >= (3, 13)
 """From 3.13 a backward jump checks before it jumps: what it raises belongs to the jump (whose
 handler may differ from its target's: see tests/test_back_edges.py); before, after."""
 
+_ATTEMPTS = 3 if sys.version_info[:2] == (3, 13) else 1
+"""Runs of one check point made before a run whose frames all reported instructions counts.
+On 3.13 (seen on 3.13.15 free-threaded, after other sweeps ran in the process) a traced frame
+now and then reports its 'call' and 'return' and no instruction: such a run is checked, then
+made again, and counted only once every frame reported."""
+
 _CALLS = frozenset(
     {"CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD"}
 ) & frozenset(dis.opmap)
@@ -505,35 +511,42 @@ def sweep(
     passed_over: set[str] = set()
     reentries: dict[str, int] = {}
     for k in range(1, limit + 1):
-        env = setup()
+        for attempt in range(1, _ATTEMPTS + 1):
+            env = setup()
 
-        def act(run: Run, env: Any = env) -> None:
-            if action is None:
-                raise_injected(run)
-            else:
-                action(env, run)
+            def act(run: Run, env: Any = env) -> None:
+                if action is None:
+                    raise_injected(run)
+                else:
+                    action(env, run)
 
-        run = Run(k, act, traced)
-        with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
-            worker = Worker(functools.partial(run, functools.partial(operation, env)))
-            worker.name = f"traced to check point {k}"
-            worker.start()
-            worker.join(GENEROUS)
-            if worker.is_alive():
-                inside = f", inside the re-entrant {run.calling}" if run.calling else ""
-                pytest.fail(
-                    f"the operation did not return within {GENEROUS} s after check point {k}: "
-                    f"{run.fired}{inside}"
+            run = Run(k, act, traced)
+            with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
+                worker = Worker(functools.partial(run, functools.partial(operation, env)))
+                worker.name = f"traced to check point {k}"
+                worker.start()
+                worker.join(GENEROUS)
+                if worker.is_alive():
+                    inside = f", inside the re-entrant {run.calling}" if run.calling else ""
+                    pytest.fail(
+                        f"the operation did not return within {GENEROUS} s after check point "
+                        f"{k}: {run.fired}{inside}"
+                    )
+                run.close()
+                outcome = Outcome(run, worker.result, worker.error)
+                worker.result = worker.error = None
+                if run.unreported and attempt < _ATTEMPTS:
+                    # The tracer missed a frame's instructions (3.13): the run still had to
+                    # leave everything sound, and is made again to be counted.
+                    check(env, outcome)
+                    continue
+                assert not run.unreported, f"instructions were not reported: {run.unreported}"
+                assert run.points[: k - 1] == previous[: k - 1], (
+                    f"the run that acts at check point {k} took another path before it: "
+                    + _divergence(run.points[: k - 1], previous[: k - 1])
                 )
-            run.close()
-            assert not run.unreported, f"instructions were not reported: {run.unreported}"
-            assert run.points[: k - 1] == previous[: k - 1], (
-                f"the run that acts at check point {k} took another path before it: "
-                + _divergence(run.points[: k - 1], previous[: k - 1])
-            )
-            outcome = Outcome(run, worker.result, worker.error)
-            worker.result = worker.error = None
-            check(env, outcome)
+                check(env, outcome)
+            break
         passed_over |= run.unfaithful
         for ending, count in run.outcomes.items():
             reentries[ending] = reentries.get(ending, 0) + count
