@@ -21,6 +21,7 @@ import platform
 import queue
 import statistics
 import sys
+import sysconfig
 import threading
 import time
 import timeit
@@ -947,12 +948,23 @@ SECTIONS: dict[str, Callable[[Settings], Part]] = {
 """Every section of the page, in page order, by the name ``--only`` takes."""
 
 
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def _python() -> str:
+    """This Python's version, and whether it runs without the GIL."""
+    if not FREE_THREADED:
+        return platform.python_version()
+    gil = "with the GIL" if sys._is_gil_enabled() else "without the GIL"  # type: ignore[attr-defined]
+    return f"{platform.python_version()} free-threaded ({gil})"
+
+
 def targets_part(measured: Sequence[Measured]) -> list[str]:
     version = (sys.version_info.major, sys.version_info.minor)
     return [
         "## Targets",
         "",
-        f"Measured on Python {platform.python_version()}. Every figure is a ratio measured "
+        f"Measured on Python {_python()}. Every figure is a ratio measured "
         "in this run, lower is better; *set for* is the Python version the limit was set for "
         "(a version without a limit of its own takes the nearest earlier one's).",
         "",
@@ -980,7 +992,7 @@ def report(quick: bool, only: Sequence[str] | None = None) -> str:
         "",
         f"Produced by `{command}`"
         + (" (quick mode)" if quick else "")
-        + f" on {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, "
+        + f" on {time.strftime('%Y-%m-%d')}, Python {_python()}, "
         f"{platform.machine()}, {os.cpu_count()} cores. Medians of {settings.repeats} repeats "
         "unless a section says otherwise; the implementations are interleaved within each "
         "repeat. Timings on a shared 2-core "
@@ -1028,7 +1040,7 @@ def write_version_section(path: str, text: str) -> None:
     """Put a partial report (``--only``) into the page's section for this Python version,
     after the sections other scripts own, so that a full ``--write`` keeps it. What the
     section holds after its figures (a comparison written by hand) stays."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}" + ("t" if FREE_THREADED else "")
     heading = f"## Python {version}"
     body = text.split("\n", 2)[2]  # without the page's "# Benchmarks" title
     figures = "\n".join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -157,3 +158,40 @@ def pool_of(manager: allotment.ResourceManager[Any]) -> MemoryPool:
     pool = parts_of(manager).pool
     assert isinstance(pool, MemoryPool)
     return pool
+
+
+class _Probe(Exception):
+    """Raised by :func:`with_entry_checks` at the check point it looks for."""
+
+
+def with_entry_checks() -> bool:
+    """Whether this interpreter checks the eval breaker right after a C ``__enter__`` returns,
+    outside the ``with`` block: then an asynchronous exception delivered there leaves the block
+    without calling ``__exit__``. Up to 3.13 ``BEFORE_WITH`` enters without a check; 3.14
+    compiles ``with`` to a plain ``CALL``, which checks (CPython gh-148874); 3.15 skips the check
+    after a call of a special method. Found out, not assumed from the version: ``__enter__`` is
+    a C function that makes an exception pending on this thread, and ``__exit__`` notes whether
+    the block was entered."""
+    exited: list[bool] = []
+    make_pending = functools.partial(
+        ctypes.pythonapi.PyThreadState_SetAsyncExc,
+        ctypes.c_ulong(threading.get_ident()),
+        ctypes.py_object(_Probe),
+    )
+
+    class Probe:
+        __enter__ = staticmethod(make_pending)
+
+        def __exit__(self, *exc_info: object) -> None:
+            exited.append(True)
+
+    try:
+        with Probe():
+            time.monotonic()  # a check point inside the block
+        time.monotonic()
+    except _Probe:
+        pass
+    return not exited
+
+
+WITH_ENTRY_CHECKS = with_entry_checks()

@@ -35,7 +35,12 @@ checks the "eval breaker", which for the interpreter running the tests is:
   from 3.13 checked *before* the jump, so raised at the jump's own 'opcode' event and belonging
   to the jump (whose handler may not be its target's), before 3.13 after it;
 - on 3.10 only, the first instruction of an exception handler; and 3.10 never checks right
-  before ``SETUP_FINALLY``, ``SETUP_WITH``, ``BEFORE_ASYNC_WITH`` or ``YIELD_FROM``.
+  before ``SETUP_FINALLY``, ``SETUP_WITH``, ``BEFORE_ASYNC_WITH`` or ``YIELD_FROM``;
+- ``with`` entering: up to 3.13 ``BEFORE_WITH`` (``SETUP_WITH`` on 3.10) calls ``__enter__``
+  without a check; 3.14 calls it with a ``CALL`` right after ``LOAD_SPECIAL``, which checks
+  after a C ``__enter__`` returns, outside the block (CPython gh-148874), and 3.15 does not.
+  Probed on the running interpreter (``support.WITH_ENTRY_CHECKS``), not assumed from its
+  version.
 
 The exception is raised at the next instruction's 'opcode' event. From 3.11 the handler of an
 exception is looked up by the offset of the instruction that raised it, and CPython raises from
@@ -65,7 +70,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import allotment
-from support import GENEROUS, Worker, assert_idle, check_invariants, wait_until
+from allotment._core._section_lock import SectionLock, new_section_lock
+from support import (
+    GENEROUS,
+    WITH_ENTRY_CHECKS,
+    Worker,
+    assert_idle,
+    check_invariants,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
@@ -81,6 +94,12 @@ _PY310 = sys.version_info < (3, 11)
 _CHECKS_BEFORE_JUMPING = sys.version_info >= (3, 13)
 """From 3.13 a backward jump checks before it jumps: what it raises belongs to the jump (whose
 handler may differ from its target's: see tests/test_back_edges.py); before, after."""
+
+_ATTEMPTS = 3 if sys.version_info[:2] == (3, 13) else 1
+"""Runs of one check point made before a run whose frames all reported instructions counts.
+On 3.13 (seen on 3.13.15 free-threaded, after other sweeps ran in the process) a traced frame
+now and then reports its 'call' and 'return' and no instruction: such a run is checked, then
+made again, and counted only once every frame reported."""
 
 _CALLS = frozenset(
     {"CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD"}
@@ -130,8 +149,20 @@ class _Bytecode:
         self.following: dict[int, int] = {}
         """The offset of the next instruction."""
         instructions = list(dis.get_instructions(code))
+        self.with_entries: set[int] = set()
+        """The calls of ``__enter__`` (``__aenter__``) from 3.14: a ``CALL`` right after
+        ``LOAD_SPECIAL``. A C ``__enter__`` checks as it returns only where
+        ``WITH_ENTRY_CHECKS`` (3.14 without the fix of gh-148874), and what it raises there
+        leaves the ``with`` unentered; a Python one checks in its own frame only (3.10 called
+        it from ``SETUP_WITH``, which never checks on return)."""
         prefixes: list[int] = []
         for index, instruction in enumerate(instructions):
+            if (
+                instruction.opname in _CALLS
+                and index > 0
+                and instructions[index - 1].opname == "LOAD_SPECIAL"
+            ):
+                self.with_entries.add(instruction.offset)
             start = getattr(instruction, "start_offset", instruction.offset)
             prefixes.extend(range(start, instruction.offset + 1, 2))
             if instruction.opname == "EXTENDED_ARG":
@@ -181,6 +212,8 @@ class _Bytecode:
         if name in _CALLS:
             if offset != self.following[previous]:
                 return None  # the call raised: the handler is reached without a check (3.11+)
+            if previous in self.with_entries and (python_callee or not WITH_ENTRY_CHECKS):
+                return None
             return "after a call into Python" if python_callee else "after a call"
         if name in _LOOPS:
             return None if _CHECKS_BEFORE_JUMPING else "jump target"
@@ -259,6 +292,16 @@ class _FrameTracer:
             # 3.10 reports the StopIteration that ends a for loop; that is no handler.
             self._raised = self._bytecode.opname.get(frame.f_lasti) != "FOR_ITER"
         elif event == "return":
+            if (
+                0 <= self._previous != frame.f_lasti
+                and not self._raised
+                and self._bytecode.following.get(self._previous) == frame.f_lasti
+            ):
+                # 3.13 sometimes reports no 'opcode' event for the return right after a call
+                # into Python (``return f()``), though it ran it: counted as reported.
+                self.trace(frame, "opcode", None)
+                if run.stopped:
+                    return None
             run.forget(frame)
             if self._previous < 0:
                 run.unreported.add(_describe(frame))
@@ -278,9 +321,16 @@ class _FrameTracer:
         pending = self.pending
         return 0 <= pending <= frame.f_lasti < self._bytecode.following[pending]
 
+    def at_with_entry(self) -> bool:
+        """Whether the pending call is a ``with`` statement's call of ``__enter__``."""
+        return self.pending in self._bytecode.with_entries
+
     def returning(self, frame: FrameType) -> bool:
-        """Whether a Python callee returning now completes this frame's pending call."""
+        """Whether a Python callee returning now completes this frame's pending call (not a
+        Python ``__enter__``: it checks in its own frame only)."""
         if self.c_call or self.counted or not self.in_pending_call(frame):
+            return False
+        if self.at_with_entry():
             return False
         self.counted = True
         return True
@@ -357,6 +407,8 @@ class Run:
         if event == "c_call":
             tracer.c_call = True
         elif event == "c_return" and tracer.c_call:
+            if not WITH_ENTRY_CHECKS and tracer.at_with_entry():
+                return  # a C __enter__ returns without a check (3.15; up to 3.13 no CALL)
             tracer.counted = True
             self.point(frame, "after a call")
         else:
@@ -459,35 +511,42 @@ def sweep(
     passed_over: set[str] = set()
     reentries: dict[str, int] = {}
     for k in range(1, limit + 1):
-        env = setup()
+        for attempt in range(1, _ATTEMPTS + 1):
+            env = setup()
 
-        def act(run: Run, env: Any = env) -> None:
-            if action is None:
-                raise_injected(run)
-            else:
-                action(env, run)
+            def act(run: Run, env: Any = env) -> None:
+                if action is None:
+                    raise_injected(run)
+                else:
+                    action(env, run)
 
-        run = Run(k, act, traced)
-        with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
-            worker = Worker(functools.partial(run, functools.partial(operation, env)))
-            worker.name = f"traced to check point {k}"
-            worker.start()
-            worker.join(GENEROUS)
-            if worker.is_alive():
-                inside = f", inside the re-entrant {run.calling}" if run.calling else ""
-                pytest.fail(
-                    f"the operation did not return within {GENEROUS} s after check point {k}: "
-                    f"{run.fired}{inside}"
+            run = Run(k, act, traced)
+            with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
+                worker = Worker(functools.partial(run, functools.partial(operation, env)))
+                worker.name = f"traced to check point {k}"
+                worker.start()
+                worker.join(GENEROUS)
+                if worker.is_alive():
+                    inside = f", inside the re-entrant {run.calling}" if run.calling else ""
+                    pytest.fail(
+                        f"the operation did not return within {GENEROUS} s after check point "
+                        f"{k}: {run.fired}{inside}"
+                    )
+                run.close()
+                outcome = Outcome(run, worker.result, worker.error)
+                worker.result = worker.error = None
+                if run.unreported and attempt < _ATTEMPTS:
+                    # The tracer missed a frame's instructions (3.13): the run still had to
+                    # leave everything sound, and is made again to be counted.
+                    check(env, outcome)
+                    continue
+                assert not run.unreported, f"instructions were not reported: {run.unreported}"
+                assert run.points[: k - 1] == previous[: k - 1], (
+                    f"the run that acts at check point {k} took another path before it: "
+                    + _divergence(run.points[: k - 1], previous[: k - 1])
                 )
-            run.close()
-            assert not run.unreported, f"instructions were not reported: {run.unreported}"
-            assert run.points[: k - 1] == previous[: k - 1], (
-                f"the run that acts at check point {k} took another path before it: "
-                f"{run.points[: k - 1]} != {previous[: k - 1]}"
-            )
-            outcome = Outcome(run, worker.result, worker.error)
-            worker.result = worker.error = None
-            check(env, outcome)
+                check(env, outcome)
+            break
         passed_over |= run.unfaithful
         for ending, count in run.outcomes.items():
             reentries[ending] = reentries.get(ending, 0) + count
@@ -496,6 +555,18 @@ def sweep(
             return Swept(run.points, passed_over, reentries)
         previous = run.points
     raise AssertionError(f"more than {limit} check points: is the operation looping?")
+
+
+def _divergence(now: list[str], before: list[str]) -> str:
+    """Where two runs' check points part, with what came just before."""
+    index = next(
+        (i for i, (one, other) in enumerate(zip(now, before, strict=False)) if one != other),
+        min(len(now), len(before)),
+    )
+    return (
+        f"after {now[max(index - 3, 0) : index]}, at point {index + 1}, this run reached "
+        f"{now[index : index + 3]} where the previous one reached {before[index : index + 3]}"
+    )
 
 
 @contextlib.contextmanager
@@ -1188,12 +1259,12 @@ def _toy_lock_then_try(lock: threading.Lock, log: list[int]) -> None:
         lock.release()
 
 
-def _toy_with(lock: threading.Lock, log: list[int]) -> None:
+def _toy_with(lock: threading.Lock | SectionLock, log: list[int]) -> None:
     with lock:
         log.append(1)
 
 
-def _toy_return_in_with(lock: threading.Lock, call: Callable[[], object]) -> object:
+def _toy_return_in_with(lock: SectionLock, call: Callable[[], object]) -> object:
     with lock:
         return call()
 
@@ -1238,15 +1309,43 @@ def test_the_sweep_finds_a_lock_acquired_outside_its_try() -> None:
     assert "after a call" in held_after[0]
 
 
+def _held(lock: threading.Lock | SectionLock) -> bool:
+    """Whether some thread holds ``lock`` (seen from one that does not)."""
+    if not lock.acquire(blocking=False):
+        return True
+    lock.release()
+    return False
+
+
 def test_the_sweep_finds_no_window_in_a_with_block() -> None:
+    """Except, where the interpreter checks as a C ``__enter__`` returns (3.14, gh-148874),
+    the one right after taking a plain lock: a section lock closes it."""
     lock = threading.Lock()
+    held_after: list[str] = []
 
     def check(log: list[int], outcome: Outcome) -> None:
-        assert not lock.locked(), outcome.describe()
+        if lock.locked():
+            held_after.append(outcome.describe())
+            lock.release()
         assert outcome.error is None or isinstance(outcome.error, Injected)
 
     swept = sweep(list, lambda log: _toy_with(lock, log), check, traced=_in_this_file)
-    assert len(swept.points) == 3  # entry, after log.append(), after the lock's __exit__
+    # entry, (on entering the block,) after log.append(), after the lock's __exit__
+    assert len(swept.points) == 3 + WITH_ENTRY_CHECKS
+    assert len(held_after) == WITH_ENTRY_CHECKS, held_after
+
+    section_lock = new_section_lock()
+
+    def check_section_lock(log: list[int], outcome: Outcome) -> None:
+        assert not _held(section_lock), outcome.describe()
+        assert outcome.error is None or isinstance(outcome.error, Injected)
+
+    sweep(
+        list,
+        lambda log: _toy_with(section_lock, log),
+        check_section_lock,
+        traced=lambda code: _in_this_file(code) or in_package(code),
+    )
 
 
 @pytest.mark.parametrize(
@@ -1257,10 +1356,10 @@ def test_an_exception_as_a_call_returns_inside_a_with_block_is_handled_by_it(
 ) -> None:
     # From 3.11 the exit sequence of `return call()` lies outside the block's handler: the
     # exception must be raised by the call instruction, as CPython raises it, not after it.
-    lock = threading.Lock()
+    lock = new_section_lock()  # a plain lock's with can leave it held on 3.14 (see above)
 
     def check(env: object, outcome: Outcome) -> None:
-        assert not lock.locked(), f"the lock is still held after {outcome.describe()}"
+        assert not _held(lock), f"the lock is still held after {outcome.describe()}"
 
     swept = sweep(list, lambda env: _toy_return_in_with(lock, call), check, traced=_in_this_file)
     assert not swept.passed_over

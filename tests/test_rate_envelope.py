@@ -149,6 +149,9 @@ def _check(env: RateEnv, outcome: Outcome) -> None:
     # Still usable: time moves on, and a call is allowed.
     env.clock.advance(100)
     assert on_another_thread(env.limiter.try_acquire, "a fresh try_acquire")
+    if env.keyed is not None:
+        keyed = env.keyed
+        assert on_another_thread(lambda: keyed.try_acquire("fresh"), "a fresh keyed try_acquire")
 
 
 SLACK = 5

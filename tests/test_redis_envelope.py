@@ -6,6 +6,7 @@ tables consistent), even when it lands between a round trip and the handling of 
 from __future__ import annotations
 
 import sys
+import sysconfig
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,13 +21,22 @@ from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
 
-pytestmark = pytest.mark.skipif(
+_REENTRY_UNTRACEABLE = pytest.mark.skipif(
     sys.version_info >= (3, 13),
     reason=(
-        "on CPython 3.13 the sweep's runs of one case take different paths through the "
-        "Redis backend's frames when other cases ran before it in the process (each case "
-        "passes alone): the tracer's model of 3.13 does not hold there yet; the sweeps run "
-        "on 3.10, 3.11 and 3.12"
+        "from CPython 3.13 the re-entry sweep's runs on the Redis backend fail: on 3.13 some "
+        "frames run during a sweep report no instructions to the tracer (only their 'call' "
+        "and 'return'), so it cannot place check points there; the same cases fail on 3.14 "
+        "and 3.15, not yet explained. The exception sweeps run everywhere"
+    ),
+)
+
+
+_FREE_THREADED = pytest.mark.skipif(
+    bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+    reason=(
+        "on free-threaded 3.13.15, 4 of the 18 cases' runs take other paths through the Redis "
+        "backend's frames after the in-memory sweeps ran in the process: not investigated yet"
     ),
 )
 
@@ -64,6 +74,7 @@ def on_redis(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iter
     backend.close()
 
 
+@_FREE_THREADED
 @pytest.mark.timeout(8 * GENEROUS)
 @pytest.mark.parametrize("case", _ON_REDIS, ids=[case.id for case in _ON_REDIS])
 @pytest.mark.usefixtures("on_redis")
@@ -71,6 +82,7 @@ def test_an_exception_at_any_check_point_leaves_a_redis_manager_sound(case: Case
     assert run_sweep(case, reentrant=False).points
 
 
+@_REENTRY_UNTRACEABLE
 @pytest.mark.timeout(8 * GENEROUS)
 @pytest.mark.parametrize("case", _ON_REDIS, ids=[case.id for case in _ON_REDIS])
 @pytest.mark.usefixtures("on_redis")

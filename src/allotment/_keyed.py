@@ -26,7 +26,7 @@ from typing import Any
 
 from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import MeterRetired, RateMeter, ticks_of
+from ._core import MeterRetired, RateMeter, new_section_lock, ticks_of
 from ._errors import InvalidKey, ReentrantCall, UnsupportedByBackend
 from ._limiters import (
     GcraSettings,
@@ -113,7 +113,7 @@ class KeyedRateLimiter:
         self._shared = backend is not None
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._name = "keyed-rate-limiter" if name is None else str(name)
-        self._lock = threading.RLock()
+        self._lock = new_section_lock()
         """Guards ``_meters`` (its keys and their order); held only to find, add or forget a
         meter, never while a meter's own lock is waited on by a sleeper."""
         self._meters: collections.OrderedDict[Hashable, RateMeter] = collections.OrderedDict()
@@ -238,7 +238,7 @@ class KeyedRateLimiter:
     def _meter_for(self, key: Hashable) -> RateMeter:
         """The key's meter, made if new; sweeps idle keys on the way."""
         lock = self._lock
-        if lock._is_owned():  # type: ignore[attr-defined]
+        if lock._is_owned():
             raise ReentrantCall(
                 "cannot use a keyed rate limiter from inside its own bookkeeping on this "
                 "thread (a finalizer or signal handler ran there)"

@@ -21,13 +21,14 @@ take and return units here, and only here, through the :class:`Pool` interface. 
 
 Exceptions and re-entry. Every section is a ``with`` block on an ``RLock`` (its enter and exit
 are C code, so no asynchronous exception can land between taking the lock and being inside the
-block). Inside a section every call comes before the first mutation, and the mutations are
-plain stores, so an exception (Ctrl-C, an injected one) lands either before anything changed or
-after everything did. A grant pass cut short by one is run again before the exception leaves
-the operation, and wake-ups are idempotent so they can be retried. A finalizer, gc callback or
-signal handler that re-enters a pool on the thread inside its section is detected exactly
-(``RLock._is_owned``): a full release is deferred onto ``_orphans`` and done by the outer
-section's epilogue on that thread; anything else raises :class:`ReentrantCall`.
+block; on 3.14 see ``_section_lock``). Inside a section every call comes before the first
+mutation, and the mutations are plain stores, so an exception (Ctrl-C, an injected one) lands
+either before anything changed or after everything did. A grant pass cut short by one is run
+again before the exception leaves the operation, and wake-ups are idempotent so they can be
+retried. A finalizer, gc callback or signal handler that re-enters a pool on the thread inside
+its section is detected exactly (``RLock._is_owned``): a full release is deferred onto
+``_orphans`` and done by the outer section's epilogue on that thread; anything else raises
+:class:`ReentrantCall`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import types
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
@@ -52,6 +53,7 @@ from .._errors import (
     ReentrantCall,
     ReleaseExceedsHeld,
 )
+from ._section_lock import SectionLock, new_section_lock
 from ._tickets import FINISHED, GRANTED, PENDING, REFUSED, Site, Ticket, Waiter, task_of
 
 if TYPE_CHECKING:
@@ -76,26 +78,6 @@ _NO_WAKEUPS: tuple[Waiter, ...] = ()
 _Deferred = tuple[Callable[[list[Waiter]], None], Callable[[], None] | None]
 """A release deferred by a re-entrant call, and the notice to give once it is done."""
 _R = TypeVar("_R")
-
-
-class SectionLock(Protocol):
-    """What a pool or a meter needs of its lock: ``threading.RLock``, whose ``_is_owned``
-    tells exactly whether the calling thread is inside a section (``threading.Condition``
-    relies on it)."""
-
-    def __enter__(self) -> bool: ...
-
-    def __exit__(self, *exc_info: object) -> None: ...
-
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
-
-    def release(self) -> None: ...
-
-    def _is_owned(self) -> bool: ...
-
-
-def new_section_lock() -> SectionLock:
-    return cast("SectionLock", threading.RLock())
 
 
 @attrs.frozen

@@ -1,0 +1,110 @@
+"""``with lock:`` never leaves a section's lock held, on any interpreter.
+
+CPython 3.14 compiles ``with`` to a ``CALL`` of ``__enter__`` that checks the eval breaker once
+a C ``__enter__`` returns, outside the block (gh-148874; 3.15 skips that check): an
+asynchronous exception delivered there leaves the lock held for ever. The sections of the
+package take their locks from ``new_section_lock``, whose ``__enter__`` is guarded there.
+
+The exception is delivered deterministically: the test's thread holds the lock, the worker
+blocks in ``with lock:``, an exception is made pending on it (``PyThreadState_SetAsyncExc``
+does not interrupt a blocked acquire), and the lock is released: the worker takes it and meets
+the pending exception at the first check point after its C ``acquire`` returned.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import Protocol
+
+import pytest
+
+from allotment._core._section_lock import ENTRY_CAN_BE_INTERRUPTED, new_section_lock
+from support import WITH_ENTRY_CHECKS, Worker, inject, wait_until
+
+
+class Delivered(Exception):
+    """The asynchronous exception of these tests."""
+
+
+class _Lock(Protocol):
+    """What the tests need of a lock (``threading.Lock``, ``RLock``, a section lock)."""
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def _enter_and_leave(lock: _Lock) -> None:
+    with lock:
+        time.monotonic()  # a check point inside the block
+
+
+def _waits_to_enter(frame: FrameType | None) -> bool:
+    """Whether a thread whose innermost frame is ``frame`` is past its last check point
+    before taking the lock: at the ``with`` line, or in a Python ``__enter__`` past its
+    first line."""
+    if frame is None:
+        return False
+    code = _enter_and_leave.__code__
+    if frame.f_code is code:
+        return frame.f_lineno == code.co_firstlineno + 1
+    return frame.f_code.co_name == "__enter__" and frame.f_lineno > frame.f_code.co_firstlineno
+
+
+def _deliver_on_entry(lock: _Lock) -> bool:
+    """Deliver :class:`Delivered` to a thread as it takes ``lock`` in ``with lock:``; whether
+    the lock was left held once that thread ended."""
+    lock.acquire()
+    worker = Worker(lambda: _enter_and_leave(lock), name="entering")
+    try:
+        worker.start()
+        wait_until(
+            lambda: _waits_to_enter(sys._current_frames().get(worker.ident or 0)),
+            "the worker waits for the lock",
+        )
+        inject(worker, Delivered)
+    finally:
+        lock.release()
+    worker.join()
+    assert isinstance(worker.error, Delivered), worker.error
+    taken = lock.acquire(blocking=False)
+    if taken:
+        lock.release()
+    return not taken
+
+
+@pytest.mark.skipif(not hasattr(sys, "_current_frames"), reason="needs sys._current_frames")
+def test_the_gap_leaves_a_plain_lock_held_exactly_where_with_checks_on_entry() -> None:
+    """The interpreter as the envelope sweeps model it (``WITH_ENTRY_CHECKS``)."""
+    assert _deliver_on_entry(threading.RLock()) == WITH_ENTRY_CHECKS
+    assert _deliver_on_entry(threading.Lock()) == WITH_ENTRY_CHECKS
+
+
+def test_the_section_lock_is_guarded_wherever_with_checks_on_entry() -> None:
+    assert ENTRY_CAN_BE_INTERRUPTED or not WITH_ENTRY_CHECKS
+
+
+@pytest.mark.skipif(not hasattr(sys, "_current_frames"), reason="needs sys._current_frames")
+def test_an_exception_as_with_enters_leaves_a_section_lock_free() -> None:
+    lock = new_section_lock()
+    assert not _deliver_on_entry(lock)
+    # Still a working RLock, re-entrant and exact about its owner.
+    with lock:
+        assert lock._is_owned()
+        with lock:
+            pass
+        assert lock._is_owned()
+    assert not lock._is_owned()
