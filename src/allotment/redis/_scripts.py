@@ -42,9 +42,10 @@ end
 MANAGER = (
     _PRELUDE
     + r"""
--- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|last release id"), 3 holder expiries (zset),
---       4 queue (list of ids, FIFO), 5 wants (hash id -> "units|wake list"),
---       6 waiter expiries (zset), 7 this process's wake-up list
+-- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|last release id"),
+--       3 holder expiries (zset), 4 queue (list of ids, FIFO),
+--       5 wants (hash id -> "units|wake list"), 6 waiter expiries (zset),
+--       7 this process's wake-up list
 -- ARGV: 1 operation, 2 resource names, 3 declared capacity, 4 lease ttl (us),
 --       5 waiter ttl (us), 6 key ttl (ms), 7... the operation's own
 local K_CFG, K_HOLD, K_HEXP, K_QUEUE, K_WANT, K_WEXP, K_WAKE =
