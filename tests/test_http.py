@@ -483,3 +483,44 @@ def test_a_pause_past_the_deadline_refuses_at_once_and_sends_nothing(base: str) 
             session.get(url)
         assert time.monotonic() - started < 5  # refused without waiting for the timeout
     assert arrivals(base, name) == []
+
+
+def test_an_async_client_never_blocks_its_loop_on_a_redis_round_trip(
+    base: str, redis_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every way a grant goes back in a task (the body closed, the send failed, a part
+    # refused after another was taken) uses the loop's own client, as acquire does.
+    from allotment.redis import RedisBackend
+
+    blocking: list[object] = []
+    original = RedisBackend.run_script
+
+    def run(self: RedisBackend, script: Any, keys: Any, args: Any, name: str) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            blocking.append(args[0])
+        return original(self, script, keys, args, name)
+
+    monkeypatch.setattr(RedisBackend, "run_script", run)
+    slots = allotment.ResourceManager(2, name="http-async-slots", backend=redis_backend)
+    rate = allotment.RateLimiter(1, per=60.0)
+    policy = Policy(slots, rate, timeout=0.2)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=AsyncHTTPXTransport(policy)) as client:
+            assert (await client.get(f"{base}/plain")).status_code == 200
+            with pytest.raises(allotment.AcquireTimeout):
+                await client.get(f"{base}/plain")  # the slot taken, then the rate refused
+        failing = httpx.AsyncClient(
+            transport=AsyncHTTPXTransport(Policy(slots), httpx.AsyncHTTPTransport(retries=0))
+        )
+        async with failing:
+            with pytest.raises(httpx.ConnectError):
+                await failing.get("http://127.0.0.1:9/")
+
+    asyncio.run(main())
+    assert blocking == []
+    assert slots.statistics().available == 2

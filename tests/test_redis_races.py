@@ -180,6 +180,25 @@ def test_a_partial_release_retried_after_a_lost_reply_is_applied_once(
     assert _available(redis_client, "partial") == "5"
 
 
+def test_a_lease_released_in_many_parts_keeps_a_bounded_record_on_the_server(
+    redis_backend: RedisBackend, redis_client: redis.Redis
+) -> None:
+    # Only one partial release is ever in flight (a pending one is retried first), and ids
+    # count up: the server needs the last one applied, not all of them.
+    pool = allotment.ResourceManager(1_000, name="parts", backend=redis_backend)
+    lease = pool.acquire(1_000)
+    sizes = []
+    for _ in range(400):
+        lease.release(1)
+        value: Any = redis_client.hvals("allotment:{parts}:holders")[0]
+        sizes.append(len(value))
+    assert sizes[-1] == sizes[100]
+    assert lease.amounts == 600
+    assert _available(redis_client, "parts") == "400"
+    lease.release()
+    assert _available(redis_client, "parts") == "1000"
+
+
 def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
     redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

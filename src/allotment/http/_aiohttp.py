@@ -75,7 +75,7 @@ def aiohttp_middleware(policy: Policy) -> aiohttp.ClientMiddlewareType:
         try:
             response = await handler(request)
         except BaseException:
-            grant.release()  # the rate stays spent: the request may have reached the server
+            await grant.release_async()  # the rate stays spent: it may have reached the server
             raise
         try:
             policy.observe(grant, response.status, response.headers.items(), response)
@@ -84,7 +84,7 @@ def aiohttp_middleware(policy: Policy) -> aiohttp.ClientMiddlewareType:
             raise
         connection = response.connection
         if connection is None:
-            grant.release()  # the body was empty, or already read: nothing is held
+            await grant.release_async()  # the body was empty, or already read: nothing held
         else:
             reply = weakref.ref(response)
             connection.add_callback(lambda: _released(reply, grant))

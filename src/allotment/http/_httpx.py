@@ -53,7 +53,7 @@ class _AsyncHeldStream(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
-            self._grant.release()
+            await self._grant.release_async()
 
 
 class HTTPXTransport(httpx.BaseTransport):
@@ -106,7 +106,7 @@ class AsyncHTTPXTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._transport.handle_async_request(request)
         except BaseException:
-            grant.release()
+            await grant.release_async()
             raise
         try:
             policy.observe(grant, response.status_code, response.headers.multi_items(), response)
@@ -114,7 +114,7 @@ class AsyncHTTPXTransport(httpx.AsyncBaseTransport):
             assert isinstance(stream, httpx.AsyncByteStream)
             response.stream = _AsyncHeldStream(stream, grant)
         except BaseException:
-            grant.release()
+            await grant.release_async()
             await response.aclose()
             raise
         return response

@@ -104,6 +104,13 @@ class Grant:
         if group is not None:
             group.release()
 
+    async def release_async(self) -> None:
+        """:meth:`release` for an asyncio task: a backend's round trips (Redis) run on the
+        task's loop without blocking it. Idempotent."""
+        group = self._group
+        if group is not None:
+            await group.release_async()
+
     def abandon(self) -> None:
         """Drop the leases unreleased: the reply was garbage-collected while open, and its
         leases report the leak as their own (their units return)."""
@@ -300,7 +307,7 @@ class Policy:
             key = await self._take_keyed_async(request, deadline)
             await self._wait_out_pause_async(deadline)
         except BaseException as error:
-            _give_back(group)
+            await _give_back_async(group)
             if isinstance(error, AcquireTimeout):
                 self._count_refusal()
             raise
@@ -334,7 +341,7 @@ class Policy:
                 await limiter.acquire_async(self._rate_cost(request, amount), self._left(deadline))
         except BaseException:
             if lease is not None:
-                lease.release()
+                await lease.release_async()
             raise
         return lease
 
@@ -494,3 +501,14 @@ def _give_back(group: LeaseGroup | Lease[Any] | None) -> None:
             group.release()
     elif group is not None:
         group.release()
+
+
+async def _give_back_async(group: LeaseGroup | Lease[Any] | None) -> None:
+    """:func:`_give_back` for a task: the leases' round trips (Redis) on its loop."""
+    if isinstance(group, LeaseGroup):
+        try:
+            group.refund()
+        finally:
+            await group.release_async()
+    elif group is not None:
+        await group.release_async()

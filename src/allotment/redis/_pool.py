@@ -88,8 +88,8 @@ class _Record:
     queued: bool = False
     """The server queued it (what statistics show as waiting)."""
     releases: int = 0
-    """Partial releases sent: each has its own id, which the server remembers for the
-    lease's lifetime."""
+    """Partial releases sent: each has its own id, counting up; the server remembers the
+    last one it applied."""
     pending: tuple[str, Quantity] | None = None
     """A partial release sent whose answer did not arrive: retried, with the same id, before
     anything else is released (so it is never applied twice)."""

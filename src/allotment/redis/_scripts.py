@@ -42,9 +42,10 @@ end
 MANAGER = (
     _PRELUDE
     + r"""
--- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|release ids"), 3 holder expiries (zset),
---       4 queue (list of ids, FIFO), 5 wants (hash id -> "units|wake list"),
---       6 waiter expiries (zset), 7 this process's wake-up list
+-- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|last release id"),
+--       3 holder expiries (zset), 4 queue (list of ids, FIFO),
+--       5 wants (hash id -> "units|wake list"), 6 waiter expiries (zset),
+--       7 this process's wake-up list
 -- ARGV: 1 operation, 2 resource names, 3 declared capacity, 4 lease ttl (us),
 --       5 waiter ttl (us), 6 key ttl (ms), 7... the operation's own
 local K_CFG, K_HOLD, K_HEXP, K_QUEUE, K_WANT, K_WEXP, K_WAKE =
@@ -68,17 +69,19 @@ else
 end
 local dirty = false
 
--- A holder: "token|units|release ids" (the ids of the partial releases it has applied,
--- comma-separated: a release retried after its reply was lost is not applied twice).
+-- A holder: "token|units|last release id" (the id of the last partial release it applied:
+-- a process sends its lease's ids counting up, the next only once the last was answered, so
+-- a release retried after its reply was lost has an id not above it, and is not applied
+-- twice; one id, however many releases).
 local function units_of_holding(v)
   local bar = string.find(v, '|', 1, true)
   local second = string.find(v, '|', bar + 1, true)
   return tonumber(string.sub(v, 1, bar - 1)), string.sub(v, bar + 1, second - 1),
     string.sub(v, second + 1)
 end
-local function applied(ids, release_id)
-  return release_id ~= nil and release_id ~= '' and
-    string.find(',' .. ids .. ',', ',' .. release_id .. ',', 1, true) ~= nil
+local function applied(last, release_id)
+  return release_id ~= nil and release_id ~= '' and last ~= '' and
+    tonumber(release_id) <= tonumber(last)
 end
 local function fits(units, have)
   for i, u in ipairs(units) do
@@ -222,7 +225,7 @@ elseif op == 'withdraw' or op == 'release' then
       end
       if any then
         if part_s ~= '' and release_id ~= nil and release_id ~= '' then
-          if ids == '' then ids = release_id else ids = ids .. ',' .. release_id end
+          ids = release_id
         end
         redis.call('HSET', K_HOLD, id, fmt(token) .. '|' .. csv(rest) .. '|' .. ids)
       else
