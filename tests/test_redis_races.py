@@ -214,3 +214,48 @@ def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
     assert _available(redis_client, "full") == "1"
     second.release()
     assert _available(redis_client, "full") == "2"
+
+
+def test_one_manager_failing_in_the_keeper_leaves_the_others_served(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manager whose poll and renewal fail for a reason of its own (a conflicting
+    declaration) must not stop the keeper from polling the other managers' waiters and
+    renewing their leases: those would be refused, and lost, after their TTLs."""
+    from allotment.redis._pool import RedisPool
+
+    broken = allotment.ResourceManager(1, name="keeper-broken", backend=redis_backend)
+    healthy = allotment.ResourceManager(1, name="keeper-healthy", backend=redis_backend)
+    held = [broken.acquire(1), healthy.acquire(1)]
+
+    def waiting_on(pool: allotment.ResourceManager[int]) -> Worker:
+        return Worker(lambda: pool.acquire(1, timeout=30))
+
+    waiters = [waiting_on(broken), waiting_on(healthy)]
+    for waiter in waiters:
+        waiter.start()
+    wait_until(lambda: len(redis_backend._heard) == 2, "both waiters are confirmed")
+    served: list[tuple[str, str]] = []
+
+    def failing(action: Any, what: str) -> Any:
+        def run(self: RedisPool, rids: Sequence[str]) -> None:
+            if self.name == "keeper-broken":
+                raise allotment.BackendConflict("declared elsewhere with capacity 2")
+            served.append((what, self.name))
+            action(self, rids)
+
+        return run
+
+    monkeypatch.setattr(RedisPool, "poll", failing(RedisPool.poll, "poll"))
+    monkeypatch.setattr(RedisPool, "renew", failing(RedisPool.renew, "renew"))
+    for run in (redis_backend._poll_waiters, redis_backend._renew_leases):
+        run()  # the manager's own failure is logged, not raised
+    assert served == [("poll", "keeper-healthy"), ("renew", "keeper-healthy")]
+    monkeypatch.undo()
+    for lease in held:
+        lease.release()
+    for waiter in waiters:
+        waiter.join(30)
+        assert waiter.error is None, waiter.error
+        assert isinstance(waiter.result, allotment.Lease)
+        waiter.result.release()

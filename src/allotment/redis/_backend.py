@@ -495,8 +495,7 @@ class RedisBackend:
         grouped: dict[RedisPool, list[str]] = {}
         for rid, (pool, _) in entries:
             grouped.setdefault(pool, []).append(rid)
-        for pool, rids in grouped.items():
-            pool.poll(rids)
+        _each_pool(grouped, lambda pool, rids: pool.poll(rids), "polling")
 
     def _fail_unheard(self, now: float) -> None:
         """Refuse the waiters not heard of for ``waiter_ttl``: the server has dropped them
@@ -514,8 +513,9 @@ class RedisBackend:
             pool.unreachable(ticket, rid)
 
     def _renew_leases(self) -> None:
-        for pool, rids in self._by_pool(self._held).items():
-            pool.renew(rids)
+        _each_pool(
+            self._by_pool(self._held), lambda pool, rids: pool.renew(rids), "renewing leases on"
+        )
 
     def _retry_releases(self, now: float) -> None:
         if not self._retries:
@@ -741,3 +741,21 @@ def _reinitialise_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinitialise_after_fork)
+
+
+def _each_pool(
+    grouped: dict[RedisPool, list[str]],
+    action: Callable[[RedisPool, list[str]], None],
+    doing: str,
+) -> None:
+    """Run the keeper's ``action`` for each manager. A failure of the server itself ends the
+    round (every other manager would wait out the same timeout); a failure of one manager
+    alone (a conflicting declaration, a bug) is reported and the others are still served:
+    otherwise their waiters would go unpolled and their leases unrenewed."""
+    for pool, rids in grouped.items():
+        try:
+            action(pool, rids)
+        except (redis.exceptions.RedisError, BackendUnavailable):
+            raise
+        except Exception:
+            logger.exception("allotment keeper: %s %r failed", doing, pool.name)
