@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
+from . import _events
 from ._acquisition import Acquisition, start_acquisition
 from ._backend import Backend, check_backend_name
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
@@ -33,7 +34,18 @@ from ._core import (
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
 from ._lease import Lease
+from ._events import handing, new_request_id, now_ns, owner_of
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
+from ._observed import (
+    ObservedLease,
+    new_observed_task_waiter,
+    new_observed_thread_waiter,
+    report_failure,
+    report_grant,
+    report_refused_try,
+    report_requested,
+    report_resized,
+)
 from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
 from ._waiters import await_grant, await_grant_async, new_task_waiter, new_thread_waiter
@@ -340,6 +352,8 @@ class ResourceManager(Generic[Amount]):
         if node.policy is not None and timeout != 0:
             # Only an acquisition that can wait can deadlock; every granted one counts as held.
             check_order((node,), site or caller_site(1), stacklevel=2)
+        if _events.observers:
+            return self._acquire_observed(request, amount, timeout, deadline, site)
         ticket = Ticket(request, _current_thread(), site, self._now())
         # The lease exists before the grant: if anything interrupts us after the grant, the
         # handler below (or, failing that, the lease's collection) returns the units.
@@ -357,6 +371,47 @@ class ResourceManager(Generic[Amount]):
             raise
         raise self._timeout_error(amount, timeout)
 
+    def _acquire_observed(  # noqa: PLR0917 - private, called in one place
+        self,
+        request: Quantity,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+        site: Site | None,
+    ) -> Lease[Amount]:
+        """:meth:`acquire` while someone observes: the same pool calls, reported after each
+        returns (see ``_observed.py``)."""
+        thread = _current_thread()
+        ticket = Ticket(request, thread, site, self._now())
+        asked, asked_ns = ticket.since, now_ns()
+        request_id = new_request_id()
+        owner = owner_of(thread, None)
+        pool = self._pool
+        lease: ObservedLease[Amount] = ObservedLease(
+            ticket, pool, self, request=request_id, owner=owner
+        )
+        queued = False
+        token = handing.set(request_id)  # a withdrawal hands units on for this request
+        try:
+            granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
+            if not granted and timeout != 0:
+                queued = True
+                report_requested(self, owner, ticket, request_id, asked_ns)
+                granted = await_grant(pool, ticket, self._clock, deadline)
+            if granted and self._node.policy is not None:
+                note_held(lease, self._node, site)
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, asked, error)
+            raise
+        finally:
+            handing.reset(token)
+        if granted:
+            report_grant(lease, ticket, asked, queued)
+            return lease
+        report_failure(self, owner, ticket, request_id, asked, None)
+        raise self._timeout_error(amount, timeout)
+
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible without waiting, else return ``None``.
 
@@ -368,8 +423,25 @@ class ResourceManager(Generic[Amount]):
         request = self._form.parse(amount)
         site = record_site(self._parts, 1)
         ticket = Ticket(request, _current_thread(), site, self._clock.now())
+        if _events.observers:
+            return self._try_acquire_observed(ticket)
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
         return take_or_none(self._parts, ticket, lease)
+
+    def _try_acquire_observed(self, ticket: Ticket) -> Lease[Amount] | None:
+        owner = owner_of(ticket.thread, None)
+        request_id = new_request_id()
+        lease = ObservedLease(ticket, self._pool, self, request=request_id, owner=owner)
+        try:
+            granted = take_or_none(self._parts, ticket, lease)
+        except BaseException as error:
+            report_failure(self, owner, ticket, request_id, ticket.since, error)
+            raise
+        if granted is None:
+            report_refused_try(self, owner, ticket)
+            return None
+        report_grant(lease, ticket, ticket.since, False)
+        return lease
 
     def acquire_async(
         self, amount: Amount, timeout: float | None = None
@@ -416,6 +488,8 @@ class ResourceManager(Generic[Amount]):
             raise RuntimeError("acquire_async must be awaited in an asyncio task")
         ticket = Ticket(request, _current_thread(), site, self._now())
         ticket.task = task
+        if _events.observers:
+            return await self._acquire_async_observed(ticket, amount, timeout, deadline, acquisition)
         pool = self._pool
         lease: Lease[Amount] = Lease(ticket, pool, self)
         try:
@@ -430,6 +504,46 @@ class ResourceManager(Generic[Amount]):
         except BaseException:  # a cancellation too, even one landing as the lease is returned
             pool.release(ticket, None)
             raise
+        raise self._timeout_error(amount, timeout)
+
+    async def _acquire_async_observed(  # noqa: PLR0917 - private, called in one place
+        self,
+        ticket: Ticket,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+        acquisition: Acquisition[Lease[Amount]],
+    ) -> Lease[Amount]:
+        """:meth:`_acquire_async` while someone observes: :meth:`_acquire_observed` for a
+        task."""
+        asked, asked_ns = ticket.since, now_ns()
+        request_id = new_request_id()
+        owner = owner_of(ticket.thread, ticket.task)
+        pool = self._pool
+        lease: ObservedLease[Amount] = ObservedLease(
+            ticket, pool, self, request=request_id, owner=owner
+        )
+        queued = False
+        token = handing.set(request_id)
+        try:
+            granted = pool.enter(ticket, new_observed_task_waiter if timeout != 0 else None)
+            if not granted and timeout != 0:
+                queued = True
+                report_requested(self, owner, ticket, request_id, asked_ns)
+                granted = await await_grant_async(pool, ticket, self._clock, deadline)
+            if granted and self._node.policy is not None:
+                note_held(lease, self._node, ticket.site)
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, asked, error)
+            raise
+        finally:
+            handing.reset(token)
+        if granted:
+            report_grant(lease, ticket, asked, queued)
+            acquisition.held = lease
+            return lease
+        report_failure(self, owner, ticket, request_id, asked, None)
         raise self._timeout_error(amount, timeout)
 
     def guard(
@@ -485,6 +599,8 @@ class ResourceManager(Generic[Amount]):
         """
         form = self._form
         self._pool.resize(lambda current: form.parse_capacity(capacity, current))
+        if _events.observers:
+            report_resized(self, owner_of(_current_thread(), None))
         logger.debug("resized %r", self)
 
     def close(self) -> None:

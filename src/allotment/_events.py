@@ -1,0 +1,273 @@
+"""Events: what managers and rate limiters tell observers, and how it reaches them.
+
+An *observer* is any callable taking an :class:`Event`. Observers are process-wide and live
+in :data:`observers`, a module-level tuple that :func:`add_observer` and
+:func:`remove_observer` replace whole (under :data:`_registry_lock`), so that a read needs no
+lock and the hot paths of every face pay one falsy check while nobody observes.
+
+Delivery rules:
+
+- **After the critical section.** A face emits an event once the pool or meter call that
+  decided it has returned, so no observer ever runs under a pool's lock: it may call
+  ``statistics()``, another pool, or the same pool, and deadlock nothing.
+- **What an observer does is not observed.** Events emitted on a thread while it is
+  delivering are dropped, so an observer that acquires a pool cannot feed itself forever.
+- **A raising observer is removed.** Its exception is logged (logger ``allotment``) and it
+  gets no further events; the others still get this one.
+
+A face builds a *record* (a plain tuple in :class:`Event`'s field order, a fifth of the cost
+of the frozen object) and hands it to :func:`emit`. Sinks that keep records as they are (a
+:class:`~allotment.Recorder`) take the tuple; the frozen :class:`Event` is built once, only
+if some other observer is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from ._clock import SYSTEM_CLOCK
+
+__all__ = [
+    "KINDS",
+    "Event",
+    "EventKind",
+    "Observer",
+    "Owner",
+    "Record",
+    "RecordSink",
+    "add_observer",
+    "current_owner",
+    "emit",
+    "event_of",
+    "handing",
+    "new_request_id",
+    "now_ns",
+    "observers",
+    "owner_of",
+    "remove_observer",
+]
+
+logger = logging.getLogger("allotment")
+
+EventKind = Literal[
+    "requested",
+    "granted",
+    "released",
+    "timed_out",
+    "cancelled",
+    "refused",
+    "resized",
+    "rate_allowed",
+    "rate_refused",
+    "rate_waited",
+    "charged",
+    "lost",
+    "reclaimed",
+    "paused",
+]
+KINDS: frozenset[str] = frozenset(EventKind.__args__)  # type: ignore[attr-defined]
+"""Every kind an :class:`Event` may have. ``reclaimed`` (a dead process's units taken back)
+and ``paused`` (a server asked for a pause) are defined for backends that report them."""
+
+now_ns = SYSTEM_CLOCK.now_ns
+"""The events' timeline: the system's monotonic clock in nanoseconds, one for every pool
+(a manager's own clock, a manual one in tests, measures its waits and holds)."""
+
+
+@attrs.frozen
+class Owner:
+    """The thread, and the asyncio task if any, that asked: one track of a trace."""
+
+    thread: str
+    thread_id: int | None
+    task: str | None = None
+    task_id: int | None = None
+    """``id()`` of the task while it lived: tells apart two tasks given the same name."""
+
+    def __str__(self) -> str:
+        if self.task is None:
+            return self.thread
+        return f"{self.task} (task on {self.thread})"
+
+
+@attrs.frozen
+class Event:
+    """One thing that happened to a manager or a rate limiter.
+
+    ``kind`` says what (:data:`KINDS`); ``name`` is the manager's or limiter's name;
+    ``t_ns`` when, on the system's monotonic clock in nanoseconds (for a release, when the
+    call began: the units are free by the time it returns); ``owner`` the thread (and task)
+    that asked. ``amount`` is in the face's own form: an int, or a dict of named resources,
+    for a manager (for ``resized``: the new capacity); a cost for a rate limiter.
+
+    ``request`` ties the events of one request together (``requested``, then ``granted``,
+    then each ``released``); 0 where there is no request (``resized``, ``charged``).
+    ``wait`` is the seconds waited (``granted``, ``timed_out``, ``cancelled``, ``refused``,
+    ``rate_waited``), ``hold`` the seconds held (``released``), both on the face's clock.
+    ``remaining`` is what a released lease still holds (``0``/``{}`` when it is done).
+    ``handed_by`` (``granted`` after a wait) is the request whose release, or withdrawal,
+    handed the units over under the lock: the FIFO hand-off (``None`` if unknown, e.g.
+    another process released). ``capacity`` is the manager's capacity at the time (``None``
+    for limiters), ``key`` a keyed limiter's key, ``limiter`` whether it is a rate limiter's
+    event, ``reason`` the exception's class name of a refusal or a lost lease.
+    """
+
+    kind: EventKind
+    name: str
+    t_ns: int
+    owner: Owner
+    amount: Any
+    request: int = 0
+    wait: float | None = None
+    hold: float | None = None
+    remaining: Any = None
+    handed_by: int | None = None
+    capacity: Any = None
+    key: Hashable | None = None
+    limiter: bool = False
+    reason: str | None = None
+
+
+Record = tuple[Any, ...]
+"""An event's fields as a plain tuple, in :class:`Event`'s order (all fourteen)."""
+
+
+def event_of(record: Record) -> Event:
+    """The frozen event of a record."""
+    return Event(*record)
+
+
+Observer = Callable[[Event], object]
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    """An observer that keeps records as tuples (a :class:`~allotment.Recorder`)."""
+
+    def __call__(self, event: Event) -> object: ...
+
+    def record(self, record: Record) -> None:
+        """Keep one record; called after the section, like an observer."""
+        ...
+
+
+observers: tuple[Observer, ...] = ()
+"""Every observer, in the order added. Replaced whole, never mutated: read it bare."""
+_sinks: tuple[Callable[[Record], None], ...] = ()
+_callables: tuple[Observer, ...] = ()
+_registry_lock = threading.Lock()
+_delivering = threading.local()
+
+handing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "allotment_handing", default=None
+)
+"""The request on whose behalf this thread or task is in a pool call that may hand units
+on (a release, a withdrawal): read by the waiters it wakes, after the lock."""
+
+_request_ids = iter(range(1, 1 << 62))
+
+
+def new_request_id() -> int:
+    """A number for a request's events, unique in the process."""
+    return next(_request_ids)
+
+
+def add_observer(observer: Observer) -> None:
+    """Deliver every later event of every manager and rate limiter of this process to
+    ``observer`` (any callable taking an :class:`Event`), after the section that decided
+    it, on the thread that made it happen. Adding one already installed does nothing.
+
+    Raises ``TypeError`` for something that is not callable.
+    """
+    global observers, _sinks, _callables  # noqa: PLW0603 - replaced whole, read bare
+    if not callable(observer):
+        raise TypeError(f"an observer must be callable, not {observer!r}")
+    with _registry_lock:
+        if observer in observers:
+            return
+        observers = (*observers, observer)
+        _sinks, _callables = _split(observers)
+
+
+def remove_observer(observer: Observer) -> None:
+    """Stop delivering events to ``observer``; events it is being given now still arrive.
+    Removing one that is not installed does nothing."""
+    global observers, _sinks, _callables  # noqa: PLW0603 - replaced whole, read bare
+    with _registry_lock:
+        if observer not in observers:
+            return
+        observers = tuple(other for other in observers if other != observer)
+        _sinks, _callables = _split(observers)
+
+
+def _split(
+    installed: tuple[Observer, ...],
+) -> tuple[tuple[Callable[[Record], None], ...], tuple[Observer, ...]]:
+    sinks = tuple(item.record for item in installed if isinstance(item, RecordSink))
+    others = tuple(item for item in installed if not isinstance(item, RecordSink))
+    return sinks, others
+
+
+def emit(record: Record) -> None:
+    """Deliver one event to every observer. Call it only outside every pool's section."""
+    state = _delivering
+    if getattr(state, "active", False):
+        return  # an observer's own doings: not observed
+    state.active = True
+    try:
+        sinks, callables = _sinks, _callables
+        for sink in sinks:
+            _deliver(sink, record, record)
+        if callables:
+            event = Event(*record)
+            for observer in callables:
+                _deliver(observer, event, record)
+    finally:
+        state.active = False
+
+
+def _deliver(observer: Callable[[Any], object], argument: object, record: Record) -> None:
+    try:
+        observer(argument)
+    except Exception:
+        owner = getattr(observer, "__self__", observer)  # a sink's bound method: its object
+        logger.exception(
+            "allotment observer %r raised on a %r event of %r; it is removed",
+            owner,
+            record[0],
+            record[1],
+        )
+        remove_observer(owner)
+
+
+_thread_owners = threading.local()
+_running_loop = asyncio._get_running_loop  # the C accessor: never raises
+
+
+def owner_of(thread: threading.Thread, task: Any) -> Owner:
+    """The owner of a request made by ``thread`` (and ``task``, if not ``None``)."""
+    if task is None:
+        if thread is threading.current_thread():
+            cached: Owner | None = getattr(_thread_owners, "owner", None)
+            if cached is None or cached.thread != thread.name:
+                cached = Owner(thread.name, thread.ident)
+                _thread_owners.owner = cached
+            return cached
+        return Owner(thread.name, thread.ident)
+    return Owner(thread.name, thread.ident, task.get_name(), id(task))
+
+
+def current_owner() -> Owner:
+    """The thread, and task if one is running on it, that calls."""
+    loop = _running_loop()
+    task = None
+    if loop is not None:
+        task = asyncio.current_task(loop)
+    return owner_of(threading.current_thread(), task)
