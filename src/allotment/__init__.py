@@ -39,6 +39,7 @@ from ._errors import (
     UnknownResource,
     UnsupportedByBackend,
 )
+from ._events import Event, EventKind, EventOwner, add_observer, remove_observer
 from ._guard import guard
 from ._keyed import KeyedRateLimiter
 from ._lease import Lease
@@ -51,6 +52,7 @@ from ._lock_order import (
 )
 from ._manager import ResourceManager
 from ._multi import LeaseGroup, acquire_all, acquire_all_async, try_acquire_all
+from ._recorder import Recorder
 from ._semaphore import BoundedSemaphore, Semaphore
 from ._statistics import (
     ClaimInfo,
@@ -74,6 +76,9 @@ __all__ = [
     "ClaimInfo",
     "Clock",
     "DeclaredClaim",
+    "Event",
+    "EventKind",
+    "EventOwner",
     "ExceedsBurst",
     "ExceedsCapacity",
     "ExceedsClaim",
@@ -98,6 +103,7 @@ __all__ = [
     "RateLimiter",
     "RateStatistics",
     "RateWaiterInfo",
+    "Recorder",
     "ReentrantCall",
     "ReleaseExceedsHeld",
     "Reservation",
@@ -113,8 +119,10 @@ __all__ = [
     "WindowLimiter",
     "acquire_all",
     "acquire_all_async",
+    "add_observer",
     "get_lock_order_policy",
     "guard",
+    "remove_observer",
     "set_lock_order_policy",
     "try_acquire_all",
     "wait_graph",
@@ -124,7 +132,7 @@ __version__ = "0.1.0"
 
 # Public classes live in private modules; present them where users import them from.
 for _public in __all__:
-    if _public != "LockOrderPolicy":  # a type alias, not a class
+    if _public not in {"LockOrderPolicy", "EventKind"}:  # type aliases, not classes
         globals()[_public].__module__ = __name__
 del _public
 

@@ -24,6 +24,7 @@ if some other observer is installed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 import threading
@@ -38,12 +39,13 @@ __all__ = [
     "KINDS",
     "Event",
     "EventKind",
+    "EventOwner",
     "Observer",
-    "Owner",
     "Record",
     "RecordSink",
     "add_observer",
     "current_owner",
+    "defer",
     "emit",
     "event_of",
     "handing",
@@ -82,7 +84,7 @@ now_ns = SYSTEM_CLOCK.now_ns
 
 
 @attrs.frozen
-class Owner:
+class EventOwner:
     """The thread, and the asyncio task if any, that asked: one track of a trace."""
 
     thread: str
@@ -122,7 +124,7 @@ class Event:
     kind: EventKind
     name: str
     t_ns: int
-    owner: Owner
+    owner: EventOwner
     amount: Any
     request: int = 0
     wait: float | None = None
@@ -215,22 +217,44 @@ def _split(
     return sinks, others
 
 
-def emit(record: Record) -> None:
-    """Deliver one event to every observer. Call it only outside every pool's section."""
+_deferred: collections.deque[Record] = collections.deque()
+"""Records made where no observer may run (a finalizer, which can run inside any section):
+delivered by the next :func:`emit`, on whichever thread makes it."""
+
+
+def defer(record: Record) -> None:
+    """Queue a record for the next delivery; safe anywhere, a finalizer included."""
+    _deferred.append(record)
+
+
+def emit(record: Record | None) -> None:
+    """Deliver one event (and any deferred ones before it) to every observer; ``None``
+    delivers only the deferred ones. Call it only outside every pool's section."""
     state = _delivering
     if getattr(state, "active", False):
         return  # an observer's own doings: not observed
     state.active = True
     try:
-        sinks, callables = _sinks, _callables
-        for sink in sinks:
-            _deliver(sink, record, record)
-        if callables:
-            event = Event(*record)
-            for observer in callables:
-                _deliver(observer, event, record)
+        while _deferred:
+            try:
+                earlier = _deferred.popleft()
+            except IndexError:  # another thread took it
+                break
+            _deliver_all(earlier)
+        if record is not None:
+            _deliver_all(record)
     finally:
         state.active = False
+
+
+def _deliver_all(record: Record) -> None:
+    sinks, callables = _sinks, _callables
+    for sink in sinks:
+        _deliver(sink, record, record)
+    if callables:
+        event = Event(*record)
+        for observer in callables:
+            _deliver(observer, event, record)
 
 
 def _deliver(observer: Callable[[Any], object], argument: object, record: Record) -> None:
@@ -251,20 +275,20 @@ _thread_owners = threading.local()
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
 
 
-def owner_of(thread: threading.Thread, task: Any) -> Owner:
+def owner_of(thread: threading.Thread, task: Any) -> EventOwner:
     """The owner of a request made by ``thread`` (and ``task``, if not ``None``)."""
     if task is None:
         if thread is threading.current_thread():
-            cached: Owner | None = getattr(_thread_owners, "owner", None)
+            cached: EventOwner | None = getattr(_thread_owners, "owner", None)
             if cached is None or cached.thread != thread.name:
-                cached = Owner(thread.name, thread.ident)
+                cached = EventOwner(thread.name, thread.ident)
                 _thread_owners.owner = cached
             return cached
-        return Owner(thread.name, thread.ident)
-    return Owner(thread.name, thread.ident, task.get_name(), id(task))
+        return EventOwner(thread.name, thread.ident)
+    return EventOwner(thread.name, thread.ident, task.get_name(), id(task))
 
 
-def current_owner() -> Owner:
+def current_owner() -> EventOwner:
     """The thread, and task if one is running on it, that calls."""
     loop = _running_loop()
     task = None

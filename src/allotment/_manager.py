@@ -33,8 +33,8 @@ from ._core import (
     form_for,
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
-from ._lease import Lease
 from ._events import handing, new_request_id, now_ns, owner_of
+from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._observed import (
     ObservedLease,
@@ -371,7 +371,7 @@ class ResourceManager(Generic[Amount]):
             raise
         raise self._timeout_error(amount, timeout)
 
-    def _acquire_observed(  # noqa: PLR0917 - private, called in one place
+    def _acquire_observed(
         self,
         request: Quantity,
         amount: Amount,
@@ -489,7 +489,9 @@ class ResourceManager(Generic[Amount]):
         ticket = Ticket(request, _current_thread(), site, self._now())
         ticket.task = task
         if _events.observers:
-            return await self._acquire_async_observed(ticket, amount, timeout, deadline, acquisition)
+            return await self._acquire_async_observed(
+                ticket, amount, timeout, deadline, acquisition
+            )
         pool = self._pool
         lease: Lease[Amount] = Lease(ticket, pool, self)
         try:
@@ -506,7 +508,7 @@ class ResourceManager(Generic[Amount]):
             raise
         raise self._timeout_error(amount, timeout)
 
-    async def _acquire_async_observed(  # noqa: PLR0917 - private, called in one place
+    async def _acquire_async_observed(
         self,
         ticket: Ticket,
         amount: Amount,

@@ -24,7 +24,7 @@ import attrs
 from . import _events
 from ._core import GRANTED, Amount, Pool, Ticket
 from ._errors import ExceedsCapacity, LeaseLost, ManagerClosed
-from ._events import Owner, emit, handing, now_ns
+from ._events import EventOwner, defer, emit, handing, now_ns
 from ._lease import Lease
 from ._waiters import TaskWaiter, ThreadWaiter
 
@@ -87,7 +87,7 @@ def manager_record(  # noqa: PLR0917 - positional on purpose: the observed hot p
     kind: str,
     name: str,
     t_ns: int,
-    owner: Owner,
+    owner: EventOwner,
     amount: object,
     request: int,
     wait: float | None = None,
@@ -150,7 +150,7 @@ def report_grant(lease: ObservedLease[Any], ticket: Ticket, asked: float, queued
 
 
 def report_requested(
-    manager: ResourceManager[Any], owner: Owner, ticket: Ticket, request: int, asked_ns: int
+    manager: ResourceManager[Any], owner: EventOwner, ticket: Ticket, request: int, asked_ns: int
 ) -> None:
     """Report that a request queued (it is then granted, refused, timed out or cancelled)."""
     pool = manager_pool(manager)
@@ -171,9 +171,9 @@ def report_requested(
     )
 
 
-def report_failure(
+def report_failure(  # noqa: PLR0917 - private, its callers' own arguments
     manager: ResourceManager[Any],
-    owner: Owner,
+    owner: EventOwner,
     ticket: Ticket,
     request: int,
     asked: float,
@@ -207,7 +207,7 @@ def report_failure(
     )
 
 
-def report_refused_try(manager: ResourceManager[Any], owner: Owner, ticket: Ticket) -> None:
+def report_refused_try(manager: ResourceManager[Any], owner: EventOwner, ticket: Ticket) -> None:
     """Report a ``try_acquire`` that found no room."""
     pool = manager_pool(manager)
     emit(
@@ -228,7 +228,7 @@ def report_refused_try(manager: ResourceManager[Any], owner: Owner, ticket: Tick
     )
 
 
-def report_resized(manager: ResourceManager[Any], owner: Owner) -> None:
+def report_resized(manager: ResourceManager[Any], owner: EventOwner) -> None:
     pool = manager_pool(manager)
     capacity = _capacity(pool)
     emit(
@@ -254,7 +254,7 @@ class ObservedLease(Lease[Amount]):
     """
 
     request: int = attrs.field(kw_only=True)
-    owner: Owner = attrs.field(kw_only=True)
+    owner: EventOwner = attrs.field(kw_only=True)
     granted_at: float = 0.0
     _release_lock: Any = attrs.field(init=False, factory=threading.RLock)
 
@@ -329,3 +329,30 @@ class ObservedLease(Lease[Amount]):
 
     def ticket_of(self) -> Ticket:
         return self._ticket
+
+    def __del__(self) -> None:
+        try:
+            ticket = self._ticket
+        except AttributeError:  # __init__ was interrupted: nothing was taken for it
+            return
+        if ticket.state is GRANTED and _events.observers:
+            # A finalizer may run inside any pool's section: no observer runs here; the
+            # record waits for the next delivery. Timed before the units go back.
+            form = self._pool.form
+            defer(
+                manager_record(
+                    "released",
+                    self.manager.name,
+                    now_ns(),
+                    self.owner,
+                    form.render(ticket.units),
+                    self.request,
+                    None,
+                    self.manager.clock.now() - self.granted_at,
+                    form.render(form.zero()),
+                    None,
+                    None,
+                    "leaked",
+                )
+            )
+        super().__del__()
