@@ -24,7 +24,7 @@ import attrs
 from . import _events
 from ._core import GRANTED, Amount, Pool, Ticket
 from ._errors import ExceedsCapacity, LeaseLost, ManagerClosed
-from ._events import EventOwner, defer, emit, handing, now_ns
+from ._events import EventOwner, current_owner, defer, emit, handing, now_ns
 from ._lease import Lease
 from ._waiters import TaskWaiter, ThreadWaiter
 
@@ -356,3 +356,32 @@ class ObservedLease(Lease[Amount]):
                 )
             )
         super().__del__()
+
+
+def rate_record(  # noqa: PLR0917 - positional on purpose: the observed hot path
+    kind: str,
+    name: str,
+    owner: EventOwner,
+    cost: int,
+    wait: float | None,
+    key: object,
+    reason: str | None = None,
+) -> tuple[Any, ...]:
+    """A rate limiter event's record, in :class:`~allotment._events.Event`'s field order."""
+    return (kind, name, now_ns(), owner, cost, 0, wait, None, None, None, None, key, True, reason)
+
+
+def report_rate(  # noqa: PLR0917 - private, positional like the records
+    kind: str, name: str, cost: int, wait: float | None, key: object, reason: str | None = None
+) -> None:
+    emit(rate_record(kind, name, current_owner(), cost, wait, key, reason))
+
+
+def report_rate_failure(
+    name: str, cost: int, wait: float, key: object, error: BaseException
+) -> None:
+    """A wait for a rate that ended with nothing spent: ``timed_out`` or ``cancelled``."""
+    if isinstance(error, TimeoutError):
+        report_rate("timed_out", name, cost, wait, key)
+    else:
+        report_rate("cancelled", name, cost, wait, key, type(error).__name__)

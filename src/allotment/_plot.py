@@ -26,7 +26,7 @@ def _matplotlib() -> Any:
             'Recorder.plot needs matplotlib: pip install "allotment[plot]"'
         ) from error
     matplotlib.use("Agg")  # files only: never a window
-    import matplotlib.pyplot as pyplot
+    from matplotlib import pyplot
 
     return pyplot
 
@@ -60,16 +60,38 @@ def plot_events(
         row = rows[interval.owner, interval.lane]
         left, width = seconds(interval.start), seconds(interval.end) - seconds(interval.start)
         if interval.kind == "wait":
-            lanes_axis.barh(row, width, left=left, height=0.5, color=_WAIT_COLOUR,
-                            edgecolor="#9a9a9a", linewidth=0.6, hatch="///")  # fmt: skip
+            lanes_axis.barh(
+                row,
+                width,
+                left=left,
+                height=0.5,
+                color=_WAIT_COLOUR,
+                edgecolor="#9a9a9a",
+                linewidth=0.6,
+                hatch="///",
+            )
         else:
-            lanes_axis.barh(row, width, left=left, height=0.7, color=colour[interval.name],
-                            edgecolor="white", linewidth=0.6)  # fmt: skip
+            lanes_axis.barh(
+                row,
+                width,
+                left=left,
+                height=0.7,
+                color=colour[interval.name],
+                edgecolor="white",
+                linewidth=0.6,
+            )
             label = _label(interval.amount)
             # About 0.75 % of a 11-inch axis per character at 7 points: label what fits.
             if width > 0.0075 * len(label) * max(seconds(timeline.end), 1e-9):
-                lanes_axis.text(left + width / 2, row, label, ha="center", va="center",
-                                fontsize=7, color="white")  # fmt: skip
+                lanes_axis.text(
+                    left + width / 2,
+                    row,
+                    label,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white",
+                )
     for hand_off in timeline.hand_offs:
         source = rows[hand_off.source.owner, hand_off.source.lane]
         target = rows[hand_off.target.owner, hand_off.target.lane]
@@ -77,9 +99,14 @@ def plot_events(
             "",
             xy=(seconds(hand_off.target.start), target),
             xytext=(seconds(hand_off.at), source),
-            arrowprops={"arrowstyle": "->", "color": "#b22222", "linewidth": 0.9,
-                        "shrinkA": 0, "shrinkB": 2},
-        )  # fmt: skip
+            arrowprops={
+                "arrowstyle": "->",
+                "color": "#b22222",
+                "linewidth": 0.9,
+                "shrinkA": 0,
+                "shrinkB": 2,
+            },
+        )
     lanes_axis.set_yticks(list(rows.values()))
     lanes_axis.set_yticklabels(
         [str(owner) if lane == 0 else f"{owner} #{lane + 1}" for owner, lane in rows],
@@ -92,10 +119,12 @@ def plot_events(
     handles = [
         pyplot.Rectangle(
             (0, 0), 1, 1, color=_WAIT_COLOUR, ec="#9a9a9a", hatch="///", label="waiting in line"
-        )  # fmt: skip
+        )
     ]
-    handles += [pyplot.Rectangle((0, 0), 1, 1, color=colour[name], label=f"holding {name}")
-                for name in names]  # fmt: skip
+    handles += [
+        pyplot.Rectangle((0, 0), 1, 1, color=colour[name], label=f"holding {name}")
+        for name in names
+    ]
     handles.append(
         pyplot.Line2D(
             [0],
@@ -105,10 +134,11 @@ def plot_events(
             marker=">",
             markersize=4,
             label="hand-off: a release grants the next in line",
-        )  # fmt: skip
+        )
     )
-    lanes_axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                      fontsize=8, frameon=False)  # fmt: skip
+    lanes_axis.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False
+    )
     for index, name in enumerate(managers, 1):
         _plot_counters(axes[index][0], timeline, name, seconds)
     axes[-1][0].set_xlabel("seconds since the first event")
@@ -129,20 +159,39 @@ def _plot_counters(axis: Any, timeline: Timeline, name: str, seconds: Any) -> No
         label = f"{resource} in use" if resource != "units" else "in use"
         if limit:
             label += f" (of {limit})"
-        axis.step(times, [*share, share[-1]], where="post", label=label,
-                  color=_HOLD_COLOURS[index % len(_HOLD_COLOURS)], linewidth=1.2)  # fmt: skip
+        axis.step(
+            times,
+            [*share, share[-1]],
+            where="post",
+            label=label,
+            color=_HOLD_COLOURS[index % len(_HOLD_COLOURS)],
+            linewidth=1.2,
+        )
     waiting = [counter.waiting for counter in counters]
     twin = axis.twinx()
-    twin.step(times, [*waiting, waiting[-1]], where="post", color="#777777", linestyle="--",
-              linewidth=1.0, label="requests waiting")  # fmt: skip
+    twin.step(
+        times,
+        [*waiting, waiting[-1]],
+        where="post",
+        color="#777777",
+        linestyle="--",
+        linewidth=1.0,
+        label="requests waiting",
+    )
     twin.set_ylabel("waiting", fontsize=8)
     twin.set_ylim(bottom=0, top=max([*waiting, 1]) * 1.15)
     axis.set_ylim(0, 1.1 if capacity else None)
     axis.set_ylabel(f"{name}\nshare in use" if capacity else f"{name}\nin use", fontsize=8)
     lines = axis.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    axis.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left",
-                bbox_to_anchor=(1.06, 1.0), fontsize=8, frameon=False)  # fmt: skip
+    axis.legend(
+        lines[0] + more[0],
+        lines[1] + more[1],
+        loc="upper left",
+        bbox_to_anchor=(1.06, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
     axis.grid(axis="x", color="#eeeeee")
 
 

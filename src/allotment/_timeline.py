@@ -100,9 +100,15 @@ def timeline_of(events: Sequence[Event]) -> Timeline:
         kind = event.kind
         if kind == "requested":
             wait = Interval(
-                "wait", event.name, event.owner, event.request, event.t_ns, end,
-                event.amount, "open",
-            )  # fmt: skip
+                "wait",
+                event.name,
+                event.owner,
+                event.request,
+                event.t_ns,
+                end,
+                event.amount,
+                "open",
+            )
             waits[event.request] = wait
             intervals.append(wait)
         elif kind in _ENDS_WAIT:
@@ -112,9 +118,15 @@ def timeline_of(events: Sequence[Event]) -> Timeline:
                 pending.outcome = kind
             if kind == "granted":
                 hold = Interval(
-                    "hold", event.name, event.owner, event.request, event.t_ns, end,
-                    event.amount, "open",
-                )  # fmt: skip
+                    "hold",
+                    event.name,
+                    event.owner,
+                    event.request,
+                    event.t_ns,
+                    end,
+                    event.amount,
+                    "open",
+                )
                 holds[event.request] = hold
                 intervals.append(hold)
                 grants.append((event, hold))

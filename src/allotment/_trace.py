@@ -43,13 +43,23 @@ def trace_of(events: Sequence[Event]) -> dict[str, Any]:
             tracks[owner, lane] = tid
             label = str(owner) if lane == 0 else f"{owner} #{lane + 1}"
             trace.append(
-                {"ph": "M", "pid": _PROCESS, "tid": tid, "name": "thread_name",
-                 "args": {"name": label}}
-            )  # fmt: skip
+                {
+                    "ph": "M",
+                    "pid": _PROCESS,
+                    "tid": tid,
+                    "name": "thread_name",
+                    "args": {"name": label},
+                }
+            )
             trace.append(
-                {"ph": "M", "pid": _PROCESS, "tid": tid, "name": "thread_sort_index",
-                 "args": {"sort_index": tid}}
-            )  # fmt: skip
+                {
+                    "ph": "M",
+                    "pid": _PROCESS,
+                    "tid": tid,
+                    "name": "thread_sort_index",
+                    "args": {"sort_index": tid},
+                }
+            )
 
     def track(interval: Interval) -> int:
         return tracks[interval.owner, interval.lane]
