@@ -31,7 +31,7 @@ def trace_of(events: Sequence[Event]) -> dict[str, Any]:
     origin = timeline.start
 
     def microseconds(t: int) -> float:
-        return (t - origin) / _NANOSECONDS_PER_MICROSECOND
+        return round((t - origin) / _NANOSECONDS_PER_MICROSECOND, 3)
 
     tracks: dict[tuple[EventOwner, int], int] = {}
     trace: list[dict[str, Any]] = [
@@ -73,7 +73,7 @@ def trace_of(events: Sequence[Event]) -> dict[str, Any]:
                 "name": f"{interval.kind} {interval.name}",
                 "cat": interval.kind,
                 "ts": microseconds(interval.start),
-                "dur": (interval.end - interval.start) / _NANOSECONDS_PER_MICROSECOND,
+                "dur": round((interval.end - interval.start) / _NANOSECONDS_PER_MICROSECOND, 3),
                 "args": {
                     "manager": interval.name,
                     "amount": interval.amount,
