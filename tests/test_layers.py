@@ -216,3 +216,26 @@ def test_these_rules_read_real_code() -> None:
     # A rule that finds nothing to read could not fail: make sure the walk sees the package.
     assert {path.name for path in MODULES} >= {"_pool.py", "_manager.py", "_clock.py"}
     assert _defined_private_names(_tree(PACKAGE / "_manager.py")) >= {"_pool", "_parts"}
+
+
+def test_import_allotment_loads_neither_opentelemetry_nor_matplotlib() -> None:
+    import subprocess
+
+    check = (
+        "import sys, allotment; "
+        "loaded = [m for m in sys.modules if m.split('.')[0] in {'opentelemetry', 'matplotlib'}]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("library", "allowed"), [("opentelemetry", "otel.py"), ("matplotlib", "_plot.py")]
+)
+def test_only_one_module_imports_each_optional_library(library: str, allowed: str) -> None:
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in MODULES
+        if any(name.split(".")[0] == library for name in _all_imports(path))
+    }
+    assert importers == {allowed}
