@@ -43,7 +43,9 @@ __all__ = [
     "Observer",
     "Record",
     "RecordSink",
+    "Sink",
     "add_observer",
+    "callables",
     "current_owner",
     "defer",
     "emit",
@@ -54,6 +56,7 @@ __all__ = [
     "observers",
     "owner_of",
     "remove_observer",
+    "sinks",
 ]
 
 logger = logging.getLogger("allotment")
@@ -149,23 +152,37 @@ def event_of(record: Record) -> Event:
 Observer = Callable[[Event], object]
 
 
+Sink = tuple[Callable[[Record], None], Callable[[], object]]
+"""How a recorder takes records: an append (a bounded deque's) and a tick (a counter's),
+both C calls, so that recording costs no Python frame."""
+
+
 @runtime_checkable
 class RecordSink(Protocol):
     """An observer that keeps records as tuples (a :class:`~allotment.Recorder`)."""
 
     def __call__(self, event: Event) -> object: ...
 
-    def record(self, record: Record) -> None:
-        """Keep one record; called after the section, like an observer."""
+    @property
+    def sink(self) -> Sink:
+        """Where delivery puts each record, after the section, like an observer."""
         ...
 
 
 observers: tuple[Observer, ...] = ()
 """Every observer, in the order added. Replaced whole, never mutated: read it bare."""
-_sinks: tuple[Callable[[Record], None], ...] = ()
-_callables: tuple[Observer, ...] = ()
+sinks: tuple[Sink, ...] = ()
+"""The recorders' sinks (part of ``observers``): replaced whole, with it."""
+callables: tuple[Observer, ...] = ()
+"""The other observers, which take frozen events: replaced whole, with it."""
 _registry_lock = threading.Lock()
-_delivering = threading.local()
+
+
+class _Delivering(threading.local):
+    active = False
+
+
+_delivering = _Delivering()
 
 handing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "allotment_handing", default=None
@@ -173,12 +190,8 @@ handing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 """The request on whose behalf this thread or task is in a pool call that may hand units
 on (a release, a withdrawal): read by the waiters it wakes, after the lock."""
 
-_request_ids = iter(range(1, 1 << 62))
-
-
-def new_request_id() -> int:
-    """A number for a request's events, unique in the process."""
-    return next(_request_ids)
+new_request_id = iter(range(1, 1 << 62)).__next__
+"""A number for a request's events, unique in the process (a C call)."""
 
 
 def add_observer(observer: Observer) -> None:
@@ -188,33 +201,34 @@ def add_observer(observer: Observer) -> None:
 
     Raises ``TypeError`` for something that is not callable.
     """
-    global observers, _sinks, _callables  # noqa: PLW0603 - replaced whole, read bare
+    global observers, sinks, callables  # noqa: PLW0603 - replaced whole, read bare
     if not callable(observer):
         raise TypeError(f"an observer must be callable, not {observer!r}")
     with _registry_lock:
         if observer in observers:
             return
+        # The split first, then the tuple the faces check: a face that sees an observer
+        # finds where to deliver.
+        sinks, callables = _split((*observers, observer))
         observers = (*observers, observer)
-        _sinks, _callables = _split(observers)
 
 
 def remove_observer(observer: Observer) -> None:
     """Stop delivering events to ``observer``; events it is being given now still arrive.
     Removing one that is not installed does nothing."""
-    global observers, _sinks, _callables  # noqa: PLW0603 - replaced whole, read bare
+    global observers, sinks, callables  # noqa: PLW0603 - replaced whole, read bare
     with _registry_lock:
         if observer not in observers:
             return
-        observers = tuple(other for other in observers if other != observer)
-        _sinks, _callables = _split(observers)
+        remaining = tuple(other for other in observers if other != observer)
+        observers = remaining
+        sinks, callables = _split(remaining)
 
 
-def _split(
-    installed: tuple[Observer, ...],
-) -> tuple[tuple[Callable[[Record], None], ...], tuple[Observer, ...]]:
-    sinks = tuple(item.record for item in installed if isinstance(item, RecordSink))
+def _split(installed: tuple[Observer, ...]) -> tuple[tuple[Sink, ...], tuple[Observer, ...]]:
+    kept = tuple(item.sink for item in installed if isinstance(item, RecordSink))
     others = tuple(item for item in installed if not isinstance(item, RecordSink))
-    return sinks, others
+    return kept, others
 
 
 _deferred: collections.deque[Record] = collections.deque()
@@ -229,9 +243,22 @@ def defer(record: Record) -> None:
 
 def emit(record: Record | None) -> None:
     """Deliver one event (and any deferred ones before it) to every observer; ``None``
-    delivers only the deferred ones. Call it only outside every pool's section."""
+    delivers only the deferred ones. Call it only outside every pool's section.
+
+    With recorders alone this is two C calls per recorder: they run no user code, so
+    nothing they do can be observed and no guard is needed.
+    """
+    if callables or _deferred or record is None:
+        _emit_guarded(record)
+        return
+    for append, tick in sinks:
+        append(record)
+        tick()
+
+
+def _emit_guarded(record: Record | None) -> None:
     state = _delivering
-    if getattr(state, "active", False):
+    if state.active:
         return  # an observer's own doings: not observed
     state.active = True
     try:
@@ -248,42 +275,39 @@ def emit(record: Record | None) -> None:
 
 
 def _deliver_all(record: Record) -> None:
-    sinks, callables = _sinks, _callables
-    for sink in sinks:
-        _deliver(sink, record, record)
+    for append, tick in sinks:
+        append(record)
+        tick()
     if callables:
         event = Event(*record)
         for observer in callables:
-            _deliver(observer, event, record)
-
-
-def _deliver(observer: Callable[[Any], object], argument: object, record: Record) -> None:
-    try:
-        observer(argument)
-    except Exception:
-        owner = getattr(observer, "__self__", observer)  # a sink's bound method: its object
-        logger.exception(
-            "allotment observer %r raised on a %r event of %r; it is removed",
-            owner,
-            record[0],
-            record[1],
-        )
-        remove_observer(owner)
+            try:
+                observer(event)
+            except Exception:
+                logger.exception(
+                    "allotment observer %r raised on a %r event of %r; it is removed",
+                    observer,
+                    record[0],
+                    record[1],
+                )
+                remove_observer(observer)
 
 
 _thread_owners = threading.local()
+_current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
 
 
 def owner_of(thread: threading.Thread, task: Any) -> EventOwner:
-    """The owner of a request made by ``thread`` (and ``task``, if not ``None``)."""
+    """The owner of a request made by ``thread`` (and ``task``, if not ``None``). A
+    thread's own is made once, with the name the thread had then."""
     if task is None:
-        if thread is threading.current_thread():
-            cached: EventOwner | None = getattr(_thread_owners, "owner", None)
-            if cached is None or cached.thread != thread.name:
-                cached = EventOwner(thread.name, thread.ident)
-                _thread_owners.owner = cached
-            return cached
+        if thread is _current_thread():
+            try:
+                return _thread_owners.owner  # type: ignore[no-any-return]
+            except AttributeError:
+                cached = _thread_owners.owner = EventOwner(thread.name, thread.ident)
+                return cached
         return EventOwner(thread.name, thread.ident)
     return EventOwner(thread.name, thread.ident, task.get_name(), id(task))
 

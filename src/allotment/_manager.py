@@ -33,7 +33,7 @@ from ._core import (
     form_for,
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
-from ._events import handing, new_request_id, now_ns, owner_of
+from ._events import EventOwner, handing, new_request_id, now_ns, owner_of
 from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._observed import (
@@ -383,23 +383,47 @@ class ResourceManager(Generic[Amount]):
         returns (see ``_observed.py``)."""
         thread = _current_thread()
         ticket = Ticket(request, thread, site, self._now())
-        asked, asked_ns = ticket.since, now_ns()
+        pool = self._pool
+        lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
         request_id = new_request_id()
         owner = owner_of(thread, None)
-        pool = self._pool
-        lease: ObservedLease[Amount] = ObservedLease(
-            ticket, pool, self, request=request_id, owner=owner
-        )
-        queued = False
-        token = handing.set(request_id)  # a withdrawal hands units on for this request
+        clock_time = None if self._clock is SYSTEM_CLOCK else ticket.since
         try:
             granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
-            if not granted and timeout != 0:
-                queued = True
-                report_requested(self, owner, ticket, request_id, asked_ns)
-                granted = await_grant(pool, ticket, self._clock, deadline)
             if granted and self._node.policy is not None:
                 note_held(lease, self._node, site)
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, ticket.since, error)
+            raise
+        if granted:  # the common case, first
+            report_grant(lease, ticket, owner, request_id, 0.0, clock_time)
+            return lease
+        if timeout == 0:
+            report_failure(self, owner, ticket, request_id, ticket.since, None)
+            raise self._timeout_error(amount, timeout)
+        return self._wait_observed(lease, ticket, owner, request_id, amount, timeout, deadline)
+
+    def _wait_observed(  # noqa: PLR0917 - private, called in one place
+        self,
+        lease: ObservedLease[Amount],
+        ticket: Ticket,
+        owner: EventOwner,
+        request_id: int,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> Lease[Amount]:
+        """The queued part of :meth:`_acquire_observed`: reported as ``requested``, then
+        how it ended."""
+        pool = self._pool
+        asked = ticket.since
+        token = handing.set(request_id)  # a withdrawal hands units on for this request
+        try:
+            report_requested(self, owner, ticket, request_id, _asked_ns(asked, self._clock))
+            granted = await_grant(pool, ticket, self._clock, deadline)
+            if granted and self._node.policy is not None:
+                note_held(lease, self._node, ticket.site)
         except BaseException as error:
             pool.release(ticket, None)
             report_failure(self, owner, ticket, request_id, asked, error)
@@ -407,7 +431,15 @@ class ResourceManager(Generic[Amount]):
         finally:
             handing.reset(token)
         if granted:
-            report_grant(lease, ticket, asked, queued)
+            now = self._now()
+            report_grant(
+                lease,
+                ticket,
+                owner,
+                request_id,
+                now - asked,
+                None if self._clock is SYSTEM_CLOCK else now,
+            )
             return lease
         report_failure(self, owner, ticket, request_id, asked, None)
         raise self._timeout_error(amount, timeout)
@@ -431,7 +463,7 @@ class ResourceManager(Generic[Amount]):
     def _try_acquire_observed(self, ticket: Ticket) -> Lease[Amount] | None:
         owner = owner_of(ticket.thread, None)
         request_id = new_request_id()
-        lease = ObservedLease(ticket, self._pool, self, request=request_id, owner=owner)
+        lease: ObservedLease[Amount] = ObservedLease(ticket, self._pool, self)
         try:
             granted = take_or_none(self._parts, ticket, lease)
         except BaseException as error:
@@ -440,7 +472,8 @@ class ResourceManager(Generic[Amount]):
         if granted is None:
             report_refused_try(self, owner, ticket)
             return None
-        report_grant(lease, ticket, ticket.since, False)
+        clock_time = None if self._clock is SYSTEM_CLOCK else ticket.since
+        report_grant(lease, ticket, owner, request_id, 0.0, clock_time)
         return lease
 
     def acquire_async(
@@ -518,20 +551,18 @@ class ResourceManager(Generic[Amount]):
     ) -> Lease[Amount]:
         """:meth:`_acquire_async` while someone observes: :meth:`_acquire_observed` for a
         task."""
-        asked, asked_ns = ticket.since, now_ns()
+        asked = ticket.since
         request_id = new_request_id()
         owner = owner_of(ticket.thread, ticket.task)
         pool = self._pool
-        lease: ObservedLease[Amount] = ObservedLease(
-            ticket, pool, self, request=request_id, owner=owner
-        )
+        lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
         queued = False
         token = handing.set(request_id)
         try:
             granted = pool.enter(ticket, new_observed_task_waiter if timeout != 0 else None)
             if not granted and timeout != 0:
                 queued = True
-                report_requested(self, owner, ticket, request_id, asked_ns)
+                report_requested(self, owner, ticket, request_id, _asked_ns(asked, self._clock))
                 granted = await await_grant_async(pool, ticket, self._clock, deadline)
             if granted and self._node.policy is not None:
                 note_held(lease, self._node, ticket.site)
@@ -542,7 +573,15 @@ class ResourceManager(Generic[Amount]):
         finally:
             handing.reset(token)
         if granted:
-            report_grant(lease, ticket, asked, queued)
+            now = self._now()
+            report_grant(
+                lease,
+                ticket,
+                owner,
+                request_id,
+                now - asked if queued else 0.0,
+                None if self._clock is SYSTEM_CLOCK else now,
+            )
             acquisition.held = lease
             return lease
         report_failure(self, owner, ticket, request_id, asked, None)
@@ -675,6 +714,12 @@ class ResourceManager(Generic[Amount]):
             f"capacity={form.render_all(capacity)!r} "
             f"in_use={form.render_all(capacity - pool.available)!r} waiting={pool.waiting}>"
         )
+
+
+def _asked_ns(asked: float, clock: Clock) -> int:
+    """When a request asked, on the events' timeline: the ticket's own reading on the
+    system clock (the same clock in nanoseconds), else now."""
+    return round(asked * 1e9) if clock is SYSTEM_CLOCK else now_ns()
 
 
 def parts_of(manager: ResourceManager[Any]) -> ManagerParts:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -121,29 +120,44 @@ def _capacity(pool: Pool) -> object:
     return None if capacity is None else pool.form.render_all(capacity)
 
 
-def report_grant(lease: ObservedLease[Any], ticket: Ticket, asked: float, queued: bool) -> None:
-    """Report ``lease``'s grant; on any exception (an observer's interrupt) it holds
-    nothing."""
+def report_grant(  # noqa: PLR0917 - private, its callers' own arguments
+    lease: ObservedLease[Any],
+    ticket: Ticket,
+    owner: EventOwner,
+    request: int,
+    wait: float,
+    now: float | None,
+) -> None:
+    """Report ``lease``'s grant (``now``: the manager's clock then, ``None`` for the system
+    clock, whose reading the event's own time is); on any exception (an observer's
+    interrupt) it holds nothing."""
     pool = lease.pool_of()
     try:
-        now = lease.manager.clock.now()
-        lease.granted_at = now
         handed_by = getattr(getattr(ticket, "waiter", None), "handed_by", None)
-        emit(
-            manager_record(
-                "granted",
-                lease.manager.name,
-                now_ns(),
-                lease.owner,
-                pool.form.render(ticket.units),
-                lease.request,
-                now - asked if queued else 0.0,
-                None,
-                None,
-                handed_by,
-                _capacity(pool),
-            )
+        units: object = ticket.units
+        capacity: object = pool.capacity
+        if type(units) is not int:  # named resources: in the face's form
+            units = pool.form.render(ticket.units)
+            capacity = _capacity(pool)
+        record = (
+            "granted",
+            lease.manager.name,
+            now_ns(),
+            owner,
+            units,
+            request,
+            wait,
+            None,
+            None,
+            handed_by,
+            capacity,
+            None,
+            False,
+            None,
         )
+        lease.granted = record
+        lease.granted_at = now
+        emit(record)
     except BaseException:
         pool.release(ticket, None)
         raise
@@ -248,21 +262,39 @@ def manager_pool(manager: ResourceManager[Any]) -> Pool:
 class ObservedLease(Lease[Amount]):
     """A :class:`~allotment.Lease` granted while someone observed: it reports its releases.
 
-    Releases of one observed lease are serialised by ``_release_lock`` (never held while
-    an observer runs), so that two threads releasing it at once report exactly what each
-    gave back. The lock is taken before the pool's, never after it.
+    ``granted`` is the record of its grant (its request number, owner and time) and
+    ``granted_at`` the manager's clock then (``None`` for the system clock: the record's
+    time is the same reading), both set once, before the lease is returned. Each release
+    reports what it gave back, timed as its call began. (Two threads releasing one lease at
+    the same instant may both report it: no lock is taken for that.)
     """
 
-    request: int = attrs.field(kw_only=True)
-    owner: EventOwner = attrs.field(kw_only=True)
-    granted_at: float = 0.0
-    _release_lock: Any = attrs.field(init=False, factory=threading.RLock)
+    granted: tuple[Any, ...] = attrs.field(init=False)
+    granted_at: float | None = attrs.field(init=False)
 
     def pool_of(self) -> Pool:
         return self._pool
 
     def release(self, amount: Amount | None = None) -> None:
-        self._reported(lambda: Lease.release(self, amount))
+        ticket = self._ticket
+        if ticket.state is not GRANTED or not _events.observers:
+            Lease.release(self, amount)
+            return
+        held = ticket.units
+        began_ns = now_ns()
+        hold = self._held_for(began_ns)
+        token = handing.set(self.granted[5])
+        try:
+            Lease.release(self, amount)
+        except LeaseLost as error:
+            self._report_lost(held, began_ns, hold, error)
+            raise
+        finally:
+            handing.reset(token)
+        remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
+        returned = held - remaining
+        if returned:
+            self._report_release(returned, remaining, began_ns, hold, None)
 
     def __exit__(
         self,
@@ -270,88 +302,113 @@ class ObservedLease(Lease[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._reported(lambda: Lease.__exit__(self, exc_type, exc_value, traceback))
-
-    def _reported(self, give_back: Callable[[], None]) -> None:
-        ticket = self.ticket_of()
+        ticket = self._ticket
         if ticket.state is not GRANTED or not _events.observers:
-            give_back()
+            Lease.__exit__(self, exc_type, exc_value, traceback)
             return
-        pool = self.pool_of()
-        manager = self.manager
-        lost: LeaseLost | None = None
-        with self._release_lock:
-            held = ticket.units
-            began_ns = now_ns()
-            began = manager.clock.now()
-            token = handing.set(self.request)
+        held = ticket.units
+        began_ns = now_ns()
+        if self._pool.waiting:  # only a release with waiters hands anything on
+            token = handing.set(self.granted[5])
             try:
-                give_back()
+                Lease.__exit__(self, exc_type, exc_value, traceback)
             except LeaseLost as error:
-                lost = error
+                self._report_lost(held, began_ns, self._held_for(began_ns), error)
+                raise
             finally:
                 handing.reset(token)
-            remaining = ticket.units if ticket.state is GRANTED else pool.form.zero()
-        form = pool.form
-        if lost is not None:
-            emit(
-                manager_record(
-                    "lost",
-                    manager.name,
-                    began_ns,
-                    self.owner,
-                    form.render(held),
-                    self.request,
-                    None,
-                    began - self.granted_at,
-                    form.render(remaining),
-                    None,
-                    None,
-                    "LeaseLost",
-                )
-            )
-            raise lost
-        returned = held - remaining
-        if returned:
-            emit(
-                manager_record(
-                    "released",
-                    manager.name,
-                    began_ns,
-                    self.owner,
-                    form.render(returned),
-                    self.request,
-                    None,
-                    began - self.granted_at,
-                    form.render(remaining),
-                )
-            )
+        else:
+            try:
+                Lease.__exit__(self, exc_type, exc_value, traceback)
+            except LeaseLost as error:
+                self._report_lost(held, began_ns, self._held_for(began_ns), error)
+                raise
+        self._report_release(held, None, began_ns, self._held_for(began_ns), None)
 
-    def ticket_of(self) -> Ticket:
-        return self._ticket
+    def _held_for(self, began_ns: int) -> float:
+        granted_at = self.granted_at
+        if granted_at is None:
+            started: int = self.granted[2]
+            return (began_ns - started) / 1e9
+        return self._manager.clock.now() - granted_at
+
+    def _report_release(
+        self, returned: Any, remaining: Any, began_ns: int, hold: float, reason: str | None
+    ) -> None:
+        form = self._pool.form
+        if type(returned) is not int:
+            returned = form.render(returned)
+            remaining = form.render(form.zero() if remaining is None else remaining)
+        elif remaining is None:
+            remaining = 0
+        granted = self.granted
+        emit(
+            (
+                "released",
+                granted[1],
+                began_ns,
+                granted[3],
+                returned,
+                granted[5],
+                None,
+                hold,
+                remaining,
+                None,
+                None,
+                None,
+                False,
+                reason,
+            )
+        )
+
+    def _report_lost(self, held: Any, began_ns: int, hold: float, error: LeaseLost) -> None:
+        form = self._pool.form
+        granted = self.granted
+        emit(
+            (
+                "lost",
+                granted[1],
+                began_ns,
+                granted[3],
+                form.render(held),
+                granted[5],
+                None,
+                hold,
+                form.render(form.zero()),
+                None,
+                None,
+                None,
+                False,
+                type(error).__name__,
+            )
+        )
 
     def __del__(self) -> None:
         try:
             ticket = self._ticket
         except AttributeError:  # __init__ was interrupted: nothing was taken for it
             return
-        if ticket.state is GRANTED and _events.observers:
+        granted = getattr(self, "granted", None)  # unset: the grant was never reported
+        if granted is not None and ticket.state is GRANTED and _events.observers:
             # A finalizer may run inside any pool's section: no observer runs here; the
             # record waits for the next delivery. Timed before the units go back.
             form = self._pool.form
+            began_ns = now_ns()
             defer(
-                manager_record(
+                (
                     "released",
-                    self.manager.name,
-                    now_ns(),
-                    self.owner,
+                    granted[1],
+                    began_ns,
+                    granted[3],
                     form.render(ticket.units),
-                    self.request,
+                    granted[5],
                     None,
-                    self.manager.clock.now() - self.granted_at,
+                    self._held_for(began_ns),
                     form.render(form.zero()),
                     None,
                     None,
+                    None,
+                    False,
                     "leaked",
                 )
             )

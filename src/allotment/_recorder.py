@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
-import threading
 from types import TracebackType
 
 import attrs
 
-from ._events import Event, Record, add_observer, emit, remove_observer
+from ._events import Event, Record, Sink, add_observer, emit, remove_observer
 
 __all__ = ["Recorder"]
 
@@ -29,8 +29,8 @@ class Recorder:
     Install it with :func:`allotment.add_observer` (or for a block, ``with recorder:``);
     then :attr:`events` is what happened, oldest first, and :meth:`export_trace` and
     :meth:`plot` show it. Memory is bounded: once ``capacity`` events are kept, each new one
-    drops the oldest (:attr:`dropped` counts them). Thread-safe; recording takes the
-    recorder's own lock for an append, never a pool's.
+    drops the oldest (:attr:`dropped` counts them). Thread-safe; recording is an append to
+    a bounded deque, never a lock.
 
     ::
 
@@ -42,42 +42,50 @@ class Recorder:
 
     capacity: int = attrs.field(default=100_000, validator=_positive_capacity)
     _ring: collections.deque[Record] = attrs.field(init=False)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _seen: int = attrs.field(init=False, default=0)
+    _appended: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    _forgotten: int = attrs.field(init=False, default=0)
+    """What ``_appended`` counted when :meth:`clear` last ran."""
+    _sink: Sink = attrs.field(init=False)
 
     @_ring.default
     def _ring_default(self) -> collections.deque[Record]:
         return collections.deque(maxlen=self.capacity)
 
-    def record(self, record: Record) -> None:
-        """Keep one event's record (what delivery calls: see ``_events.py``)."""
-        with self._lock:
-            self._ring.append(record)
-            self._seen += 1
+    @_sink.default
+    def _sink_default(self) -> Sink:
+        # Two C calls per event: the bounded ring drops the oldest record by itself.
+        return (self._ring.append, self._appended.__next__)
+
+    @property
+    def sink(self) -> Sink:
+        """Where delivery puts each record (see ``_events.py``)."""
+        return self._sink
 
     def __call__(self, event: Event) -> None:
         """Keep ``event``: a recorder is also a plain observer, for other sources."""
-        self.record(attrs.astuple(event, recurse=False))
+        append, tick = self._sink
+        append(attrs.astuple(event, recurse=False))
+        tick()
 
     @property
     def events(self) -> tuple[Event, ...]:
         """The events kept, in the order they were delivered."""
         emit(None)  # events deferred by finalizers: delivered now
-        with self._lock:
-            records = list(self._ring)
-        return tuple(Event(*record) for record in records)
+        return tuple(Event(*record) for record in list(self._ring))
 
     @property
     def dropped(self) -> int:
         """How many events were dropped to keep at most ``capacity``."""
-        with self._lock:
-            return self._seen - len(self._ring)
+        return self._count() - self._forgotten - len(self._ring)
+
+    def _count(self) -> int:
+        # The counter's repr is "count(N)", N the next number: how many were appended.
+        return int(repr(self._appended)[len("count(") : -1])
 
     def clear(self) -> None:
         """Forget every event kept, and the count of dropped ones."""
-        with self._lock:
-            self._ring.clear()
-            self._seen = 0
+        self._forgotten = self._count()
+        self._ring.clear()
 
     def __enter__(self) -> Recorder:
         add_observer(self)
@@ -117,7 +125,5 @@ class Recorder:
         plot_events(self.events, path, title=title)
 
     def __repr__(self) -> str:
-        with self._lock:
-            kept = len(self._ring)
-            dropped = self._seen - kept
+        kept, dropped = len(self._ring), self.dropped
         return f"<allotment.Recorder {kept} event(s) kept of {self.capacity}, {dropped} dropped>"
