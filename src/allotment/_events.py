@@ -48,6 +48,7 @@ __all__ = [
     "callables",
     "current_owner",
     "defer",
+    "deferred",
     "emit",
     "event_of",
     "handing",
@@ -57,6 +58,7 @@ __all__ = [
     "owner_of",
     "remove_observer",
     "sinks",
+    "thread_owner",
 ]
 
 logger = logging.getLogger("allotment")
@@ -231,14 +233,14 @@ def _split(installed: tuple[Observer, ...]) -> tuple[tuple[Sink, ...], tuple[Obs
     return kept, others
 
 
-_deferred: collections.deque[Record] = collections.deque()
+deferred: collections.deque[Record] = collections.deque()
 """Records made where no observer may run (a finalizer, which can run inside any section):
 delivered by the next :func:`emit`, on whichever thread makes it."""
 
 
 def defer(record: Record) -> None:
     """Queue a record for the next delivery; safe anywhere, a finalizer included."""
-    _deferred.append(record)
+    deferred.append(record)
 
 
 def emit(record: Record | None) -> None:
@@ -248,7 +250,7 @@ def emit(record: Record | None) -> None:
     With recorders alone this is two C calls per recorder: they run no user code, so
     nothing they do can be observed and no guard is needed.
     """
-    if callables or _deferred or record is None:
+    if callables or deferred or record is None:
         _emit_guarded(record)
         return
     for append, tick in sinks:
@@ -262,9 +264,9 @@ def _emit_guarded(record: Record | None) -> None:
         return  # an observer's own doings: not observed
     state.active = True
     try:
-        while _deferred:
+        while deferred:
             try:
-                earlier = _deferred.popleft()
+                earlier = deferred.popleft()
             except IndexError:  # another thread took it
                 break
             _deliver_all(earlier)
@@ -296,6 +298,16 @@ def _deliver_all(record: Record) -> None:
 _thread_owners = threading.local()
 _current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
+
+
+def thread_owner() -> EventOwner:
+    """The calling thread's owner: made once, with the name the thread had then."""
+    try:
+        return _thread_owners.owner  # type: ignore[no-any-return]
+    except AttributeError:
+        thread = _current_thread()
+        cached = _thread_owners.owner = EventOwner(thread.name, thread.ident)
+        return cached
 
 
 def owner_of(thread: threading.Thread, task: Any) -> EventOwner:

@@ -33,7 +33,15 @@ from ._core import (
     form_for,
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
-from ._events import EventOwner, handing, new_request_id, now_ns, owner_of
+from ._events import (
+    EventOwner,
+    emit,
+    handing,
+    new_request_id,
+    now_ns,
+    owner_of,
+    thread_owner,
+)
 from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
 from ._observed import (
@@ -386,19 +394,35 @@ class ResourceManager(Generic[Amount]):
         pool = self._pool
         lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
         request_id = new_request_id()
-        owner = owner_of(thread, None)
-        clock_time = None if self._clock is SYSTEM_CLOCK else ticket.since
+        owner = thread_owner()
         try:
             granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
-            if granted and self._node.policy is not None:
-                note_held(lease, self._node, site)
+            if granted:  # the common case, written out: calls cost here
+                if self._node.policy is not None:
+                    note_held(lease, self._node, site)
+                if self._scalar:
+                    units: object = request
+                    capacity: object = pool.capacity
+                else:
+                    units = self._form.render(request)
+                    capacity = self._form.render_all(pool.capacity)  # type: ignore[arg-type]
+                record = (
+                    "granted", self._name, now_ns(), owner, units, request_id, 0.0, None,
+                    None, None, capacity, None, False, None,
+                )  # fmt: skip
+                lease.granted = record
+                lease.granted_at = None if self._clock is SYSTEM_CLOCK else ticket.since
+                if _events.callables or _events.deferred:
+                    emit(record)
+                else:  # recorders alone: emit's loop, written out
+                    for append, tick in _events.sinks:
+                        append(record)
+                        tick()
+                return lease
         except BaseException as error:
             pool.release(ticket, None)
             report_failure(self, owner, ticket, request_id, ticket.since, error)
             raise
-        if granted:  # the common case, first
-            report_grant(lease, ticket, owner, request_id, 0.0, clock_time)
-            return lease
         if timeout == 0:
             report_failure(self, owner, ticket, request_id, ticket.since, None)
             raise self._timeout_error(amount, timeout)

@@ -302,14 +302,17 @@ class ObservedLease(Lease[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        # Written out, calls saved: this is the exit of every observed with-block.
         ticket = self._ticket
         if ticket.state is not GRANTED or not _events.observers:
             Lease.__exit__(self, exc_type, exc_value, traceback)
             return
         held = ticket.units
         began_ns = now_ns()
-        if self._pool.waiting:  # only a release with waiters hands anything on
-            token = handing.set(self.granted[5])
+        granted = self.granted
+        pool = self._pool
+        if pool.waiting:  # only a release with waiters hands anything on
+            token = handing.set(granted[5])
             try:
                 Lease.__exit__(self, exc_type, exc_value, traceback)
             except LeaseLost as error:
@@ -323,7 +326,23 @@ class ObservedLease(Lease[Amount]):
             except LeaseLost as error:
                 self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
-        self._report_release(held, None, began_ns, self._held_for(began_ns), None)
+        at = self.granted_at
+        hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
+        returned: object = held
+        remaining: object = 0
+        if type(held) is not int:
+            form = pool.form
+            returned, remaining = form.render(held), form.render(form.zero())
+        record = (
+            "released", granted[1], began_ns, granted[3], returned, granted[5], None, hold,
+            remaining, None, None, None, False, None,
+        )  # fmt: skip
+        if _events.callables or _events.deferred:
+            emit(record)
+        else:  # recorders alone: emit's loop, written out
+            for append, tick in _events.sinks:
+                append(record)
+                tick()
 
     def _held_for(self, began_ns: int) -> float:
         granted_at = self.granted_at
@@ -388,8 +407,10 @@ class ObservedLease(Lease[Amount]):
             ticket = self._ticket
         except AttributeError:  # __init__ was interrupted: nothing was taken for it
             return
+        if ticket.state is not GRANTED:
+            return  # released, as nearly every lease is: nothing for Lease.__del__ either
         granted = getattr(self, "granted", None)  # unset: the grant was never reported
-        if granted is not None and ticket.state is GRANTED and _events.observers:
+        if granted is not None and _events.observers:
             # A finalizer may run inside any pool's section: no observer runs here; the
             # record waits for the next delivery. Timed before the units go back.
             form = self._pool.form
