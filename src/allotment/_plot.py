@@ -81,8 +81,8 @@ def plot_events(
                 linewidth=0.6,
             )
             label = _label(interval.amount)
-            # About 0.75 % of a 11-inch axis per character at 7 points: label what fits.
-            if width > 0.0075 * len(label) * max(seconds(timeline.end), 1e-9):
+            # About 0.95 % of the axis per character, with a margin, at 7 points: label what fits.
+            if width > 0.0095 * len(label) * max(seconds(timeline.end), 1e-9):
                 lanes_axis.text(
                     left + width / 2,
                     row,
