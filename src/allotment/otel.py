@@ -8,18 +8,14 @@
 
 The names mirror OpenTelemetry's semantic conventions for connection pools and rate limiting:
 
-=================================  ===============  =========  ==============================
-name                               instrument       unit       when
-=================================  ===============  =========  ==============================
-``allotment.pool.in_use``          UpDownCounter    {unit}     + at a grant, - at a release
-``allotment.pool.pending_requests`` UpDownCounter   {request}  + as a request queues, - as it
-                                                               ends
-``allotment.pool.wait_time``       Histogram        s          each grant: how long it waited
-``allotment.pool.use_time``        Histogram        s          each lease: how long it held
-``allotment.pool.timeouts``        Counter          {timeout}  each acquisition timed out
-``allotment.rate.requests``        Counter          {request}  each rate decision
-``allotment.rate.time_in_queue``   Histogram        s          each rate request that queued
-=================================  ===============  =========  ==============================
+- ``allotment.pool.in_use`` (UpDownCounter, ``{unit}``): up at a grant, down at a release.
+- ``allotment.pool.pending_requests`` (UpDownCounter, ``{request}``): up as a request
+  queues, down as it ends.
+- ``allotment.pool.wait_time`` (Histogram, ``s``): each grant's wait (0 if granted at once).
+- ``allotment.pool.use_time`` (Histogram, ``s``): each lease's hold.
+- ``allotment.pool.timeouts`` (Counter, ``{timeout}``): each acquisition that timed out.
+- ``allotment.rate.requests`` (Counter, ``{request}``): each rate decision.
+- ``allotment.rate.time_in_queue`` (Histogram, ``s``): each rate request that waited.
 
 Every measurement carries ``allotment.name`` (the manager's or limiter's name); the in-use
 counter of a manager of named resources carries ``allotment.resource`` (one series per
