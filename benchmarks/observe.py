@@ -21,9 +21,8 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from common import quiet_gc, replace_figures
-
 import allotment
+from common import quiet_gc, replace_figures
 
 HEADING = "## Observing: what events cost"
 SCRIPT = "observe.py"
