@@ -58,7 +58,9 @@ __all__ = [
     "owner_of",
     "remove_observer",
     "sinks",
+    "solo",
     "thread_owner",
+    "thread_owners",
 ]
 
 logger = logging.getLogger("allotment")
@@ -177,6 +179,9 @@ sinks: tuple[Sink, ...] = ()
 """The recorders' sinks (part of ``observers``): replaced whole, with it."""
 callables: tuple[Observer, ...] = ()
 """The other observers, which take frozen events: replaced whole, with it."""
+solo: Sink | None = None
+"""The one recorder's sink while it is the only observer, else ``None``: the hot paths then
+append and tick with no loop. Replaced with the others."""
 _registry_lock = threading.Lock()
 
 
@@ -203,7 +208,7 @@ def add_observer(observer: Observer) -> None:
 
     Raises ``TypeError`` for something that is not callable.
     """
-    global observers, sinks, callables  # noqa: PLW0603 - replaced whole, read bare
+    global observers  # noqa: PLW0603 - replaced whole, read bare
     if not callable(observer):
         raise TypeError(f"an observer must be callable, not {observer!r}")
     with _registry_lock:
@@ -211,26 +216,33 @@ def add_observer(observer: Observer) -> None:
             return
         # The split first, then the tuple the faces check: a face that sees an observer
         # finds where to deliver.
-        sinks, callables = _split((*observers, observer))
+        _split((*observers, observer))
         observers = (*observers, observer)
 
 
 def remove_observer(observer: Observer) -> None:
     """Stop delivering events to ``observer``; events it is being given now still arrive.
     Removing one that is not installed does nothing."""
-    global observers, sinks, callables  # noqa: PLW0603 - replaced whole, read bare
+    global observers  # noqa: PLW0603 - replaced whole, read bare
     with _registry_lock:
         if observer not in observers:
             return
         remaining = tuple(other for other in observers if other != observer)
         observers = remaining
-        sinks, callables = _split(remaining)
+        _split(remaining)
 
 
-def _split(installed: tuple[Observer, ...]) -> tuple[tuple[Sink, ...], tuple[Observer, ...]]:
+def _split(installed: tuple[Observer, ...]) -> None:
+    """Set :data:`sinks`, :data:`callables` and :data:`solo` for ``installed`` (under
+    ``_registry_lock``)."""
+    global sinks, callables, solo  # noqa: PLW0603 - replaced whole, read bare
     kept = tuple(item.sink for item in installed if isinstance(item, RecordSink))
     others = tuple(item for item in installed if not isinstance(item, RecordSink))
-    return kept, others
+    # ``solo`` first off, last on: a face that reads it set finds ``sinks`` agreeing.
+    solo = None
+    sinks, callables = kept, others
+    if len(kept) == 1 and not others:
+        solo = kept[0]
 
 
 deferred: collections.deque[Record] = collections.deque()
@@ -295,7 +307,8 @@ def _deliver_all(record: Record) -> None:
                 remove_observer(observer)
 
 
-_thread_owners = threading.local()
+thread_owners = threading.local()
+"""Each thread's own :class:`EventOwner`, as ``owner`` once made (:func:`thread_owner`)."""
 _current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
 
@@ -303,10 +316,10 @@ _running_loop = asyncio._get_running_loop  # the C accessor: never raises
 def thread_owner() -> EventOwner:
     """The calling thread's owner: made once, with the name the thread had then."""
     try:
-        return _thread_owners.owner  # type: ignore[no-any-return]
+        return thread_owners.owner  # type: ignore[no-any-return]
     except AttributeError:
         thread = _current_thread()
-        cached = _thread_owners.owner = EventOwner(thread.name, thread.ident)
+        cached = thread_owners.owner = EventOwner(thread.name, thread.ident)
         return cached
 
 
@@ -316,9 +329,9 @@ def owner_of(thread: threading.Thread, task: Any) -> EventOwner:
     if task is None:
         if thread is _current_thread():
             try:
-                return _thread_owners.owner  # type: ignore[no-any-return]
+                return thread_owners.owner  # type: ignore[no-any-return]
             except AttributeError:
-                cached = _thread_owners.owner = EventOwner(thread.name, thread.ident)
+                cached = thread_owners.owner = EventOwner(thread.name, thread.ident)
                 return cached
         return EventOwner(thread.name, thread.ident)
     return EventOwner(thread.name, thread.ident, task.get_name(), id(task))

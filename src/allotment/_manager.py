@@ -41,6 +41,7 @@ from ._events import (
     now_ns,
     owner_of,
     thread_owner,
+    thread_owners,
 )
 from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
@@ -389,12 +390,14 @@ class ResourceManager(Generic[Amount]):
     ) -> Lease[Amount]:
         """:meth:`acquire` while someone observes: the same pool calls, reported after each
         returns (see ``_observed.py``)."""
-        thread = _current_thread()
-        ticket = Ticket(request, thread, site, self._now())
+        ticket = Ticket(request, _current_thread(), site, self._now())
         pool = self._pool
         lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
         request_id = new_request_id()
-        owner = thread_owner()
+        try:
+            owner = thread_owners.owner  # thread_owner(), inlined: its cache
+        except AttributeError:
+            owner = thread_owner()
         try:
             granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
             if granted:  # the common case, written out: calls cost here
@@ -411,13 +414,14 @@ class ResourceManager(Generic[Amount]):
                     None, None, capacity, None, False, None,
                 )  # fmt: skip
                 lease.granted = record
-                lease.granted_at = None if self._clock is SYSTEM_CLOCK else ticket.since
-                if _events.callables or _events.deferred:
+                if self._clock is not SYSTEM_CLOCK:
+                    lease.granted_at = ticket.since
+                solo = _events.solo
+                if solo is not None and not _events.deferred:  # one recorder: emit, inlined
+                    solo[0](record)
+                    solo[1]()
+                else:
                     emit(record)
-                else:  # recorders alone: emit's loop, written out
-                    for append, tick in _events.sinks:
-                        append(record)
-                        tick()
                 return lease
         except BaseException as error:
             pool.release(ticket, None)

@@ -264,26 +264,29 @@ class ObservedLease(Lease[Amount]):
 
     ``granted`` is the record of its grant (its request number, owner and time) and
     ``granted_at`` the manager's clock then (``None`` for the system clock: the record's
-    time is the same reading), both set once, before the lease is returned. Each release
-    reports what it gave back, timed as its call began. (Two threads releasing one lease at
-    the same instant may both report it: no lock is taken for that.)
+    time is the same reading), both set once, before the lease is returned; until then
+    (``granted`` is ``None``: a part of a group being taken) it releases unreported, as a
+    plain lease. Each release reports what it gave back, timed as its call began. (Two
+    threads releasing one lease at the same instant may both report it: no lock is taken
+    for that.)
     """
 
-    granted: tuple[Any, ...] = attrs.field(init=False)
-    granted_at: float | None = attrs.field(init=False)
+    granted: tuple[Any, ...] | None = attrs.field(init=False, default=None)
+    granted_at: float | None = attrs.field(init=False, default=None)
 
     def pool_of(self) -> Pool:
         return self._pool
 
     def release(self, amount: Amount | None = None) -> None:
         ticket = self._ticket
-        if ticket.state is not GRANTED or not _events.observers:
+        granted = self.granted
+        if ticket.state is not GRANTED or granted is None or not _events.observers:
             Lease.release(self, amount)
             return
         held = ticket.units
         began_ns = now_ns()
         hold = self._held_for(began_ns)
-        token = handing.set(self.granted[5])
+        token = handing.set(granted[5])
         try:
             Lease.release(self, amount)
         except LeaseLost as error:
@@ -304,12 +307,12 @@ class ObservedLease(Lease[Amount]):
     ) -> None:
         # Written out, calls saved: this is the exit of every observed with-block.
         ticket = self._ticket
-        if ticket.state is not GRANTED or not _events.observers:
+        granted = self.granted
+        if ticket.state is not GRANTED or granted is None or not _events.observers:
             Lease.__exit__(self, exc_type, exc_value, traceback)
             return
         held = ticket.units
         began_ns = now_ns()
-        granted = self.granted
         pool = self._pool
         if pool.waiting:  # only a release with waiters hands anything on
             token = handing.set(granted[5])
@@ -321,10 +324,14 @@ class ObservedLease(Lease[Amount]):
             finally:
                 handing.reset(token)
         else:
+            # Lease.__exit__, inlined.
             try:
-                Lease.__exit__(self, exc_type, exc_value, traceback)
-            except LeaseLost as error:
-                self._report_lost(held, began_ns, self._held_for(began_ns), error)
+                pool.release(ticket, None)
+            except BaseException as error:
+                # Landed at release's first line, before it did anything: release, go on.
+                pool.release(ticket, None)
+                if isinstance(error, LeaseLost):
+                    self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
         at = self.granted_at
         hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
@@ -337,16 +344,17 @@ class ObservedLease(Lease[Amount]):
             "released", granted[1], began_ns, granted[3], returned, granted[5], None, hold,
             remaining, None, None, None, False, None,
         )  # fmt: skip
-        if _events.callables or _events.deferred:
+        solo = _events.solo
+        if solo is not None and not _events.deferred:  # one recorder: emit, inlined
+            solo[0](record)
+            solo[1]()
+        else:
             emit(record)
-        else:  # recorders alone: emit's loop, written out
-            for append, tick in _events.sinks:
-                append(record)
-                tick()
 
     def _held_for(self, began_ns: int) -> float:
         granted_at = self.granted_at
         if granted_at is None:
+            assert self.granted is not None
             started: int = self.granted[2]
             return (began_ns - started) / 1e9
         return self._manager.clock.now() - granted_at
@@ -361,6 +369,7 @@ class ObservedLease(Lease[Amount]):
         elif remaining is None:
             remaining = 0
         granted = self.granted
+        assert granted is not None, "reported only once granted"
         emit(
             (
                 "released",
@@ -383,6 +392,7 @@ class ObservedLease(Lease[Amount]):
     def _report_lost(self, held: Any, began_ns: int, hold: float, error: LeaseLost) -> None:
         form = self._pool.form
         granted = self.granted
+        assert granted is not None, "reported only once granted"
         emit(
             (
                 "lost",
@@ -409,7 +419,7 @@ class ObservedLease(Lease[Amount]):
             return
         if ticket.state is not GRANTED:
             return  # released, as nearly every lease is: nothing for Lease.__del__ either
-        granted = getattr(self, "granted", None)  # unset: the grant was never reported
+        granted = self.granted  # None: the grant was never reported
         if granted is not None and _events.observers:
             # A finalizer may run inside any pool's section: no observer runs here; the
             # record waits for the next delivery. Timed before the units go back.

@@ -6,6 +6,7 @@ import collections
 import itertools
 import json
 import os
+import threading
 from types import TracebackType
 
 import attrs
@@ -42,9 +43,13 @@ class Recorder:
 
     capacity: int = attrs.field(default=100_000, validator=_positive_capacity)
     _ring: collections.deque[Record] = attrs.field(init=False)
-    _appended: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    _ticks: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    """Ticked once per record appended to the ring, and once per read of the total."""
+    _reads: int = attrs.field(init=False, default=0)
+    """How many numbers the readers took from ``_ticks`` (under ``_reading``)."""
     _forgotten: int = attrs.field(init=False, default=0)
-    """What ``_appended`` counted when :meth:`clear` last ran."""
+    """The total appended when :meth:`clear` last ran (under ``_reading``)."""
+    _reading: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _sink: Sink = attrs.field(init=False)
 
     @_ring.default
@@ -53,8 +58,9 @@ class Recorder:
 
     @_sink.default
     def _sink_default(self) -> Sink:
-        # Two C calls per event: the bounded ring drops the oldest record by itself.
-        return (self._ring.append, self._appended.__next__)
+        # Two C calls per event: the bounded ring drops the oldest record by itself, and
+        # the counter counts every record appended.
+        return (self._ring.append, self._ticks.__next__)
 
     @property
     def sink(self) -> Sink:
@@ -75,17 +81,31 @@ class Recorder:
 
     @property
     def dropped(self) -> int:
-        """How many events were dropped to keep at most ``capacity``."""
-        return self._count() - self._forgotten - len(self._ring)
+        """How many events were dropped to keep at most ``capacity``.
 
-    def _count(self) -> int:
-        # The counter's repr is "count(N)", N the next number: how many were appended.
-        return int(repr(self._appended)[len("count(") : -1])
+        Every record is appended to the ring, then ticks the counter: what was appended
+        since :meth:`clear`, less what the ring keeps, is what the bounded ring dropped.
+        Exact once recording has stopped; while records arrive it may be off by the few
+        that are between their append and their tick.
+        """
+        with self._reading:
+            return self._appended() - self._forgotten - len(self._ring)
+
+    def _appended(self) -> int:
+        """How many records were ever appended (under ``_reading``). The only way to read
+        a counter is to take its next number, so each read takes one, and subtracts the
+        numbers the reads took. Each append and each tick is one C call, atomic under the
+        GIL; on free-threaded builds ``deque.append`` holds the deque's own lock and a
+        counter's next is a compare-and-swap (CPython gh-117657), so no tick is lost."""
+        taken = next(self._ticks)
+        self._reads += 1
+        return taken - (self._reads - 1)
 
     def clear(self) -> None:
         """Forget every event kept, and the count of dropped ones."""
-        self._forgotten = self._count()
-        self._ring.clear()
+        with self._reading:
+            self._forgotten = self._appended()
+            self._ring.clear()
 
     def __enter__(self) -> Recorder:
         add_observer(self)
