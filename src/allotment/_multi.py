@@ -58,6 +58,7 @@ __all__ = [
     "LeaseGroup",
     "acquire_all",
     "acquire_all_async",
+    "taken_of",
     "try_acquire_all",
     "validate_parts",
 ]
@@ -532,6 +533,11 @@ def _observed(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
     from ._observed_group import observe_group
 
     return observe_group(taking, plan)
+
+
+def taken_of(group: LeaseGroup) -> tuple[Lease[Any], ...]:
+    """A group's leases in the order they were granted (for its observed face)."""
+    return group._taken
 
 
 def _release(lease: Lease[Any]) -> None:

@@ -277,6 +277,9 @@ class ObservedLease(Lease[Amount]):
     def pool_of(self) -> Pool:
         return self._pool
 
+    def ticket_of(self) -> Ticket:
+        return self._ticket
+
     def release(self, amount: Amount | None = None) -> None:
         ticket = self._ticket
         granted = self.granted

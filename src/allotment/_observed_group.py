@@ -52,10 +52,12 @@ def _asked_ns(asked: float, clock: Clock) -> int:
 
 
 def _report_grants(group: LeaseGroup, owner: EventOwner) -> None:
-    for lease in group._taken:
+    from ._multi import taken_of
+
+    for lease in taken_of(group):
         if not isinstance(lease, ObservedLease) or lease.granted is not None:
             continue  # made while nobody observed; or reported already
-        ticket = lease._ticket
+        ticket = lease.ticket_of()
         manager = lease.manager
         clock = manager.clock
         pool = lease.pool_of()
