@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,19 @@ def test_assert_idle_helper_sees_a_busy_manager() -> None:
     pool = allotment.ResourceManager(2)
     with pool.acquire(1), pytest.raises(AssertionError):
         assert_idle(pool)
+
+
+def test_the_demo_writes_its_trace_and_its_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    from test_events import check_trace
+
+    trace, picture = tmp_path / "demo.json", tmp_path / "demo.png"
+    assert main(["demo", "--trace", str(trace), "--plot", str(picture)]) == 0
+    document = json.loads(trace.read_text(encoding="utf-8"))
+    counts = check_trace(document, {"gpu-node": {"gpu": 4, "ram_gb": 64}})
+    assert counts["holds"] == 6 * 3 + 2 * 3
+    assert counts["hand_offs"] > 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ui.perfetto.dev" in capsys.readouterr().out

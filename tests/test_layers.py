@@ -239,3 +239,26 @@ def test_importing_allotment_and_its_http_policy_imports_no_http_client() -> Non
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_import_allotment_loads_neither_opentelemetry_nor_matplotlib() -> None:
+    import subprocess
+
+    check = (
+        "import sys, allotment; "
+        "loaded = [m for m in sys.modules if m.split('.')[0] in {'opentelemetry', 'matplotlib'}]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("library", "allowed"), [("opentelemetry", "otel.py"), ("matplotlib", "_plot.py")]
+)
+def test_only_one_module_imports_each_optional_library(library: str, allowed: str) -> None:
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in MODULES
+        if any(name.split(".")[0] == library for name in _all_imports(path))
+    }
+    assert importers == {allowed}

@@ -40,6 +40,7 @@ from ._errors import (
     UnknownResource,
     UnsupportedByBackend,
 )
+from ._events import Event, EventKind, EventOwner, add_observer, remove_observer
 from ._guard import guard
 from ._keyed import KeyedRateLimiter
 from ._lease import Lease
@@ -52,6 +53,7 @@ from ._lock_order import (
 )
 from ._manager import ResourceManager
 from ._multi import LeaseGroup, Request, acquire_all, acquire_all_async, try_acquire_all
+from ._recorder import Recorder
 from ._semaphore import BoundedSemaphore, Semaphore
 from ._statistics import (
     ClaimInfo,
@@ -75,6 +77,9 @@ __all__ = [
     "ClaimInfo",
     "Clock",
     "DeclaredClaim",
+    "Event",
+    "EventKind",
+    "EventOwner",
     "ExceedsBurst",
     "ExceedsCapacity",
     "ExceedsClaim",
@@ -100,6 +105,7 @@ __all__ = [
     "RateLimiter",
     "RateStatistics",
     "RateWaiterInfo",
+    "Recorder",
     "ReentrantCall",
     "ReleaseExceedsHeld",
     "Request",
@@ -116,8 +122,10 @@ __all__ = [
     "WindowLimiter",
     "acquire_all",
     "acquire_all_async",
+    "add_observer",
     "get_lock_order_policy",
     "guard",
+    "remove_observer",
     "set_lock_order_policy",
     "try_acquire_all",
     "wait_graph",
@@ -127,7 +135,7 @@ __version__ = "0.1.0"
 
 # Public classes live in private modules; present them where users import them from.
 for _public in __all__:
-    if _public not in {"LockOrderPolicy", "Request"}:  # type aliases, not classes
+    if _public not in {"LockOrderPolicy", "Request", "EventKind"}:  # type aliases, not classes
         globals()[_public].__module__ = __name__
 del _public
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._demo import run_demo
+from ._recorder import Recorder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--tasks", type=int, default=2, help="asyncio tasks (default 2)")
     demo.add_argument("--jobs", type=int, default=3, help="jobs per thread or task (default 3)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument(
+        "--trace", metavar="PATH", help="write the run as a trace to open in ui.perfetto.dev"
+    )
+    demo.add_argument("--plot", metavar="PATH", help="draw the run's timeline (needs matplotlib)")
     arguments = parser.parse_args(argv)
     if arguments.workers < 2 or arguments.jobs < 2 or arguments.tasks < 0:
         parser.error("the demo needs at least 2 workers and 2 jobs each, and 0 tasks or more")
-    run_demo(arguments.workers, arguments.jobs, arguments.seed, tasks=arguments.tasks)
+    if arguments.trace is None and arguments.plot is None:
+        run_demo(arguments.workers, arguments.jobs, arguments.seed, tasks=arguments.tasks)
+        return 0
+    recorder = Recorder()
+    with recorder:
+        run_demo(arguments.workers, arguments.jobs, arguments.seed, tasks=arguments.tasks)
+    if arguments.trace is not None:
+        recorder.export_trace(arguments.trace)
+        print(f"wrote {arguments.trace}: open it in https://ui.perfetto.dev")
+    if arguments.plot is not None:
+        recorder.plot(arguments.plot, title="python -m allotment demo: who waited, who held")
+        print(f"wrote {arguments.plot}")
     return 0
 
 

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
+from . import _events
 from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import MeterRetired, RateMeter, new_section_lock, ticks_of
@@ -34,12 +35,15 @@ from ._limiters import (
     Number,
     acquire_ticket,
     gcra_settings,
+    observed_acquire,
+    observed_acquire_async,
     rate_ticket,
     statistics_of,
     try_take,
     validate_charge,
     validate_cost,
 )
+from ._observed import report_rate
 from ._statistics import RateStatistics
 from ._waiters import TASK, run_in_task, seconds_of
 
@@ -142,10 +146,13 @@ class KeyedRateLimiter:
         # Allowed at once: no ticket, no wait. A bad timeout never takes that path, and
         # acquire_ticket refuses it before anything changes (as RateLimiter.acquire).
         at_once = timeout is None or (type(timeout) in _SECONDS and timeout >= 0)
+        observed = _events.observers
         while True:
             meter = self._meter_for(key)
             try:
-                if not (at_once and meter.take_now(cost, False)):
+                if observed:
+                    observed_acquire(self._parts(meter), meter, cost, timeout, key)
+                elif not (at_once and meter.take_now(cost, False)):
                     acquire_ticket(self._parts(meter), meter, cost, timeout)
             except MeterRetired:
                 continue  # forgotten between the lookup and the call: look it up again
@@ -163,10 +170,13 @@ class KeyedRateLimiter:
         return self._acquire_async(key, cost, timeout)
 
     async def _acquire_async(self, key: Hashable, cost: int, timeout: float | None) -> None:
+        observed = _events.observers
         while True:
             meter = self._meter_for(key)
             try:
-                if not meter.take_now(cost, False):
+                if observed:
+                    await observed_acquire_async(self._parts(meter), meter, cost, timeout, key)
+                elif not meter.take_now(cost, False):
                     await run_in_task(rate_ticket(self._parts(meter), meter, cost, timeout, TASK))
             except MeterRetired:
                 continue
@@ -179,9 +189,13 @@ class KeyedRateLimiter:
         while True:
             meter = self._meter_for(key)
             try:
-                return try_take(meter, cost)
+                allowed = try_take(meter, cost)
             except MeterRetired:
                 continue
+            if _events.observers:
+                kind = "rate_allowed" if allowed else "rate_refused"
+                report_rate(kind, self._name, cost, 0.0, key)
+            return allowed
 
     def charge(self, key: Hashable, cost: int) -> None:
         """Spend ``cost`` of ``key``'s units now, allowed or not (see
@@ -194,6 +208,8 @@ class KeyedRateLimiter:
                 meter.charge(cost)
             except MeterRetired:
                 continue
+            if _events.observers:
+                report_rate("charged", self._name, cost, None, key)
             return
 
     def retry_after(self, key: Hashable, cost: int = 1) -> float:

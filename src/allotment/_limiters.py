@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
+from . import _events
 from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after, nanoseconds_of
 from ._core import (
     NANOSECONDS,
     Gcra,
     Meter,
+    MeterRetired,
     RateMeter,
     RateTicket,
     SlidingWindow,
@@ -38,6 +40,7 @@ from ._errors import (
     InvalidLimitType,
     UnsupportedByBackend,
 )
+from ._observed import report_rate, report_rate_failure
 from ._waiters import (
     TASK,
     THREAD,
@@ -65,6 +68,8 @@ __all__ = [
     "gcra_settings",
     "is_limiter",
     "limiter_parts",
+    "observed_acquire",
+    "observed_acquire_async",
     "rate_ticket",
     "refund",
     "statistics_of",
@@ -131,6 +136,54 @@ def acquire_ticket(
     the deadline (and later, if a charge pushed it there); on any exception, spends nothing.
     """
     return run_blocking(rate_ticket(parts, meter, cost, timeout, THREAD))
+
+
+def observed_acquire(
+    parts: LimiterParts, meter: RateMeter, cost: int, timeout: float | None, key: object
+) -> None:
+    """:meth:`RateLimiter.acquire` while someone observes: the same meter calls, reported
+    after each returns. ``MeterRetired`` goes to the caller (a keyed limiter looks again)."""
+    if (timeout is None or (type(timeout) in _SECONDS and timeout >= 0)) and meter.take_now(
+        cost, False
+    ):
+        report_rate("rate_allowed", parts.name, cost, 0.0, key)
+        return
+    asked = parts.clock.now()
+    try:
+        acquire_ticket(parts, meter, cost, timeout)
+    except MeterRetired:
+        raise
+    except BaseException as error:
+        report_rate_failure(parts.name, cost, parts.clock.now() - asked, key, error)
+        raise
+    report_rate("rate_waited", parts.name, cost, parts.clock.now() - asked, key)
+
+
+async def take_now_async(meter: RateMeter, cost: int) -> bool:
+    """``meter.take_now(cost, False)`` from a task: a meter kept elsewhere (Redis) makes its
+    round trip on the loop, not blocking it."""
+    take_now = getattr(meter, "take_now_async", None)
+    if take_now is None:
+        return bool(meter.take_now(cost, False))
+    return bool(await take_now(cost, False))
+
+
+async def observed_acquire_async(
+    parts: LimiterParts, meter: RateMeter, cost: int, timeout: float | None, key: object
+) -> None:
+    """:func:`observed_acquire` for a task."""
+    if await take_now_async(meter, cost):
+        report_rate("rate_allowed", parts.name, cost, 0.0, key)
+        return
+    asked = parts.clock.now()
+    try:
+        await run_in_task(rate_ticket(parts, meter, cost, timeout, TASK))
+    except MeterRetired:
+        raise
+    except BaseException as error:
+        report_rate_failure(parts.name, cost, parts.clock.now() - asked, key, error)
+        raise
+    report_rate("rate_waited", parts.name, cost, parts.clock.now() - asked, key)
 
 
 def rate_ticket(
@@ -309,6 +362,9 @@ class _Limiter:
         if type(cost) is not int or not 0 < cost <= parts.largest:
             cost = validate_cost(cost, parts.largest)
         meter = parts.meter
+        if _events.observers:
+            observed_acquire(parts, meter, cost, timeout, None)
+            return
         # Allowed at once: no ticket. A bad timeout is refused below, before anything.
         if (timeout is None or (type(timeout) in _SECONDS and timeout >= 0)) and meter.take_now(
             cost, False
@@ -336,12 +392,9 @@ class _Limiter:
     async def _acquire_async(self, cost: int, timeout: float | None) -> None:
         parts = self._parts
         meter = parts.meter
-        take_now_async = getattr(meter, "take_now_async", None)  # a meter kept elsewhere
-        if take_now_async is None:
-            taken = meter.take_now(cost, False)
-        else:  # its round trip on the loop, not blocking it
-            taken = await take_now_async(cost, False)
-        if not taken:
+        if _events.observers:
+            await observed_acquire_async(parts, meter, cost, timeout, None)
+        elif not await take_now_async(meter, cost):
             await run_in_task(rate_ticket(parts, meter, cost, timeout, TASK))
 
     async def __aenter__(self) -> None:
@@ -359,6 +412,10 @@ class _Limiter:
         """Spend ``cost`` units if they are allowed now and nobody is queued; never waits."""
         if type(cost) is not int or not 0 < cost <= self._largest:
             cost = validate_cost(cost, self._largest)
+        if _events.observers:
+            allowed = try_take(self._meter, cost)
+            report_rate("rate_allowed" if allowed else "rate_refused", self._name, cost, 0.0, None)
+            return allowed
         taken = self._meter.take_now(cost, True)
         if taken is None:  # the try_take, written out: a call is a tenth of this path
             return _try_behind_queue(self._meter, cost)
@@ -381,6 +438,8 @@ class _Limiter:
         (tokens counted in a response). Never waits and never fails for being large; the
         limiter may go into debt, and later callers wait until it is paid off."""
         self._meter.charge(validate_charge(cost))
+        if _events.observers:
+            report_rate("charged", self._name, cost, None, None)
 
     def guard(
         self, cost: int = 1, *, timeout: float | None = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
+from . import _events
 from ._acquisition import Acquisition, start_acquisition
 from ._backend import Backend, check_backend_name
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
@@ -33,8 +34,28 @@ from ._core import (
     form_for,
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
+from ._events import (
+    EventOwner,
+    emit,
+    handing,
+    new_request_id,
+    now_ns,
+    owner_of,
+    thread_owner,
+    thread_owners,
+)
 from ._lease import Lease
 from ._lock_order import LockOrderPolicy, OrderNode, check_order, new_node, note_held, parse_policy
+from ._observed import (
+    ObservedLease,
+    new_observed_task_waiter,
+    new_observed_thread_waiter,
+    report_failure,
+    report_grant,
+    report_refused_try,
+    report_requested,
+    report_resized,
+)
 from ._registry import register
 from ._statistics import ManagerStatistics, statistics_from
 from ._waiters import await_grant, await_grant_async, new_task_waiter, new_thread_waiter
@@ -359,6 +380,8 @@ class ResourceManager(Generic[Amount]):
         if node.policy is not None and timeout != 0:
             # Only an acquisition that can wait can deadlock; every granted one counts as held.
             check_order((node,), site or caller_site(1), stacklevel=2)
+        if _events.observers:
+            return self._acquire_observed(request, amount, timeout, deadline, site)
         ticket = Ticket(request, _current_thread(), site, self._now())
         # The lease exists before the grant: if anything interrupts us after the grant, the
         # handler below (or, failing that, the lease's collection) returns the units.
@@ -376,6 +399,98 @@ class ResourceManager(Generic[Amount]):
             raise
         raise self._timeout_error(amount, timeout)
 
+    def _acquire_observed(
+        self,
+        request: Quantity,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+        site: Site | None,
+    ) -> Lease[Amount]:
+        """:meth:`acquire` while someone observes: the same pool calls, reported after each
+        returns (see ``_observed.py``)."""
+        ticket = Ticket(request, _current_thread(), site, self._now())
+        pool = self._pool
+        lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
+        request_id = new_request_id()
+        try:
+            owner = thread_owners.owner  # thread_owner(), inlined: its cache
+        except AttributeError:
+            owner = thread_owner()
+        try:
+            granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
+            if granted:  # the common case, written out: calls cost here
+                if self._node.policy is not None:
+                    note_held(lease, self._node, site)
+                if self._scalar:
+                    units: object = request
+                    capacity: object = pool.capacity
+                else:
+                    units = self._form.render(request)
+                    capacity = self._form.render_all(pool.capacity)  # type: ignore[arg-type]
+                record = (
+                    "granted", self._name, now_ns(), owner, units, request_id, 0.0, None,
+                    None, None, capacity, None, False, None,
+                )  # fmt: skip
+                lease.granted = record
+                if self._clock is not SYSTEM_CLOCK:
+                    lease.granted_at = ticket.since
+                solo = _events.solo
+                if solo is not None and not _events.deferred:  # one recorder: emit, inlined
+                    solo[0](record)
+                    solo[1]()
+                else:
+                    emit(record)
+                return lease
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, ticket.since, error)
+            raise
+        if timeout == 0:
+            report_failure(self, owner, ticket, request_id, ticket.since, None)
+            raise self._timeout_error(amount, timeout)
+        return self._wait_observed(lease, ticket, owner, request_id, amount, timeout, deadline)
+
+    def _wait_observed(  # noqa: PLR0917 - private, called in one place
+        self,
+        lease: ObservedLease[Amount],
+        ticket: Ticket,
+        owner: EventOwner,
+        request_id: int,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> Lease[Amount]:
+        """The queued part of :meth:`_acquire_observed`: reported as ``requested``, then
+        how it ended."""
+        pool = self._pool
+        asked = ticket.since
+        token = handing.set(request_id)  # a withdrawal hands units on for this request
+        try:
+            report_requested(self, owner, ticket, request_id, _asked_ns(asked, self._clock))
+            granted = await_grant(pool, ticket, self._clock, deadline)
+            if granted and self._node.policy is not None:
+                note_held(lease, self._node, ticket.site)
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, asked, error)
+            raise
+        finally:
+            handing.reset(token)
+        if granted:
+            now = self._now()
+            report_grant(
+                lease,
+                ticket,
+                owner,
+                request_id,
+                now - asked,
+                None if self._clock is SYSTEM_CLOCK else now,
+            )
+            return lease
+        report_failure(self, owner, ticket, request_id, asked, None)
+        raise self._timeout_error(amount, timeout)
+
     def try_acquire(self, amount: Amount) -> Lease[Amount] | None:
         """Take ``amount`` units if that is possible without waiting, else return ``None``.
 
@@ -387,8 +502,26 @@ class ResourceManager(Generic[Amount]):
         request = self._form.parse(amount)
         site = record_site(self._parts, 1)
         ticket = Ticket(request, _current_thread(), site, self._clock.now())
+        if _events.observers:
+            return self._try_acquire_observed(ticket)
         lease: Lease[Amount] = Lease(ticket, self._pool, self)
         return take_or_none(self._parts, ticket, lease)
+
+    def _try_acquire_observed(self, ticket: Ticket) -> Lease[Amount] | None:
+        owner = owner_of(ticket.thread, None)
+        request_id = new_request_id()
+        lease: ObservedLease[Amount] = ObservedLease(ticket, self._pool, self)
+        try:
+            granted = take_or_none(self._parts, ticket, lease)
+        except BaseException as error:
+            report_failure(self, owner, ticket, request_id, ticket.since, error)
+            raise
+        if granted is None:
+            report_refused_try(self, owner, ticket)
+            return None
+        clock_time = None if self._clock is SYSTEM_CLOCK else ticket.since
+        report_grant(lease, ticket, owner, request_id, 0.0, clock_time)
+        return lease
 
     def acquire_async(
         self, amount: Amount, timeout: float | None = None
@@ -435,6 +568,10 @@ class ResourceManager(Generic[Amount]):
             raise RuntimeError("acquire_async must be awaited in an asyncio task")
         ticket = Ticket(request, _current_thread(), site, self._now())
         ticket.task = task
+        if _events.observers:
+            return await self._acquire_async_observed(
+                ticket, amount, timeout, deadline, acquisition
+            )
         pool = self._pool
         lease: Lease[Amount] = Lease(ticket, pool, self)
         try:
@@ -456,6 +593,52 @@ class ResourceManager(Generic[Amount]):
         except BaseException:  # a cancellation too, even one landing as the lease is returned
             await _release_in_task(pool, ticket)
             raise
+        raise self._timeout_error(amount, timeout)
+
+    async def _acquire_async_observed(
+        self,
+        ticket: Ticket,
+        amount: Amount,
+        timeout: float | None,
+        deadline: float | None,
+        acquisition: Acquisition[Lease[Amount]],
+    ) -> Lease[Amount]:
+        """:meth:`_acquire_async` while someone observes: :meth:`_acquire_observed` for a
+        task."""
+        asked = ticket.since
+        request_id = new_request_id()
+        owner = owner_of(ticket.thread, ticket.task)
+        pool = self._pool
+        lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
+        queued = False
+        token = handing.set(request_id)
+        try:
+            granted = pool.enter(ticket, new_observed_task_waiter if timeout != 0 else None)
+            if not granted and timeout != 0:
+                queued = True
+                report_requested(self, owner, ticket, request_id, _asked_ns(asked, self._clock))
+                granted = await await_grant_async(pool, ticket, self._clock, deadline)
+            if granted and self._node.policy is not None:
+                note_held(lease, self._node, ticket.site)
+        except BaseException as error:
+            pool.release(ticket, None)
+            report_failure(self, owner, ticket, request_id, asked, error)
+            raise
+        finally:
+            handing.reset(token)
+        if granted:
+            now = self._now()
+            report_grant(
+                lease,
+                ticket,
+                owner,
+                request_id,
+                now - asked if queued else 0.0,
+                None if self._clock is SYSTEM_CLOCK else now,
+            )
+            acquisition.held = lease
+            return lease
+        report_failure(self, owner, ticket, request_id, asked, None)
         raise self._timeout_error(amount, timeout)
 
     def guard(
@@ -511,6 +694,8 @@ class ResourceManager(Generic[Amount]):
         """
         form = self._form
         self._pool.resize(lambda current: form.parse_capacity(capacity, current))
+        if _events.observers:
+            report_resized(self, owner_of(_current_thread(), None))
         logger.debug("resized %r", self)
 
     def close(self) -> None:
@@ -583,6 +768,12 @@ class ResourceManager(Generic[Amount]):
             f"capacity={form.render_all(capacity)!r} "
             f"in_use={form.render_all(capacity - pool.available)!r} waiting={pool.waiting}>"
         )
+
+
+def _asked_ns(asked: float, clock: Clock) -> int:
+    """When a request asked, on the events' timeline: the ticket's own reading on the
+    system clock (the same clock in nanoseconds), else now."""
+    return round(asked * 1e9) if clock is SYSTEM_CLOCK else now_ns()
 
 
 def parts_of(manager: ResourceManager[Any]) -> ManagerParts:

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
+from . import _events
 from ._acquisition import Acquisition, start_acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import Quantity, RateMeter, RateTicket, Site, Ticket, caller_site, ticks_of
@@ -51,6 +52,7 @@ from ._manager import (
     take_async,
     timeout_summary,
 )
+from ._observed import ObservedLease
 from ._waiters import TASK, THREAD, Steps, Waiting, run_blocking, run_in_task, seconds_of
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "Request",
     "acquire_all",
     "acquire_all_async",
+    "taken_of",
     "try_acquire_all",
     "validate_parts",
 ]
@@ -75,6 +78,7 @@ mapping of resource names for a manager of named ones (the type parameter of
 
 _current_thread = threading.current_thread
 _Item = TypeVar("_Item")
+_Result = TypeVar("_Result", bound="LeaseGroup | None")
 
 
 @attrs.define(eq=False)
@@ -118,7 +122,7 @@ class LeaseGroup(Sequence[Lease[Any]]):
 
     def release(self) -> None:
         """Release every lease still held, the last taken first. Idempotent."""
-        _release_all(self._taken)
+        _undo_all(self._taken, _release)  # each lease's own release: an observed one reports
 
     def refund(self) -> bool:
         """Give the limiters' rate back, for work that never started (a guard whose call
@@ -192,6 +196,8 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     site = caller_site(1)
     _check_order(plan, timeout != 0, site)
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=THREAD, quietly=False)
+    if _events.observers:
+        return run_blocking(_observed(taking, plan))
     return run_blocking(taking)
 
 
@@ -211,6 +217,8 @@ def acquire_all_async(
     site = caller_site(1)
     _check_order(plan, timeout != 0, site)
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
+    if _events.observers:
+        taking = _observed(taking, plan)
     return start_acquisition(_take_all_in_task, taking)
 
 
@@ -227,6 +235,8 @@ def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
     request cannot be granted at once."""
     plan = _plan(requests)
     taking = _take_all(plan, False, None, 0, caller_site(1), waiting=THREAD, quietly=True)
+    if _events.observers:
+        return run_blocking(_observed(taking, plan))
     return run_blocking(taking)
 
 
@@ -399,7 +409,7 @@ def _take_all(
             # One ticket takes the merged total, then hands each other request its part.
             first = Ticket(step.total, thread, lease_site, of.clock.now())
             waiting.adopt(first)
-            first_lease = Lease(first, of.pool, step.manager)
+            first_lease = _new_lease(first, of, step.manager)
             taken.append(first_lease)
             # The order was checked by the caller, for all the managers at once.
             if blocking and waiting.in_task:
@@ -451,7 +461,7 @@ def _split(
     others = [Ticket(units, first.thread, first.site, first.since) for _, units in parts[1:]]
     for ticket in others:
         waiting.adopt(ticket)
-    other_leases = [Lease(ticket, of.pool, step.manager) for ticket in others]
+    other_leases = [_new_lease(ticket, of, step.manager) for ticket in others]
     taken.extend(other_leases)
     of.pool.split(first, others)
     for (index, _), ticket, lease in zip(parts[1:], others, other_leases, strict=True):
@@ -537,6 +547,29 @@ def _rates_refused(
     raise AcquireTimeout(
         f"acquire_all cannot be granted within {timeout} s: {why}; nothing is held or spent"
     )
+
+
+def _new_lease(ticket: Ticket, of: ManagerParts, manager: ResourceManager[Any]) -> Lease[Any]:
+    """A part's lease: observed while someone observes (it reports its releases once its
+    grant is reported, see ``_observed_group.py``; until then it is a plain lease)."""
+    if _events.observers:
+        return ObservedLease(ticket, of.pool, manager)
+    return Lease(ticket, of.pool, manager)
+
+
+def _observed(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
+    from ._observed_group import observe_group
+
+    return observe_group(taking, plan)
+
+
+def taken_of(group: LeaseGroup) -> tuple[Lease[Any], ...]:
+    """A group's leases in the order they were granted (for its observed face)."""
+    return group._taken
+
+
+def _release(lease: Lease[Any]) -> None:
+    lease.release()
 
 
 def _release_all(leases: Sequence[Lease[Any]]) -> None:

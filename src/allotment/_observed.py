@@ -1,0 +1,478 @@
+"""The observed paths: what a manager's acquisitions report while someone observes.
+
+A face checks :data:`allotment._events.observers` once, on entry; while it is empty nothing
+here runs. Otherwise the acquisition takes the observed path, which makes the same pool
+calls as the plain one and reports around them, always after they return (never under a
+pool's lock):
+
+- the lease is an :class:`ObservedLease`, which reports each release (and a lost lease);
+- a queued request sleeps on an observed waiter, which notes on whose behalf the thread or
+  task that wakes it was in the pool (:data:`~allotment._events.handing`, set around every
+  observed release and wait): the ``handed_by`` of the grant, the FIFO hand-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import _events
+from ._core import GRANTED, Amount, Pool, Ticket
+from ._errors import ExceedsCapacity, LeaseLost, ManagerClosed
+from ._events import EventOwner, current_owner, defer, emit, handing, now_ns
+from ._lease import Lease
+from ._waiters import TaskWaiter, ThreadWaiter
+
+if TYPE_CHECKING:
+    from ._manager import ResourceManager
+
+__all__ = [
+    "ObservedLease",
+    "ObservedTaskWaiter",
+    "ObservedThreadWaiter",
+    "manager_record",
+    "new_observed_task_waiter",
+    "new_observed_thread_waiter",
+    "report_failure",
+    "report_grant",
+]
+
+_running_loop = asyncio._get_running_loop  # the C accessor: never raises
+
+
+@attrs.define(eq=False)
+class ObservedThreadWaiter(ThreadWaiter):
+    """A thread's waiter that notes who handed it its grant. ``handed_by`` is written by
+    the waker before it releases the handle, so the woken thread reads it after."""
+
+    handed_by: int | None = None
+
+    def wake(self) -> None:
+        self.handed_by = handing.get()
+        super().wake()
+
+
+@attrs.define(eq=False)
+class ObservedTaskWaiter(TaskWaiter):
+    """A task's waiter that notes who handed it its grant (before the loop is told)."""
+
+    handed_by: int | None = None
+
+    def wake(self) -> None:
+        self.handed_by = handing.get()
+        super().wake()
+
+
+def new_observed_thread_waiter() -> ObservedThreadWaiter:
+    """:func:`~allotment._waiters.new_thread_waiter`, observed. Made under the lock: no
+    user code."""
+    handle = threading.Lock()
+    handle.acquire()
+    return ObservedThreadWaiter(handle)
+
+
+def new_observed_task_waiter() -> ObservedTaskWaiter:
+    """:func:`~allotment._waiters.new_task_waiter`, observed."""
+    loop = _running_loop()
+    assert loop is not None, "only called from a running task"
+    return ObservedTaskWaiter(loop, loop.create_future())
+
+
+def manager_record(  # noqa: PLR0917 - positional on purpose: the observed hot path
+    kind: str,
+    name: str,
+    t_ns: int,
+    owner: EventOwner,
+    amount: object,
+    request: int,
+    wait: float | None = None,
+    hold: float | None = None,
+    remaining: object = None,
+    handed_by: int | None = None,
+    capacity: object = None,
+    reason: str | None = None,
+) -> tuple[Any, ...]:
+    """A manager event's record, in :class:`~allotment._events.Event`'s field order."""
+    return (
+        kind,
+        name,
+        t_ns,
+        owner,
+        amount,
+        request,
+        wait,
+        hold,
+        remaining,
+        handed_by,
+        capacity,
+        None,
+        False,
+        reason,
+    )
+
+
+def _capacity(pool: Pool) -> object:
+    capacity = pool.capacity
+    return None if capacity is None else pool.form.render_all(capacity)
+
+
+def report_grant(  # noqa: PLR0917 - private, its callers' own arguments
+    lease: ObservedLease[Any],
+    ticket: Ticket,
+    owner: EventOwner,
+    request: int,
+    wait: float,
+    now: float | None,
+) -> None:
+    """Report ``lease``'s grant (``now``: the manager's clock then, ``None`` for the system
+    clock, whose reading the event's own time is); on any exception (an observer's
+    interrupt) it holds nothing."""
+    pool = lease.pool_of()
+    try:
+        handed_by = getattr(getattr(ticket, "waiter", None), "handed_by", None)
+        units: object = ticket.units
+        capacity: object = pool.capacity
+        if type(units) is not int:  # named resources: in the face's form
+            units = pool.form.render(ticket.units)
+            capacity = _capacity(pool)
+        record = (
+            "granted",
+            lease.manager.name,
+            now_ns(),
+            owner,
+            units,
+            request,
+            wait,
+            None,
+            None,
+            handed_by,
+            capacity,
+            None,
+            False,
+            None,
+        )
+        lease.granted = record
+        lease.granted_at = now
+        emit(record)
+    except BaseException:
+        pool.release(ticket, None)
+        raise
+
+
+def report_requested(
+    manager: ResourceManager[Any], owner: EventOwner, ticket: Ticket, request: int, asked_ns: int
+) -> None:
+    """Report that a request queued (it is then granted, refused, timed out or cancelled)."""
+    pool = manager_pool(manager)
+    emit(
+        manager_record(
+            "requested",
+            manager.name,
+            asked_ns,
+            owner,
+            pool.form.render(ticket.units),
+            request,
+            None,
+            None,
+            None,
+            None,
+            _capacity(pool),
+        )
+    )
+
+
+def report_failure(  # noqa: PLR0917 - private, its callers' own arguments
+    manager: ResourceManager[Any],
+    owner: EventOwner,
+    ticket: Ticket,
+    request: int,
+    asked: float,
+    error: BaseException | None,
+) -> None:
+    """Report a request that ends with nothing: ``timed_out`` (``error`` is ``None`` or a
+    timeout), ``refused`` (a closed manager, a request that can never fit) or ``cancelled``
+    (any other exception, a task's cancellation included)."""
+    if error is None or isinstance(error, TimeoutError):
+        kind, reason = "timed_out", None
+    elif isinstance(error, (ManagerClosed, ExceedsCapacity)):
+        kind, reason = "refused", type(error).__name__
+    else:
+        kind, reason = "cancelled", type(error).__name__
+    pool = manager_pool(manager)
+    emit(
+        manager_record(
+            kind,
+            manager.name,
+            now_ns(),
+            owner,
+            pool.form.render(ticket.units),
+            request,
+            manager.clock.now() - asked,
+            None,
+            None,
+            None,
+            _capacity(pool),
+            reason,
+        )
+    )
+
+
+def report_refused_try(manager: ResourceManager[Any], owner: EventOwner, ticket: Ticket) -> None:
+    """Report a ``try_acquire`` that found no room."""
+    pool = manager_pool(manager)
+    emit(
+        manager_record(
+            "refused",
+            manager.name,
+            now_ns(),
+            owner,
+            pool.form.render(ticket.units),
+            _events.new_request_id(),
+            0.0,
+            None,
+            None,
+            None,
+            _capacity(pool),
+            "WouldWait",
+        )
+    )
+
+
+def report_resized(manager: ResourceManager[Any], owner: EventOwner) -> None:
+    pool = manager_pool(manager)
+    capacity = _capacity(pool)
+    emit(
+        manager_record(
+            "resized", manager.name, now_ns(), owner, capacity, 0, None, None, None, None, capacity
+        )
+    )
+
+
+def manager_pool(manager: ResourceManager[Any]) -> Pool:
+    from ._manager import parts_of
+
+    return parts_of(manager).pool
+
+
+@attrs.define(eq=False, repr=False)
+class ObservedLease(Lease[Amount]):
+    """A :class:`~allotment.Lease` granted while someone observed: it reports its releases.
+
+    ``granted`` is the record of its grant (its request number, owner and time) and
+    ``granted_at`` the manager's clock then (``None`` for the system clock: the record's
+    time is the same reading), both set once, before the lease is returned; until then
+    (``granted`` is ``None``: a part of a group being taken) it releases unreported, as a
+    plain lease. Each release reports what it gave back, timed as its call began. (Two
+    threads releasing one lease at the same instant may both report it: no lock is taken
+    for that.)
+    """
+
+    granted: tuple[Any, ...] | None = attrs.field(init=False, default=None)
+    granted_at: float | None = attrs.field(init=False, default=None)
+
+    def pool_of(self) -> Pool:
+        return self._pool
+
+    def ticket_of(self) -> Ticket:
+        return self._ticket
+
+    def release(self, amount: Amount | None = None) -> None:
+        ticket = self._ticket
+        granted = self.granted
+        if ticket.state is not GRANTED or granted is None or not _events.observers:
+            Lease.release(self, amount)
+            return
+        held = ticket.units
+        began_ns = now_ns()
+        hold = self._held_for(began_ns)
+        token = handing.set(granted[5])
+        try:
+            Lease.release(self, amount)
+        except LeaseLost as error:
+            self._report_lost(held, began_ns, hold, error)
+            raise
+        finally:
+            handing.reset(token)
+        remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
+        returned = held - remaining
+        if returned:
+            self._report_release(returned, remaining, began_ns, hold, None)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Written out, calls saved: this is the exit of every observed with-block.
+        ticket = self._ticket
+        granted = self.granted
+        if ticket.state is not GRANTED or granted is None or not _events.observers:
+            Lease.__exit__(self, exc_type, exc_value, traceback)
+            return
+        held = ticket.units
+        began_ns = now_ns()
+        pool = self._pool
+        if pool.waiting:  # only a release with waiters hands anything on
+            token = handing.set(granted[5])
+            try:
+                Lease.__exit__(self, exc_type, exc_value, traceback)
+            except LeaseLost as error:
+                self._report_lost(held, began_ns, self._held_for(began_ns), error)
+                raise
+            finally:
+                handing.reset(token)
+        else:
+            # Lease.__exit__, inlined.
+            try:
+                pool.release(ticket, None)
+            except BaseException as error:
+                # Landed at release's first line, before it did anything: release, go on.
+                pool.release(ticket, None)
+                if isinstance(error, LeaseLost):
+                    self._report_lost(held, began_ns, self._held_for(began_ns), error)
+                raise
+        at = self.granted_at
+        hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
+        returned: object = held
+        remaining: object = 0
+        if type(held) is not int:
+            form = pool.form
+            returned, remaining = form.render(held), form.render(form.zero())
+        record = (
+            "released", granted[1], began_ns, granted[3], returned, granted[5], None, hold,
+            remaining, None, None, None, False, None,
+        )  # fmt: skip
+        solo = _events.solo
+        if solo is not None and not _events.deferred:  # one recorder: emit, inlined
+            solo[0](record)
+            solo[1]()
+        else:
+            emit(record)
+
+    def _held_for(self, began_ns: int) -> float:
+        granted_at = self.granted_at
+        if granted_at is None:
+            assert self.granted is not None
+            started: int = self.granted[2]
+            return (began_ns - started) / 1e9
+        return self._manager.clock.now() - granted_at
+
+    def _report_release(
+        self, returned: Any, remaining: Any, began_ns: int, hold: float, reason: str | None
+    ) -> None:
+        form = self._pool.form
+        if type(returned) is not int:
+            returned = form.render(returned)
+            remaining = form.render(form.zero() if remaining is None else remaining)
+        elif remaining is None:
+            remaining = 0
+        granted = self.granted
+        assert granted is not None, "reported only once granted"
+        emit(
+            (
+                "released",
+                granted[1],
+                began_ns,
+                granted[3],
+                returned,
+                granted[5],
+                None,
+                hold,
+                remaining,
+                None,
+                None,
+                None,
+                False,
+                reason,
+            )
+        )
+
+    def _report_lost(self, held: Any, began_ns: int, hold: float, error: LeaseLost) -> None:
+        form = self._pool.form
+        granted = self.granted
+        assert granted is not None, "reported only once granted"
+        emit(
+            (
+                "lost",
+                granted[1],
+                began_ns,
+                granted[3],
+                form.render(held),
+                granted[5],
+                None,
+                hold,
+                form.render(form.zero()),
+                None,
+                None,
+                None,
+                False,
+                type(error).__name__,
+            )
+        )
+
+    def __del__(self) -> None:
+        try:
+            ticket = self._ticket
+        except AttributeError:  # __init__ was interrupted: nothing was taken for it
+            return
+        if ticket.state is not GRANTED:
+            return  # released, as nearly every lease is: nothing for Lease.__del__ either
+        granted = self.granted  # None: the grant was never reported
+        if granted is not None and _events.observers:
+            # A finalizer may run inside any pool's section: no observer runs here; the
+            # record waits for the next delivery. Timed before the units go back.
+            form = self._pool.form
+            began_ns = now_ns()
+            defer(
+                (
+                    "released",
+                    granted[1],
+                    began_ns,
+                    granted[3],
+                    form.render(ticket.units),
+                    granted[5],
+                    None,
+                    self._held_for(began_ns),
+                    form.render(form.zero()),
+                    None,
+                    None,
+                    None,
+                    False,
+                    "leaked",
+                )
+            )
+        super().__del__()
+
+
+def rate_record(  # noqa: PLR0917 - positional on purpose: the observed hot path
+    kind: str,
+    name: str,
+    owner: EventOwner,
+    cost: int,
+    wait: float | None,
+    key: object,
+    reason: str | None = None,
+) -> tuple[Any, ...]:
+    """A rate limiter event's record, in :class:`~allotment._events.Event`'s field order."""
+    return (kind, name, now_ns(), owner, cost, 0, wait, None, None, None, None, key, True, reason)
+
+
+def report_rate(  # noqa: PLR0917 - private, positional like the records
+    kind: str, name: str, cost: int, wait: float | None, key: object, reason: str | None = None
+) -> None:
+    emit(rate_record(kind, name, current_owner(), cost, wait, key, reason))
+
+
+def report_rate_failure(
+    name: str, cost: int, wait: float, key: object, error: BaseException
+) -> None:
+    """A wait for a rate that ended with nothing spent: ``timed_out`` or ``cancelled``."""
+    if isinstance(error, TimeoutError):
+        report_rate("timed_out", name, cost, wait, key)
+    else:
+        report_rate("cancelled", name, cost, wait, key, type(error).__name__)
