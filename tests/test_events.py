@@ -441,7 +441,7 @@ def test_a_leaked_lease_is_reported_after_its_finalizer() -> None:
     pool = allotment.ResourceManager(1, name="leaky")
     with Recorder() as recorder:
         lease = pool.acquire(1)
-        with pytest.warns(ResourceWarning):
+        with pytest.warns(allotment.LeakedLeaseWarning):
             del lease  # the last reference: collected at once
         events = recorder.events
     assert [(event.kind, event.reason) for event in events] == [
