@@ -155,7 +155,11 @@ class Policy:
 
     Replies are read (see :mod:`allotment.http`): a 429 or 503 with ``Retry-After``, or
     rate-limit headers saying nothing is left, pause the whole policy until the instant
-    announced. A streamed reply holds its concurrency slots until its body is closed.
+    announced, but never more than ``max_pause`` seconds from now (default an hour; a
+    positive finite number): a longer announcement is clamped, with a warning logged on
+    ``allotment.http``, before any limiter is told. A request refused or cancelled after
+    taking its parts gives back its leases and refunds every rate it took. A streamed reply
+    holds its concurrency slots until its body is closed.
     """
 
     __slots__ = (
