@@ -220,6 +220,127 @@ def test_a_refused_keyed_part_refunds_the_rest() -> None:
     assert api.statistics().allowed == 1  # the second one's rate was given back
 
 
+def _shapes(clock: ManualClock, rate_clock: ManualClock) -> dict[str, tuple[Any, ...]]:
+    slots = allotment.ResourceManager(2, clock=clock)
+    api = allotment.RateLimiter(5, per=1, burst=5, clock=rate_clock)
+    window = allotment.WindowLimiter(5, per=1, clock=rate_clock)
+    hosts = allotment.KeyedRateLimiter(1, per=60, burst=1, clock=rate_clock)
+    return {
+        "simple": (slots, api),
+        "keyed only": (hosts,),
+        "simple and keyed": (slots, api, hosts),
+        "group and keyed": (slots, api, window, hosts),
+    }
+
+
+def _assert_all_given_back(parts: tuple[Any, ...]) -> None:
+    for part in parts:
+        if isinstance(part, allotment.ResourceManager):
+            assert part.statistics().available == 2
+        elif isinstance(part, allotment.KeyedRateLimiter):
+            assert part.try_acquire("api.example")  # its one unit was given back
+        else:
+            assert part.statistics().allowed == 0
+
+
+@pytest.mark.parametrize("shape", ["keyed only", "simple and keyed", "group and keyed"])
+def test_a_pause_extended_past_the_deadline_refunds_the_keyed_rate(shape: str) -> None:
+    # The limiters keep their own clock, past the pause they were told of: they grant at
+    # once, and the request then waits out the policy's own deadline, holding their rate.
+    # (The extension moves the plain limiters' time too, so only the keyed rate can show.)
+    clock, rate_clock = ManualClock(), ManualClock()
+    parts = _shapes(clock, rate_clock)[shape]
+    policy = Policy(*parts, key=lambda request: request.host, clock=clock, timeout=2)
+    policy.pause(1, "first")
+    rate_clock.advance(1)
+    worker = Worker(lambda: _enter(policy))
+    worker.start()
+    wait_until(lambda: clock.sleepers == 1, "the request took its parts and waits out the pause")
+    policy.pause(5, "extended")  # now past the request's deadline
+    clock.advance(1)
+    worker.join()
+    assert isinstance(worker.error, allotment.AcquireTimeout)
+    assert policy.statistics().refused == 1  # counted once
+    plain = (allotment.RateLimiter, allotment.WindowLimiter)
+    _assert_all_given_back(tuple(part for part in parts if not isinstance(part, plain)))
+
+
+@pytest.mark.parametrize("shape", ["simple", "keyed only", "simple and keyed", "group and keyed"])
+def test_a_task_cancelled_in_a_pause_refunds_every_rate_taken(shape: str) -> None:
+    clock, rate_clock = ManualClock(), ManualClock()
+    parts = _shapes(clock, rate_clock)[shape]
+    key = None if shape == "simple" else (lambda request: request.host)
+    policy = Policy(*parts, key=key, clock=clock)
+    policy.pause(1)
+    rate_clock.advance(1)  # the limiters grant at once; the policy's deadline holds
+
+    async def main() -> None:
+        task = asyncio.ensure_future(policy.enter_async(_request(), _describe))
+        while clock.sleepers == 0:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    _assert_all_given_back(parts)
+
+
+# -- a server's pause is bounded ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (429, [("Retry-After", "864000")]),
+        (503, [("Retry-After", "9" * 300)]),
+        (200, [("RateLimit-Remaining", "0"), ("RateLimit-Reset", "864000")]),
+        (200, [("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset-After", "9" * 300)]),
+    ],
+)
+def test_an_announced_pause_is_clamped_to_max_pause(
+    status: int, headers: list[tuple[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    limiter = allotment.RateLimiter(10, per=1, burst=5, clock=clock)
+    hosts = allotment.KeyedRateLimiter(1, per=1, burst=1, clock=clock)
+    policy = Policy(limiter, hosts, key=lambda request: request.host, clock=clock, max_pause=60)
+    grant = _enter(policy)
+    with caplog.at_level("WARNING", logger="allotment.http"):
+        policy.observe(grant, status, headers, None)
+    grant.release()
+    assert policy.statistics().pause_remaining == 60
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1, [record.getMessage() for record in warnings]
+    message = warnings[0].getMessage()
+    assert "max_pause, 60.0 s" in message
+    assert str(float(headers[-1][1])) in message  # the announced value
+    assert not limiter.try_acquire()
+    assert not hosts.try_acquire("api.example")
+    clock.advance(59.999)
+    assert not limiter.try_acquire()
+    assert not hosts.try_acquire("api.example")
+    clock.advance(0.001)
+    assert limiter.try_acquire()
+    assert hosts.try_acquire("api.example")
+
+
+def test_the_default_max_pause_is_an_hour_and_a_shorter_pause_is_kept() -> None:
+    clock = ManualClock()
+    policy = Policy(allotment.ResourceManager(1), clock=clock)
+    grant = _enter(policy)
+    policy.observe(grant, 429, [("Retry-After", "864000")], None)
+    assert policy.statistics().pause_remaining == 3600
+    policy.observe(grant, 429, [("Retry-After", "7200")], None)  # clamped: no later
+    assert policy.statistics().pause_remaining == 3600
+    grant.release()
+    other = Policy(allotment.ResourceManager(1), clock=clock, max_pause=10)
+    grant = _enter(other)
+    other.observe(grant, 429, [("Retry-After", "5")], None)
+    assert other.statistics().pause_remaining == 5
+    grant.release()
+
+
 # -- only slower, never faster ---------------------------------------------------------------
 
 
@@ -325,6 +446,12 @@ def test_bad_policies_are_refused_when_made(
 ) -> None:
     with pytest.raises(error):
         Policy(*args, **kwargs)
+
+
+@pytest.mark.parametrize("max_pause", [0, -1, float("nan"), float("inf"), "5", True, None])
+def test_bad_max_pauses_are_refused(max_pause: Any) -> None:
+    with pytest.raises(ValueError, match="max_pause must be a positive finite number"):
+        Policy(allotment.ResourceManager(1), max_pause=max_pause)
 
 
 @pytest.mark.parametrize("seconds", [-1, float("nan"), float("inf"), "5", True])

@@ -27,7 +27,7 @@ from typing import Any
 from . import _events
 from ._backend import Backend, OnUnavailable, check_backend_name, check_on_unavailable
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import MeterRetired, RateMeter, new_section_lock, ticks_of
+from ._core import MeterRetired, RateMeter, RateTicket, new_section_lock, ticks_of
 from ._errors import InvalidKey, ReentrantCall, UnsupportedByBackend
 from ._limiters import (
     GcraSettings,
@@ -320,6 +320,36 @@ def _check_key(key: object) -> None:
         hash(key)
     except TypeError:
         raise InvalidKey(f"a key must be hashable, not {type(key).__name__}") from None
+
+
+def acquire_key_ticket(
+    limiter: KeyedRateLimiter, key: Hashable, cost: int, timeout: float | None
+) -> tuple[RateMeter, RateTicket]:
+    """:meth:`KeyedRateLimiter.acquire`, keeping the grant's meter and ticket so that it can
+    be refunded (``refund``) if the work it paid for never starts."""
+    cost = validate_cost(cost, limiter.burst)
+    _check_key(key)
+    while True:
+        meter = limiter._meter_for(key)
+        try:
+            return meter, acquire_ticket(limiter._parts(meter), meter, cost, timeout)
+        except MeterRetired:
+            continue  # forgotten between the lookup and the call: look it up again
+
+
+async def acquire_key_ticket_async(
+    limiter: KeyedRateLimiter, key: Hashable, cost: int, timeout: float | None
+) -> tuple[RateMeter, RateTicket]:
+    """:func:`acquire_key_ticket` for an asyncio task."""
+    cost = validate_cost(cost, limiter.burst)
+    _check_key(key)
+    while True:
+        meter = limiter._meter_for(key)
+        try:
+            parts = limiter._parts(meter)
+            return meter, await run_in_task(rate_ticket(parts, meter, cost, timeout, TASK))
+        except MeterRetired:
+            continue
 
 
 def pause_key(limiter: KeyedRateLimiter, key: Hashable, seconds: float) -> None:

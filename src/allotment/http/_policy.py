@@ -31,14 +31,27 @@ from typing import Any
 import attrs
 
 from .._clock import SYSTEM_CLOCK, Clock, wall_time
-from .._core import ticks_of
+from .._core import RateMeter, RateTicket, ticks_of
 from .._errors import AcquireTimeout
-from .._keyed import KeyedRateLimiter, pause_key
+from .._keyed import (
+    KeyedRateLimiter,
+    acquire_key_ticket,
+    acquire_key_ticket_async,
+    pause_key,
+)
 from .._lease import Lease
-from .._limiters import LimiterParts, is_limiter, limiter_parts, validate_cost
+from .._limiters import (
+    LimiterParts,
+    acquire_ticket,
+    is_limiter,
+    limiter_parts,
+    rate_ticket,
+    refund,
+    validate_cost,
+)
 from .._manager import ResourceManager
 from .._multi import LeaseGroup, acquire_all, acquire_all_async, validate_parts
-from .._waiters import sleep_until_async
+from .._waiters import TASK, run_in_task, sleep_until_async
 from ._headers import read_announcement
 
 __all__ = ["Grant", "HTTPRequest", "Policy", "PolicyStatistics"]
@@ -142,7 +155,11 @@ class Policy:
 
     Replies are read (see :mod:`allotment.http`): a 429 or 503 with ``Retry-After``, or
     rate-limit headers saying nothing is left, pause the whole policy until the instant
-    announced. A streamed reply holds its concurrency slots until its body is closed.
+    announced, but never more than ``max_pause`` seconds from now (default an hour; a
+    positive finite number): a longer announcement is clamped, with a warning logged on
+    ``allotment.http``, before any limiter is told. A request refused or cancelled after
+    taking its parts gives back its leases and refunds every rate it took. A streamed reply
+    holds its concurrency slots until its body is closed.
     """
 
     __slots__ = (
@@ -157,6 +174,7 @@ class Policy:
         "_limiters",
         "_lock",
         "_managers",
+        "_max_pause",
         "_paused_seconds",
         "_pauses",
         "_rates",
@@ -178,6 +196,7 @@ class Policy:
         timeout: float | None = None,
         clock: Clock | None = None,
         name: str | None = None,
+        max_pause: float = 3600.0,
     ) -> None:
         if not parts:
             raise TypeError("a Policy needs at least one part: a manager or a rate limiter")
@@ -206,6 +225,16 @@ class Policy:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
         ):
             raise ValueError(f"timeout must be zero or more seconds, or None, not {timeout!r}")
+        if (
+            isinstance(max_pause, bool)
+            or not isinstance(max_pause, (int, float))
+            or not math.isfinite(max_pause)
+            or max_pause <= 0
+        ):
+            raise ValueError(
+                f"max_pause must be a positive finite number of seconds, not {max_pause!r}"
+            )
+        self._max_pause = float(max_pause)
         self._managers = tuple(managers)
         self._rates = tuple(rates)
         self._keyed = tuple(keyed)
@@ -246,9 +275,10 @@ class Policy:
     def _left(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(0.0, deadline - self._clock.now())
 
-    def _refuse_paused(self, until: float, deadline: float) -> AcquireTimeout:
+    def _refuse_paused(self, until: float) -> AcquireTimeout:
+        """The error for a request whose deadline falls inside the pause (counted by the
+        caller, once: :meth:`enter` counts every refusal it raises)."""
         with self._lock:
-            self._refused += 1
             reason = self._last_reason
         return AcquireTimeout(
             f"{self.name!r} is paused for {until - self._clock.now():.3f} s more ({reason}), "
@@ -270,17 +300,22 @@ class Policy:
         deadline = self._deadline()
         until = self._until
         if deadline is not None and until > deadline:
-            raise self._refuse_paused(until, deadline)
+            self._count_refusal()
+            raise self._refuse_paused(until)
         group: LeaseGroup | Lease[Any] | None = None
+        spent: list[tuple[RateMeter, RateTicket]] = []  # rate taken outside a group
         try:
             if self._simple:
-                group = self._take_simple(request, deadline)
+                group = self._take_simple(request, deadline, spent)
             elif self._fixed:
                 group = acquire_all(self._parts_for(request), self._left(deadline))
-            key = self._take_keyed(request, deadline)
+            key = self._take_keyed(request, deadline, spent)
             self._wait_out_pause(deadline)
         except BaseException as error:
-            _give_back(group)
+            try:
+                _refund(spent)
+            finally:
+                _give_back(group)
             if isinstance(error, AcquireTimeout):
                 self._count_refusal()
             raise
@@ -297,17 +332,22 @@ class Policy:
         deadline = self._deadline()
         until = self._until
         if deadline is not None and until > deadline:
-            raise self._refuse_paused(until, deadline)
+            self._count_refusal()
+            raise self._refuse_paused(until)
         group: LeaseGroup | Lease[Any] | None = None
+        spent: list[tuple[RateMeter, RateTicket]] = []
         try:
             if self._simple:
-                group = await self._take_simple_async(request, deadline)
+                group = await self._take_simple_async(request, deadline, spent)
             elif self._fixed:
                 group = await acquire_all_async(self._parts_for(request), self._left(deadline))
-            key = await self._take_keyed_async(request, deadline)
+            key = await self._take_keyed_async(request, deadline, spent)
             await self._wait_out_pause_async(deadline)
         except BaseException as error:
-            await _give_back_async(group)
+            try:
+                _refund(spent)
+            finally:
+                await _give_back_async(group)
             if isinstance(error, AcquireTimeout):
                 self._count_refusal()
             raise
@@ -316,14 +356,22 @@ class Policy:
         return Grant(group, key, request)
 
     def _take_simple(
-        self, request: HTTPRequest | None, deadline: float | None
+        self,
+        request: HTTPRequest | None,
+        deadline: float | None,
+        spent: list[tuple[RateMeter, RateTicket]],
     ) -> Lease[Any] | None:
+        """The manager, then the limiter; each limiter's ticket goes to ``spent``, so that a
+        refusal later (a pause extended past the deadline) can refund it."""
         lease = None
         for manager, amount in self._managers:
             lease = manager.acquire(amount, self._left(deadline))
         try:
             for limiter, amount in self._rates:
-                limiter.acquire(self._rate_cost(request, amount), self._left(deadline))
+                parts = limiter_parts(limiter)
+                cost = validate_cost(self._rate_cost(request, amount), parts.largest)
+                ticket = acquire_ticket(parts, parts.meter, cost, self._left(deadline))
+                spent.append((parts.meter, ticket))
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -331,14 +379,20 @@ class Policy:
         return lease
 
     async def _take_simple_async(
-        self, request: HTTPRequest | None, deadline: float | None
+        self,
+        request: HTTPRequest | None,
+        deadline: float | None,
+        spent: list[tuple[RateMeter, RateTicket]],
     ) -> Lease[Any] | None:
         lease = None
         for manager, amount in self._managers:
             lease = await manager.acquire_async(amount, self._left(deadline))
         try:
             for limiter, amount in self._rates:
-                await limiter.acquire_async(self._rate_cost(request, amount), self._left(deadline))
+                parts = limiter_parts(limiter)
+                cost = validate_cost(self._rate_cost(request, amount), parts.largest)
+                steps = rate_ticket(parts, parts.meter, cost, self._left(deadline), TASK)
+                spent.append((parts.meter, await run_in_task(steps)))
         except BaseException:
             if lease is not None:
                 await lease.release_async()
@@ -354,19 +408,28 @@ class Policy:
     def _rate_cost(self, request: HTTPRequest | None, amount: Any) -> Any:
         return amount if self._cost is None or request is None else self._cost(request)
 
-    def _take_keyed(self, request: HTTPRequest | None, deadline: float | None) -> Hashable | None:
-        key = self._key_of(request)
-        for limiter, amount in self._keyed:
-            limiter.acquire(key, self._rate_cost(request, amount), self._left(deadline))
-        return key
-
-    async def _take_keyed_async(
-        self, request: HTTPRequest | None, deadline: float | None
+    def _take_keyed(
+        self,
+        request: HTTPRequest | None,
+        deadline: float | None,
+        spent: list[tuple[RateMeter, RateTicket]],
     ) -> Hashable | None:
         key = self._key_of(request)
         for limiter, amount in self._keyed:
             price = self._rate_cost(request, amount)
-            await limiter.acquire_async(key, price, self._left(deadline))
+            spent.append(acquire_key_ticket(limiter, key, price, self._left(deadline)))
+        return key
+
+    async def _take_keyed_async(
+        self,
+        request: HTTPRequest | None,
+        deadline: float | None,
+        spent: list[tuple[RateMeter, RateTicket]],
+    ) -> Hashable | None:
+        key = self._key_of(request)
+        for limiter, amount in self._keyed:
+            price = self._rate_cost(request, amount)
+            spent.append(await acquire_key_ticket_async(limiter, key, price, self._left(deadline)))
         return key
 
     def _wait_out_pause(self, deadline: float | None) -> None:
@@ -376,7 +439,7 @@ class Policy:
             if until <= clock.now():
                 return
             if deadline is not None and until > deadline:
-                raise self._refuse_paused(until, deadline)
+                raise self._refuse_paused(until)
             handle = threading.Lock()
             handle.acquire()
             clock.sleep_until(handle, until)  # nobody releases it: a sleep until the end
@@ -388,7 +451,7 @@ class Policy:
             if until <= clock.now():
                 return
             if deadline is not None and until > deadline:
-                raise self._refuse_paused(until, deadline)
+                raise self._refuse_paused(until)
             await sleep_until_async(clock, until)
 
     # -- after the reply's headers -----------------------------------------------------------
@@ -409,7 +472,8 @@ class Policy:
                 logger.exception("could not read the rate-limit headers of a reply")
                 announced = None
             if announced is not None:
-                self._pause(announced.seconds, announced.reason, grant.key)
+                seconds = self._bounded(announced.seconds, announced.reason)
+                self._pause(seconds, announced.reason, grant.key)
             charge = self._charge
             if charge is not None:
                 extra = charge(response)
@@ -436,6 +500,21 @@ class Policy:
         ):
             raise ValueError(f"seconds must be a finite number, zero or more, not {seconds!r}")
         self._pause(float(seconds), str(reason), None)
+
+    def _bounded(self, seconds: float, reason: str) -> float:
+        """A pause a server announced, at most ``max_pause``: a huge value (a bug, or a
+        hostile server) must neither stall the policy for days nor overflow a limiter."""
+        limit = self._max_pause
+        if seconds <= limit:  # also False for NaN
+            return seconds
+        logger.warning(
+            "%r: a reply asked for a pause of %s s (%s); pausing for max_pause, %s s",
+            self.name,
+            seconds,
+            reason,
+            limit,
+        )
+        return limit
 
     def _pause(self, seconds: float, reason: str, key: Hashable | None) -> None:
         now = self._clock.now()
@@ -490,6 +569,13 @@ def _not_told(limiter: object) -> None:
 def _ticks(parts: LimiterParts, seconds: float) -> int:
     """``seconds`` from now on a limiter's own clock, in its meter's ticks."""
     return ticks_of(parts.clock.now() + seconds, parts.meter.scale)
+
+
+def _refund(spent: list[tuple[RateMeter, RateTicket]]) -> None:
+    """Nothing was sent: give back the rate taken outside a group, the last taken first
+    (exact for each limiter that granted nothing since, as a group's refund)."""
+    for meter, ticket in reversed(spent):
+        refund(meter, ticket)
 
 
 def _give_back(group: LeaseGroup | Lease[Any] | None) -> None:
