@@ -132,3 +132,31 @@ def test_a_loop_closed_without_shutting_down_leaks_nothing(redis_backend: RedisB
     assert redis_backend.loop_clients._clients == {}
     del loop
     gc.collect()  # an unclosed socket or transport would warn here (an error)
+
+
+def test_an_observed_task_makes_its_round_trips_on_its_loop(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an observer installed a task takes the observed path: it must still enter and
+    give back through the loop's client, never the blocking one."""
+    from allotment.redis._pool import RedisPool
+
+    def blocking(*args: object) -> bool:
+        raise AssertionError("a blocking round trip on the loop's thread")
+
+    pool = allotment.ResourceManager(1, name="observed-task", backend=redis_backend)
+
+    async def main() -> None:
+        async with pool.acquire_async(1):
+            pass
+        holder = await pool.acquire_async(1)
+        with pytest.raises(allotment.AcquireTimeout):
+            await pool.acquire_async(1, timeout=0.05)
+        await holder.release_async()
+
+    monkeypatch.setattr(RedisPool, "enter", blocking)
+    with allotment.Recorder() as recorder:
+        run(main)
+    kinds = [event.kind for event in recorder.events]
+    assert kinds.count("granted") == 2
+    assert "timed_out" in kinds

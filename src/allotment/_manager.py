@@ -613,7 +613,8 @@ class ResourceManager(Generic[Amount]):
         queued = False
         token = handing.set(request_id)
         try:
-            granted = pool.enter(ticket, new_observed_task_waiter if timeout != 0 else None)
+            waiter = new_observed_task_waiter if timeout != 0 else None
+            granted = await _enter_in_task(pool, ticket, waiter)  # never blocks the loop
             if not granted and timeout != 0:
                 queued = True
                 report_requested(self, owner, ticket, request_id, _asked_ns(asked, self._clock))
@@ -621,7 +622,7 @@ class ResourceManager(Generic[Amount]):
             if granted and self._node.policy is not None:
                 note_held(lease, self._node, ticket.site)
         except BaseException as error:
-            pool.release(ticket, None)
+            await _release_in_task(pool, ticket)
             report_failure(self, owner, ticket, request_id, asked, error)
             raise
         finally:
