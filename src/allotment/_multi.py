@@ -29,7 +29,17 @@ import attrs
 from . import _events
 from ._acquisition import Acquisition, start_acquisition
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import Quantity, RateMeter, RateTicket, Site, Ticket, caller_site, ticks_of
+from ._core import (
+    MemoryPool,
+    Meter,
+    Quantity,
+    RateMeter,
+    RateTicket,
+    Site,
+    Ticket,
+    caller_site,
+    ticks_of,
+)
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
 from ._limiters import (
@@ -53,7 +63,17 @@ from ._manager import (
     timeout_summary,
 )
 from ._observed import ObservedLease
-from ._waiters import TASK, THREAD, Steps, Waiting, run_blocking, run_in_task, seconds_of
+from ._waiters import (
+    TASK,
+    THREAD,
+    Steps,
+    Waiting,
+    await_rate,
+    new_thread_waiter,
+    run_blocking,
+    run_in_task,
+    seconds_of,
+)
 
 __all__ = [
     "LeaseGroup",
@@ -77,6 +97,7 @@ mapping of resource names for a manager of named ones (the type parameter of
 (and the names, and the signs) before anything is taken."""
 
 _current_thread = threading.current_thread
+_INFINITY = float("inf")
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result", bound="LeaseGroup | None")
 
@@ -134,7 +155,9 @@ class LeaseGroup(Sequence[Lease[Any]]):
         return refunded
 
     def __enter__(self) -> LeaseGroup:
-        if self._taken and self.released:
+        taken = self._taken
+        # The last lease held: not all are released (the common case, read in one step).
+        if taken and taken[-1].released and self.released:
             raise LeaseReleased("these leases were already released and hold nothing")
         return self
 
@@ -191,6 +214,10 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     is released, last first, before the error propagates. Every amount is validated, and
     every merged request checked against its manager's capacity, before anything is taken.
     """
+    if not _events.observers:
+        group = _at_once(requests, timeout, quietly=False)
+        if isinstance(group, LeaseGroup):  # never False when not quiet
+            return group
     plan = _plan(requests)
     deadline = deadline_after(_clock_of(plan), timeout)
     site = caller_site(1)
@@ -233,11 +260,142 @@ async def _take_all_in_task(
 def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
     """Like :func:`acquire_all`, but never waits: return ``None``, holding nothing, if any
     request cannot be granted at once."""
+    if not _events.observers:
+        group = _at_once(requests, 0, quietly=True)
+        if group is not None:
+            return None if group is False else group
     plan = _plan(requests)
     taking = _take_all(plan, False, None, 0, caller_site(1), waiting=THREAD, quietly=True)
     if _events.observers:
         return run_blocking(_observed(taking, plan))
     return run_blocking(taking)
+
+
+_SECONDS = (int, float)
+_FastPart = tuple[int, int, int, ManagerParts, "ResourceManager[Any]", int]
+"""``(rank, serial, request index, parts, manager, units)`` of one manager request."""
+_FastRate = tuple[Any, LimiterParts, int, int]
+"""``(limiter, parts, cost, request index)``."""
+
+
+def _at_once(
+    requests: Iterable[Request], timeout: float | None, *, quietly: bool
+) -> LeaseGroup | Literal[False] | None:
+    """The common case in one pass, with no plan: distinct managers of one resource in this
+    process, each able to grant now, and at most one limiter in this process.
+
+    Returns ``None``, holding nothing and having spent nothing, for anything else (another
+    kind of request, one that would fail validation, a backend, a checked lock order,
+    recorded sites, a manager that cannot grant at once): the general path then decides as
+    if this had not run. A manager that could not grant was only asked without queueing, so
+    no place in a queue is taken or lost. Otherwise the outcome is the general path's: the
+    managers are taken in rank order, then the limiter (waiting for it if ``timeout``
+    allows, as the general path would); ``False`` if ``quietly`` and the limiter refuses.
+    On any exception everything taken is given back and the rate refunded.
+    """
+    kind = type(requests)
+    if (kind is not list and kind is not tuple) or not (
+        timeout is None or (type(timeout) in _SECONDS and 0 <= timeout < _INFINITY)
+    ):
+        return None  # an iterator is read once, by the general path; odd timeouts too
+    listed: Sequence[Any] = requests  # type: ignore[assignment]
+    found = _fast_parts(listed)
+    if found is None:
+        return None
+    parts, rate = found
+    return _take_at_once(parts, rate, len(listed), timeout, quietly=quietly)
+
+
+def _fast_parts(requests: Sequence[Any]) -> tuple[list[_FastPart], _FastRate | None] | None:
+    """The requests as fast parts in rank order, or ``None`` if the fast path cannot take
+    them; no user code runs and nothing changes."""
+    parts: list[_FastPart] = []
+    rate: _FastRate | None = None
+    for index, request in enumerate(requests):
+        if type(request) is not tuple or len(request) != 2:
+            return None
+        target, units = request
+        if type(units) is int and units > 0 and type(target) is ResourceManager:
+            of = parts_of(target)
+            pool = of.pool
+            capacity = pool.capacity
+            if (
+                not of.scalar
+                or type(pool) is not MemoryPool
+                or of.node.policy is not None
+                or records_sites(of)
+                or capacity is None
+                or units > capacity  # type: ignore[operator]
+            ):
+                return None
+            node = of.node
+            parts.append((node.rank, node.serial, index, of, target, units))
+        elif type(units) is int and units > 0 and rate is None and is_limiter(target):
+            limits = limiter_parts(target)
+            if type(limits.meter) is not Meter or units > limits.largest:
+                return None
+            rate = (target, limits, units, index)
+        else:
+            return None  # a second limiter (forecasts order them), or not a request
+    parts.sort()  # by rank key (rank, serial), then by the distinct indices: nothing else
+    for position in range(1, len(parts)):
+        if parts[position - 1][1] == parts[position][1]:
+            return None  # a manager named twice: the general path merges the requests
+    return parts, rate
+
+
+def _take_at_once(
+    parts: list[_FastPart],
+    rate: _FastRate | None,
+    count: int,
+    timeout: float | None,
+    *,
+    quietly: bool,
+) -> LeaseGroup | Literal[False] | None:
+    """Take ``parts`` (in rank order) if each grants now, then ``rate``: see
+    :func:`_at_once`."""
+    blocking = timeout != 0
+    deadline = None
+    if rate is not None and blocking and timeout is not None:
+        deadline = rate[1].clock.now() + timeout  # the group's one deadline
+    leases: list[Lease[Any] | None] = [None] * count
+    taken: list[Lease[Any]] = []
+    spent: list[tuple[RateMeter, RateTicket]] = []
+    thread = _current_thread()
+    try:
+        for _, _, index, of, manager, units in parts:
+            ticket = Ticket(units, thread, None, of.clock.now())
+            lease = Lease(ticket, of.pool, manager)
+            taken.append(lease)  # before asking: from here an exception gives it back
+            if not of.pool.enter(ticket, None):
+                _release_all(taken)
+                return None
+            leases[index] = lease
+        rates: tuple[RateGrant, ...] = ()
+        if rate is not None:
+            limiter, limits, cost, rate_index = rate
+            meter, clock = limits.meter, limits.clock
+            ticket = RateTicket(cost, thread, None, clock.now())
+            spent.append((meter, ticket))  # before asking, likewise
+            limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
+            entry = meter.enter(ticket, new_thread_waiter if blocking else None, blocking, limit)
+            if entry != "granted" and not (
+                entry == "queued" and await_rate(meter, ticket, clock, deadline)
+            ):
+                _release_all(taken)
+                if quietly:
+                    return False
+                raise AcquireTimeout(
+                    f"acquire_all cannot be granted within {timeout} s: {limits.name!r} "
+                    f"cannot allow {cost} unit(s) by then; nothing is held or spent"
+                )
+            rates = (RateGrant(limiter, cost),)
+            del leases[rate_index]  # the limiter's place: a group lists only leases
+        return LeaseGroup(tuple(leases), tuple(taken), tuple(spent), rates)  # type: ignore[arg-type]
+    except BaseException:
+        _withdraw_rates(spent)  # the work never started: its rate is refunded
+        _release_all(taken)
+        raise
 
 
 def _check_order(planned: _Plan, blocking: bool, site: Site) -> None:
