@@ -794,6 +794,23 @@ def _pair() -> Env:
     return env
 
 
+def _scalar_pair(*, second_full: bool = False) -> Callable[[], Env]:
+    """Two managers of one resource: what ``acquire_all``'s one-pass path takes (or, with
+    ``second_full``, gives back as it finds the second full, falling back)."""
+
+    def setup() -> Env:
+        first = _manager(3, "first", rank=1)
+        second = _manager(2, "second", rank=2)
+        env = Env([first, second], [1, 1])
+        _spare(env, first.acquire(1))
+        _spare(env, second.acquire(1))
+        if second_full:
+            _hold(env, second.acquire(1))
+        return env
+
+    return setup
+
+
 def _queued_behind(
     capacity: int, held: int, queued: int, *ends: type[BaseException]
 ) -> Callable[[], Env]:
@@ -902,6 +919,19 @@ def _try_acquire_all(env: Env) -> allotment.LeaseGroup | None:
     return allotment.try_acquire_all([(first, 1), (second, {"gpu": 1}), (first, 1)])
 
 
+def _acquire_all_at_once(env: Env) -> allotment.LeaseGroup:
+    first, second = env.managers
+    return allotment.acquire_all([(second, 1), (first, 1)])
+
+
+def _acquire_all_falls_back(env: Env) -> object:
+    first, second = env.managers
+    try:
+        return allotment.acquire_all([(second, 1), (first, 1)], timeout=0)
+    except allotment.AcquireTimeout as error:
+        return error
+
+
 def _release_a_permit(env: Env) -> None:
     # Interrupted, the release may or may not have given the permit.
     env.interrupted_permits = env.permits | {min(env.permits) - 1}
@@ -961,6 +991,17 @@ CASES = [
     Case("repr", _holding(1), lambda env: repr(_first(env))),
     Case("acquire_all-splits-a-shared-manager", _pair, _acquire_all),
     Case("try_acquire_all", _pair, _try_acquire_all),
+    Case("acquire_all-in-one-pass", _scalar_pair(), _acquire_all_at_once),
+    Case(
+        "acquire_all-falls-back-on-a-full-manager",
+        _scalar_pair(second_full=True),
+        _acquire_all_falls_back,
+    ),
+    Case(
+        "try_acquire_all-in-one-pass",
+        _scalar_pair(),
+        lambda env: allotment.try_acquire_all([(m, 1) for m in env.managers]),
+    ),
     Case("claim", _banker, lambda env: _first(env).claim(2)),
     Case("claim-acquire", _claimed(holding=False), lambda env: env.subject.acquire(1)),
     Case("claim-close", _claimed(holding=True), lambda env: env.subject.close()),

@@ -64,6 +64,12 @@ def _with_pool() -> RateEnv:
     return env
 
 
+def _with_drained() -> RateEnv:
+    env = _gcra(drained=True)()
+    env.pool = allotment.ResourceManager(2, clock=env.clock)
+    return env
+
+
 def _keyed() -> RateEnv:
     env = _gcra()()
     env.keyed = allotment.KeyedRateLimiter(10, per=1, burst=2, clock=env.clock)
@@ -104,6 +110,11 @@ CASES: dict[str, tuple[Callable[[], RateEnv], Callable[[RateEnv], object]]] = {
     "window try_acquire": (_window, lambda env: env.limiter.try_acquire(2)),
     "window reserve": (_window, lambda env: (env.limiter.try_acquire(3), env.limiter.reserve(1))),
     "acquire_all with a limiter": (_with_pool, _acquire_all),
+    "acquire_all with a drained limiter": (_with_drained, _acquire_all),
+    "try_acquire_all with a limiter": (
+        _with_pool,
+        lambda env: allotment.try_acquire_all([(env.pool, 1), (env.limiter, 2)]),  # type: ignore[list-item]
+    ),
     "keyed try_acquire": (_keyed, lambda env: env.keyed.try_acquire("new")),  # type: ignore[union-attr]
 }
 

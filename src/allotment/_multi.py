@@ -216,7 +216,8 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     """
     if not _events.observers:
         group = _at_once(requests, timeout, quietly=False)
-        if isinstance(group, LeaseGroup):  # never False when not quiet
+        # No call between: a check point there is as the result returns (see the sweeps).
+        if group is not None and group is not False:  # never False when not quiet
             return group
     plan = _plan(requests)
     deadline = deadline_after(_clock_of(plan), timeout)
@@ -393,8 +394,10 @@ def _take_at_once(
             del leases[rate_index]  # the limiter's place: a group lists only leases
         return LeaseGroup(tuple(leases), tuple(taken), tuple(spent), rates)  # type: ignore[arg-type]
     except BaseException:
-        _withdraw_rates(spent)  # the work never started: its rate is refunded
-        _release_all(taken)
+        try:
+            _withdraw_rates(spent)  # the work never started: its rate is refunded
+        finally:  # an exception as the refund returns still gives the leases back
+            _release_all(taken)
         raise
 
 
@@ -575,9 +578,11 @@ def _take_all(
             else:
                 granted = take(of, first, first_lease, blocking, deadline)
             if not granted:
+                # Given back before raising: the handler below only repeats it, so an
+                # exception landing in the handler loses nothing.
+                _release_all(taken)
                 if not quietly:
                     raise _timeout(step.manager, position, plan, timeout)
-                _release_all(taken)
                 return None
             leases[step.parts[0][0]] = first_lease
             # Last in the loop's body, and a plain call: on 3.12 and 3.13 a body that ends
@@ -587,9 +592,11 @@ def _take_all(
             granted_rates = yield from _take_rates(
                 planned, blocking, deadline, timeout, waiting, quietly=quietly
             )
-            if granted_rates is None:
-                _release_all(taken)
-                return None
+            if not isinstance(granted_rates, tuple):
+                _release_all(taken)  # before raising, as above
+                if granted_rates is None:
+                    return None
+                raise granted_rates
             rates = granted_rates
         return LeaseGroup(
             tuple(lease for lease in leases if lease is not None),
@@ -598,8 +605,10 @@ def _take_all(
             tuple(RateGrant(step.limiter, step.total) for step in planned.rates),
         )
     except BaseException:
-        _withdraw_rates(list(rates))  # the work never started: its rate is refunded
-        _release_all(taken)
+        try:
+            _withdraw_rates(rates)  # the work never started: its rate is refunded
+        finally:  # an exception as the refund returns still gives the leases back
+            _release_all(taken)
         raise
 
 
@@ -636,9 +645,10 @@ def _take_rates(
     waiting: Waiting,
     *,
     quietly: bool,
-) -> Steps[tuple[tuple[RateMeter, RateTicket], ...] | None]:
-    """Spend every limiter's cost, or none. ``None`` (if ``quietly``) or ``AcquireTimeout``
-    when one cannot be allowed by ``deadline``, with whatever was granted given back.
+) -> Steps[tuple[tuple[RateMeter, RateTicket], ...] | AcquireTimeout | None]:
+    """Spend every limiter's cost, or none. ``None`` (if ``quietly``) or an
+    ``AcquireTimeout`` to raise when one cannot be allowed by ``deadline``, with whatever
+    was granted given back.
 
     First a forecast: the time each limiter would allow its cost, if asked now. If any is
     after the deadline, fail at once, having spent nothing. Otherwise wait for them latest
@@ -657,8 +667,7 @@ def _take_rates(
             left is not None and allowed_at > ticks_of(now + left, meter.scale)
         ):
             meter.count_refusal()
-            _rates_refused([], step, timeout, quietly=quietly)
-            return None
+            return _rates_refused([], step, timeout, quietly=quietly)
         forecasts.append((wait, step))
     forecasts.sort(key=lambda pair: -pair[0])
     granted: list[tuple[RateMeter, RateTicket]] = []
@@ -674,8 +683,7 @@ def _take_rates(
             try:
                 ticket = yield from rate_ticket(step.of, meter, step.total, patience, waiting)
             except AcquireTimeout:
-                _rates_refused(granted, step, timeout, quietly=quietly)
-                return None
+                return _rates_refused(granted, step, timeout, quietly=quietly)
             granted.append((meter, ticket))
         return tuple(granted)
     except BaseException:
@@ -694,15 +702,17 @@ def _rates_refused(
     timeout: float | None,
     *,
     quietly: bool,
-) -> None:
+) -> AcquireTimeout | None:
+    """Refund what ``entered`` was granted; the error to raise (``None`` if ``quietly``),
+    raised by the caller once it gave back what else it took."""
     _withdraw_rates(entered)  # granted ones are refunded (exactly, unless others came after)
     if quietly:
-        return
+        return None
     if step is None:
         why = "the limiters did not all allow their costs in time"
     else:
         why = f"{step.of.name!r} cannot allow {step.total} unit(s) by then"
-    raise AcquireTimeout(
+    return AcquireTimeout(
         f"acquire_all cannot be granted within {timeout} s: {why}; nothing is held or spent"
     )
 
