@@ -19,10 +19,11 @@ refunds what was spent.
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 import attrs
 
@@ -216,9 +217,10 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
     """
     if not _events.observers:
         group = _at_once(requests, timeout, quietly=False)
-        # No call between: a check point there is as the result returns (see the sweeps).
-        if group is not None and group is not False:  # never False when not quiet
-            return group
+        # No call and no taken jump between (on 3.10 a taken jump is a check point): one
+        # there would drop the group on its way back.
+        if group is not _FALL_BACK:
+            return group  # type: ignore[return-value]  # never None when not quiet
     plan = _plan(requests)
     deadline = deadline_after(_clock_of(plan), timeout)
     site = caller_site(1)
@@ -263,8 +265,8 @@ def try_acquire_all(requests: Iterable[Request]) -> LeaseGroup | None:
     request cannot be granted at once."""
     if not _events.observers:
         group = _at_once(requests, 0, quietly=True)
-        if group is not None:
-            return None if group is False else group
+        if group is not _FALL_BACK:  # as in acquire_all
+            return group
     plan = _plan(requests)
     taking = _take_all(plan, False, None, 0, caller_site(1), waiting=THREAD, quietly=True)
     if _events.observers:
@@ -279,30 +281,38 @@ _FastRate = tuple[Any, LimiterParts, int, int]
 """``(limiter, parts, cost, request index)``."""
 
 
+class _Outcome(enum.Enum):
+    FALL_BACK = "fall back"
+
+
+_FALL_BACK: Final = _Outcome.FALL_BACK
+"""What the one-pass path answers when the general path must decide."""
+
+
 def _at_once(
     requests: Iterable[Request], timeout: float | None, *, quietly: bool
-) -> LeaseGroup | Literal[False] | None:
+) -> LeaseGroup | Literal[_Outcome.FALL_BACK] | None:
     """The common case in one pass, with no plan: distinct managers of one resource in this
     process, each able to grant now, and at most one limiter in this process.
 
-    Returns ``None``, holding nothing and having spent nothing, for anything else (another
+    Returns ``_FALL_BACK``, holding nothing and having spent nothing, for anything else (another
     kind of request, one that would fail validation, a backend, a checked lock order,
     recorded sites, a manager that cannot grant at once): the general path then decides as
     if this had not run. A manager that could not grant was only asked without queueing, so
     no place in a queue is taken or lost. Otherwise the outcome is the general path's: the
     managers are taken in rank order, then the limiter (waiting for it if ``timeout``
-    allows, as the general path would); ``False`` if ``quietly`` and the limiter refuses.
+    allows, as the general path would); ``None`` if ``quietly`` and the limiter refuses.
     On any exception everything taken is given back and the rate refunded.
     """
     kind = type(requests)
     if (kind is not list and kind is not tuple) or not (
         timeout is None or (type(timeout) in _SECONDS and 0 <= timeout < _INFINITY)
     ):
-        return None  # an iterator is read once, by the general path; odd timeouts too
+        return _FALL_BACK  # an iterator is read once, by the general path; odd timeouts too
     listed: Sequence[Any] = requests  # type: ignore[assignment]
     found = _fast_parts(listed)
     if found is None:
-        return None
+        return _FALL_BACK
     parts, rate = found
     return _take_at_once(parts, rate, len(listed), timeout, quietly=quietly)
 
@@ -352,7 +362,7 @@ def _take_at_once(
     timeout: float | None,
     *,
     quietly: bool,
-) -> LeaseGroup | Literal[False] | None:
+) -> LeaseGroup | Literal[_Outcome.FALL_BACK] | None:
     """Take ``parts`` (in rank order) if each grants now, then ``rate``: see
     :func:`_at_once`."""
     blocking = timeout != 0
@@ -370,7 +380,7 @@ def _take_at_once(
             taken.append(lease)  # before asking: from here an exception gives it back
             if not of.pool.enter(ticket, None):
                 _release_all(taken)
-                return None
+                return _FALL_BACK
             leases[index] = lease
         rates: tuple[RateGrant, ...] = ()
         if rate is not None:
@@ -385,7 +395,7 @@ def _take_at_once(
             ):
                 _release_all(taken)
                 if quietly:
-                    return False
+                    return None
                 raise AcquireTimeout(
                     f"acquire_all cannot be granted within {timeout} s: {limits.name!r} "
                     f"cannot allow {cost} unit(s) by then; nothing is held or spent"
