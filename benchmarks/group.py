@@ -52,7 +52,7 @@ def measure(repeats: int, number: int) -> tuple[float, float]:
     host = allotment.ResourceManager(4, name="host")
     total = allotment.ResourceManager(100, name="total")
     api = allotment.RateLimiter(1e9, burst=1_000_000, name="api")
-    requests = [(host, 1), (total, 1), (api, 1)]
+    requests: list[allotment.Request] = [(host, 1), (total, 1), (api, 1)]
     host_semaphore, total_semaphore = threading.Semaphore(4), threading.Semaphore(100)
     bucket = _TokenBucket(1e9, 1_000_000)
 

@@ -52,9 +52,9 @@ def test_distinct_managers_and_a_limiter_take_no_plan(no_plan: list[object]) -> 
     assert_idle(host)
     assert_idle(total)
     assert api.statistics().allowed_units == 2
-    group = allotment.try_acquire_all([(host, 2), (total, 3)])
-    assert group is not None
-    group.release()
+    tried = allotment.try_acquire_all([(host, 2), (total, 3)])
+    assert tried is not None
+    tried.release()
     assert no_plan == []
 
 
