@@ -102,7 +102,7 @@ def test_a_sigkilled_holder_hands_its_units_to_a_task(tmp_path: Path) -> None:
         async def main() -> int:
             waiting = asyncio.ensure_future(pool.acquire_async(2, timeout=60))
             await asyncio.sleep(0)
-            while not _state(backend, "gpus").records[-1].kind != GRANTED:
+            while _state(backend, "gpus").records[-1].kind == GRANTED:
                 await asyncio.sleep(0.001)
             _kill(holder)
             lease = await waiting
