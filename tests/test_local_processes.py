@@ -23,10 +23,12 @@ from local_workers import churn, hammer, hold_forever
 from support import wait_until
 
 spawn = multiprocessing.get_context("spawn")
+fast: Any
 if "forkserver" in multiprocessing.get_all_start_methods():
     # Children forked from a server that has imported allotment: 150 of them in seconds.
-    fast = multiprocessing.get_context("forkserver")
-    fast.set_forkserver_preload(["allotment", "local_workers"])
+    forkserver = multiprocessing.get_context("forkserver")
+    forkserver.set_forkserver_preload(["allotment", "local_workers"])
+    fast = forkserver
 else:  # pragma: no cover - macOS has it too
     fast = spawn
 

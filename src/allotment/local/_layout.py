@@ -191,3 +191,55 @@ def write_state(view: memoryview, state: State, resources: int) -> None:
     view[start : start + len(payload)] = payload
     struct.pack_into("<3q", view, offset, generation, _checksum(generation, payload), len(words))
     state.generation = generation
+
+
+# -- a plain list of words, for the meters' files (same two-copy rule) ---------------------
+
+
+def words_file_size(words: int) -> int:
+    return 8 * (HEADER_WORDS + 2 * (_COPY_HEAD + words))
+
+
+def words_header(kind: int, words: int) -> bytes:
+    return struct.pack(f"<{HEADER_WORDS}q", MAGIC, LAYOUT_VERSION, kind, words, 0, 0, 0, 0)
+
+
+def check_words_header(view: memoryview, kind: int, words: int) -> None:
+    if len(view) != words_file_size(words):
+        raise CorruptState(f"its size is {len(view)} bytes, not {words_file_size(words)}")
+    if struct.unpack_from("<4q", view, 0) != (MAGIC, LAYOUT_VERSION, kind, words):
+        raise CorruptState("its header is not that of this kind of limiter")
+
+
+def read_words(view: memoryview, words: int) -> tuple[int, list[int]] | None:
+    """``(generation, words)`` of the current copy; ``None`` for a fresh file."""
+    copies = []
+    for index in (0, 1):
+        offset = 8 * (HEADER_WORDS + index * (_COPY_HEAD + words))
+        generation, checksum, count = struct.unpack_from("<3q", view, offset)
+        if not 0 <= count <= words or generation <= 0:
+            continue
+        start = offset + 8 * _COPY_HEAD
+        payload = bytes(view[start : start + 8 * count])
+        if _checksum(generation, payload) == checksum:
+            copies.append((generation, payload))
+    if not copies:
+        if not any(view[8 * HEADER_WORDS :]):
+            return None
+        raise CorruptState("neither copy of the state passes its checksum")
+    generation, payload = max(copies)
+    return generation, list(struct.unpack(f"<{len(payload) // 8}q", payload))
+
+
+def write_words(view: memoryview, generation: int, values: list[int], words: int) -> int:
+    """Write ``values`` as generation ``generation + 1`` into the copy that is not current."""
+    if len(values) > words:
+        raise OverflowError("the limiter's state does not fit its file")
+    payload = struct.pack(f"<{len(values)}q", *values)
+    generation += 1
+    offset = 8 * (HEADER_WORDS + (generation % 2) * (_COPY_HEAD + words))
+    start = offset + 8 * _COPY_HEAD
+    struct.pack_into("<q", view, offset, 0)
+    view[start : start + len(payload)] = payload
+    struct.pack_into("<3q", view, offset, generation, _checksum(generation, payload), len(values))
+    return generation
