@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fractions
+import math
 import os
 import threading
 import weakref
@@ -22,13 +23,24 @@ from typing import Any
 import attrs
 
 from .._backend import OnUnavailable
-from .._clock import Clock
+from .._clock import SYSTEM_CLOCK, Clock
 from .._core import Form, NamedForm, Pool, Quantity, RateMeter
 from .._errors import UnsupportedByBackend
 from . import _directory
 from ._bell import Bell
 from ._directory import Directory
 from ._liveness import Identity, is_dead, ring
+from ._meter import (
+    GCRA,
+    GCRA_WORDS,
+    WINDOW,
+    WINDOW_WORDS,
+    LocalMeter,
+    MeterFile,
+    RuleLimits,
+    gcra_take,
+    window_take,
+)
 from ._pool import LocalPool, reap, settle
 from ._state_file import StateFile
 
@@ -52,6 +64,7 @@ class LocalBackend:
     _directory: Directory
     _lock: threading.Lock
     _files: dict[str, StateFile]
+    _meter_files: dict[str, MeterFile]
     _identity: Identity | None
     _bell: Bell | None
     _closed: bool
@@ -66,6 +79,7 @@ class LocalBackend:
         self._directory.reset_if_rebooted(_directory.boot_id())
         self._lock = threading.Lock()
         self._files = {}
+        self._meter_files = {}
         self._identity = None
         self._bell = None
         self._closed = False
@@ -89,12 +103,43 @@ class LocalBackend:
         key: str | None,
         on_unavailable: OnUnavailable | None,
     ) -> RateMeter:
-        raise UnsupportedByBackend("rate limiters are not available on a LocalBackend yet")
+        """The meter of a GCRA named ``name`` (of one of its keys, for a keyed limiter),
+        on the host's monotonic clock. Each unit's interval is rounded up to a whole
+        nanosecond: never looser. ``on_unavailable`` has nothing to act on here (the file
+        is always reachable) and is accepted for the same code to run on either backend."""
+        interval = math.ceil(interval_ns)
+        file_name = f"gcra\x00{name}" if key is None else f"gcra\x00{name}\x00{key}"
+        file = self._meter_file(file_name, GCRA, GCRA_WORDS)
+        meter = LocalMeter(
+            file, gcra_take, (interval, burst), RuleLimits(burst), _describe_gcra, name,
+            SYSTEM_CLOCK.now,
+        )  # fmt: skip
+        if key is None:
+            meter.declare()
+        return meter
 
     def window_meter(
         self, name: str, limit: int, per: fractions.Fraction, on_unavailable: OnUnavailable | None
     ) -> RateMeter:
-        raise UnsupportedByBackend("rate limiters are not available on a LocalBackend yet")
+        """The meter of a sliding window named ``name``, on the host's monotonic clock."""
+        window = math.ceil(per * 1_000_000_000)
+        file = self._meter_file(f"window\x00{name}", WINDOW, WINDOW_WORDS)
+        meter = LocalMeter(
+            file, window_take, (limit, window), RuleLimits(limit), _describe_window, name,
+            SYSTEM_CLOCK.now,
+        )  # fmt: skip
+        meter.declare()
+        return meter
+
+    def _meter_file(self, file_name: str, kind: int, words: int) -> MeterFile:
+        with self._lock:
+            self._check_open()
+            file = self._meter_files.get(file_name)
+            if file is None:
+                path = self._directory.meter_path(file_name)
+                file = MeterFile.open(self._directory, path, file_name, kind, words)
+                self._meter_files[file_name] = file
+        return file
 
     # -- files, identity, doorbell -------------------------------------------------------------
 
@@ -211,6 +256,22 @@ class LocalBackend:
             self._bell = None
         for file in self._files.values():
             file.reopen_in_child(self._directory)
+        for meter_file in self._meter_files.values():
+            meter_file.reopen_in_child(self._directory)
+
+
+def _describe_gcra(settings: tuple[int, int]) -> str:
+    interval, burst = settings
+    for seconds in (1, 60, 3600):
+        units = fractions.Fraction(seconds * 1_000_000_000, interval)
+        if units.denominator == 1:
+            return f"{units} per {seconds} s, burst {burst}"
+    return f"1 per {interval / 1e9:g} s, burst {burst}"
+
+
+def _describe_window(settings: tuple[int, int]) -> str:
+    limit, window = settings
+    return f"{limit} per {window / 1e9:g} s"
 
 
 def _reinitialise_after_fork() -> None:
