@@ -25,7 +25,7 @@ import attrs
 from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK, Clock
 from .._core import Form, NamedForm, Pool, Quantity, RateMeter
-from .._errors import UnsupportedByBackend
+from .._errors import BackendUnavailable, UnsupportedByBackend
 from . import _directory
 from ._bell import Bell
 from ._directory import Directory
@@ -241,7 +241,8 @@ class LocalBackend:
         identity = self._identity
         if identity is not None:
             for file in files:
-                reap(file, self, {(identity.pid, identity.nonce)})
+                with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
+                    reap(file, self, {(identity.pid, identity.nonce)})
             identity.close(self._directory)
 
     def _after_fork_in_child(self) -> None:

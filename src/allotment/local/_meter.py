@@ -154,6 +154,8 @@ def gcra_take(  # noqa: PLR0911 - one answer per operation, as the Redis script
     def store(new_tat: int) -> list[int]:
         return [interval, burst, new_tat]
 
+    if op == "declare":
+        return (1,), None if words is not None else store(0)
     if op == "take":
         cost, longest = args
         allow_at = max(tat + cost * interval - tolerance, now)
@@ -180,7 +182,7 @@ def gcra_take(  # noqa: PLR0911 - one answer per operation, as the Redis script
     return (wait, free), None
 
 
-def window_take(
+def window_take(  # noqa: PLR0911 - one answer per operation, as the Redis script
     words: list[int] | None, settings: tuple[int, int], now: int, op: str, args: tuple[int, ...]
 ) -> tuple[tuple[int, ...], list[int] | None]:
     limit, window = settings
@@ -211,6 +213,8 @@ def window_take(
             at = max(at, entry[0] + window)
         return at
 
+    if op == "declare":
+        return (1,), None if words is not None else encode(live, seq)
     if op == "take":
         cost, longest = args
         at = earliest(cost)
@@ -288,7 +292,8 @@ class LocalMeter:
             ) from None
 
     def declare(self) -> None:
-        self._call("peek", 1)
+        """Record this process's settings (or refuse a conflicting declaration)."""
+        self._call("declare")
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
