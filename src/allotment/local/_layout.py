@@ -103,7 +103,7 @@ def header(resources: int) -> bytes:
 
 
 def _checksum(generation: int, payload: bytes) -> int:
-    digest = hashlib.blake2b(payload, digest_size=8, key=generation.to_bytes(8, "little"))
+    digest = hashlib.blake2b(generation.to_bytes(8, "little") + payload, digest_size=8)
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
@@ -134,14 +134,17 @@ def _read_copy(view: memoryview, index: int, resources: int) -> tuple[int, bytes
 
 def read_state(view: memoryview, resources: int) -> State | None:
     """The current state, ``None`` for a file never written, or :class:`CorruptState`."""
-    copies = [_read_copy(view, index, resources) for index in (0, 1)]
-    valid = [copy for copy in copies if copy is not None]
-    if not valid:
-        if not any(view[8 * HEADER_WORDS :]):
-            return None  # fresh: both copies all zeros
-        raise CorruptState("neither copy of the state passes its checksum")
-    generation, payload = max(valid)
-    return _decode(generation, payload, resources)
+    # The newer copy first: the other is read only if the newer does not pass its checksum.
+    first = struct.unpack_from("<q", view, _copy_offset(0, resources))[0]
+    second = struct.unpack_from("<q", view, _copy_offset(1, resources))[0]
+    order = (0, 1) if first >= second else (1, 0)
+    for index in order:
+        copy = _read_copy(view, index, resources)
+        if copy is not None:
+            return _decode(copy[0], copy[1], resources)
+    if not any(view[8 * HEADER_WORDS :]):
+        return None  # fresh: both copies all zeros
+    raise CorruptState("neither copy of the state passes its checksum")
 
 
 def _decode(generation: int, payload: bytes, resources: int) -> State:

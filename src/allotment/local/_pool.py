@@ -508,7 +508,7 @@ class LocalPool:
         whichever the file has for this ticket; then hand off."""
         me = self._me()
         released = None if part is None else self._counts(part)
-        found: list[Record] = []
+        found: list[tuple[int, int]] = []
         rings: set[Identity] = set()
 
         def change(current: State | None) -> tuple[State | None, State | None]:
@@ -519,7 +519,7 @@ class LocalPool:
             if index < 0:
                 return None, None
             record = state.records[index]
-            found.append(attrs.evolve(record, units=list(record.units)))
+            found.append((record.kind, record.token))
             giving = record.units if released is None else released
             if record.kind == _layout.GRANTED:
                 state.available = [a + g for a, g in zip(state.available, giving, strict=True)]
@@ -537,10 +537,10 @@ class LocalPool:
         file = self._file
         state = file.section(change)
         with file.mutex:
-            if found and found[0].kind == _layout.GRANTED and ticket.state is PENDING:
+            if found and found[0][0] == _layout.GRANTED and ticket.state is PENDING:
                 # Withdrawing, a grant had arrived: kept by a timeout (see ``withdraw``),
                 # released by any other path (the caller gives up).
-                mine.token = found[0].token
+                mine.token = found[0][1]
                 ticket.state = GRANTED
                 ticket.since = self._now()
             if part is None:
