@@ -3,6 +3,7 @@ it refuses, and two backends standing for two processes."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import stat
@@ -10,11 +11,12 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import allotment
-from allotment.local import _directory
+from allotment.local import _directory, _state_file
 from allotment.local._layout import HEADER_WORDS, copy_words
 from allotment.testing import ManualClock
 
@@ -291,3 +293,37 @@ def test_the_unsupported_platform_stub_refuses_clearly() -> None:
 
     with pytest.raises(allotment.UnsupportedByBackend, match="POSIX"):
         LocalBackend("/nowhere")
+
+
+def test_a_lease_finalized_inside_a_section_is_released_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="reentered", backend=backend)
+
+        def leak() -> None:
+            cycle: list[object] = [pool.acquire(1)]
+            cycle.append(cycle)  # garbage only the collector frees
+
+        writes: list[int] = []
+        original = _state_file.write_state  # type: ignore[attr-defined]
+
+        def write_then_collect(*args: Any) -> None:
+            original(*args)
+            writes.append(1)
+            gc.collect()  # the leaked lease's finalizer runs here, inside the section
+
+        gc.disable()
+        try:
+            leak()
+            monkeypatch.setattr(_state_file, "write_state", write_then_collect)
+            with pytest.warns(allotment.LeakedLeaseWarning):
+                pool.acquire(1).release()
+            monkeypatch.undo()
+        finally:
+            gc.enable()
+        assert writes
+        assert pool.statistics().available == 2
+    finally:
+        backend.close()

@@ -51,7 +51,7 @@ from ._layout import (
     words_header,
     write_words,
 )
-from ._state_file import _corrupt
+from ._state_file import _corrupt, _here
 
 __all__ = ["GCRA", "WINDOW", "LocalMeter", "MeterFile", "RuleLimits"]
 
@@ -117,6 +117,7 @@ class MeterFile:
 
     def section(self, change: Callable[[list[int] | None], tuple[_R, list[int] | None]]) -> _R:
         with self.mutex:
+            _here.depth += 1
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
                 try:
@@ -130,6 +131,7 @@ class MeterFile:
                 return result
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
+                _here.depth -= 1
 
     def reopen_in_child(self, directory: Directory) -> None:
         self.mutex = threading.Lock()

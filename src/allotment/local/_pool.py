@@ -65,7 +65,7 @@ from .._errors import (
 )
 from . import _layout
 from ._layout import QUEUED, Record, State
-from ._state_file import StateFile, first_token
+from ._state_file import StateFile, defer, first_token, inside, run_deferred
 
 if TYPE_CHECKING:
     from .._core import MemoryPool
@@ -143,13 +143,13 @@ def after_change(
     me = backend.me()
     woken: list[Waiter] = []
     if state is not None:
-        with file.mutex:
+        with file.held():
             woken = settle_waiting(file, state, me)
     for waiter in woken:
         waiter.wake()
     for identity in rings - {me}:
         backend.ring(*identity)
-    file.run_deferred()
+    run_deferred()
 
 
 def settle(file: StateFile, backend: LocalBackend) -> None:
@@ -223,6 +223,10 @@ class LocalPool:
     _records: weakref.WeakKeyDictionary[Ticket, _Mine] = attrs.field(
         init=False, factory=weakref.WeakKeyDictionary
     )
+    _live: dict[Ticket, None] = attrs.field(init=False, factory=dict)
+    """The tickets that hold or ask, kept strongly: a leaked lease in a reference cycle is
+    collected with its ticket's weak references cleared first, and its finalizer must still
+    find the ticket's record to give the units back."""
     closed: bool = attrs.field(init=False, default=False)
     _last: tuple[Quantity, Quantity, int, int] = attrs.field(init=False)
     zero: Quantity = attrs.field(init=False)
@@ -341,7 +345,7 @@ class LocalPool:
         if self.closed:
             raise ManagerClosed("the manager is closed")
         file = self._file
-        if file.inside():
+        if inside():
             raise ReentrantCall("cannot acquire from inside this manager's bookkeeping")
         wanted = self._counts(ticket.units)
         made = None if waiter is None else waiter()
@@ -376,22 +380,26 @@ class LocalPool:
             return (-1, others), state
 
         self._records[ticket] = mine
+        with file.held():
+            self._live[ticket] = None
         if made is not None:
-            with file.mutex:
+            with file.held():
                 ticket.waiter = made
         token, others = file.section(change)
-        with file.mutex:
+        with file.held():
             if token > 0 and ticket.state is PENDING:
                 mine.token = token
                 ticket.state = GRANTED
             elif token < 0:
                 mine.queued = True
                 file.waiting[mine.rid] = (self, ticket)
-        file.run_deferred()
+        run_deferred()
         backend = self._backend
         if token > 0:
             return ticket.state is GRANTED
         if token == 0:  # a try that does not fit: a dead holder is no reason to refuse it
+            with file.held():
+                self._live.pop(ticket, None)
             if backend.reap_dead(backend.unwatched(others)):
                 return self.enter(ticket, None)
             return False
@@ -434,7 +442,7 @@ class LocalPool:
 
         file = self._file
         state = file.section(change)
-        with file.mutex:
+        with file.held():
             if ticket.state is PENDING:
                 if outcome and outcome[0] > 0:
                     mine.token = outcome[0]
@@ -444,6 +452,7 @@ class LocalPool:
                     self._refuse_locked(ticket)
                 else:
                     mine.done = True
+                    self._live.pop(ticket, None)
                     ticket.state = FINISHED
             file.waiting.pop(mine.rid, None)
         after_change(file, self._backend, state, rings)
@@ -454,11 +463,10 @@ class LocalPool:
     def release(self, ticket: Ticket, part: Quantity | None) -> None:
         """The one release path: give back ``part`` (or everything), or withdraw a queued
         ticket. Safe to repeat after an exception cut it short anywhere."""
-        file = self._file
-        if file.inside():  # a finalizer or signal handler inside our bookkeeping
+        if inside():  # a finalizer or signal handler inside our bookkeeping
             if part is not None:
                 raise ReentrantCall("cannot partially release a lease from inside its bookkeeping")
-            file.deferred.append(lambda: self.release(ticket, None))
+            defer(lambda: self.release(ticket, None))
             return
         state = ticket.state
         if part is not None and (state is not GRANTED or not part <= ticket.units):
@@ -488,7 +496,7 @@ class LocalPool:
         assert pending is not None
         pending_part, left = pending
         units = self._file.section(lambda state: (self._units_of(state, mine.rid), None))
-        with self._file.mutex:
+        with self._file.held():
             if units == left:
                 ticket.units = self._quantity(left)
             mine.partial = None
@@ -536,7 +544,7 @@ class LocalPool:
 
         file = self._file
         state = file.section(change)
-        with file.mutex:
+        with file.held():
             if found and found[0][0] == _layout.GRANTED and ticket.state is PENDING:
                 # Withdrawing, a grant had arrived: kept by a timeout (see ``withdraw``),
                 # released by any other path (the caller gives up).
@@ -545,6 +553,7 @@ class LocalPool:
                 ticket.since = self._now()
             if part is None:
                 mine.done = True
+                self._live.pop(ticket, None)
                 if ticket.state is GRANTED:
                     ticket.units = self.zero
                 if ticket.state is not REFUSED:
@@ -558,14 +567,13 @@ class LocalPool:
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """A leaked lease (from its finalizer): released at once, then the notice; from
         inside this file's section, after it."""
-        file = self._file
-        if file.inside():
+        if inside():
 
             def later() -> None:
                 self.release(ticket, None)
                 notice()
 
-            file.deferred.append(later)
+            defer(later)
             return
         self.release(ticket, None)
         notice()
@@ -575,6 +583,7 @@ class LocalPool:
         mine = self._records.get(ticket)
         if mine is not None:
             mine.done = True
+            self._live.pop(ticket, None)
         ticket.state = FINISHED
 
     # -- the rest of the Pool interface --------------------------------------------------------
@@ -605,6 +614,9 @@ class LocalPool:
         part_mines = [_Mine(next(_record_ids), token=mine.token) for _ in parts]
         for part, part_mine in zip(parts, part_mines, strict=True):
             self._records[part] = part_mine
+        with self._file.held():
+            for part in parts:
+                self._live[part] = None
 
         def change(current: State | None) -> tuple[bool, State | None]:
             if current is None:
@@ -625,14 +637,14 @@ class LocalPool:
 
         if not self._file.section(change):
             return
-        with self._file.mutex:
+        with self._file.held():
             remaining = ticket.units
             for part in parts:
                 remaining = remaining - part.units
                 part.since = ticket.since
                 part.state = GRANTED
             ticket.units = remaining
-        self._file.run_deferred()
+        run_deferred()
 
     def resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
         """Change the capacity for every process, computed from the current one in the
@@ -668,14 +680,14 @@ class LocalPool:
         :class:`ManagerClosed` (and leave the queue in the file), and so are later ones.
         Other processes are not affected."""
         self.closed = True
-        with self._file.mutex:
+        with self._file.held():
             mine = [ticket for pool, ticket in self._file.waiting.values() if pool is self]
         for ticket in mine:
             record = self._records.get(ticket)
             if record is None or ticket.state is not PENDING:
                 continue
             self._remove(ticket, record, None)
-            with self._file.mutex:
+            with self._file.held():
                 if ticket.state is not REFUSED:  # a grant that arrived was released above
                     ticket.error = ManagerClosed("the manager was closed while waiting")
                     ticket.state = REFUSED
@@ -690,12 +702,12 @@ class LocalPool:
     def snapshot(self) -> Snapshot:
         """The whole manager's capacity and availability; this process's holders and
         waiters (other processes' are counted)."""
-        if self._file.inside():
+        if inside():
             raise ReentrantCall("cannot look at a manager from inside its bookkeeping")
         self._backend.reap_dead(self._backend.unwatched(self._file.section(self._others)))
         state = self._file.section(lambda current: (self._state(current), None))
         self._seen(state)
-        with self._file.mutex:
+        with self._file.held():
             mine = list(self._records.items())
         holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
         waiters = tuple(_view(t) for t, m in mine if t.state is PENDING and m.queued)
@@ -725,7 +737,7 @@ class LocalPool:
         return {(r.pid, r.nonce) for r in state.records} - {me}, None
 
     def try_snapshot(self, timeout: float) -> Snapshot | None:
-        if self._file.inside():
+        if inside():
             return None
         return self.snapshot()
 

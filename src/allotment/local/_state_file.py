@@ -12,13 +12,14 @@ unlocked file does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from .._core import Ticket
     from ._pool import LocalPool
 
-__all__ = ["StateFile", "first_token"]
+__all__ = ["StateFile", "defer", "first_token", "inside", "run_deferred"]
 
 _R = TypeVar("_R")
 
@@ -57,11 +58,6 @@ class StateFile:
     _map: mmap.mmap
     view: memoryview
     mutex: threading.Lock = attrs.field(factory=threading.Lock)
-    owner: int = 0
-    """The thread inside a section (0 if none): a re-entering call from that thread (a
-    finalizer, a signal handler) is deferred, never deadlocked."""
-    deferred: list[Callable[[], None]] = attrs.field(factory=list)
-    """Work that re-entered a section, run by that section's thread once it is out."""
     waiting: dict[int, tuple[LocalPool, Ticket]] = attrs.field(factory=dict)
     """The queued tickets of this backend on this file, by record id (guarded by ``mutex``)."""
 
@@ -113,9 +109,7 @@ class StateFile:
         """In a forked child: the inherited descriptor shares the parent's ``flock`` (a lock
         belongs to the open file, not the process), so the child opens the file again."""
         self.mutex = threading.Lock()
-        self.owner = 0
         self.waiting.clear()
-        self.deferred.clear()
         old_fd = self.fd
         fresh = StateFile.open(directory, self.path, self.name, self.resources)
         self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
@@ -125,7 +119,7 @@ class StateFile:
         """Run ``change`` on the current state under both locks; write the state it returns
         (``None``: nothing to write). ``change`` must not wait, block or call out."""
         with self.mutex:
-            self.owner = threading.get_ident()
+            _here.depth += 1
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
                 try:
@@ -138,19 +132,53 @@ class StateFile:
                 return result
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
-                self.owner = 0
+                _here.depth -= 1
 
-    def inside(self) -> bool:
-        return self.owner == threading.get_ident()
-
-    def run_deferred(self) -> None:
-        while self.deferred and not self.inside():
-            self.deferred.pop(0)()
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The file's mutex, for this process's bookkeeping of its tickets (marked, as a
+        section is, so that a finalizer landing here defers its release)."""
+        with self.mutex:
+            _here.depth += 1
+            try:
+                yield
+            finally:
+                _here.depth -= 1
 
     def close(self) -> None:
         self.view.release()
         self._map.close()
         os.close(self.fd)
+
+
+class _Here(threading.local):
+    depth: int = 0
+    """Sections and bookkeeping blocks (of any file) this thread is in."""
+    deferred: list[Callable[[], None]]
+
+    def __init__(self) -> None:
+        self.deferred = []
+
+
+_here = _Here()
+
+
+def inside() -> bool:
+    """Whether this thread is inside a section or bookkeeping of any state file: a release
+    from a finalizer or a signal handler there is deferred (never a second ``flock`` under
+    the first, never a deadlock on the mutex)."""
+    return _here.depth > 0
+
+
+def defer(work: Callable[[], None]) -> None:
+    _here.deferred.append(work)
+
+
+def run_deferred() -> None:
+    """Run what re-entered, once this thread is out of every section."""
+    deferred = _here.deferred
+    while deferred and _here.depth == 0:
+        deferred.pop(0)()
 
 
 def _corrupt(name: str, path: str, why: str) -> BackendUnavailable:
