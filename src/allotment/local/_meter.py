@@ -24,12 +24,12 @@ import fcntl
 import mmap
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import attrs
 
+from .._clock import SYSTEM_CLOCK
 from .._core import (
     FINISHED,
     GRANTED,
@@ -64,7 +64,7 @@ WINDOW_ENTRIES = 4096
 """Entries a window's log can hold (its units in the last window, and reservations ahead)."""
 WINDOW_WORDS = 4 + 3 * WINDOW_ENTRIES  # limit, window_ns, seq, count, (at, seq, units)...
 
-_now_ns = time.monotonic_ns
+_now_ns = SYSTEM_CLOCK.now_ns  # CLOCK_MONOTONIC: the same in every process of the host
 
 
 @attrs.frozen

@@ -18,12 +18,12 @@ import mmap
 import os
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
+from .._clock import SYSTEM_CLOCK
 from .._errors import BackendConflict, BackendUnavailable
 from ._directory import Directory
 from ._layout import (
@@ -191,4 +191,4 @@ def _corrupt(name: str, path: str, why: str) -> BackendUnavailable:
 def first_token() -> int:
     """The first fencing token of a new file: the wall clock in nanoseconds, so tokens keep
     increasing across a reset (a reboot) as long as the clock does."""
-    return max(1, time.time_ns())
+    return max(1, SYSTEM_CLOCK.wall_ns())
