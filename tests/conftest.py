@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from allotment import LocalBackend
 from allotment.redis import RedisBackend
 from redis_support import RedisServer
 
@@ -70,12 +72,23 @@ def redis_backend(redis_client: redis.Redis) -> Iterator[RedisBackend]:
     backend.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> RedisBackend | None:
+@pytest.fixture
+def local_backend(tmp_path: pathlib.Path) -> Iterator[LocalBackend]:
+    """A backend in a fresh directory; closed (its doorbell thread stopped) after the test."""
+    backend = LocalBackend(tmp_path / "limits")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=["memory", "redis", "local"])
+def backend(request: pytest.FixtureRequest) -> RedisBackend | LocalBackend | None:
     """Where a contract test's managers and limiters keep their state: in memory (``None``),
-    or on the private redis-server."""
+    on the private redis-server, or in a directory of this host."""
     if request.param == "memory":
         return None
+    if request.param == "local":
+        local: LocalBackend = request.getfixturevalue("local_backend")
+        return local
     shared: RedisBackend = request.getfixturevalue("redis_backend")
     return shared
 

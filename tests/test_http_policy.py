@@ -98,9 +98,9 @@ def test_waiters_keep_their_places_in_line_across_a_pause() -> None:
 
 @pytest.mark.parametrize("kind", ["gcra", "window"])
 def test_a_pause_holds_on_every_backend_and_for_every_process_sharing_it(
-    backend: RedisBackend | None, kind: str
+    backend: RedisBackend | allotment.LocalBackend | None, kind: str
 ) -> None:
-    def make(on: RedisBackend | None) -> Any:
+    def make(on: RedisBackend | allotment.LocalBackend | None) -> Any:
         if kind == "gcra":
             return allotment.RateLimiter(100, per=1, burst=10, backend=on, name="paused")
         return allotment.WindowLimiter(10, per=1, backend=on, name="paused")
@@ -112,7 +112,11 @@ def test_a_pause_holds_on_every_backend_and_for_every_process_sharing_it(
     assert not limiter.try_acquire()
     if backend is not None:
         # Another process: its own connection and backend, the same state in Redis.
-        other = RedisBackend(backend.client, lease_ttl=30)
+        other: RedisBackend | allotment.LocalBackend
+        if isinstance(backend, RedisBackend):
+            other = RedisBackend(backend.client, lease_ttl=30)
+        else:
+            other = allotment.LocalBackend(backend.path)
         try:
             assert not make(other).try_acquire()
         finally:

@@ -64,6 +64,7 @@ from ._statistics import (
     WaiterInfo,
 )
 from ._wait_graph import ThreadRef, WaitEdge, WaitGraph, wait_graph
+from .local import LocalBackend
 
 __all__ = [
     "AcquireTimeout",
@@ -95,6 +96,7 @@ __all__ = [
     "LeaseGroup",
     "LeaseLost",
     "LeaseReleased",
+    "LocalBackend",
     "LockOrderPolicy",
     "LockOrderViolation",
     "LockOrderWarning",

@@ -81,6 +81,9 @@ class SystemClock:
     now_ns = staticmethod(time.monotonic_ns)
     """The same clock in whole nanoseconds (what rate limiters count in): an int read with
     no float rounding, a third of the cost of ``round(now() * 1e9)``."""
+    wall_ns = staticmethod(time.time_ns)
+    """The wall clock in nanoseconds: never to measure time, only to seed a number that must
+    keep increasing across a reboot (a LocalBackend's first fencing token in a new file)."""
 
     def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
         # A lock's timed wait returns a scheduling delay late (about 0.1 ms here). So sleep

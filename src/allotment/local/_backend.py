@@ -1,0 +1,283 @@
+"""LocalBackend: managers and limiters shared by the processes of one host, with no server.
+
+Each manager (and each limiter) is a fixed-layout state file in one directory, changed only
+under ``flock`` (see ``_state_file`` and ``_layout``). Each backend object takes an identity
+in that directory (``_liveness``): a liveness file it keeps locked for its lifetime, and a
+doorbell. Its doorbell thread (``_bell``), started when it first has a waiter, wakes its
+waiters when another process grants them, and reclaims the records of processes that die.
+
+``_lock`` guards ``_files``, ``_identity`` and ``_bell``; it is held only to look them up or
+make them, never across a section of a state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fractions
+import math
+import os
+import threading
+import weakref
+from typing import Any
+
+import attrs
+
+from .._backend import OnUnavailable
+from .._clock import SYSTEM_CLOCK, Clock
+from .._core import Form, NamedForm, Pool, Quantity, RateMeter
+from .._errors import BackendUnavailable, UnsupportedByBackend
+from . import _directory
+from ._bell import Bell
+from ._directory import Directory
+from ._liveness import Identity, is_dead, ring
+from ._meter import (
+    GCRA,
+    GCRA_WORDS,
+    WINDOW,
+    WINDOW_WORDS,
+    LocalMeter,
+    MeterFile,
+    RuleLimits,
+    gcra_take,
+    window_take,
+)
+from ._pool import LocalPool, reap, settle
+from ._state_file import StateFile
+
+__all__ = ["LocalBackend"]
+
+_backends: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+@attrs.define(eq=False, init=False)
+class LocalBackend:
+    """Managers and rate limiters shared by every process of this host that opens the same
+    directory: no server, the standard library only (POSIX: Linux and macOS).
+
+    ``path`` is a directory, made if missing, with ``mode`` (default ``0o700``: this user
+    only; ``0o770`` shares with the directory's group). A directory or file that others could
+    write, or that another user owns, is refused (:class:`PermissionError`). State from an
+    earlier boot of the host is discarded when the directory is opened.
+    """
+
+    path: str
+    _directory: Directory
+    _lock: threading.Lock
+    _files: dict[str, StateFile]
+    _meter_files: dict[str, MeterFile]
+    _identity: Identity | None
+    _bell: Bell | None
+    _closed: bool
+
+    def __init__(self, path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
+        if type(mode) is not int or not 0 <= mode <= 0o777:
+            raise ValueError(f"mode must be permission bits such as 0o700, not {mode!r}")
+        if not mode & 0o700 == 0o700:
+            raise ValueError(f"mode {mode:#o} must give the owner read, write and search")
+        self.path = os.fspath(path)
+        self._directory = Directory(self.path, mode)
+        self._directory.reset_if_rebooted(_directory.boot_id())
+        self._lock = threading.Lock()
+        self._files = {}
+        self._meter_files = {}
+        self._identity = None
+        self._bell = None
+        self._closed = False
+        _backends.add(self)
+
+    def __repr__(self) -> str:
+        return f"<allotment.LocalBackend {self.path!r}>"
+
+    # -- the Backend seam ----------------------------------------------------------------------
+
+    def manager_pool(self, name: str, form: Form[Any], capacity: Quantity, clock: Clock) -> Pool:
+        resources = len(form.names) if isinstance(form, NamedForm) else 1
+        file = self._file(name, resources)
+        return LocalPool(form, self, name, capacity, clock.now, file)
+
+    def gcra_meter(
+        self,
+        name: str,
+        interval_ns: fractions.Fraction,
+        burst: int,
+        key: str | None,
+        on_unavailable: OnUnavailable | None,
+    ) -> RateMeter:
+        """The meter of a GCRA named ``name`` (of one of its keys, for a keyed limiter),
+        on the host's monotonic clock. Each unit's interval is rounded up to a whole
+        nanosecond: never looser. ``on_unavailable`` has nothing to act on here (the file
+        is always reachable) and is accepted for the same code to run on either backend."""
+        interval = math.ceil(interval_ns)
+        file_name = f"gcra\x00{name}" if key is None else f"gcra\x00{name}\x00{key}"
+        file = self._meter_file(file_name, GCRA, GCRA_WORDS)
+        meter = LocalMeter(
+            file, gcra_take, (interval, burst), RuleLimits(burst), _describe_gcra, name,
+            SYSTEM_CLOCK.now,
+        )  # fmt: skip
+        if key is None:
+            meter.declare()
+        return meter
+
+    def window_meter(
+        self, name: str, limit: int, per: fractions.Fraction, on_unavailable: OnUnavailable | None
+    ) -> RateMeter:
+        """The meter of a sliding window named ``name``, on the host's monotonic clock."""
+        window = math.ceil(per * 1_000_000_000)
+        file = self._meter_file(f"window\x00{name}", WINDOW, WINDOW_WORDS)
+        meter = LocalMeter(
+            file, window_take, (limit, window), RuleLimits(limit), _describe_window, name,
+            SYSTEM_CLOCK.now,
+        )  # fmt: skip
+        meter.declare()
+        return meter
+
+    def _meter_file(self, file_name: str, kind: int, words: int) -> MeterFile:
+        with self._lock:
+            self._check_open()
+            file = self._meter_files.get(file_name)
+            if file is None:
+                path = self._directory.meter_path(file_name)
+                file = MeterFile.open(self._directory, path, file_name, kind, words)
+                self._meter_files[file_name] = file
+        return file
+
+    # -- files, identity, doorbell -------------------------------------------------------------
+
+    def _file(self, name: str, resources: int) -> StateFile:
+        with self._lock:
+            self._check_open()
+            file = self._files.get(name)
+            if file is None:
+                file = StateFile.open(
+                    self._directory, self._directory.manager_path(name), name, resources
+                )
+                self._files[name] = file
+        file.check_resources(name, resources)
+        return file
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UnsupportedByBackend("this LocalBackend was closed")
+
+    def me(self) -> tuple[int, int]:
+        identity = self._identity
+        if identity is None:
+            with self._lock:
+                identity = self._identity
+                if identity is None:
+                    identity = Identity.take(self._directory)
+                    self._identity = identity
+        return identity.pid, identity.nonce
+
+    def ring(self, pid: int, nonce: int) -> None:
+        ring(self._directory, pid, nonce)
+
+    def _the_bell(self) -> Bell:
+        self.me()
+        with self._lock:
+            bell = self._bell
+            if bell is None:
+                assert self._identity is not None
+                bell = Bell(self._identity, self._rung, self._died, self._is_dead)
+                self._bell = bell
+        return bell
+
+    def start_bell(self) -> None:
+        self._the_bell().start()
+
+    def watch(self, others: set[tuple[int, int]]) -> None:
+        if others:
+            self._the_bell().watch(others)
+
+    def unwatched(self, others: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        bell = self._bell
+        return others if bell is None else bell.unwatched(others)
+
+    def _is_dead(self, pid: int, nonce: int) -> bool:
+        return is_dead(self._directory, pid, nonce)
+
+    def reap_dead(self, candidates: set[tuple[int, int]]) -> bool:
+        """Reclaim the records of those ``candidates`` that are dead, everywhere in this
+        backend's files; ``True`` if any was."""
+        dead = {identity for identity in candidates if self._is_dead(*identity)}
+        if dead:
+            self._reap(dead)
+        return bool(dead)
+
+    def _reap(self, dead: set[tuple[int, int]]) -> None:
+        with self._lock:
+            files = list(self._files.values())
+        for file in files:
+            reap(file, self, dead)
+        for pid, nonce in dead:
+            for path in (
+                self._directory.bell_path(pid, nonce),
+                self._directory.process_path(pid, nonce),
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def _rung(self) -> None:
+        """The doorbell rang: settle this backend's waiters from the files."""
+        with self._lock:
+            files = [file for file in self._files.values() if file.waiting]
+        for file in files:
+            settle(file, self)
+
+    def _died(self, pid: int, nonce: int) -> None:
+        self._reap({(pid, nonce)})
+
+    def close(self) -> None:
+        """Stop the doorbell thread and give up this backend's identity: what it still
+        holds or asks for is reclaimed, as if its process had died. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            bell, self._bell = self._bell, None
+            files = list(self._files.values())
+        if bell is not None:
+            bell.stop()
+        identity = self._identity
+        if identity is not None:
+            for file in files:
+                with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
+                    reap(file, self, {(identity.pid, identity.nonce)})
+            identity.close(self._directory)
+
+    def _after_fork_in_child(self) -> None:
+        """The child shares the parent's open files, hence its ``flock``s: it reopens its
+        state files and takes an identity of its own when it first needs one."""
+        self._lock = threading.Lock()
+        if self._identity is not None:
+            self._identity.forget_in_child()
+            self._identity = None
+        if self._bell is not None:
+            self._bell.forget_in_child()
+            self._bell = None
+        for file in self._files.values():
+            file.reopen_in_child(self._directory)
+        for meter_file in self._meter_files.values():
+            meter_file.reopen_in_child(self._directory)
+
+
+def _describe_gcra(settings: tuple[int, int]) -> str:
+    interval, burst = settings
+    for seconds in (1, 60, 3600):
+        units = fractions.Fraction(seconds * 1_000_000_000, interval)
+        if units.denominator == 1:
+            return f"{units} per {seconds} s, burst {burst}"
+    return f"1 per {interval / 1e9:g} s, burst {burst}"
+
+
+def _describe_window(settings: tuple[int, int]) -> str:
+    limit, window = settings
+    return f"{limit} per {window / 1e9:g} s"
+
+
+def _reinitialise_after_fork() -> None:
+    for backend in list(_backends):
+        backend._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinitialise_after_fork)

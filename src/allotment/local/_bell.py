@@ -1,0 +1,176 @@
+"""The doorbell thread: one per backend in a process, started when it first has a waiter.
+
+It sleeps in ``poll`` on two kinds of file, never on a timer:
+
+- its **doorbell** (a FIFO): another process rang it after granting (or refusing) one of
+  this backend's waiters in a state file; the thread reads the grants from the files and
+  wakes those waiters (a thread's lock, a task's future through its loop);
+- a **pidfd** (Linux) per other backend whose records stand before one of this backend's
+  waiters: it becomes readable the moment that process is gone (SIGKILL included), and the
+  thread reclaims the dead backend's records at once, which grants the waiters they held up.
+
+Where there is no ``pidfd_open`` (macOS), the thread re-checks the watched backends' liveness
+files every ``FALLBACK_POLL`` seconds instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+import attrs
+
+from ._liveness import Identity
+
+__all__ = ["FALLBACK_POLL", "Bell"]
+
+logger = logging.getLogger("allotment.local")
+
+FALLBACK_POLL = 0.05
+
+
+@attrs.define(eq=False)
+class Bell:
+    identity: Identity
+    on_ring: Callable[[], None]
+    """Settle this backend's waiters from the files."""
+    on_death: Callable[[int, int], None]
+    """Reclaim the records of the dead backend ``(pid, nonce)`` everywhere."""
+    is_dead: Callable[[int, int], bool]
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _to_watch: set[tuple[int, int]] = attrs.field(init=False, factory=set)
+    _watched: dict[int, tuple[int, int]] = attrs.field(init=False, factory=dict)
+    """pidfd (or a negative key where there is none) to the backend it watches."""
+    _watching: set[tuple[int, int]] = attrs.field(init=False, factory=set)
+    _stopping: bool = attrs.field(init=False, default=False)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping:
+                return
+            thread = threading.Thread(target=self._run, name="allotment-local-bell", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def watch(self, others: set[tuple[int, int]]) -> None:
+        """Watch these backends until they die; the thread takes them on at its next turn."""
+        with self._lock:
+            new = others - self._watching
+            if not new:
+                return
+            self._to_watch |= new
+            self._watching |= new
+        self._ring_self()
+
+    def unwatched(self, others: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Those of ``others`` whose death this thread will not report by itself."""
+        with self._lock:
+            return others - self._watching
+
+    def _ring_self(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.identity.bell_fd, b".")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._ring_self()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: the thread did not survive the fork; its pidfds are the
+        parent's."""
+        for fd in self._watched:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._watched.clear()
+        self._watching.clear()
+        self._to_watch.clear()
+        self._thread = None
+        self._lock = threading.Lock()
+        self._stopping = True
+
+    def _run(self) -> None:
+        poller = select.poll()
+        bell_fd = self.identity.bell_fd
+        poller.register(bell_fd, select.POLLIN)
+        try:
+            while True:
+                timeout = None if all(fd >= 0 for fd in self._watched) else FALLBACK_POLL
+                events = poller.poll(None if timeout is None else int(timeout * 1000))
+                with self._lock:
+                    if self._stopping:
+                        return
+                    taking, self._to_watch = self._to_watch, set()
+                for identity in taking:
+                    self._add_watch(poller, identity)
+                dead = [fd for fd, event in events if fd != bell_fd and event]
+                if timeout is not None:
+                    dead += [
+                        fd for fd, who in self._watched.items() if fd < 0 and self.is_dead(*who)
+                    ]
+                for fd in dead:
+                    self._dead(poller, fd)
+                if any(fd == bell_fd for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(bell_fd, 4096)
+                    self.on_ring()
+        except BaseException:  # never silently: a waiter would then wait for its timeout
+            logger.exception("the doorbell thread of a LocalBackend stopped")
+            raise
+        finally:
+            for fd in self._watched:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._watched.clear()
+
+    def _add_watch(self, poller: select.poll, identity: tuple[int, int]) -> None:
+        pidfd_open = getattr(os, "pidfd_open", None)
+        fd: int | None = None
+        if pidfd_open is not None:
+            try:
+                fd = pidfd_open(identity[0])
+            except ProcessLookupError:
+                fd = None
+            except OSError:  # not permitted, or a kernel without it: the fallback poll
+                fd = -1 - len(self._watched)
+        else:
+            fd = -1 - len(self._watched)
+        if fd is not None:
+            self._watched[fd] = identity
+            if fd >= 0:
+                poller.register(fd, select.POLLIN)
+        # Opened first, checked second: if the pid was reused before the open, the
+        # liveness file says so now (and a death after this check makes the pidfd ready).
+        if self.is_dead(*identity):
+            if fd is not None:
+                self._unwatch(poller, fd)
+            self._report_death(identity)
+
+    def _unwatch(self, poller: select.poll, fd: int) -> tuple[int, int]:
+        identity = self._watched.pop(fd)
+        if fd >= 0:
+            poller.unregister(fd)
+            os.close(fd)
+        with self._lock:
+            self._watching.discard(identity)
+        return identity
+
+    def _dead(self, poller: select.poll, fd: int) -> None:
+        if fd not in self._watched:
+            return
+        self._report_death(self._unwatch(poller, fd))
+
+    def _report_death(self, identity: tuple[int, int]) -> None:
+        with self._lock:
+            self._watching.discard(identity)
+        self.on_death(*identity)

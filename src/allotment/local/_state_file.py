@@ -1,0 +1,194 @@
+"""One manager's state file, mapped, and the section that changes it.
+
+A section holds, in this order, the file's in-process mutex (threads of one process share
+the open file, and an ``flock`` does not exclude them from each other) and the file's
+``flock(LOCK_EX)`` (other processes), only for the decode, the change in memory and the
+write of the next copy: never while anyone waits, sleeps, logs or rings a doorbell.
+
+The ``flock`` is taken inside the ``try`` whose ``finally`` drops it: an exception landing
+anywhere (Ctrl-C right after ``flock`` returns) leaves no lock behind, since unlocking an
+unlocked file does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+import attrs
+
+from .._clock import SYSTEM_CLOCK
+from .._errors import BackendConflict, BackendUnavailable
+from ._directory import Directory
+from ._layout import (
+    MAGIC,
+    CorruptState,
+    State,
+    check_header,
+    file_size,
+    header,
+    read_state,
+    write_state,
+)
+
+if TYPE_CHECKING:
+    from .._core import Ticket
+    from ._pool import LocalPool
+
+__all__ = ["StateFile", "defer", "first_token", "inside", "run_deferred"]
+
+_R = TypeVar("_R")
+
+
+@attrs.define(eq=False)
+class StateFile:
+    """The mapped file of the manager ``name``; one per name in each backend, shared by
+    every face of that name in this process (so their tickets share one mutex)."""
+
+    name: str
+    path: str
+    resources: int
+    fd: int
+    _map: mmap.mmap
+    view: memoryview
+    mutex: threading.Lock = attrs.field(factory=threading.Lock)
+    waiting: dict[int, tuple[LocalPool, Ticket]] = attrs.field(factory=dict)
+    """The queued tickets of this backend on this file, by record id (guarded by ``mutex``)."""
+
+    @classmethod
+    def open(cls, directory: Directory, path: str, name: str, resources: int) -> StateFile:
+        fd = directory.open_file(path)
+        try:
+            size = file_size(resources)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.fstat(fd).st_size
+                if current >= 32:
+                    words = struct.unpack("<4q", os.pread(fd, 32, 0))
+                    if words[0] == MAGIC and words[2] != resources:
+                        raise BackendConflict(
+                            f"{name!r} already exists in this LocalBackend with {words[2]} "
+                            f"resource(s); this process declared {resources}. Declare the "
+                            "same, or use another name"
+                        )
+                if current == 0:
+                    os.ftruncate(fd, size)
+                    os.pwrite(fd, header(resources), 0)
+                elif current != size:
+                    raise _corrupt(name, path, f"its size is {current} bytes, not {size}")
+                mapped = mmap.mmap(fd, size)
+                view = memoryview(mapped)
+                try:
+                    check_header(view, resources)
+                except CorruptState as error:
+                    view.release()
+                    mapped.close()
+                    raise _corrupt(name, path, str(error)) from None
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, path, resources, fd, mapped, view)
+
+    def check_resources(self, name: str, resources: int) -> None:
+        if resources != self.resources:
+            raise BackendConflict(
+                f"{name!r} already exists in this LocalBackend with {self.resources} "
+                f"resource(s); this process declared {resources}. Declare the same, or use "
+                "another name"
+            )
+
+    def reopen_in_child(self, directory: Directory) -> None:
+        """In a forked child: the inherited descriptor shares the parent's ``flock`` (a lock
+        belongs to the open file, not the process), so the child opens the file again."""
+        self.mutex = threading.Lock()
+        self.waiting.clear()
+        old_fd = self.fd
+        fresh = StateFile.open(directory, self.path, self.name, self.resources)
+        self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
+        os.close(old_fd)  # the parent's mapping stays valid in the parent
+
+    def section(self, change: Callable[[State | None], tuple[_R, State | None]]) -> _R:
+        """Run ``change`` on the current state under both locks; write the state it returns
+        (``None``: nothing to write). ``change`` must not wait, block or call out."""
+        with self.mutex:
+            _here.depth += 1
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                try:
+                    state = read_state(self.view, self.resources)
+                except CorruptState as error:
+                    raise _corrupt(self.name, self.path, str(error)) from None
+                result, changed = change(state)
+                if changed is not None:
+                    write_state(self.view, changed, self.resources)
+                return result
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                _here.depth -= 1
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The file's mutex, for this process's bookkeeping of its tickets (marked, as a
+        section is, so that a finalizer landing here defers its release)."""
+        with self.mutex:
+            _here.depth += 1
+            try:
+                yield
+            finally:
+                _here.depth -= 1
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+        os.close(self.fd)
+
+
+class _Here(threading.local):
+    depth: int = 0
+    """Sections and bookkeeping blocks (of any file) this thread is in."""
+    deferred: list[Callable[[], None]]
+
+    def __init__(self) -> None:
+        self.deferred = []
+
+
+_here = _Here()
+
+
+def inside() -> bool:
+    """Whether this thread is inside a section or bookkeeping of any state file: a release
+    from a finalizer or a signal handler there is deferred (never a second ``flock`` under
+    the first, never a deadlock on the mutex)."""
+    return _here.depth > 0
+
+
+def defer(work: Callable[[], None]) -> None:
+    _here.deferred.append(work)
+
+
+def run_deferred() -> None:
+    """Run what re-entered, once this thread is out of every section."""
+    deferred = _here.deferred
+    while deferred and _here.depth == 0:
+        deferred.pop(0)()
+
+
+def _corrupt(name: str, path: str, why: str) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the state file of {name!r} ({path}) is damaged: {why}. It is refused, never "
+        "trusted; stop the processes that use it and remove the file to start afresh"
+    )
+
+
+def first_token() -> int:
+    """The first fencing token of a new file: the wall clock in nanoseconds, so tokens keep
+    increasing across a reset (a reboot) as long as the clock does."""
+    return max(1, SYSTEM_CLOCK.wall_ns())

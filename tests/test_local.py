@@ -1,0 +1,329 @@
+"""LocalBackend in one process: damaged files, a reboot, permissions, fork, conflicts, what
+it refuses, and two backends standing for two processes."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import stat
+import struct
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import allotment
+from allotment.local import _directory, _state_file
+from allotment.local._layout import HEADER_WORDS, copy_words
+from allotment.testing import ManualClock
+
+
+def _backend(tmp_path: Path, **options: int) -> allotment.LocalBackend:
+    return allotment.LocalBackend(tmp_path / "limits", **options)
+
+
+def _manager_file(backend: allotment.LocalBackend, name: str) -> str:
+    return backend._files[name].path
+
+
+def _copy_offset(index: int) -> int:
+    return 8 * (HEADER_WORDS + index * copy_words(1))
+
+
+def _generation(path: str, index: int) -> int:
+    with open(path, "rb") as file:
+        file.seek(_copy_offset(index))
+        return int(struct.unpack("<q", file.read(8))[0])
+
+
+def _damage(path: str, index: int) -> None:
+    """Flip a byte in the payload of copy ``index`` (what a writer killed mid-write leaves)."""
+    with open(path, "r+b") as file:
+        file.seek(_copy_offset(index) + 8 * 3 + 8)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_torn_newest_copy_is_never_read_the_previous_state_stands(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(3, name="torn", backend=backend)
+        lease = pool.acquire(2)
+        path = _manager_file(backend, "torn")
+        newest = 0 if _generation(path, 0) > _generation(path, 1) else 1
+        _damage(path, newest)  # the acquire's write, torn: as if it never happened
+        assert pool.statistics().available == 3
+        with pool.acquire(3) as again:
+            assert again.fencing_token is not None
+        lease.release()  # its record is gone with the torn copy: nothing to give back
+        assert pool.statistics().available == 3
+    finally:
+        backend.close()
+
+
+def test_a_file_damaged_in_both_copies_is_refused_never_trusted(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(3, name="broken", backend=backend)
+        pool.acquire(1).release()
+        path = _manager_file(backend, "broken")
+        _damage(path, 0)
+        _damage(path, 1)
+        with pytest.raises(allotment.BackendUnavailable, match=r"damaged.*checksum"):
+            pool.try_acquire(1)
+    finally:
+        backend.close()
+
+
+def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    first = _backend(tmp_path)
+    try:
+        allotment.ResourceManager(3, name="short", backend=first).acquire(1).release()
+        path = _manager_file(first, "short")
+    finally:
+        first.close()
+    os.truncate(path, 100)
+    second = _backend(tmp_path)
+    try:
+        with pytest.raises(allotment.BackendUnavailable, match=r"damaged.*size"):
+            allotment.ResourceManager(3, name="short", backend=second)
+    finally:
+        second.close()
+
+
+def test_a_directory_from_before_a_reboot_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _backend(tmp_path)
+    pool = allotment.ResourceManager(2, name="gpus", backend=before)
+    lease = pool.acquire(2)
+    token = lease.fencing_token
+    assert token is not None
+    # A new boot: the holder's process (and its liveness lock) would be gone; here it is
+    # not, so only the boot id can tell the state is stale.
+    monkeypatch.setattr(_directory, "boot_id", lambda: "another-boot")
+    after = _backend(tmp_path)
+    try:
+        fresh = allotment.ResourceManager(2, name="gpus", backend=after)
+        with fresh.acquire(2) as again:
+            assert again.fencing_token is not None
+            assert again.fencing_token > token  # the first token of a file is the wall clock
+    finally:
+        after.close()
+        lease.release()
+        before.close()
+
+
+def test_the_directory_is_private_and_its_files_too(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        allotment.ResourceManager(1, name="private", backend=backend)
+        root = tmp_path / "limits"
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(_manager_file(backend, "private")).stat().st_mode) == 0o600
+    finally:
+        backend.close()
+
+
+def test_a_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "open"
+    root.mkdir()
+    root.chmod(0o777)
+    with pytest.raises(PermissionError, match="writable by every user"):
+        allotment.LocalBackend(root)
+    root.chmod(0o770)
+    with pytest.raises(PermissionError, match="writable by its group"):
+        allotment.LocalBackend(root)
+    allotment.LocalBackend(root, mode=0o770).close()  # a group, on purpose
+    with pytest.raises(PermissionError, match="every user"):
+        allotment.LocalBackend(tmp_path / "other", mode=0o777)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        allotment.ResourceManager(1, name="owned", backend=backend)
+        path = _manager_file(backend, "owned")
+    finally:
+        backend.close()
+    os.chown(path, 12345, 12345)
+    again = _backend(tmp_path)
+    try:
+        with pytest.raises(PermissionError, match="owned by another user"):
+            allotment.ResourceManager(1, name="owned", backend=again)
+    finally:
+        again.close()
+
+
+def test_a_symbolic_link_in_place_of_a_file_is_refused(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        target = tmp_path / "elsewhere"
+        target.write_bytes(b"")
+        path = backend._directory.manager_path("linked")
+        os.symlink(target, path)
+        with pytest.raises(OSError, match=r"Too many levels|symbolic"):
+            allotment.ResourceManager(1, name="linked", backend=backend)
+    finally:
+        backend.close()
+
+
+def test_a_conflicting_declaration_is_refused(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        allotment.ResourceManager({"gpu": 2}, name="declared", backend=backend)
+        with pytest.raises(allotment.BackendConflict, match="declared with resources"):
+            allotment.ResourceManager({"gpu": 3}, name="declared", backend=backend)
+        with pytest.raises(allotment.BackendConflict, match="resource"):
+            allotment.ResourceManager({"gpu": 2, "ram": 1}, name="declared", backend=backend)
+        allotment.RateLimiter(10, per=1, name="declared-rate", backend=backend)
+        with pytest.raises(allotment.BackendConflict, match="10 per 1 s"):
+            allotment.RateLimiter(20, per=1, name="declared-rate", backend=backend)
+    finally:
+        backend.close()
+
+
+def test_what_the_backend_cannot_do_is_refused_at_construction(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        with pytest.raises(allotment.UnsupportedByBackend):
+            allotment.ResourceManager(2, name="banker", backend=backend, banker=True)
+        with pytest.raises(allotment.UnsupportedByBackend):
+            allotment.RateLimiter(1, name="clocked", backend=backend, clock=ManualClock())
+        with pytest.raises(TypeError, match="needs a name"):
+            allotment.ResourceManager(2, backend=backend)
+        for semaphore in (allotment.Semaphore, allotment.BoundedSemaphore):
+            with pytest.raises(allotment.UnsupportedByBackend):
+                semaphore(2, backend=backend)
+    finally:
+        backend.close()
+
+
+def test_two_backends_are_two_processes_and_count_each_other(tmp_path: Path) -> None:
+    first, second = _backend(tmp_path), _backend(tmp_path)
+    try:
+        one = allotment.ResourceManager(3, name="shared", backend=first)
+        two = allotment.ResourceManager(3, name="shared", backend=second)
+        held = one.acquire(2)
+        assert two.try_acquire(2) is None
+        stats = two.statistics()
+        assert stats.available == 1
+        assert stats.other_holders == 1
+        granted = threading.Event()
+
+        def wait() -> None:
+            with two.acquire(3, timeout=30):
+                granted.set()
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        while one.statistics().other_waiters != 1:
+            pass
+        held.release()  # rings the other backend's doorbell
+        waiter.join(30)
+        assert granted.is_set()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_closed_backend_gives_back_what_it_held(tmp_path: Path) -> None:
+    first, second = _backend(tmp_path), _backend(tmp_path)
+    try:
+        held = allotment.ResourceManager(2, name="closing", backend=first).acquire(2)
+        other = allotment.ResourceManager(2, name="closing", backend=second)
+        assert other.try_acquire(1) is None
+        first.close()
+        lease = other.try_acquire(2)
+        assert lease is not None
+        lease.release()
+        with pytest.raises(allotment.UnsupportedByBackend, match="closed"):
+            allotment.ResourceManager(2, name="closing", backend=first)
+        held.release()  # its record went with the backend: nothing left to give back
+    finally:
+        second.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_has_its_own_identity_and_its_death_is_reclaimed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(3, name="forked", backend=backend)
+        parent_lease = pool.acquire(1)
+        parent = backend.me()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: takes 2 and dies holding them
+            code = 1
+            try:
+                lease = pool.try_acquire(2)
+                ok = lease is not None and backend.me() != parent and pool.try_acquire(1) is None
+                parent_lease.release()  # the parent's: not the child's to give back
+                code = 0 if ok else 2
+            finally:
+                os.write(write, bytes([code]))
+                os._exit(code)
+        os.close(write)
+        assert os.read(read, 1) == b"\x00"
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert backend.me() == parent
+        assert parent_lease.amounts == 1  # the child's release did not touch it
+        with caplog.at_level(logging.WARNING, logger="allotment.local"):
+            lease = pool.try_acquire(2)  # the dead child's 2 units come back at once
+        assert lease is not None
+        assert f"of process {pid}, which is gone" in caplog.text
+        lease.release()
+        parent_lease.release()
+        assert pool.statistics().available == 3
+    finally:
+        backend.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX only")
+def test_the_unsupported_platform_stub_refuses_clearly() -> None:
+    from allotment.local._unsupported import LocalBackend
+
+    with pytest.raises(allotment.UnsupportedByBackend, match="POSIX"):
+        LocalBackend("/nowhere")
+
+
+def test_a_lease_finalized_inside_a_section_is_released_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="reentered", backend=backend)
+
+        def leak() -> None:
+            cycle: list[object] = [pool.acquire(1)]
+            cycle.append(cycle)  # garbage only the collector frees
+
+        writes: list[int] = []
+        original = _state_file.write_state  # type: ignore[attr-defined]
+
+        def write_then_collect(*args: Any) -> None:
+            original(*args)
+            writes.append(1)
+            gc.collect()  # the leaked lease's finalizer runs here, inside the section
+
+        gc.disable()
+        try:
+            leak()
+            monkeypatch.setattr(_state_file, "write_state", write_then_collect)
+            with pytest.warns(allotment.LeakedLeaseWarning):
+                pool.acquire(1).release()
+            monkeypatch.undo()
+        finally:
+            gc.enable()
+        assert writes
+        assert pool.statistics().available == 2
+    finally:
+        backend.close()
