@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from redis_workers import (
 from support import wait_until
 
 spawn = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, which it may kill, pause or restart."""
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 def _queue_length(client: redis.Redis, name: str) -> int:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,15 +17,6 @@ import allotment
 from allotment.redis import RedisBackend
 from redis_support import RedisServer
 from support import Worker, wait_until
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, which it may kill or restart."""
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 def _queued(client: redis.Redis, name: str) -> int:
