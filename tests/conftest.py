@@ -97,7 +97,6 @@ _OPEN_ON_FREE_THREADED = {
     "tests/test_fault_points.py::test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit",
     "tests/test_otel.py::test_pool_metrics_names_units_and_attributes",
     "tests/test_rate_envelope.py::test_an_exception_anywhere_leaves_the_limiter_sound[try_acquire]",
-    "tests/test_redis_processes.py::test_script_flush_mid_run",
 }
 
 
