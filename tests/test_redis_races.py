@@ -249,3 +249,41 @@ def test_one_manager_failing_in_the_keeper_leaves_the_others_served(
         assert waiter.error is None, waiter.error
         assert isinstance(waiter.result, allotment.Lease)
         waiter.result.release()
+
+
+def test_a_task_cancelled_during_its_enter_leaves_no_orphan(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while its ``enter`` is in flight: redis-py drops that connection and
+    the caller's release goes out on another, so it may reach the server first and find
+    nothing, and the ``enter`` run after it (here the hook holds the ``enter`` while the
+    cancellation is handled, then the test runs it as the server would). The keeper releases
+    the id again a poll later: the server forgets it, instead of holding the unit for
+    ``lease_ttl``."""
+    from allotment.redis import _backend
+
+    pool = allotment.ResourceManager(1, name="orphan", backend=redis_backend)
+    sent: list[str] = []
+
+    async def hold_the_enter(args: Sequence[object]) -> None:
+        if args[0] == "enter":
+            sent.append(str(args[6]))
+            await asyncio.Event().wait()  # in flight until cancelled
+
+    monkeypatch.setattr(_backend, "_round_trip_hook", hold_the_enter)
+
+    async def main() -> None:
+        task = asyncio.create_task(pool.acquire_async(1))
+        while not sent:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    monkeypatch.setattr(_backend, "_round_trip_hook", None)
+    # The enter reaches the server after the caller's release: granted to nobody.
+    code, _ = pool._pool._call("enter", sent[0], "1", 0)  # type: ignore[attr-defined]
+    assert code == 1
+    assert _available(redis_client, "orphan") == "0"
+    wait_until(lambda: _available(redis_client, "orphan") == "1", "the keeper released it")
