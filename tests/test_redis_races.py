@@ -5,6 +5,7 @@ and tasks), a reply lost after a release ran."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -287,3 +288,51 @@ def test_a_task_cancelled_during_its_enter_leaves_no_orphan(
     assert code == 1
     assert _available(redis_client, "orphan") == "0"
     wait_until(lambda: _available(redis_client, "orphan") == "1", "the keeper released it")
+
+
+def test_partial_releases_of_one_lease_racing_from_two_threads(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads release parts of one lease at once (the hook lets both round trips be in
+    flight together, if the backend allows it), and one reply is lost: each release gives
+    back exactly its own units, once. Partial releases of one lease take turns."""
+    pool = allotment.ResourceManager(6, name="parts-race", backend=redis_backend)
+    lease = pool.acquire(6)
+    together = threading.Barrier(2)
+    lost = threading.Event()
+    original = RedisBackend.run_script
+
+    def both_in_flight(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        partial = args[0] == "release" and len(args) > 8 and args[8] != ""
+        if partial:
+            # One at a time: the other waits for its turn, not here (the barrier breaks).
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(1.0)
+        reply = original(self, script, keys, args, name)
+        if partial and threading.current_thread().name == "first" and not lost.is_set():
+            lost.set()
+            raise allotment.BackendUnavailable("the reply was lost (after the server ran it)")
+        return reply
+
+    monkeypatch.setattr(RedisBackend, "run_script", both_in_flight)
+
+    def release_two() -> None:
+        for _ in range(2):
+            try:
+                lease.release(1)
+            except allotment.BackendUnavailable:
+                lease.release(1)  # the caller's retry: the same release, applied once
+
+    workers = [Worker(release_two, name="first"), Worker(release_two, name="second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert worker.error is None, worker.error
+    assert lost.is_set()
+    assert lease.amounts == 2
+    assert _available(redis_client, "parts-race") == "4"
+    lease.release()
+    assert _available(redis_client, "parts-race") == "6"
