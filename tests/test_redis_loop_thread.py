@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -179,3 +180,51 @@ def test_what_a_task_released_as_its_loop_ended_still_reaches_the_server(
     assert kept[0].released
     wait_until(lambda: pool.statistics().available == 2, "the release reached the server")
     wait_until(lambda: api.statistics().charged == 4, "the charge reached the server")
+
+
+def test_partial_releases_racing_in_two_tasks(
+    redis_backend: RedisBackend, redis_client: redis.Redis
+) -> None:
+    """Two tasks of one loop release parts of one lease at once: they take turns (without
+    blocking the loop), and each gives back exactly its own units."""
+    pool = allotment.ResourceManager(6, name="task-parts", backend=redis_backend)
+
+    async def main() -> None:
+        lease = await pool.acquire_async(6)
+
+        async def release_two() -> None:
+            for _ in range(2):
+                await lease.release_async(1)
+
+        await asyncio.gather(release_two(), release_two())
+        assert lease.amounts == 2
+        assert _available(redis_backend, "task-parts") == 4
+        await lease.release_async()
+
+    run(main)
+    assert pool.statistics().available == 6
+
+
+@pytest.mark.skipif(not hasattr(sys, "_current_frames"), reason="needs sys._current_frames")
+def test_an_exception_as_a_redis_meters_section_enters_leaves_it_free(
+    redis_backend: RedisBackend,
+) -> None:
+    """3.14's with-entry window (see test_with_entry.py) on a Redis limiter's lock: an
+    exception right after ``with`` takes it must not leave it held (every later call on the
+    limiter would hang)."""
+    from test_with_entry import _deliver_on_entry
+
+    api = allotment.RateLimiter(10, per=1, name="meter-entry", backend=redis_backend)
+    meter: Any = limiter_parts(api).meter
+    assert not _deliver_on_entry(meter._lock)
+    assert api.try_acquire()
+
+
+@pytest.mark.timeout(30)
+def test_a_redis_meter_entered_again_on_its_thread_says_so(redis_backend: RedisBackend) -> None:
+    """A finalizer or signal handler that uses the limiter while its thread is inside the
+    meter's section gets ``ReentrantCall``, never a deadlock."""
+    api = allotment.RateLimiter(10, per=1, name="meter-again", backend=redis_backend)
+    meter: Any = limiter_parts(api).meter
+    with meter._lock, pytest.raises(allotment.ReentrantCall):
+        api.try_acquire()

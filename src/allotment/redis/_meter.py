@@ -114,6 +114,7 @@ class RedisMeter:
         self._call("declare")
 
     def _call(self, operation: str, *args: object) -> Any:
+        self._section()  # re-entered on this thread: refused before anything is spent
         backend = self._backend
         try:
             return backend.run_script(
@@ -129,6 +130,7 @@ class RedisMeter:
 
     async def _call_async(self, operation: str, *args: object) -> Any:
         """:meth:`_call` for a task, on its loop's own client: the loop never blocks."""
+        self._section()
         backend = self._backend
         try:
             return await backend.run_script_async(
