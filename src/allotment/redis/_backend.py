@@ -312,7 +312,8 @@ class RedisBackend:
             raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
         if _running_loop() is not None:
             self._blocking_on_loop(args[0], name)
-        client, words = self.client, _words(keys, args)
+        client = self.client
+        words: list[Any] = [*keys, *args]
         try:
             try:
                 return client.evalsha(script.sha, len(keys), *words)
@@ -354,7 +355,7 @@ class RedisBackend:
             await hook(args)
         loop_client = self.loop_clients.for_running_loop()
         client, source = loop_client.client, loop_client.scripts[script]
-        words = _words(keys, args)
+        words: list[Any] = [*keys, *args]
         try:
             try:
                 return await client.evalsha(source.sha, len(keys), *words)
@@ -752,11 +753,6 @@ _running_loop = asyncio._get_running_loop  # the C accessor: no exception when t
 _on_loops: set[asyncio.Task[None]] = set()
 """Round trips running on loops for a synchronous caller: held until done (a loop holds its
 tasks only weakly)."""
-
-
-def _words(keys: Sequence[str], args: Sequence[object]) -> list[Any]:
-    """A script's keys and arguments, as redis-py sends them (each encoded by the client)."""
-    return [*keys, *args]
 
 
 def _done_on_loop(what: str, instead: Callable[[], object], task: asyncio.Task[None]) -> None:
