@@ -7,7 +7,10 @@ Starts a private ``redis-server`` (no persistence, a unix socket in a temporary 
 
 *Heartbeat gap*: on one loop, 8 tasks each repeat ``async with manager.acquire_async(1):
 await limiter.acquire_async()`` (a manager of 3, a limiter of 1000/s, holds of 2 ms) while a
-heartbeat task sleeps 5 ms at a time and records the longest gap between its beats. Midway,
+heartbeat task sleeps 5 ms at a time and records the longest gap between its beats. A
+second workload makes the synchronous calls of tasks: ``lease.release()``,
+``limiter.charge(1)``, ``acquire_all_async`` of the manager and the limiter then
+``group.release()``, and a keyed limiter's ``acquire_async``. Midway,
 the server is stopped (SIGSTOP) for 400 ms, then continued. Run once with a ``redis.Redis``
 passed to the backend and once with a ``redis.asyncio.Redis``: the backend makes its own
 per-loop client either way.
@@ -60,9 +63,12 @@ def _start(directory: str) -> subprocess.Popen[bytes]:
     return process
 
 
-async def _heartbeat_gap(backend: RedisBackend, server: subprocess.Popen[bytes]) -> float:
-    pool = allotment.ResourceManager(3, name="stall:cap", backend=backend)
-    api = allotment.RateLimiter(1000, per=1, name="stall:api", backend=backend)
+async def _heartbeat_gap(
+    backend: RedisBackend, server: subprocess.Popen[bytes], workload: str
+) -> float:
+    pool = allotment.ResourceManager(3, name=f"stall:cap:{workload}", backend=backend)
+    api = allotment.RateLimiter(1000, per=1, name=f"stall:api:{workload}", backend=backend)
+    keyed = allotment.KeyedRateLimiter(1000, per=1, name=f"stall:keyed:{workload}", backend=backend)
     stop = asyncio.Event()
     longest = 0.0
 
@@ -81,8 +87,23 @@ async def _heartbeat_gap(backend: RedisBackend, server: subprocess.Popen[bytes])
                 await api.acquire_async()
                 await asyncio.sleep(0.002)
 
+    async def sync_calls_in_tasks(index: int) -> None:
+        # The calls a task makes without awaiting them (a lease's release, a charge, what
+        # an async HTTP client's hooks do), acquire_all_async and a keyed limiter.
+        while not stop.is_set():
+            lease = await pool.acquire_async(1)
+            api.charge(1)
+            await asyncio.sleep(0.002)
+            lease.release()
+            group = await allotment.acquire_all_async([(pool, 1), (api, 1)])
+            await keyed.acquire_async(index % 3)
+            group.release()
+
     beating = asyncio.create_task(heartbeat())
-    workers = [asyncio.create_task(work()) for _ in range(8)]
+    if workload == "async forms":
+        workers = [asyncio.create_task(work()) for _ in range(8)]
+    else:
+        workers = [asyncio.create_task(sync_calls_in_tasks(index)) for index in range(8)]
     await asyncio.sleep(0.5)
     server.send_signal(signal.SIGSTOP)
     await asyncio.sleep(0.4)
@@ -166,20 +187,24 @@ def main(argv: Sequence[str]) -> None:
         server = _start(directory)
         path = str(Path(directory) / _SOCKET)
         try:
-            print("| client passed | longest heartbeat gap (5 ms beats, 400 ms SIGSTOP) |")
-            print("| --- | --- |")
-            for kind in ("redis.Redis", "redis.asyncio.Redis"):
-                given: Any = (
-                    redis.Redis(unix_socket_path=path)
-                    if kind == "redis.Redis"
-                    else redis.asyncio.Redis(unix_socket_path=path)
-                )
-                backend = RedisBackend(given, timeout=2.0, lease_ttl=30)
-                try:
-                    gap = asyncio.run(_heartbeat_gap(backend, server))
-                finally:
-                    backend.close()
-                print(f"| `{kind}` | {gap * 1000:.1f} ms |")
+            print(
+                "| tasks' calls | client passed | longest heartbeat gap "
+                "(5 ms beats, 400 ms SIGSTOP) |"
+            )
+            print("| --- | --- | --- |")
+            for workload in ("async forms", "sync calls in tasks"):
+                for kind in ("redis.Redis", "redis.asyncio.Redis"):
+                    given: Any = (
+                        redis.Redis(unix_socket_path=path)
+                        if kind == "redis.Redis"
+                        else redis.asyncio.Redis(unix_socket_path=path)
+                    )
+                    backend = RedisBackend(given, timeout=2.0, lease_ttl=30)
+                    try:
+                        gap = asyncio.run(_heartbeat_gap(backend, server, workload))
+                    finally:
+                        backend.close()
+                    print(f"| {workload} | `{kind}` | {gap * 1000:.1f} ms |")
             print()
             backend = RedisBackend(redis.Redis(unix_socket_path=path), lease_ttl=30)
             try:

@@ -7,6 +7,7 @@ import pathlib
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -50,6 +51,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may kill, pause (SIGSTOP) or restart."""
+    private = RedisServer(tmp_path)
+    private.start()
+    yield private
+    private.stop()
 
 
 @pytest.fixture
@@ -100,7 +110,6 @@ _OPEN_ON_FREE_THREADED = {
     "tests/test_fault_points.py::test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit",
     "tests/test_otel.py::test_pool_metrics_names_units_and_attributes",
     "tests/test_rate_envelope.py::test_an_exception_anywhere_leaves_the_limiter_sound[try_acquire]",
-    "tests/test_redis_processes.py::test_script_flush_mid_run",
 }
 
 

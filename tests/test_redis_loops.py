@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,15 +14,6 @@ import allotment
 from aio_support import run, until
 from allotment.redis import RedisBackend
 from redis_support import RedisServer
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, which it may pause."""
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 @pytest.mark.timeout(120)

@@ -4,8 +4,6 @@ each side declared ("capacity 3", "50 per 1 s"), and an unreachable server names
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -66,14 +64,6 @@ def test_a_window_conflict_says_the_limits(redis_backend: RedisBackend) -> None:
     with pytest.raises(allotment.BackendConflict) as raised:
         allotment.WindowLimiter(10, per=2, name="quota", backend=redis_backend)
     assert "exists in Redis as 50 per 1 s; this process declared 10 per 2 s" in str(raised.value)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 def test_an_unreachable_server_names_the_users_call(server: RedisServer) -> None:

@@ -3,11 +3,11 @@ restarted or flushed server, a skewed client clock, and the failure policies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,6 @@ from redis_workers import (
 from support import wait_until
 
 spawn = multiprocessing.get_context("spawn")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, which it may kill, pause or restart."""
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 def _queue_length(client: redis.Redis, name: str) -> int:
@@ -261,6 +252,45 @@ def test_script_flush_mid_run(redis_backend: RedisBackend, redis_client: redis.R
         worker.join(30)
     assert errors == []
     assert pool.statistics().available == 2
+
+
+def test_a_flush_between_loading_and_running_a_script_is_no_error(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cause of ``test_script_flush_mid_run``'s failures on 3.13t: redis-py answers
+    NOSCRIPT with SCRIPT LOAD, then EVALSHA again, and a flush landing between the two
+    surfaced as BackendUnavailable. Here every load is followed by a flush at once: the
+    backend's EVAL (load and run in one command) leaves no such window, sync or async."""
+    import redis.asyncio
+
+    pool = allotment.ResourceManager(1, name="load-window", backend=redis_backend)
+    api = allotment.RateLimiter(1000, per=1, name="load-window", backend=redis_backend)
+    sync_load = redis.Redis.script_load
+    async_load = redis.asyncio.Redis.script_load
+
+    def load_then_flush(self: redis.Redis, script: Any) -> Any:
+        sha = sync_load(self, script)
+        redis_client.script_flush()
+        return sha
+
+    async def load_then_flush_async(self: redis.asyncio.Redis, script: Any) -> Any:
+        sha = await async_load(self, script)
+        redis_client.script_flush()
+        return sha
+
+    monkeypatch.setattr(redis.Redis, "script_load", load_then_flush)
+    monkeypatch.setattr(redis.asyncio.Redis, "script_load", load_then_flush_async)
+    redis_client.script_flush()
+    with pool.acquire(1):
+        api.acquire()
+
+    async def main() -> None:
+        redis_client.script_flush()
+        async with pool.acquire_async(1):
+            await api.acquire_async()
+
+    asyncio.run(main())
+    assert pool.statistics().available == 1
 
 
 def test_a_skewed_client_clock_gets_its_fair_share(

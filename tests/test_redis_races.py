@@ -5,10 +5,10 @@ and tasks), a reply lost after a release ran."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,15 +18,6 @@ import allotment
 from allotment.redis import RedisBackend
 from redis_support import RedisServer
 from support import Worker, wait_until
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, which it may kill or restart."""
-    private = RedisServer(tmp_path)
-    private.start()
-    yield private
-    private.stop()
 
 
 def _queued(client: redis.Redis, name: str) -> int:
@@ -259,3 +250,89 @@ def test_one_manager_failing_in_the_keeper_leaves_the_others_served(
         assert waiter.error is None, waiter.error
         assert isinstance(waiter.result, allotment.Lease)
         waiter.result.release()
+
+
+def test_a_task_cancelled_during_its_enter_leaves_no_orphan(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while its ``enter`` is in flight: redis-py drops that connection and
+    the caller's release goes out on another, so it may reach the server first and find
+    nothing, and the ``enter`` run after it (here the hook holds the ``enter`` while the
+    cancellation is handled, then the test runs it as the server would). The keeper releases
+    the id again a poll later: the server forgets it, instead of holding the unit for
+    ``lease_ttl``."""
+    from allotment.redis import _backend
+
+    pool = allotment.ResourceManager(1, name="orphan", backend=redis_backend)
+    sent: list[str] = []
+
+    async def hold_the_enter(args: Sequence[object]) -> None:
+        if args[0] == "enter":
+            sent.append(str(args[6]))
+            await asyncio.Event().wait()  # in flight until cancelled
+
+    monkeypatch.setattr(_backend, "_round_trip_hook", hold_the_enter)
+
+    async def main() -> None:
+        task = asyncio.create_task(pool.acquire_async(1))
+        while not sent:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    monkeypatch.setattr(_backend, "_round_trip_hook", None)
+    # The enter reaches the server after the caller's release: granted to nobody.
+    code, _ = pool._pool._call("enter", sent[0], "1", 0)  # type: ignore[attr-defined]
+    assert code == 1
+    assert _available(redis_client, "orphan") == "0"
+    wait_until(lambda: _available(redis_client, "orphan") == "1", "the keeper released it")
+
+
+def test_partial_releases_of_one_lease_racing_from_two_threads(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads release parts of one lease at once (the hook lets both round trips be in
+    flight together, if the backend allows it), and one reply is lost: each release gives
+    back exactly its own units, once. Partial releases of one lease take turns."""
+    pool = allotment.ResourceManager(6, name="parts-race", backend=redis_backend)
+    lease = pool.acquire(6)
+    together = threading.Barrier(2)
+    lost = threading.Event()
+    original = RedisBackend.run_script
+
+    def both_in_flight(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        partial = args[0] == "release" and len(args) > 8 and args[8] != ""
+        if partial:
+            # One at a time: the other waits for its turn, not here (the barrier breaks).
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(1.0)
+        reply = original(self, script, keys, args, name)
+        if partial and threading.current_thread().name == "first" and not lost.is_set():
+            lost.set()
+            raise allotment.BackendUnavailable("the reply was lost (after the server ran it)")
+        return reply
+
+    monkeypatch.setattr(RedisBackend, "run_script", both_in_flight)
+
+    def release_two() -> None:
+        for _ in range(2):
+            try:
+                lease.release(1)
+            except allotment.BackendUnavailable:
+                lease.release(1)  # the caller's retry: the same release, applied once
+
+    workers = [Worker(release_two, name="first"), Worker(release_two, name="second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+        assert worker.error is None, worker.error
+    assert lost.is_set()
+    assert lease.amounts == 2
+    assert _available(redis_client, "parts-race") == "4"
+    lease.release()
+    assert _available(redis_client, "parts-race") == "6"

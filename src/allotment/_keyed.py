@@ -39,6 +39,7 @@ from ._limiters import (
     observed_acquire_async,
     rate_ticket,
     statistics_of,
+    take_now_async,
     try_take,
     validate_charge,
     validate_cost,
@@ -176,7 +177,7 @@ class KeyedRateLimiter:
             try:
                 if observed:
                     await observed_acquire_async(self._parts(meter), meter, cost, timeout, key)
-                elif not meter.take_now(cost, False):
+                elif not await take_now_async(meter, cost):
                     await run_in_task(rate_ticket(self._parts(meter), meter, cost, timeout, TASK))
             except MeterRetired:
                 continue

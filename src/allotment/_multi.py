@@ -597,7 +597,7 @@ def _take_all(
             leases[step.parts[0][0]] = first_lease
             # Last in the loop's body, and a plain call: on 3.12 and 3.13 a body that ends
             # with an ``if`` gets a copy of the loop's back edge outside the try's handler.
-            _split(step, first, waiting, leases, taken)
+            yield from _split(step, first, waiting, leases, taken)
         if planned.rates:
             granted_rates = yield from _take_rates(
                 planned, blocking, deadline, timeout, waiting, quietly=quietly
@@ -628,9 +628,10 @@ def _split(
     waiting: Waiting,
     leases: list[Lease[Any] | None],
     taken: list[Lease[Any]],
-) -> None:
+) -> Steps[None]:
     """Hand each other request to the same manager its part of what the first one took:
-    a lease of its own (appended to ``taken`` before the pool moves any units to it)."""
+    a lease of its own (appended to ``taken`` before the pool moves any units to it). A
+    task awaits a backend's round trip (``split_async``) instead of blocking its loop."""
     parts = step.parts
     if len(parts) == 1:
         return
@@ -640,7 +641,11 @@ def _split(
         waiting.adopt(ticket)
     other_leases = [_new_lease(ticket, of, step.manager) for ticket in others]
     taken.extend(other_leases)
-    of.pool.split(first, others)
+    split_async = getattr(of.pool, "split_async", None) if waiting.in_task else None
+    if split_async is None:
+        of.pool.split(first, others)
+    else:
+        yield from split_async(first, others).__await__()
     for (index, _), ticket, lease in zip(parts[1:], others, other_leases, strict=True):
         leases[index] = lease
         if of.node.policy is not None:
@@ -670,7 +675,11 @@ def _take_rates(
     forecasts = []
     for step in planned.rates:
         meter, clock = step.of.meter, step.of.clock
-        allowed_at = meter.forecast(step.total)
+        forecast_async = getattr(meter, "forecast_async", None) if waiting.in_task else None
+        if forecast_async is None:
+            allowed_at = meter.forecast(step.total)
+        else:  # a backend's round trip, awaited: the loop never blocks on it
+            allowed_at = yield from forecast_async(step.total).__await__()
         now = clock.now()
         wait = seconds_of(allowed_at, meter.scale) - now
         if (not blocking and allowed_at > ticks_of(now, meter.scale)) or (

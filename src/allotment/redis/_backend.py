@@ -30,8 +30,10 @@ Invariants of the tables, between operations:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import fractions
+import functools
 import logging
 import math
 import os
@@ -39,7 +41,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -235,6 +237,7 @@ class RedisBackend:
     _keeper: threading.Thread | None
     _work: threading.Event
     _starting: threading.Lock
+    _warned_blocking: set[str]
 
     def __init__(
         self,
@@ -268,7 +271,12 @@ class RedisBackend:
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
         kind, settings = _connection_settings(client)
-        sources = {"manager": _scripts.MANAGER, "gcra": _scripts.GCRA, "window": _scripts.WINDOW}
+        sources = {
+            "manager": _scripts.MANAGER,
+            "gcra": _scripts.GCRA,
+            "window": _scripts.WINDOW,
+            "pause": _scripts.PAUSE,
+        }
         self.loop_clients = LoopClients.like(kind, settings, self.timeout, sources)
         self._lock = new_section_lock()
         self._waiting = {}
@@ -282,6 +290,7 @@ class RedisBackend:
         self._closed = False
         self._keeper = None
         self._work = threading.Event()
+        self._warned_blocking = set()
         self._new_process()
         _live_backends.add(self)
 
@@ -301,10 +310,37 @@ class RedisBackend:
         :class:`BackendUnavailable`."""
         if self._closed:
             raise BackendUnavailable(f"{user_call(args[0], name)}: this RedisBackend was closed")
+        if _running_loop() is not None:
+            self._blocking_on_loop(args[0], name)
+        client = self.client
+        words: list[Any] = [*keys, *args]
         try:
-            return script(keys=keys, args=args)
+            try:
+                return client.evalsha(script.sha, len(keys), *words)
+            except redis.exceptions.NoScriptError:
+                # Flushed, or a restarted server: EVAL loads and runs it in one command, so
+                # no other flush can land between loading and running (as it can between
+                # redis-py's SCRIPT LOAD and its second EVALSHA). NOSCRIPT ran nothing.
+                return client.eval(script.script, len(keys), *words)
         except redis.exceptions.RedisError as error:
             raise _translated(error, args, name) from _cause(error)
+
+    def _blocking_on_loop(self, operation: object, name: str) -> None:
+        """A synchronous round trip on a thread that runs an event loop: the loop stops
+        until the server answers (up to ``timeout``). Said once per kind of call (a call
+        with an async form, or none that could be run for it, such as ``try_acquire``)."""
+        call = user_call(operation, name)
+        kind = _CALLS.get(str(operation), str(operation))
+        if kind in self._warned_blocking:
+            return
+        self._warned_blocking.add(kind)
+        logger.warning(
+            "%s made a blocking Redis round trip on an event loop's thread: the loop stops "
+            "until the server answers (up to %g s). From a task, use the async form, or "
+            'run it with asyncio.to_thread (see docs/redis.md, "From asyncio tasks")',
+            call,
+            self.timeout,
+        )
 
     async def run_script_async(
         self, script: str, keys: Sequence[str], args: Sequence[object], name: str
@@ -318,10 +354,28 @@ class RedisBackend:
         if hook is not None:
             await hook(args)
         loop_client = self.loop_clients.for_running_loop()
+        client, source = loop_client.client, loop_client.scripts[script]
+        words: list[Any] = [*keys, *args]
         try:
-            return await loop_client.scripts[script](keys=keys, args=args)
+            try:
+                return await client.evalsha(source.sha, len(keys), *words)
+            except redis.exceptions.NoScriptError:  # as in run_script: one command
+                return await client.eval(source.script, len(keys), *words)
         except redis.exceptions.RedisError as error:
             raise _translated(error, args, name) from _cause(error)
+
+    def on_loop(
+        self, work: Coroutine[Any, Any, None], instead: Callable[[], object], what: str
+    ) -> None:
+        """Run ``work`` (a round trip whose caller needs no answer: a release, a charge, a
+        pause) as a task on the running loop, on its own client, instead of blocking the
+        loop's thread. Its error, if any, is logged (``what`` says what failed). A task
+        cancelled before it is done (a loop shutting down cancels every task, even one not
+        started) hands the round trip to a thread of its own: ``instead``, the synchronous
+        form, which must be safe to repeat (each is: by id, or never looser)."""
+        task = asyncio.get_running_loop().create_task(work)
+        _on_loops.add(task)
+        task.add_done_callback(functools.partial(_done_on_loop, what, instead))
 
     def new_id(self) -> str:
         return f"{self.process}:{next(self._ids)}"
@@ -693,6 +747,31 @@ def describe_capacity(names: str, counts: str) -> str:
     if names == "-":
         return f"capacity {values[0]}"
     return f"resources {dict(zip(names.split(','), values, strict=True))!r}"
+
+
+_running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
+_on_loops: set[asyncio.Task[None]] = set()
+"""Round trips running on loops for a synchronous caller: held until done (a loop holds its
+tasks only weakly)."""
+
+
+def _done_on_loop(what: str, instead: Callable[[], object], task: asyncio.Task[None]) -> None:
+    _on_loops.discard(task)
+    if task.cancelled():
+        threading.Thread(
+            target=_run_instead, args=(what, instead), name=f"allotment: {what}", daemon=True
+        ).start()
+        return
+    error = task.exception()
+    if error is not None:
+        logger.warning("%s on the event loop ended with %r", what, error)
+
+
+def _run_instead(what: str, instead: Callable[[], object]) -> None:
+    try:
+        instead()
+    except Exception as error:
+        logger.warning("%s ended with %r", what, error)
 
 
 _round_trip_hook: Callable[[Sequence[object]], Any] | None = None

@@ -13,13 +13,21 @@ recorded after it on that limit; otherwise it stays spent, which can only make t
 stricter, never looser. Ticks are this process's clock in nanoseconds (``scale`` 1).
 
 ``_lock`` guards the local queue (tickets sleeping until their reserved time) and the
-counters; it is never held across a round trip.
+counters; it is never held across a round trip. It is a section lock (``_core``): on 3.14 an
+exception landing right after ``with`` takes it gives it back; a finalizer or signal handler
+that would enter it again on the thread inside it gets ``ReentrantCall`` (never a deadlock,
+never a section entered twice).
+
+On a thread that runs an event loop, the round trips whose callers need no answer (a
+charge, a pause, giving back a grant) run as tasks on the loop's own client: the loop never
+blocks on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import threading
@@ -37,11 +45,13 @@ from .._core import (
     Entry,
     MeterSnapshot,
     RateTicket,
+    SectionLock,
     Waiter,
     WaitingView,
+    new_section_lock,
     task_of,
 )
-from .._errors import BackendConflict, BackendUnavailable
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
 from ._backend import RedisBackend
 
@@ -81,7 +91,7 @@ class RedisMeter:
     refused: int = attrs.field(init=False, default=0)
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
     describe: Callable[[str], str] = attrs.field(init=False, default=str)
     """The settings' string in the user's terms (``50 per 1 s``), for messages."""
 
@@ -91,7 +101,7 @@ class RedisMeter:
     def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock, and no local waiters of threads that did not
         come. Their reservations stay recorded on the server (spent, never looser)."""
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         me = threading.current_thread()
         for ticket in list(self.queue):
             if ticket.thread is not me:
@@ -104,6 +114,7 @@ class RedisMeter:
         self._call("declare")
 
     def _call(self, operation: str, *args: object) -> Any:
+        self._section()  # re-entered on this thread: refused before anything is spent
         backend = self._backend
         try:
             return backend.run_script(
@@ -119,11 +130,11 @@ class RedisMeter:
 
     async def _call_async(self, operation: str, *args: object) -> Any:
         """:meth:`_call` for a task, on its loop's own client: the loop never blocks."""
+        self._section()
         backend = self._backend
-        script = "gcra" if self._script is backend.gcra_script else "window"
         try:
             return await backend.run_script_async(
-                script, self._keys, (operation, *self._settings, *args), self.name
+                self._script_name(), self._keys, (operation, *self._settings, *args), self.name
             )
         except BackendConflict as conflict:
             raise BackendConflict(
@@ -132,8 +143,22 @@ class RedisMeter:
                 "limit, or use another name"
             ) from None
 
+    def _section(self) -> SectionLock:
+        """The local queue's and counters' lock; ``ReentrantCall`` on a thread already
+        inside it (a signal handler or finalizer that interrupted it)."""
+        lock = self._lock
+        if lock._is_owned():
+            raise ReentrantCall(
+                f"cannot use the limiter {self.name!r} from inside its own bookkeeping on "
+                "this thread (a finalizer or signal handler ran there)"
+            )
+        return lock
+
+    def _script_name(self) -> str:
+        return "gcra" if self._script is self._backend.gcra_script else "window"
+
     def _count(self, cost: int) -> None:
-        with self._lock:
+        with self._section():
             self.allowed += 1
             self.allowed_units += cost
 
@@ -162,7 +187,7 @@ class RedisMeter:
         if self._policy == "allow":
             return True
         if self._policy == "deny" and count_refusal:
-            with self._lock:
+            with self._section():
                 self.refused += 1
             return False
         raise  # noqa: PLE0704 - the BackendUnavailable being handled by the caller
@@ -172,7 +197,7 @@ class RedisMeter:
             self._count(cost)
             return True
         if count_refusal:
-            with self._lock:
+            with self._section():
                 self.refused += 1
         return False
 
@@ -234,14 +259,14 @@ class RedisMeter:
         due = self._now_ns() + wait_us * 1000
         ticket.due = due
         if code == -1:
-            with self._lock:
+            with self._section():
                 self.refused += 1
             return "refused"
         made = None if sleeper is None else sleeper()
         ticket.sleeper = made
         if made is None:
             ticket.promised = due
-        with self._lock:
+        with self._section():
             self.queue[ticket] = None
             self.waited += 1
         return "queued"
@@ -257,8 +282,18 @@ class RedisMeter:
             raise
         return self._now_ns() + int(wait_us) * 1000
 
+    async def forecast_async(self, cost: int) -> int:
+        """:meth:`forecast` for a task: the round trip on its loop's own client."""
+        try:
+            wait_us, _ = await self._call_async("peek", cost)
+        except BackendUnavailable:
+            if self._policy == "allow":
+                return self._now_ns()
+            raise
+        return self._now_ns() + int(wait_us) * 1000
+
     def count_refusal(self) -> None:
-        with self._lock:
+        with self._section():
             self.refused += 1
 
     def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
@@ -274,7 +309,7 @@ class RedisMeter:
         return ticket.due
 
     def _grant(self, ticket: RateTicket) -> None:
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return
             self.queue.pop(ticket, None)
@@ -294,7 +329,7 @@ class RedisMeter:
     def release(self, ticket: RateTicket) -> bool:
         """Interrupted: undo the reservation or grant, exactly if nothing was recorded after
         it. ``True`` if this gave something back."""
-        with self._lock:
+        with self._section():
             state = ticket.state
             if state is not PENDING and state is not GRANTED:
                 return False
@@ -312,12 +347,16 @@ class RedisMeter:
         token = ticket.token
         if not isinstance(token, tuple) or token[0] is None:
             return False  # granted while the server was unreachable: nothing recorded
-        loop = _running_loop()
-        if loop is not None:
-            undo = loop.create_task(self._undo_async(token))
-            _undoing.add(undo)
-            undo.add_done_callback(_undoing.discard)
+        if _running_loop() is not None:
+            self._backend.on_loop(
+                self._undo_async(token),
+                functools.partial(self._undo_token, token),
+                f"giving back a grant on {self.name!r}",
+            )
             return False
+        return self._undo_token(token)
+
+    def _undo_token(self, token: tuple[object, ...]) -> bool:
         try:
             return bool(self._call("undo", *(part for part in token if part is not None)))
         except BackendUnavailable as error:
@@ -334,7 +373,7 @@ class RedisMeter:
         """A reservation given back before its time: ``True`` if refunded exactly."""
         if ticket.state is not PENDING or ticket.promised <= self._now_ns():
             return False
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return False
             ticket.state = FINISHED
@@ -342,17 +381,44 @@ class RedisMeter:
         return self._undo(ticket)
 
     def charge(self, cost: int) -> None:
-        """Spend ``cost`` now, allowed or not."""
+        """Spend ``cost`` now, allowed or not. On a thread that runs an event loop, the
+        round trip runs on the loop (an unreachable server is logged there)."""
+        if _running_loop() is not None:
+            self._backend.on_loop(
+                self.charge_async(cost),
+                functools.partial(self._charge, cost),
+                f"a charge on {self.name!r}",
+            )
+            return
+        self._charge(cost)
+
+    def _charge(self, cost: int) -> None:
         try:
             self._call("charge", cost)
         except BackendUnavailable:
-            if self._policy == "raise":
-                raise
-            logger.warning(
-                "a charge of %d on %r was dropped: the server is unreachable", cost, self.name
-            )
+            self._charge_dropped(cost)
             return
-        with self._lock:
+        self._charged(cost)
+
+    async def charge_async(self, cost: int) -> None:
+        """:meth:`charge` for a task: the round trip on its loop's own client."""
+        try:
+            await self._call_async("charge", cost)
+        except BackendUnavailable:
+            self._charge_dropped(cost)
+            return
+        self._charged(cost)
+
+    def _charge_dropped(self, cost: int) -> None:
+        """Called while handling ``BackendUnavailable``."""
+        if self._policy == "raise":
+            raise  # noqa: PLE0704 - the BackendUnavailable being handled by the caller
+        logger.warning(
+            "a charge of %d on %r was dropped: the server is unreachable", cost, self.name
+        )
+
+    def _charged(self, cost: int) -> None:
+        with self._section():
             self.charged += cost
 
     def retire_if_idle(self) -> bool:
@@ -369,16 +435,32 @@ class RedisMeter:
         if delay_us <= 0:
             return
         backend = self._backend
-        script = backend.client.register_script(_scripts.PAUSE)
-        backend.run_script(script, self._keys, (*self._settings, delay_us), self.name)
-        with self._lock:
+        if _running_loop() is not None:  # the loop never blocks: the pause runs on it
+            backend.on_loop(
+                self._pause_async(delay_us),
+                functools.partial(self._pause, delay_us),
+                f"a pause of {self.name!r}",
+            )
+        else:
+            self._pause(delay_us)
+        with self._section():
             for ticket in self.queue:
                 ticket.due = max(ticket.due, until)
+
+    def _pause(self, delay_us: int) -> None:
+        backend = self._backend
+        script = backend.client.register_script(_scripts.PAUSE)
+        backend.run_script(script, self._keys, (*self._settings, delay_us), self.name)
+
+    async def _pause_async(self, delay_us: int) -> None:
+        await self._backend.run_script_async(
+            "pause", self._keys, (*self._settings, delay_us), self.name
+        )
 
     def snapshot(self) -> MeterSnapshot:
         now = self._now_ns()
         wait_us, free = self._call("peek", 1)
-        with self._lock:
+        with self._section():
             queued = tuple(self.queue)
             waiting = tuple(
                 WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
@@ -407,8 +489,6 @@ def _decision(reply: Any) -> tuple[int, int, object, object]:
 
 
 _running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
-_undoing: set[asyncio.Task[None]] = set()
-"""Undos running on loops: held until done (a loop holds its tasks only weakly)."""
 
 
 def window_keys(prefix: str, name: str) -> tuple[str, str]:

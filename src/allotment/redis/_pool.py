@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -44,11 +45,13 @@ from .._core import (
     Form,
     NamedForm,
     Quantity,
+    SectionLock,
     Snapshot,
     Ticket,
     TicketView,
     Units,
     Waiter,
+    new_section_lock,
     task_of,
 )
 from .._errors import (
@@ -71,6 +74,8 @@ __all__ = ["RedisPool"]
 
 logger = logging.getLogger("allotment.redis")
 _R = TypeVar("_R")
+_TURN_POLL = 0.001
+"""How often a task asks again for a lease's turn held by another partial release."""
 
 
 @attrs.define(eq=False)
@@ -93,6 +98,10 @@ class _Record:
     pending: tuple[str, Quantity] | None = None
     """A partial release sent whose answer did not arrive: retried, with the same id, before
     anything else is released (so it is never applied twice)."""
+    turn: SectionLock = attrs.field(factory=new_section_lock)
+    """Held by the one partial release of this lease in flight (a thread's, or a task's):
+    ``releases`` and ``pending`` change only under it, so two partial releases at once are
+    sent one after the other, each with its own id, and each gives back its own units."""
 
 
 def _encode(units: Quantity) -> str:
@@ -250,6 +259,12 @@ class RedisPool:
                 )
             except ScriptRefusal as refusal:
                 raise self._enter_refused(ticket, record, refusal) from None
+            except asyncio.CancelledError:
+                # The enter may still run on the server: redis-py drops the connection, and
+                # the caller's release goes out on another, which may arrive first. The
+                # keeper releases the id again a poll later, so the server forgets it.
+                self._backend.retry_release(self, record.rid)
+                raise
             return self._entered(ticket, record, reply)
         finally:
             self._backend.settle()
@@ -397,9 +412,40 @@ class RedisPool:
 
     def release(self, ticket: Ticket, part: Quantity | None) -> None:
         try:
-            self._release(ticket, part)
+            if _running_loop() is not None and not self._backend.in_section():
+                self._release_on_loop(ticket, part)
+            else:
+                self._release(ticket, part)
         finally:
             self._backend.settle()  # releases deferred while this thread was inside
+
+    def _release_on_loop(self, ticket: Ticket, part: Quantity | None) -> None:
+        """A synchronous release on a thread that runs an event loop (``lease.release()``
+        in a task, a with-block's exit, an HTTP client's callback): checked here (bad input
+        raises now), then sent as a task on the loop's own client, so the loop never
+        blocks. A full release is released here at once; the units reach others when the
+        round trip does. Its outcome (``LeaseLost``) is logged: ``await
+        lease.release_async()`` is the form that raises it."""
+        record = self._releasing(ticket, part)
+        if record is None:
+            return
+        what = f"release on {self.name!r}"
+        backend = self._backend
+        if part is not None and part != ticket.units:
+            backend.on_loop(
+                self._release_part_async(ticket, record, part),
+                functools.partial(self._release_part, ticket, record, part),
+                what,
+            )
+            return
+        repeated = self._sending_release(record)
+        with backend.section():
+            ticket.state = FINISHED
+        backend.on_loop(
+            self._release_full_async(ticket, record, repeated),
+            functools.partial(self._release_full, ticket, record, repeated),
+            what,
+        )
 
     def _release(self, ticket: Ticket, part: Quantity | None) -> None:
         """The one release path: give back ``part`` (or everything), or withdraw a queued
@@ -421,7 +467,9 @@ class RedisPool:
         if part is not None and part != ticket.units:
             self._release_part(ticket, record, part)
             return
-        repeated = self._sending_release(record)
+        self._release_full(ticket, record, self._sending_release(record))
+
+    def _release_full(self, ticket: Ticket, record: _Record, repeated: bool) -> None:
         try:
             code, _ = self._call("release", record.rid, "")
         except BackendUnavailable as error:
@@ -448,7 +496,9 @@ class RedisPool:
         if part is not None and part != ticket.units:
             await self._release_part_async(ticket, record, part)
             return
-        repeated = self._sending_release(record)
+        await self._release_full_async(ticket, record, self._sending_release(record))
+
+    async def _release_full_async(self, ticket: Ticket, record: _Record, repeated: bool) -> None:
         try:
             code, _ = await self._call_async("release", record.rid, "")
         except BackendUnavailable as error:
@@ -506,7 +556,12 @@ class RedisPool:
         """A partial release, with an id the server remembers: one whose answer was lost
         (``BackendUnavailable``) stays pending, and the next release of this lease sends it
         again first, with the same id, so the server applies it exactly once. A retry of
-        the same amount is that release; another amount is released after it."""
+        the same amount is that release; another amount is released after it. One at a
+        time per lease (its record's turn): another thread's waits for it."""
+        with record.turn:
+            self._release_part_in_turn(ticket, record, part)
+
+    def _release_part_in_turn(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
         pending = record.pending
         if pending is not None:
             release_id, pending_part = pending
@@ -516,14 +571,27 @@ class RedisPool:
             )  # fmt: skip
             if not self._after_pending(ticket, pending_part, part):
                 return
-            if part == ticket.units:
-                self._release(ticket, None)
-                return
+        if not self._still_partial(ticket, record, part):
+            self._release(ticket, None)
+            return
         release_id = self._next_part(record, part)
         reply = self._call("release", record.rid, _encode(part), release_id)
         self._part_done(ticket, record, release_id, part, reply)
 
     async def _release_part_async(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
+        """:meth:`_release_part` for a task: it waits for the lease's turn without blocking
+        its loop (the turn is held only across one round trip, bounded by ``timeout``)."""
+        turn = record.turn
+        while turn._is_owned() or not turn.acquire(blocking=False):
+            await asyncio.sleep(_TURN_POLL)
+        try:
+            await self._release_part_in_turn_async(ticket, record, part)
+        finally:
+            turn.release()
+
+    async def _release_part_in_turn_async(
+        self, ticket: Ticket, record: _Record, part: Quantity
+    ) -> None:
         pending = record.pending
         if pending is not None:
             release_id, pending_part = pending
@@ -533,12 +601,23 @@ class RedisPool:
             )  # fmt: skip
             if not self._after_pending(ticket, pending_part, part):
                 return
-            if part == ticket.units:
-                await self._release_async(ticket, None)
-                return
+        if not self._still_partial(ticket, record, part):
+            await self._release_async(ticket, None)
+            return
         release_id = self._next_part(record, part)
         reply = await self._call_async("release", record.rid, _encode(part), release_id)
         self._part_done(ticket, record, release_id, part, reply)
+
+    def _still_partial(self, ticket: Ticket, record: _Record, part: Quantity) -> bool:
+        """In the turn, checked again (another release may have come first): ``part`` is
+        less than the lease holds; ``False`` if it is all of it (a full release)."""
+        if record.done or ticket.state is not GRANTED or not part <= ticket.units:
+            held = ticket.units if ticket.state is GRANTED and not record.done else self.zero
+            raise ReleaseExceedsHeld(
+                f"cannot release {self.form.render(part)!r}: "
+                f"the lease holds {self.form.render(held)!r}"
+            )
+        return part != ticket.units
 
     def _after_pending(self, ticket: Ticket, pending_part: Quantity, part: Quantity) -> bool:
         """The pending release is done: whether ``part`` is still to be released."""
@@ -593,11 +672,12 @@ class RedisPool:
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """A leaked lease (from its finalizer): released at once, as in memory, then the
-        notice; from inside this process's bookkeeping, or if the server cannot be reached,
-        the keeper does both instead (redis-py's locks are re-entrant, so the round trip
-        cannot deadlock on this thread)."""
+        notice; from inside this process's bookkeeping, on a thread that runs an event loop
+        (no blocking round trip there, and no task made from a finalizer), or if the server
+        cannot be reached, the keeper does both instead (redis-py's locks are re-entrant, so
+        the round trip cannot deadlock on this thread)."""
         backend = self._backend
-        if not backend.in_section():
+        if not backend.in_section() and _running_loop() is None:
             try:
                 self.release(ticket, None)
             except LeaseLost:
@@ -609,6 +689,8 @@ class RedisPool:
             notice()
             return
         backend.reclaim(self, ticket, notice)
+        if not backend.in_section():
+            backend.start_keeper()  # on a loop's thread: nothing else may settle soon
 
     # -- the keeper's side ------------------------------------------------------------------
 
@@ -686,19 +768,42 @@ class RedisPool:
         """Move units from the granted ``ticket`` to ``parts``, which become holders with its
         fencing token. The parts' records exist before the server splits: if an exception
         cuts this short, releasing them releases whatever the server made of them."""
+        splitting = self._splitting(ticket, parts)
+        if splitting is not None and self._call("split", *splitting[2]):
+            self._parted(ticket, parts, *splitting[:2])
+
+    async def split_async(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:
+        """:meth:`split` for a task (``acquire_all_async``): on its loop's own client."""
+        try:
+            splitting = self._splitting(ticket, parts)
+            if splitting is not None and await self._call_async("split", *splitting[2]):
+                self._parted(ticket, parts, *splitting[:2])
+        finally:
+            self._backend.settle()
+
+    def _splitting(
+        self, ticket: Ticket, parts: Sequence[Ticket]
+    ) -> tuple[_Record, list[_Record], list[object]] | None:
+        """Before the split is sent: the records of ``ticket`` and of its parts (registered),
+        and the split's arguments."""
         record = self._records.get(ticket)
         if record is None or ticket.state is not GRANTED:
-            return
+            return None
         backend = self._backend
         part_records = [_Record(backend.new_id()) for _ in parts]
-        pairs: list[object] = []
+        arguments: list[object] = [record.rid]
         for part, part_record in zip(parts, part_records, strict=True):
-            pairs += [part_record.rid, _encode(part.units)]
+            arguments += [part_record.rid, _encode(part.units)]
         with backend.section():
             for part, part_record in zip(parts, part_records, strict=True):
                 self._records[part] = part_record
-        if not self._call("split", record.rid, *pairs):
-            return
+        return record, part_records, arguments
+
+    def _parted(
+        self, ticket: Ticket, parts: Sequence[Ticket], record: _Record, part_records: list[_Record]
+    ) -> None:
+        """The server split ``ticket``: its parts are holders with its token."""
+        backend = self._backend
         with backend.section():
             remaining = ticket.units
             for part, part_record in zip(parts, part_records, strict=True):
@@ -819,6 +924,9 @@ class RedisPool:
 
 def _view(ticket: Ticket) -> TicketView:
     return TicketView(ticket.units, ticket.since, ticket.thread, ticket.site, task_of(ticket))
+
+
+_running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
 
 
 def _nothing() -> None:
