@@ -19,7 +19,7 @@ import allotment
 from allotment._core import FINISHED, GRANTED, MemoryPool, Ticket
 from allotment._waiters import await_grant, new_thread_waiter
 from allotment.testing import ManualClock
-from support import GENEROUS, Worker, assert_idle, pool_of, wait_until
+from support import GENEROUS, assert_idle, pool_of
 from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
 
 
@@ -82,26 +82,43 @@ def test_an_interrupted_claim_keeps_or_gives_back_the_unit_and_nothing_else() ->
     assert any("_waiters.py" in point for point in swept.points)
 
 
+class _Recording:
+    """A waiter that never sleeps (its requester is this test): it records wake-ups."""
+
+    def __init__(self) -> None:
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+
+    def rearm(self) -> None:
+        self.woken = False
+
+
 @dataclass(eq=False)
 class Overtaken:
-    """A bounded semaphore with a free permit and a young thread queued for it, nominated:
-    an arrival may take the permit first; either way the helper must end up served."""
+    """A bounded semaphore with a free permit and a young ticket queued for it, nominated
+    but not yet claiming (its requester is the test, which claims once the arrival is
+    done): an arrival may take the permit first, deterministically."""
 
     semaphore: allotment.Semaphore
-    helper: Worker
+    pool: MemoryPool
+    ticket: Ticket
+    waiter: _Recording
 
 
 def _young_queue() -> Overtaken:
     clock = ManualClock()
     semaphore = allotment.Semaphore(1, fairness="bounded", clock=clock)
     assert semaphore.acquire(blocking=False)
-    helper = Worker(semaphore.acquire, name="waits for a permit with no timeout")
-    helper.start()
     pool = semaphore._pool
     assert isinstance(pool, MemoryPool)
-    wait_until(lambda: pool.waiting == 1, "the helper waits")
-    semaphore.release()  # nominates the helper: the sweep's arrival races its claim
-    return Overtaken(semaphore, helper)
+    ticket = Ticket(1, threading.current_thread(), None, clock.now())
+    waiter = _Recording()
+    assert not pool.enter(ticket, lambda: waiter)
+    semaphore.release()  # nominates the ticket
+    assert waiter.woken
+    return Overtaken(semaphore, pool, ticket, waiter)
 
 
 def _check_overtaken(env: Overtaken, outcome: Outcome) -> None:
@@ -109,20 +126,18 @@ def _check_overtaken(env: Overtaken, outcome: Outcome) -> None:
     error, result = outcome.error, outcome.result
     outcome.error = outcome.result = None
     forget_frames(error)
-    semaphore = env.semaphore
-    try:
-        assert error is None or isinstance(error, Injected), f"at {what}: {error!r}"
-        del error
-        if result is True:
-            semaphore.release()  # the arrival took it: give it back, to the helper
-        assert env.helper.outcome() is True, f"at {what}: the helper was not served"
-        semaphore.release()
-        assert semaphore._value == 1, f"at {what}: the value is {semaphore._value}"
-    except BaseException:
-        if env.helper.is_alive():
-            semaphore.release()
-            env.helper.join(GENEROUS)
-        raise
+    semaphore, pool = env.semaphore, env.pool
+    assert error is None or isinstance(error, Injected), f"at {what}: {error!r}"
+    del error
+    if result is True:
+        env.waiter.woken = False
+        semaphore.release()  # the arrival took it: give it back, which nominates again
+        assert env.waiter.woken, f"at {what}: the queued ticket was not woken again"
+    # The queued ticket, woken, claims the permit: it must be there for it.
+    assert pool.claim(env.ticket, None) is True, f"at {what}: the permit is gone"
+    semaphore.release()
+    assert semaphore._value == 1, f"at {what}: the value is {semaphore._value}"
+    assert pool.waiting == 0
 
 
 @pytest.mark.timeout(4 * GENEROUS)
@@ -132,7 +147,7 @@ def test_an_interrupted_arrival_that_overtakes_loses_no_permit() -> None:
 
     with frozen_gc():
         swept = sweep(_young_queue, arrive, _check_overtaken)
-    assert any("_pool.py" in point for point in swept.points)
+    assert any("may_barge" in point for point in swept.points)
 
 
 def test_the_claim_sweep_sees_the_claim() -> None:
