@@ -18,7 +18,7 @@ from typing import Protocol
 import attrs
 
 from ._clock import WakeHandle
-from ._core._section_lock import SectionLock, new_section_lock
+from ._core import SectionLock, new_section_lock
 
 __all__ = ["ManualClock"]
 
