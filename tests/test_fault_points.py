@@ -14,11 +14,13 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 import allotment
 from allotment._core import GRANTED, MemoryPool, Ticket
+from allotment.testing import ManualClock
 from support import GENEROUS, Worker, assert_idle, check_invariants, pool_of, wait_until
 from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
 
@@ -32,15 +34,25 @@ class Queued:
     lease: allotment.Lease[int] | None
     helper: Worker
     ticket: Ticket
+    nominating: bool = False
 
 
-def _queued_behind_a_lease() -> Queued:
-    manager = allotment.ResourceManager(2, name="queued-behind")
+FAIRNESS: dict[str, Callable[[], dict[str, Any]]] = {
+    "strict": dict,
+    # The helper stays young (the clock stands still): a release nominates it.
+    "bounded-nominates": lambda: {"fairness": "bounded", "clock": ManualClock()},
+    # The helper is old at once: a release hands off, as in strict mode.
+    "bounded-hands-off": lambda: {"fairness": "bounded", "fairness_bound": 1e-9},
+}
+
+
+def _queued_behind_a_lease(fairness: str = "strict") -> Queued:
+    manager = allotment.ResourceManager(2, name="queued-behind", **FAIRNESS[fairness]())
     lease = manager.acquire(2)
     helper = Worker(functools.partial(manager.acquire, 1), name="waits with no timeout")
     helper.start()
     wait_until(lambda: pool_of(manager).waiting == 1, "the helper is queued")
-    return Queued(manager, lease, helper, lease._ticket)
+    return Queued(manager, lease, helper, lease._ticket, fairness != "strict")
 
 
 def _served(env: Queued, what: str) -> None:
@@ -49,7 +61,8 @@ def _served(env: Queued, what: str) -> None:
     try:
         # Hand-off is eager: a waiter that fits is never left queued.
         on_another_thread(
-            lambda: check_invariants(env.manager.statistics()), f"statistics after {what}"
+            lambda: check_invariants(env.manager.statistics(), nominating=env.nominating),
+            f"statistics after {what}",
         )
         lease = env.lease
         env.lease = None
@@ -91,14 +104,15 @@ def _leave_a_with_block(env: Queued) -> None:
 
 
 @pytest.mark.timeout(4 * GENEROUS)
+@pytest.mark.parametrize("fairness", list(FAIRNESS))
 @pytest.mark.parametrize(
     "operation", [_release, _leave_a_with_block], ids=["release", "leaving-a-with-block"]
 )
 def test_an_interrupted_release_hands_its_units_to_a_waiter_with_no_timeout(
-    operation: Callable[[Queued], None],
+    operation: Callable[[Queued], None], fairness: str
 ) -> None:
     with frozen_gc():
-        swept = sweep(_queued_behind_a_lease, operation, _check)
+        swept = sweep(functools.partial(_queued_behind_a_lease, fairness), operation, _check)
     assert any("_pool.py" in point for point in swept.points)
 
 
@@ -109,19 +123,22 @@ def test_an_interrupted_release_hands_its_units_to_a_waiter_with_no_timeout(
 class Permits:
     semaphore: allotment.Semaphore
     helper: Worker | None
+    nominating: bool = False
 
 
-def _semaphore_taken(*, queued: bool, bounded: bool = False) -> Callable[[], Permits]:
+def _semaphore_taken(
+    *, queued: bool, bounded: bool = False, fairness: str = "strict"
+) -> Callable[[], Permits]:
     def setup() -> Permits:
         kind = allotment.BoundedSemaphore if bounded else allotment.Semaphore
-        semaphore = kind(1)
+        semaphore = kind(1, **FAIRNESS[fairness]())
         assert semaphore.acquire(blocking=False)
         helper = None
         if queued:
             helper = Worker(semaphore.acquire, name="waits for a permit with no timeout")
             helper.start()
             wait_until(lambda: pool_of_semaphore(semaphore).waiting == 1, "the helper waits")
-        return Permits(semaphore, helper)
+        return Permits(semaphore, helper, fairness != "strict")
 
     return setup
 
@@ -151,8 +168,11 @@ def _check_permits(env: Permits, outcome: Outcome, *, must_be_given: bool) -> No
         assert isinstance(seen, tuple)
         available, waiting = seen
         assert isinstance(available, int)
-        # Hand-off is eager: a free permit never sits beside a waiter.
-        assert not (waiting and available), f"at {what}: a permit is free and a thread waits"
+        # Hand-off is eager: a free permit never sits beside a waiter (unless it was
+        # nominated: bounded fairness, whose helper must then be served all the same).
+        assert env.nominating or not (waiting and available), (
+            f"at {what}: a permit is free and a thread waits"
+        )
         given = available + (1 if helper is not None and not waiting else 0)
         if must_be_given:
             assert given == 1, f"at {what}: {given} permits were given back, not 1"
@@ -170,10 +190,13 @@ def _check_permits(env: Permits, outcome: Outcome, *, must_be_given: bool) -> No
 
 
 @pytest.mark.timeout(4 * GENEROUS)
-def test_an_interrupted_semaphore_release_hands_its_permit_to_a_waiter_with_no_timeout() -> None:
+@pytest.mark.parametrize("fairness", list(FAIRNESS))
+def test_an_interrupted_semaphore_release_hands_its_permit_to_a_waiter_with_no_timeout(
+    fairness: str,
+) -> None:
     with frozen_gc():
         sweep(
-            _semaphore_taken(queued=True),
+            _semaphore_taken(queued=True, fairness=fairness),
             lambda env: env.semaphore.release(),
             functools.partial(_check_permits, must_be_given=False),
         )
@@ -184,10 +207,11 @@ def _leave_a_semaphore_with_block(env: Permits) -> None:
 
 
 @pytest.mark.timeout(4 * GENEROUS)
+@pytest.mark.parametrize("fairness", list(FAIRNESS))
 @pytest.mark.parametrize("bounded", [False, True], ids=["Semaphore", "BoundedSemaphore"])
 @pytest.mark.parametrize("queued", [False, True], ids=["alone", "with-a-waiter"])
 def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupts_it(
-    queued: bool, bounded: bool
+    queued: bool, bounded: bool, fairness: str
 ) -> None:
     lost: list[str] = []
 
@@ -205,7 +229,9 @@ def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupt
 
     with frozen_gc():
         swept = sweep(
-            _semaphore_taken(queued=queued, bounded=bounded), _leave_a_semaphore_with_block, check
+            _semaphore_taken(queued=queued, bounded=bounded, fairness=fairness),
+            _leave_a_semaphore_with_block,
+            check,
         )
     assert any("_pool.py" in point for point in swept.points)
     assert not lost, lost
@@ -222,7 +248,8 @@ def _drop_the_lease(env: Queued) -> None:
 
 
 @pytest.mark.timeout(4 * GENEROUS)
-def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit() -> None:
+@pytest.mark.parametrize("fairness", list(FAIRNESS))
+def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(fairness: str) -> None:
     # CPython runs a finalizer once: an exception that lands in it before it gave the units
     # back (at its first line, even) must not lose them. The pool watches the lease, and
     # gives the units back by its next operation at the latest.
@@ -254,6 +281,6 @@ def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit() -> No
         _served(env, what)
 
     with frozen_gc():
-        swept = sweep(_queued_behind_a_lease, _drop_the_lease, check)
+        swept = sweep(functools.partial(_queued_behind_a_lease, fairness), _drop_the_lease, check)
     assert any("__del__" in point for point in swept.points)
     assert ways["by the next operation"] > 0, ways

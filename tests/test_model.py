@@ -24,6 +24,7 @@ class ManagerModel(RuleBasedStateMachine):
     """Subclasses pick the manager's form: one unnamed resource, or several named ones."""
 
     named = True
+    fairness: allotment.Fairness = "strict"
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,10 +65,10 @@ class ManagerModel(RuleBasedStateMachine):
         if self.named:
             names = data.draw(st.lists(st.sampled_from(NAMES), min_size=1, unique=True))
             self.capacity = {name: data.draw(counts, label=name) for name in names}
-            self.manager = allotment.ResourceManager(dict(self.capacity))
+            self.manager = allotment.ResourceManager(dict(self.capacity), fairness=self.fairness)
         else:
             self.capacity = {"": data.draw(counts)}
-            self.manager = allotment.ResourceManager(self.capacity[""])
+            self.manager = allotment.ResourceManager(self.capacity[""], fairness=self.fairness)
 
     def draw_request(self, data: st.DataObject) -> dict[str, int]:
         positive = st.integers(min_value=1, max_value=8)
@@ -230,3 +231,15 @@ TestNamedResources = NamedResourcesModel.TestCase
 TestOneResource = OneResourceModel.TestCase
 TestNamedResources.settings = settings(stateful_step_count=40)
 TestOneResource.settings = settings(stateful_step_count=40)
+
+
+class BoundedNamedResourcesModel(ManagerModel):
+    """Bounded fairness changes nothing for one thread: nobody queues, so nobody is
+    overtaken."""
+
+    named = True
+    fairness = "bounded"
+
+
+TestBoundedNamedResources = BoundedNamedResourcesModel.TestCase
+TestBoundedNamedResources.settings = settings(stateful_step_count=40)

@@ -22,6 +22,7 @@ from typing import Protocol
 import pytest
 
 from allotment._core._section_lock import ENTRY_CAN_BE_INTERRUPTED, new_section_lock
+from allotment.testing import ManualClock
 from support import WITH_ENTRY_CHECKS, Worker, inject, wait_until
 
 
@@ -108,3 +109,13 @@ def test_an_exception_as_with_enters_leaves_a_section_lock_free() -> None:
             pass
         assert lock._is_owned()
     assert not lock._is_owned()
+
+
+@pytest.mark.skipif(not hasattr(sys, "_current_frames"), reason="needs sys._current_frames")
+def test_an_exception_as_with_enters_leaves_a_manual_clocks_lock_free() -> None:
+    """``ManualClock`` guards its readings with a section lock too: a held one would hang
+    every later ``advance``."""
+    clock = ManualClock()
+    assert not _deliver_on_entry(clock._lock)
+    clock.advance(1.0)
+    assert clock.now() == 1.0

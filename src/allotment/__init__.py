@@ -13,6 +13,7 @@ import logging
 
 from ._acquisition import Acquisition
 from ._clock import Clock, SystemClock
+from ._core import Fairness
 from ._declared import DeclaredClaim
 from ._errors import (
     AcquireTimeout,
@@ -84,6 +85,7 @@ __all__ = [
     "ExceedsBurst",
     "ExceedsCapacity",
     "ExceedsClaim",
+    "Fairness",
     "HolderInfo",
     "InvalidAmount",
     "InvalidAmountType",

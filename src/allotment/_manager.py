@@ -21,7 +21,7 @@ from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import (
     Amount,
     BankerPolicy,
-    FifoPolicy,
+    Fairness,
     Form,
     MemoryPool,
     Pool,
@@ -31,6 +31,7 @@ from ._core import (
     Ticket,
     Waiter,
     caller_site,
+    fairness_policy,
     form_for,
 )
 from ._errors import AcquireTimeout, UnsupportedByBackend
@@ -257,6 +258,8 @@ class ResourceManager(Generic[Amount]):
         capture_sites: bool | None = None,
         clock: Clock | None = None,
         backend: Backend | None = None,
+        fairness: Fairness = "strict",
+        fairness_bound: float | None = None,
     ) -> None: ...
 
     @overload
@@ -271,6 +274,8 @@ class ResourceManager(Generic[Amount]):
         capture_sites: bool | None = None,
         clock: Clock | None = None,
         backend: Backend | None = None,
+        fairness: Fairness = "strict",
+        fairness_bound: float | None = None,
     ) -> None: ...
 
     def __init__(
@@ -284,6 +289,8 @@ class ResourceManager(Generic[Amount]):
         capture_sites: bool | None = None,
         clock: Clock | None = None,
         backend: Backend | None = None,
+        fairness: Fairness = "strict",
+        fairness_bound: float | None = None,
     ) -> None:
         """Create a manager with ``capacity`` units (an int, or a mapping name -> int).
 
@@ -306,6 +313,16 @@ class ResourceManager(Generic[Amount]):
         ``backend`` keeps the manager's state elsewhere, shared by every process that names
         it (``allotment.redis.RedisBackend``): ``name`` is then required, and banker mode is
         refused (:class:`UnsupportedByBackend`). Its leases carry a ``fencing_token``.
+
+        ``fairness="strict"`` (the default) is strict FIFO with hand-off, as above.
+        ``fairness="bounded"`` trades it for throughput under contention, as Go's
+        ``sync.Mutex`` does: a request that did not wait (a thread that releases and asks
+        again) may take free units ahead of the queue while its head has waited less than
+        ``fairness_bound`` seconds (default 0.001); past that, strict hand-off until the
+        queue catches up. Nobody waits much longer than the bound plus one hold, and a large
+        request is never starved; :meth:`try_acquire` may overtake the queue within the same
+        bound. Not with ``banker=True`` nor a ``backend`` (``ValueError``,
+        :class:`UnsupportedByBackend`).
         """
         form = form_for(capacity)
         initial = form.parse_capacity(capacity, None)
@@ -315,13 +332,18 @@ class ResourceManager(Generic[Amount]):
             parse_policy(lock_order)
         if type(banker) is not bool:
             raise TypeError(f"banker must be True or False, not {banker!r}")
+        fair = fairness_policy(fairness, fairness_bound)
+        if banker and fairness != "strict":
+            raise ValueError("banker mode grants in its own order: it takes fairness='strict'")
+        if backend is not None and fairness != "strict":
+            raise UnsupportedByBackend("fairness='bounded' needs an in-memory manager")
         site_rule = _site_rule(capture_sites)
         clock = SYSTEM_CLOCK if clock is None else clock
         serial = next(_serial_numbers)
         self._name = name if name is not None else f"ResourceManager-{serial}"
         self._form = form  # type: ignore[assignment]
         self._scalar = isinstance(form, ScalarForm)
-        policy = BankerPolicy() if banker else FifoPolicy()
+        policy = BankerPolicy() if banker else fair
         if backend is None:
             self._pool = MemoryPool(form, initial, initial, policy, clock.now, holders={})
         else:

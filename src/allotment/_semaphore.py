@@ -9,7 +9,7 @@ from types import TracebackType
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
-from ._core import FifoPolicy, MemoryPool, Pool, Quantity, ScalarForm, Ticket
+from ._core import Fairness, MemoryPool, Pool, Quantity, ScalarForm, Ticket, fairness_policy
 from ._errors import UnsupportedByBackend
 from ._waiters import await_grant, new_thread_waiter
 
@@ -46,11 +46,21 @@ class Semaphore:
     receipt."""
 
     def __init__(
-        self, value: int = 1, *, clock: Clock | None = None, backend: object = None
+        self,
+        value: int = 1,
+        *,
+        clock: Clock | None = None,
+        backend: object = None,
+        fairness: Fairness = "strict",
+        fairness_bound: float | None = None,
     ) -> None:
         """``clock`` measures timeouts (default: the system's monotonic clock). A semaphore
         lives in this process: ``backend`` is refused (:class:`UnsupportedByBackend`); share
-        a :class:`ResourceManager` instead."""
+        a :class:`ResourceManager` instead. ``fairness`` and ``fairness_bound`` are those of
+        :class:`ResourceManager`: with ``fairness="bounded"`` an ``acquire`` may take a free
+        permit ahead of waiting threads while the longest-waiting one has waited less than
+        ``fairness_bound`` seconds (default 0.001), as ``threading.Semaphore`` always lets
+        it."""
         if backend is not None:
             raise UnsupportedByBackend(
                 "a Semaphore lives in this process: for permits shared across processes, use "
@@ -59,9 +69,10 @@ class Semaphore:
         value = operator.index(value)
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
+        policy = fairness_policy(fairness, fairness_bound)
         self._clock = SYSTEM_CLOCK if clock is None else clock
         # No capacity and no records of holders: a semaphore's release adds permits.
-        pool = MemoryPool(ScalarForm(), None, value, FifoPolicy(), self._clock.now, holders=None)
+        pool = MemoryPool(ScalarForm(), None, value, policy, self._clock.now, holders=None)
         self._pool = pool
         self._memory = pool
         self._limit = None
@@ -177,9 +188,21 @@ class BoundedSemaphore(Semaphore):
     """
 
     def __init__(
-        self, value: int = 1, *, clock: Clock | None = None, backend: object = None
+        self,
+        value: int = 1,
+        *,
+        clock: Clock | None = None,
+        backend: object = None,
+        fairness: Fairness = "strict",
+        fairness_bound: float | None = None,
     ) -> None:
-        super().__init__(value, clock=clock, backend=backend)
+        super().__init__(
+            value,
+            clock=clock,
+            backend=backend,
+            fairness=fairness,
+            fairness_bound=fairness_bound,
+        )
         self._limit = operator.index(value)
 
     def __repr__(self) -> str:

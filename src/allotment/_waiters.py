@@ -76,6 +76,19 @@ class ThreadWaiter:
         except RuntimeError:  # released already
             pass
 
+    @property
+    def woken(self) -> bool:
+        """Whether a wake-up is under way or done since the last :meth:`rearm`: read under
+        the pool's lock, ``True`` means the requester will run and claim after this
+        section, so waking it again is useless."""
+        return self._woken
+
+    def rearm(self) -> None:
+        """Ready to sleep again after a wake-up that brought no grant (bounded fairness).
+        Under the pool's lock. The handle is held again already (the sleep took it, or the
+        clock never got it); a wake-up that lands after this still ends the next sleep."""
+        self._woken = False
+
     def sleep(self, clock: Clock, deadline: float | None) -> bool:
         """Sleep until woken (``True``) or until ``deadline`` on ``clock`` (``False``).
 
@@ -122,6 +135,20 @@ class TaskWaiter:
             lost, self.lost = self.lost, None
             if lost is not None:
                 lost()
+
+    @property
+    def woken(self) -> bool:
+        """As :attr:`ThreadWaiter.woken`."""
+        return self._woken
+
+    def rearm(self) -> None:
+        """:meth:`ThreadWaiter.rearm`: a fresh future if the last one was resolved (a
+        wake-up reads the future when it rings, so one after this resolves the new one)."""
+        future = self._future
+        if future.done():
+            future = self._loop.create_future()
+        self._woken = False
+        self._future = future
 
     def alarm(self) -> None:
         """The deadline came: end the sleep, leaving ``_woken`` as it is."""
@@ -226,12 +253,28 @@ def await_grant(pool: Pool, ticket: Ticket, clock: Clock, deadline: float | None
     """
     waiter = ticket.waiter
     assert isinstance(waiter, ThreadWaiter)
+    if getattr(pool, "nominates", False):
+        return _await_claim(pool, ticket, waiter, clock, deadline)
     if waiter.sleep(clock, deadline):
         if ticket.state is REFUSED:
             raise ticket.error
         return True
     # The deadline passed: leave, unless a grant arrived meanwhile, which wins.
     return pool.withdraw(ticket)
+
+
+def _await_claim(
+    pool: Pool, ticket: Ticket, waiter: ThreadWaiter, clock: Clock, deadline: float | None
+) -> bool:
+    """:func:`await_grant` under bounded fairness: a wake-up may be a nomination (units are
+    free, take them if still there) rather than a grant, so every wake-up, whatever its
+    cause, ends in :meth:`MemoryPool.claim`, which decides under the lock."""
+    claim = pool.claim  # type: ignore[attr-defined]
+    while True:
+        waiter.sleep(clock, deadline)
+        outcome: bool | None = claim(ticket, deadline)
+        if outcome is not None:
+            return outcome
 
 
 async def await_grant_async(
@@ -244,6 +287,15 @@ async def await_grant_async(
     """
     waiter = ticket.waiter
     assert isinstance(waiter, TaskWaiter)
+    if getattr(pool, "nominates", False):
+        claim = pool.claim  # type: ignore[attr-defined]
+        while True:  # as in _await_claim
+            waiter.lost = functools.partial(pool.release, ticket, None)
+            await waiter.sleep(clock, deadline)
+            waiter.lost = None
+            outcome: bool | None = claim(ticket, deadline)
+            if outcome is not None:
+                return outcome
     # Set only now, but in time: the loop runs this task, so it cannot be closed before.
     waiter.lost = functools.partial(pool.release, ticket, None)
     woken = await waiter.sleep(clock, deadline)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
 import attrs
 
 from ._clock import WakeHandle
+from ._core import SectionLock, new_section_lock
 
 __all__ = ["ManualClock"]
 
@@ -36,11 +36,13 @@ class ManualClock:
     allowed when :meth:`advance` reaches its time, and a bucket refills only as it advances.
 
     ``_lock`` guards ``_now`` and ``_sleepers``; it is never held while a thread sleeps or
-    while a sleeper is woken.
+    while a sleeper is woken. It is a section lock (see ``_core._section_lock``): on 3.14 an
+    exception delivered as ``with`` takes a plain lock would leave it held, and every later
+    ``advance`` would hang.
     """
 
     _now: float = 0.0
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
     _sleepers: dict[_Releasable, float] = attrs.field(init=False, factory=dict)
     """Each sleeping thread's wake-up handle, and each task's alarm, with its deadline."""
 

@@ -14,7 +14,15 @@ from ._meter import (
     RateTicket,
     WaitingView,
 )
-from ._policies import Account, AccountTicket, BankerPolicy, FifoPolicy
+from ._policies import (
+    Account,
+    AccountTicket,
+    BankerPolicy,
+    BoundedPolicy,
+    Fairness,
+    FifoPolicy,
+    fairness_policy,
+)
 from ._pool import (
     AccountView,
     AdmissionPolicy,
@@ -54,7 +62,9 @@ __all__ = [
     "AdmissionPolicy",
     "Amount",
     "BankerPolicy",
+    "BoundedPolicy",
     "Entry",
+    "Fairness",
     "FifoPolicy",
     "Form",
     "Gcra",
@@ -82,6 +92,7 @@ __all__ = [
     "caller_site",
     "describe_site",
     "exact_positive",
+    "fairness_policy",
     "form_for",
     "new_section_lock",
     "outside_stacklevel",

@@ -16,9 +16,10 @@ unsafe.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import attrs
 
@@ -30,7 +31,25 @@ if TYPE_CHECKING:
     from ._amounts import Quantity
     from ._pool import MemoryPool
 
-__all__ = ["Account", "AccountTicket", "BankerPolicy", "FifoPolicy", "finishable"]
+__all__ = [
+    "FAIRNESS",
+    "Account",
+    "AccountTicket",
+    "BankerPolicy",
+    "BoundedPolicy",
+    "Fairness",
+    "FifoPolicy",
+    "fairness_policy",
+    "finishable",
+]
+
+Fairness = Literal["strict", "bounded"]
+"""How a manager or semaphore orders its grants (``fairness=``)."""
+FAIRNESS = ("strict", "bounded")
+"""The words ``fairness=`` takes."""
+DEFAULT_FAIRNESS_BOUND = 0.001
+"""Seconds a waiter may be overtaken for in bounded mode, unless told otherwise (Go's
+``sync.Mutex`` switches to strict hand-off after the same millisecond)."""
 
 
 @attrs.frozen
@@ -40,6 +59,7 @@ class FifoPolicy:
     starved."""
 
     fifo_arrival: ClassVar[bool] = True
+    nominates: ClassVar[bool] = False
 
     def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
         return not pool.queue and ticket.units <= pool.available
@@ -61,6 +81,125 @@ class FifoPolicy:
 
     def views(self, pool: MemoryPool) -> tuple[AccountView, ...]:
         return ()
+
+
+@attrs.frozen
+class BoundedPolicy:
+    """Bounded fairness (``fairness="bounded"``): FIFO, except that free units may be taken by
+    a request that did not wait for them while the head of the queue has waited less than
+    ``bound`` seconds; past it, strict hand-off, as in :class:`FifoPolicy`. This is Go's
+    ``sync.Mutex`` with its starvation mode.
+
+    What strict FIFO pays for at every hand-off under contention, a wake-up and a context
+    switch before the units are used again, a running thread skips here: a releasing thread
+    that asks again takes its units back at once. In exchange a waiter may be overtaken, for
+    at most ``bound`` seconds plus the hold that is under way when the bound passes.
+
+    The rules, all under the pool's lock:
+
+    - **Arrival** (``acquire``, ``try_acquire``, a semaphore's ``take``) is granted if it fits
+      and nobody waits, or the head is *young* (has waited less than ``bound``).
+    - **Units made free** (a release, a grow, a withdrawal) go to the head by hand-off if it
+      is *old*, as in strict mode, and then to the next old heads. While the head is young,
+      they stay free and the queued requests they fit, in order, are *nominated*: woken
+      without a grant. A nominated requester claims its units under the lock when it runs
+      (:meth:`may_claim`); if an arrival took them first, it sleeps again.
+    - A large head is never starved: once it is old, nothing overtakes it, and what returns
+      accumulates for it.
+
+    The pool's eager hand-off invariant becomes: the grant pass would grant nobody now, and
+    if the head fits what is free, it is young and has been nominated since the units became
+    free (or is being woken by the thread that freed them).
+    """
+
+    bound: float
+    fifo_arrival: ClassVar[bool] = False
+    nominates: ClassVar[bool] = True
+
+    def young(self, pool: MemoryPool) -> bool:
+        """Whether the head of the (nonempty) queue has waited less than the bound."""
+        head = next(iter(pool.queue))
+        return pool.now() - head.since < self.bound
+
+    def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
+        return ticket.units <= pool.available and (not pool.queue or self.young(pool))
+
+    def may_barge(self, pool: MemoryPool) -> bool:
+        """Whether a request that did not queue may take free units past the queue."""
+        return self.young(pool)
+
+    def may_claim(self, pool: MemoryPool, ticket: Ticket) -> bool:
+        """Whether a queued, nominated ``ticket`` may take its units now: they are free, and
+        it is the head or the head is young (it may do what an arrival may)."""
+        if not ticket.units <= pool.available:
+            return False
+        return next(iter(pool.queue)) is ticket or self.young(pool)
+
+    def grant_waiters(self, pool: MemoryPool, woken: list[Waiter]) -> None:
+        queue = pool.queue
+        while True:
+            if not queue:
+                break
+            head = next(iter(queue))
+            if not head.units <= pool.available:
+                break  # nobody overtakes the head from inside the queue
+            if pool.now() - head.since < self.bound:
+                self._nominate(pool, woken)
+                break
+            pool.grant_queued(head, woken)  # old: strict hand-off
+
+    def _nominate(self, pool: MemoryPool, woken: list[Waiter]) -> None:
+        """Wake, without a grant, the queued tickets that the free units fit, in order
+        (no mutation: an exception here leaves the pool as it was, and the restore pass
+        nominates again). One already woken and not yet back (``waiter.woken``, which only
+        its own claim clears, under this lock) will claim after this section anyway: waking
+        it again would cost a failed release per operation while it waits for a CPU."""
+        free = pool.available
+        for ticket in pool.queue:
+            if not ticket.units <= free:
+                break
+            free = free - ticket.units
+            waiter = ticket.waiter
+            woken.extend(() if getattr(waiter, "woken", False) else (waiter,))
+
+    def after_withdraw(self, pool: MemoryPool, was_head: bool) -> bool:
+        # A nominated ticket that leaves may leave free units another one fits.
+        return True
+
+    def check_capacity(self, pool: MemoryPool, capacity: Quantity) -> None:
+        pass
+
+    def views(self, pool: MemoryPool) -> tuple[AccountView, ...]:
+        return ()
+
+
+def fairness_policy(fairness: object, fairness_bound: object) -> FifoPolicy | BoundedPolicy:
+    """The policy for ``fairness=`` and ``fairness_bound=``; raises ``TypeError`` or
+    ``ValueError`` for anything else, before anything is made."""
+    if type(fairness) is not str:
+        raise TypeError(f"fairness must be 'strict' or 'bounded', not {fairness!r}")
+    if fairness not in FAIRNESS:
+        raise ValueError(f"fairness must be 'strict' or 'bounded', not {fairness!r}")
+    if fairness == "strict":
+        if fairness_bound is not None:
+            raise ValueError(
+                "fairness_bound applies only to fairness='bounded' (strict FIFO never lets "
+                "anyone overtake a waiter)"
+            )
+        return FifoPolicy()
+    if fairness_bound is None:
+        return BoundedPolicy(DEFAULT_FAIRNESS_BOUND)
+    if type(fairness_bound) not in (int, float):
+        raise TypeError(
+            f"fairness_bound must be a number of seconds (int or float), not "
+            f"{type(fairness_bound).__name__} ({fairness_bound!r})"
+        )
+    bound = float(fairness_bound)  # type: ignore[arg-type]
+    if not 0 < bound < math.inf:
+        raise ValueError(
+            f"fairness_bound must be a positive, finite number of seconds, not {fairness_bound!r}"
+        )
+    return BoundedPolicy(bound)
 
 
 @attrs.define(eq=False)
@@ -128,6 +267,7 @@ class BankerPolicy:
 
     accounts: dict[Account, None] = attrs.field(factory=dict)
     fifo_arrival: ClassVar[bool] = False
+    nominates: ClassVar[bool] = False
 
     def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
         account = _account_of(ticket)

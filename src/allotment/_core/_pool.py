@@ -133,6 +133,13 @@ class AdmissionPolicy(Protocol):
         then apply without calling it."""
         ...
 
+    @property
+    def nominates(self) -> bool:
+        """Whether the grant pass may wake queued tickets without granting them, leaving the
+        units free (bounded fairness): a woken requester then claims with
+        :meth:`MemoryPool.claim`, and :meth:`may_barge` and :meth:`may_claim` exist."""
+        ...
+
     def admits(self, pool: MemoryPool, ticket: Ticket) -> bool:
         """Whether a new ticket is granted on arrival (else it queues, or fails a try)."""
         ...
@@ -254,6 +261,9 @@ class MemoryPool:
     _fifo_arrival: bool = attrs.field(init=False)
     """The policy admits arrivals by the plain FIFO rule, which ``enter`` then applies
     without a call (a tenth of an uncontended acquire)."""
+    nominates: bool = attrs.field(init=False)
+    """The policy wakes queued tickets without a grant (bounded fairness): a woken
+    requester claims its units itself (:meth:`claim`)."""
     queue: collections.OrderedDict[Ticket, None] = attrs.field(
         init=False, factory=collections.OrderedDict
     )
@@ -284,6 +294,14 @@ class MemoryPool:
     @_fifo_arrival.default
     def _fifo_arrival_default(self) -> bool:
         return self._policy.fifo_arrival
+
+    @nominates.default
+    def _nominates_default(self) -> bool:
+        return bool(getattr(self._policy, "nominates", False))
+
+    def now(self) -> float:
+        """The pool's clock, for policies."""
+        return self._now()
 
     def __attrs_post_init__(self) -> None:
         _live_pools.add(self)
@@ -427,6 +445,33 @@ class MemoryPool:
 
         return self.run(withdraw_locked)
 
+    def claim(self, ticket: Ticket, deadline: float | None) -> bool | None:
+        """A queued ticket's requester, woken (nominated, or by its deadline, or spuriously),
+        under a policy that nominates: take the units now if the policy allows (``True``),
+        keep a grant that reached the ticket (``True``), leave the queue if ``deadline`` has
+        passed on the pool's clock (``False``), or else re-arm the waiter to sleep again
+        (``None``). Raises the refusal of a refused ticket."""
+
+        def claim_locked(woken: list[Waiter]) -> bool | None:
+            state = ticket.state
+            if state is GRANTED:
+                return True
+            if state is REFUSED:
+                raise ticket.error
+            if state is not PENDING or ticket not in self.queue:
+                return False
+            if self._policy.may_claim(self, ticket):  # type: ignore[attr-defined]
+                mine: list[Waiter] = []  # its own waiter: nobody to wake
+                self.grant_queued(ticket, mine)
+                return True
+            if deadline is not None and not self._now() < deadline:
+                self._withdraw(ticket, woken)
+                return False
+            ticket.waiter.rearm()  # type: ignore[attr-defined]
+            return None
+
+        return self.run(claim_locked)
+
     def _withdraw(self, ticket: Ticket, woken: list[Waiter]) -> None:
         """Take a PENDING ticket off the queue (if it is queued) and let others through."""
         queue = self.queue
@@ -551,8 +596,9 @@ class MemoryPool:
         self.run(split_locked)
 
     def take(self, units: Quantity, receipt: list[Quantity]) -> bool:
-        """Grant ``units`` with no record if nobody waits and they fit (a semaphore's fast
-        path); ``False``, changing nothing, otherwise.
+        """Grant ``units`` with no record if nobody waits (or the policy lets an arrival
+        overtake the queue now) and they fit: a semaphore's fast path; ``False``, changing
+        nothing, otherwise.
 
         The grant's last step appends ``units`` to ``receipt``, the caller's list: if an
         exception lands anywhere after the grant, even as the result is returned, the caller
@@ -563,7 +609,9 @@ class MemoryPool:
             raise _reentrant("acquire from")
         try:
             with lock:
-                if self.queue or not units <= self.available:
+                if not units <= self.available or (
+                    self.queue and not (self.nominates and self._policy.may_barge(self))  # type: ignore[attr-defined]
+                ):
                     return False
                 available = self.available - units
                 self.available = available
