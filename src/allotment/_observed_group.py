@@ -77,8 +77,7 @@ def _report_grants(group: LeaseGroup, owner: EventOwner) -> None:
             "granted", manager.name, now_ns(), owner, units, request, now - asked, None,
             None, None, capacity,
         )  # fmt: skip
-        lease.granted = record
-        lease.granted_at = None if clock is SYSTEM_CLOCK else now
+        lease.grant(record, None if clock is SYSTEM_CLOCK else now)
         emit(record)
 
 
