@@ -364,6 +364,12 @@ class ObservedLease(Lease[Amount]):
         else:  # a backend's round trip, on the loop without blocking it; reported
             await self.release_async()
 
+    def report_given_back(self, began_ns: int) -> None:
+        """Report what was given back for this lease, other than by its own methods (its
+        claim closed, from ``began_ns``), if anything was."""
+        if self.granted is not None:
+            self._report_returned(began_ns, self._held_for(began_ns))
+
     def _report_returned(self, began_ns: int, hold: float) -> None:
         returned, remaining = self._returned()
         if returned:
