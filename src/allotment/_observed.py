@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import _events
-from ._core import GRANTED, Amount, Pool, Ticket
+from ._core import GRANTED, Amount, MemoryPool, Pool, Ticket
 from ._errors import ExceedsCapacity, LeaseLost, ManagerClosed
 from ._events import EventOwner, current_owner, defer, emit, handing, now_ns
 from ._lease import Lease
@@ -42,7 +43,10 @@ __all__ = [
 ]
 
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
-_new_lock = threading.Lock
+_reporting = threading.Lock()
+"""Guards every observed lease's ``_unreported``: held for a few reads and stores, never
+across a pool call, so one lock serves them all (a lock per lease cost more to make)."""
+_weak = weakref.ref
 
 
 @attrs.define(eq=False)
@@ -269,8 +273,8 @@ class ObservedLease(Lease[Amount]):
     plain lease. Each release reports what it gave back, timed as its call began.
 
     Invariant: ``_unreported`` is what the lease held when its last report was decided (at
-    first, what it asked for); ``_reporting`` guards it (never held across a pool call).
-    After its pool call each release decides, under ``_reporting``, that it gave back
+    first, what it asked for); the module's ``_reporting`` lock guards it. After its pool
+    call each release decides, under that lock, that it gave back
     ``_unreported`` minus what the ticket still holds, and moves ``_unreported`` down to
     that: two threads releasing one lease at once report each unit once between them.
     """
@@ -278,7 +282,6 @@ class ObservedLease(Lease[Amount]):
     granted: tuple[Any, ...] | None
     granted_at: float | None
     _unreported: Any
-    _reporting: threading.Lock
 
     def __init__(self, ticket: Ticket, pool: Pool, manager: ResourceManager[Amount]) -> None:
         self._ticket = ticket
@@ -287,8 +290,8 @@ class ObservedLease(Lease[Amount]):
         self.granted = None
         self.granted_at = None
         self._unreported = ticket.units  # a new ticket's units: what it asks for
-        self._reporting = _new_lock()
-        Lease.__attrs_post_init__(self)
+        if type(pool) is MemoryPool:  # Lease.__attrs_post_init__, inlined: the pool watches
+            ticket.face = _weak(self, pool.face_died)
 
     def grant(self, record: tuple[Any, ...], granted_at: float | None) -> None:
         """Note the grant's record and clock time, and what it holds now (a part of a group
@@ -307,7 +310,7 @@ class ObservedLease(Lease[Amount]):
         """What this lease gave back since its last report (see the class's invariant), now
         taken as reported, and what it still holds."""
         ticket = self._ticket
-        with self._reporting:
+        with _reporting:
             remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
             returned = self._unreported - remaining
             self._unreported = remaining
@@ -410,7 +413,7 @@ class ObservedLease(Lease[Amount]):
                     self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
         # self._returned(), inlined: the ticket is done, the rest is what is unreported.
-        with self._reporting:
+        with _reporting:
             returned = self._unreported
             self._unreported = pool.form.zero()
         if not returned:
