@@ -19,8 +19,9 @@ import pytest
 
 import allotment
 from allotment import Event, Lease, Recorder
+from allotment._core import MemoryPool
 from allotment._events import KINDS
-from support import Worker, wait_for_waiters
+from support import GENEROUS, Worker, assert_idle, wait_for_waiters, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +93,8 @@ def test_a_block_records_grants_and_releases_with_waits_and_holds() -> None:
     assert granted_waiter.wait > 0
     # The partial release of the first lease handed the unit to the waiter, under the lock.
     assert granted_waiter.handed_by == granted_first.request
-    partial = by_kind["released"][0]
+    # The first lease's first release (the waiter's own may be delivered before it).
+    partial = next(e for e in by_kind["released"] if e.request == granted_first.request)
     assert (partial.amount, partial.remaining) == (1, 1)
     assert all(event.hold is not None and event.hold >= 0 for event in by_kind["released"])
 
@@ -448,3 +450,83 @@ def test_a_leaked_lease_is_reported_after_its_finalizer() -> None:
         ("granted", None),
         ("released", "leaked"),
     ]
+
+
+@pytest.mark.parametrize("other", ["release", "__exit__"])
+def test_a_lease_released_by_two_threads_at_once_is_reported_once(
+    other: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both threads find the lease held, then meet in the pool's release: one gives the units
+    # back, the other finds nothing left. One release is reported, of both units.
+    pool = allotment.ResourceManager(2, name="twice")
+    both_inside = threading.Barrier(2, timeout=GENEROUS)
+    release = MemoryPool.release
+
+    def meeting(self: MemoryPool, ticket: Any, part: Any) -> None:
+        if threading.current_thread().name.startswith("releaser"):
+            both_inside.wait()
+        release(self, ticket, part)
+
+    with Recorder() as recorder:
+        lease = pool.acquire(2)
+        monkeypatch.setattr(MemoryPool, "release", meeting)
+        ways = {"release": lease.release, "__exit__": lambda: lease.__exit__(None, None, None)}
+        releasers = [
+            Worker(lease.release, name="releaser calling release"),
+            Worker(ways[other], name=f"releaser calling {other}"),
+        ]
+        for releaser in releasers:
+            releaser.start()
+        for releaser in releasers:
+            releaser.outcome()
+        monkeypatch.undo()
+    released = [(e.amount, e.remaining) for e in recorder.events if e.kind == "released"]
+    assert released == [(2, 0)]
+    assert_idle(pool)
+
+
+def test_a_lease_the_server_lost_is_reported_lost(redis_client: Any) -> None:
+    from allotment.redis import RedisBackend
+
+    backend = RedisBackend(redis_client, lease_ttl=3)
+    try:
+        pool = allotment.ResourceManager(2, name="lost", backend=backend)
+        with Recorder() as recorder:
+            lease = pool.acquire(2)
+            redis_client.delete("allotment:{lost}:holders")  # as a server that lost its data
+            wait_until(lambda: lease.lost, "the keeper finds the lease gone when renewing it")
+            with pytest.raises(allotment.LeaseLost):
+                lease.release()
+    finally:
+        backend.close()
+    granted, lost = recorder.events
+    assert (granted.kind, lost.kind) == ("granted", "lost")
+    assert (lost.request, lost.amount, lost.remaining) == (granted.request, 2, 0)
+    assert lost.reason == "LeaseLost"
+    assert lost.hold is not None
+    assert lost.hold > 0
+
+
+@pytest.mark.parametrize("how", ["async with", "release_async"])
+def test_a_backend_lease_given_back_by_a_task_is_reported_released(
+    how: str, redis_backend: Any
+) -> None:
+    pool = allotment.ResourceManager(2, name="by-a-task", backend=redis_backend)
+
+    async def use() -> None:
+        if how == "async with":
+            async with pool.acquire_async(2):
+                pass
+        else:
+            lease = await pool.acquire_async(2)
+            await lease.release_async(1)
+            await lease.release_async()
+
+    with Recorder() as recorder:
+        asyncio.run(use())
+    events = [(e.kind, e.amount, e.remaining) for e in recorder.events]
+    if how == "async with":
+        assert events == [("granted", 2, None), ("released", 2, 0)]
+    else:
+        assert events == [("granted", 2, None), ("released", 1, 1), ("released", 1, 0)]
+    assert pool.statistics().in_use == 0

@@ -13,6 +13,7 @@ import pytest
 
 import allotment
 from allotment import Recorder
+from support import Worker, wait_for_waiters
 from test_events import check_trace, no_observer_is_left_behind  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,3 +108,75 @@ def test_acquire_all_async_try_acquire_all_and_guards_are_reported(tmp_path: Pat
     recorder.export_trace(path)
     counts = check_trace(json.loads(path.read_text("utf-8")), {"pool": 3, "other": 2})
     assert counts["holds"] == 11
+
+
+def _ends(recorder: Recorder) -> list[tuple[str, str, object, str | None]]:
+    return [(event.kind, event.name, event.amount, event.reason) for event in recorder.events]
+
+
+def test_an_acquire_all_refused_by_a_closed_manager_reports_refused() -> None:
+    first = allotment.ResourceManager(1, name="first", rank=0)
+    second = allotment.ResourceManager(2, name="second", rank=1)
+    second.close()
+    with Recorder() as recorder, pytest.raises(allotment.ManagerClosed):
+        allotment.acquire_all([(first, 1), (second, 1), (second, 1)])
+    # The parts to the closed manager, each; the one already taken was never usable.
+    assert _ends(recorder) == [
+        ("requested", "second", 1, None),
+        ("refused", "second", 1, "ManagerClosed"),
+        ("requested", "second", 1, None),
+        ("refused", "second", 1, "ManagerClosed"),
+    ]
+    assert first.statistics().in_use == 0
+
+
+def test_an_acquire_all_whose_manager_closes_while_it_waits_reports_refused() -> None:
+    first = allotment.ResourceManager(1, name="first", rank=0)
+    second = allotment.ResourceManager(1, name="second", rank=1)
+    blocker = second.acquire(1)
+    with Recorder() as recorder:
+        waiter = Worker(lambda: allotment.acquire_all([(first, 1), (second, 1)], timeout=60))
+        waiter.start()
+        wait_for_waiters(second, 1)
+        second.close()
+        with pytest.raises(allotment.ManagerClosed):
+            waiter.outcome()
+    blocker.release()
+    assert _ends(recorder) == [
+        ("requested", "second", 1, None),
+        ("refused", "second", 1, "ManagerClosed"),
+    ]
+    assert first.statistics().in_use == 0
+
+
+def test_a_cancelled_acquire_all_async_reports_cancelled() -> None:
+    first = allotment.ResourceManager(2, name="first", rank=0)
+    second = allotment.ResourceManager(1, name="second", rank=1)
+    blocker = second.acquire(1)
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(allotment.acquire_all_async([(first, 2), (second, 1)]))
+        while not second.statistics().waiters:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with Recorder() as recorder:
+        asyncio.run(cancelled())
+    blocker.release()
+    assert _ends(recorder) == [
+        ("requested", "second", 1, None),
+        ("cancelled", "second", 1, "CancelledError"),
+    ]
+    assert first.statistics().in_use == 0
+
+
+def test_an_acquire_all_that_fails_on_its_rate_reports_no_manager_part() -> None:
+    pool = allotment.ResourceManager(1, name="pool")
+    limiter = allotment.RateLimiter(1, per=3600, burst=1, name="hourly")
+    assert limiter.try_acquire()
+    with Recorder() as recorder, pytest.raises(allotment.AcquireTimeout):
+        allotment.acquire_all([(pool, 1), (limiter, 1)], timeout=0)
+    assert [event.name for event in recorder.events if not event.limiter] == []
+    assert pool.statistics().in_use == 0

@@ -11,6 +11,7 @@ sweep (whose helpers time out) would only see it as a later release serves them.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +47,14 @@ FAIRNESS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def _queued_behind_a_lease(fairness: str = "strict") -> Queued:
+def _queued_behind_a_lease(
+    fairness: str = "strict", *, taken_by_a_finished_thread: bool = False
+) -> Queued:
     manager = allotment.ResourceManager(2, name="queued-behind", **FAIRNESS[fairness]())
-    lease = manager.acquire(2)
+    if taken_by_a_finished_thread:
+        lease = _taken_by_a_finished_thread(manager)
+    else:
+        lease = manager.acquire(2)
     helper = Worker(functools.partial(manager.acquire, 1), name="waits with no timeout")
     helper.start()
     wait_until(lambda: pool_of(manager).waiting == 1, "the helper is queued")
@@ -240,6 +246,35 @@ def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupt
 # -- a leaked lease's finalizer ------------------------------------------------------------------
 
 
+def _taken_by_a_finished_thread(manager: allotment.ResourceManager[int]) -> allotment.Lease[int]:
+    """A lease of 2 whose references every thread counts alike, so the thread that drops the
+    last one runs its finalizer, there and then.
+
+    A free-threaded build counts an object's references per thread (biased reference
+    counting): the last one dropped by a thread other than the object's creator is queued to
+    the creator (or to whichever live thread reuses its id), which frees the object, running
+    its finalizer, when it next checks: later, elsewhere, or never if it sleeps in a wait.
+    When the creator drops its own references while another thread still has one, the
+    counts are merged and that no longer happens; this lease is made so.
+    """
+    handed: list[allotment.Lease[int]] = []
+    taken, kept = threading.Event(), threading.Event()
+
+    def take() -> None:
+        handed.append(manager.acquire(2))
+        taken.set()
+        kept.wait(GENEROUS)  # this thread's reference is not the last one
+        handed.clear()
+
+    taker = Worker(take, name="takes the lease, then lets go")
+    taker.start()
+    assert taken.wait(GENEROUS), "the lease was not taken"
+    lease = handed[0]
+    kept.set()
+    taker.outcome()
+    return lease
+
+
 def _drop_the_lease(env: Queued) -> None:
     """Drop the only reference to a held lease: its finalizer runs here, traced."""
     with warnings.catch_warnings(record=True):
@@ -281,6 +316,10 @@ def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(fairnes
         _served(env, what)
 
     with frozen_gc():
-        swept = sweep(functools.partial(_queued_behind_a_lease, fairness), _drop_the_lease, check)
+        swept = sweep(
+            functools.partial(_queued_behind_a_lease, fairness, taken_by_a_finished_thread=True),
+            _drop_the_lease,
+            check,
+        )
     assert any("__del__" in point for point in swept.points)
     assert ways["by the next operation"] > 0, ways

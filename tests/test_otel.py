@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import allotment
-from support import Worker, wait_for_waiters
+from support import GENEROUS, Worker
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -43,12 +45,32 @@ def _points(metric: Any) -> dict[frozenset[tuple[str, Any]], Any]:
     return {frozenset(point.attributes.items()): point for point in metric.data.data_points}
 
 
+@contextlib.contextmanager
+def _delivered(kind: str) -> Iterator[None]:
+    """Wait, on leaving, until an event of ``kind`` has been delivered to every observer
+    installed before (they are called in the order added). A queued request shows in
+    ``statistics()`` as soon as it is queued, but its ``requested`` event is delivered after
+    the section, a moment later: on a free-threaded build, often after the test looked."""
+    seen = threading.Event()
+
+    def note(event: allotment.Event) -> None:
+        if event.kind == kind:
+            seen.set()
+
+    allotment.add_observer(note)
+    try:
+        yield
+        assert seen.wait(GENEROUS), f"no {kind!r} event was delivered"
+    finally:
+        allotment.remove_observer(note)
+
+
 def test_pool_metrics_names_units_and_attributes(reader: InMemoryMetricReader) -> None:
     node = allotment.ResourceManager({"gpu": 2, "ram_gb": 8}, name="node")
     held = node.acquire({"gpu": 2, "ram_gb": 4})
     waiter = Worker(lambda: node.acquire({"gpu": 1}, timeout=30).release())
-    waiter.start()
-    wait_for_waiters(node, 1)
+    with _delivered("requested"):
+        waiter.start()
     metrics = _metrics(reader)
     pending = _points(metrics["allotment.pool.pending_requests"])
     assert pending[frozenset({("allotment.name", "node")})].value == 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Generic
 
 import attrs
 
+from . import _events
 from ._acquisition import Acquisition, start_acquisition
 from ._clock import deadline_after
 from ._core import Account, AccountTicket, Amount, BankerPolicy, Site, describe_site
@@ -25,6 +26,8 @@ from ._manager import (
     take_or_none,
     timeout_summary,
 )
+from ._observed import ObservedLease
+from ._observed_claim import report_close, take_reported, take_reported_async
 from ._waiters import TASK
 
 if TYPE_CHECKING:
@@ -93,7 +96,12 @@ class DeclaredClaim(Generic[Amount]):
         deadline = deadline_after(parts.clock, timeout)
         ticket, lease = self._new_lease(amount, checked=timeout != 0)
         self._keep(lease)  # first: owned by the claim whatever happens next
-        if not take(parts, ticket, lease, timeout != 0, deadline):
+        if isinstance(lease, ObservedLease):
+            taking = functools.partial(take, parts, ticket, lease, timeout != 0, deadline)
+            granted = take_reported(self._manager, lease, taking)
+        else:
+            granted = take(parts, ticket, lease, timeout != 0, deadline)
+        if not granted:
             raise self._timeout_error(amount, timeout)
         return lease
 
@@ -120,7 +128,14 @@ class DeclaredClaim(Generic[Amount]):
         self._keep(lease)  # first: owned by the claim whatever happens next
         parts = self._parts
         if timeout == 0:
-            granted = take(parts, ticket, lease, False, None)
+            taking = functools.partial(take, parts, ticket, lease, False, None)
+            if isinstance(lease, ObservedLease):
+                granted = take_reported(self._manager, lease, taking)
+            else:
+                granted = taking()
+        elif isinstance(lease, ObservedLease):
+            waiting = take_async(parts, ticket, lease, deadline)
+            granted = await take_reported_async(self._manager, lease, waiting)
         else:
             granted = await take_async(parts, ticket, lease, deadline)
         if not granted:
@@ -140,6 +155,10 @@ class DeclaredClaim(Generic[Amount]):
         """Take ``amount`` units if that is possible safely without waiting, else ``None``."""
         ticket, lease = self._new_lease(amount, checked=False)
         self._keep(lease)
+        if isinstance(lease, ObservedLease):
+            taking = functools.partial(take_or_none, self._parts, ticket, lease)
+            granted = take_reported(self._manager, lease, lambda: bool(taking()), waits=False)
+            return lease if granted else None
         return take_or_none(self._parts, ticket, lease)
 
     def _keep(self, lease: Lease[Amount]) -> None:
@@ -159,6 +178,8 @@ class DeclaredClaim(Generic[Amount]):
         ticket = AccountTicket(
             request, _current_thread(), site, parts.clock.now(), account=self._account
         )
+        if _events.observers:
+            return ticket, ObservedLease(ticket, parts.pool, self._manager)
         return ticket, Lease(ticket, parts.pool, self._manager)
 
     # -- ending ---------------------------------------------------------------------------
@@ -167,7 +188,14 @@ class DeclaredClaim(Generic[Amount]):
         """Refuse queued requests, release every lease the claim holds, withdraw the
         declaration. Idempotent."""
         banker, account = self._banker, self._account
-        self._parts.pool.policy_call(lambda pool, woken: banker.close_account(pool, account, woken))
+        pool = self._parts.pool
+        closing = functools.partial(
+            pool.policy_call, lambda pool, woken: banker.close_account(pool, account, woken)
+        )
+        if _events.observers:
+            report_close(self._leases, closing)
+        else:
+            closing()
 
     def __enter__(self) -> DeclaredClaim[Amount]:
         return self

@@ -63,7 +63,7 @@ from ._manager import (
     take_async,
     timeout_summary,
 )
-from ._observed import ObservedLease
+from ._observed_group import observed_part
 from ._waiters import (
     TASK,
     THREAD,
@@ -740,7 +740,7 @@ def _new_lease(ticket: Ticket, of: ManagerParts, manager: ResourceManager[Any]) 
     """A part's lease: observed while someone observes (it reports its releases once its
     grant is reported, see ``_observed_group.py``; until then it is a plain lease)."""
     if _events.observers:
-        return ObservedLease(ticket, of.pool, manager)
+        return observed_part(ticket, of.pool, manager)
     return Lease(ticket, of.pool, manager)
 
 

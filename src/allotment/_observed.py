@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import _events
-from ._core import GRANTED, Amount, Pool, Ticket
+from ._core import GRANTED, Amount, MemoryPool, Pool, Ticket
 from ._errors import ExceedsCapacity, LeaseLost, ManagerClosed
 from ._events import EventOwner, current_owner, defer, emit, handing, now_ns
 from ._lease import Lease
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
+_reporting = threading.Lock()
+"""Guards every observed lease's ``_unreported``: held for a few reads and stores, never
+across a pool call, so one lock serves them all (a lock per lease cost more to make)."""
+_weak = weakref.ref
 
 
 @attrs.define(eq=False)
@@ -155,8 +160,7 @@ def report_grant(  # noqa: PLR0917 - private, its callers' own arguments
             False,
             None,
         )
-        lease.granted = record
-        lease.granted_at = now
+        lease.grant(record, now)
         emit(record)
     except BaseException:
         pool.release(ticket, None)
@@ -258,7 +262,7 @@ def manager_pool(manager: ResourceManager[Any]) -> Pool:
     return parts_of(manager).pool
 
 
-@attrs.define(eq=False, repr=False)
+@attrs.define(eq=False, repr=False, init=False)
 class ObservedLease(Lease[Amount]):
     """A :class:`~allotment.Lease` granted while someone observed: it reports its releases.
 
@@ -266,19 +270,51 @@ class ObservedLease(Lease[Amount]):
     ``granted_at`` the manager's clock then (``None`` for the system clock: the record's
     time is the same reading), both set once, before the lease is returned; until then
     (``granted`` is ``None``: a part of a group being taken) it releases unreported, as a
-    plain lease. Each release reports what it gave back, timed as its call began. (Two
-    threads releasing one lease at the same instant may both report it: no lock is taken
-    for that.)
+    plain lease. Each release reports what it gave back, timed as its call began.
+
+    Invariant: ``_unreported`` is what the lease held when its last report was decided (at
+    first, what it asked for); the module's ``_reporting`` lock guards it. After its pool
+    call each release decides, under that lock, that it gave back
+    ``_unreported`` minus what the ticket still holds, and moves ``_unreported`` down to
+    that: two threads releasing one lease at once report each unit once between them.
     """
 
-    granted: tuple[Any, ...] | None = attrs.field(init=False, default=None)
-    granted_at: float | None = attrs.field(init=False, default=None)
+    granted: tuple[Any, ...] | None
+    granted_at: float | None
+    _unreported: Any
+
+    def __init__(self, ticket: Ticket, pool: Pool, manager: ResourceManager[Amount]) -> None:
+        self._ticket = ticket
+        self._pool = pool
+        self._manager = manager
+        self.granted = None
+        self.granted_at = None
+        self._unreported = ticket.units  # a new ticket's units: what it asks for
+        if type(pool) is MemoryPool:  # Lease.__attrs_post_init__, inlined: the pool watches
+            ticket.face = _weak(self, pool.face_died)
+
+    def grant(self, record: tuple[Any, ...], granted_at: float | None) -> None:
+        """Note the grant's record and clock time, and what it holds now (a part of a group
+        holds its share only once the group is taken)."""
+        self._unreported = self._ticket.units
+        self.granted_at = granted_at
+        self.granted = record
 
     def pool_of(self) -> Pool:
         return self._pool
 
     def ticket_of(self) -> Ticket:
         return self._ticket
+
+    def _returned(self) -> tuple[Any, Any]:
+        """What this lease gave back since its last report (see the class's invariant), now
+        taken as reported, and what it still holds."""
+        ticket = self._ticket
+        with _reporting:
+            remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
+            returned = self._unreported - remaining
+            self._unreported = remaining
+        return returned, remaining
 
     def release(self, amount: Amount | None = None) -> None:
         ticket = self._ticket
@@ -297,8 +333,48 @@ class ObservedLease(Lease[Amount]):
             raise
         finally:
             handing.reset(token)
-        remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
-        returned = held - remaining
+        self._report_returned(began_ns, hold)
+
+    async def release_async(self, amount: Amount | None = None) -> None:
+        """:meth:`release` for a task (a backend's round trip on its loop), reported."""
+        ticket = self._ticket
+        granted = self.granted
+        if ticket.state is not GRANTED or granted is None or not _events.observers:
+            await Lease.release_async(self, amount)
+            return
+        held = ticket.units
+        began_ns = now_ns()
+        hold = self._held_for(began_ns)
+        try:
+            await Lease.release_async(self, amount)
+        except LeaseLost as error:
+            self._report_lost(held, began_ns, hold, error)
+            raise
+        except BaseException:
+            # A cancellation does not stop a backend's release: what it gave back counts.
+            self._report_returned(began_ns, hold)
+            raise
+        self._report_returned(began_ns, hold)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.exits_async():
+            self.__exit__(exc_type, exc_value, traceback)
+        else:  # a backend's round trip, on the loop without blocking it; reported
+            await self.release_async()
+
+    def report_given_back(self, began_ns: int) -> None:
+        """Report what was given back for this lease, other than by its own methods (its
+        claim closed, from ``began_ns``), if anything was."""
+        if self.granted is not None:
+            self._report_returned(began_ns, self._held_for(began_ns))
+
+    def _report_returned(self, began_ns: int, hold: float) -> None:
+        returned, remaining = self._returned()
         if returned:
             self._report_release(returned, remaining, began_ns, hold, None)
 
@@ -336,13 +412,18 @@ class ObservedLease(Lease[Amount]):
                 if isinstance(error, LeaseLost):
                     self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
+        # self._returned(), inlined: the ticket is done, the rest is what is unreported.
+        with _reporting:
+            returned = self._unreported
+            self._unreported = pool.form.zero()
+        if not returned:
+            return  # another thread's release reported it
         at = self.granted_at
         hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
-        returned: object = held
         remaining: object = 0
-        if type(held) is not int:
+        if type(returned) is not int:
             form = pool.form
-            returned, remaining = form.render(held), form.render(form.zero())
+            returned, remaining = form.render(returned), form.render(form.zero())
         record = (
             "released", granted[1], began_ns, granted[3], returned, granted[5], None, hold,
             remaining, None, None, None, False, None,

@@ -17,34 +17,97 @@ section:
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import AcquireTimeout
+from ._core import Pool, Ticket
+from ._errors import AcquireTimeout, ExceedsCapacity, ManagerClosed
 from ._events import EventOwner, current_owner, emit, new_request_id, now_ns
 from ._observed import ObservedLease, _capacity, manager_record
 from ._waiters import Steps
 
 if TYPE_CHECKING:
-    from ._multi import LeaseGroup, _Plan
+    from ._manager import ResourceManager
+    from ._multi import LeaseGroup, _Plan, _Step
 
-__all__ = ["observe_group"]
+__all__ = ["observe_group", "observed_part"]
 
 _Result = TypeVar("_Result", bound="LeaseGroup | None")
+
+
+_parts: contextvars.ContextVar[list[Ticket] | None] = contextvars.ContextVar(
+    "allotment_group_parts", default=None
+)
+"""The tickets of the group this thread or task is taking, in the order their leases were
+made: each manager's first (its merged total), then, once it is granted, its other parts."""
+
+
+def observed_part(ticket: Ticket, pool: Pool, manager: ResourceManager[Any]) -> ObservedLease[Any]:
+    """A part's lease while someone observes, noted for :func:`observe_group`."""
+    lease: ObservedLease[Any] = ObservedLease(ticket, pool, manager)
+    parts = _parts.get()
+    if parts is not None:
+        parts.append(ticket)
+    return lease
 
 
 def observe_group(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
     """``taking``, reported (see the module's docstring)."""
     owner = current_owner()  # in the steps' own thread or task
     began = [(step.of.clock.now(), now_ns()) for step in plan.steps]
+    parts: list[Ticket] = []
+    token = _parts.set(parts)
     try:
         group = yield from taking
     except AcquireTimeout as error:
         _report_timeout(plan, error, began, owner)
         raise
+    except BaseException as error:
+        _report_failure(plan, parts, error, began, owner)
+        raise
+    finally:
+        _parts.reset(token)
     if group is not None:
         _report_grants(group, owner)
     return group
+
+
+def _failed_step(plan: _Plan, parts: list[Ticket]) -> int | None:
+    """The position of the step that was being taken when the group failed, read from the
+    tickets made: a step's first ticket is made as its turn begins, its others once it is
+    granted. ``None`` if no step was being taken (the failure came between two, or, as far
+    as can be told, while the group's rates were taken after its last manager)."""
+    first = 0  # where the step's first ticket is in ``parts``
+    for position, step in enumerate(plan.steps):
+        if first >= len(parts):
+            return None
+        if len(parts) > first + 1:  # its others, or the next step's first: granted
+            first += len(step.parts)
+            continue
+        if len(step.parts) == 1 and position == len(plan.steps) - 1 and plan.rates:
+            return None
+        return position
+    return None
+
+
+def _report_failure(
+    plan: _Plan,
+    parts: list[Ticket],
+    error: BaseException,
+    began: list[tuple[float, int]],
+    owner: EventOwner,
+) -> None:
+    """Report the parts to the manager being taken when the group failed as a request that
+    ends with nothing, as :func:`~allotment._observed.report_failure` does for one."""
+    position = _failed_step(plan, parts)
+    if position is None:
+        return
+    if isinstance(error, (ManagerClosed, ExceedsCapacity)):
+        kind, reason = "refused", type(error).__name__
+    else:
+        kind, reason = "cancelled", type(error).__name__
+    _report_ended(plan.steps[position], began[position], owner, kind, reason)
 
 
 def _asked_ns(asked: float, clock: Clock) -> int:
@@ -77,31 +140,37 @@ def _report_grants(group: LeaseGroup, owner: EventOwner) -> None:
             "granted", manager.name, now_ns(), owner, units, request, now - asked, None,
             None, None, capacity,
         )  # fmt: skip
-        lease.granted = record
-        lease.granted_at = None if clock is SYSTEM_CLOCK else now
+        lease.grant(record, None if clock is SYSTEM_CLOCK else now)
         emit(record)
 
 
 def _report_timeout(
     plan: _Plan, error: AcquireTimeout, began: list[tuple[float, int]], owner: EventOwner
 ) -> None:
-    for step, (asked, asked_ns) in zip(plan.steps, began, strict=True):
-        if step.manager is not error.manager:
-            continue
-        pool, form, clock = step.of.pool, step.of.form, step.of.clock
-        capacity = _capacity(pool)
-        for _, units in step.parts:
-            request = new_request_id()
-            amount: Any = form.render(units)
-            emit(
-                manager_record(
-                    "requested", step.of.name, asked_ns, owner, amount, request, None,
-                    None, None, None, capacity,
-                )
-            )  # fmt: skip
-            emit(
-                manager_record(
-                    "timed_out", step.of.name, now_ns(), owner, amount, request,
-                    clock.now() - asked, None, None, None, capacity,
-                )
-            )  # fmt: skip
+    for step, asked in zip(plan.steps, began, strict=True):
+        if step.manager is error.manager:
+            _report_ended(step, asked, owner, "timed_out", None)
+
+
+def _report_ended(
+    step: _Step, began: tuple[float, int], owner: EventOwner, kind: str, reason: str | None
+) -> None:
+    """Report each part of ``step`` as ``requested``, then ending with nothing (``kind``)."""
+    asked, asked_ns = began
+    pool, form, clock = step.of.pool, step.of.form, step.of.clock
+    capacity = _capacity(pool)
+    for _, units in step.parts:
+        request = new_request_id()
+        amount: Any = form.render(units)
+        emit(
+            manager_record(
+                "requested", step.of.name, asked_ns, owner, amount, request, None,
+                None, None, None, capacity,
+            )
+        )  # fmt: skip
+        emit(
+            manager_record(
+                kind, step.of.name, now_ns(), owner, amount, request,
+                clock.now() - asked, None, None, None, capacity, reason,
+            )
+        )  # fmt: skip
