@@ -262,8 +262,10 @@ def manager_pool(manager: ResourceManager[Any]) -> Pool:
     return parts_of(manager).pool
 
 
+# Both classes write their __init__ out; attrs still makes an unused __attrs_init__ for each,
+# whose signatures differ as their fields do.
 @attrs.define(eq=False, repr=False, init=False)
-class ObservedLease(Lease[Amount]):
+class ObservedLease(Lease[Amount]):  # type: ignore[override]
     """A :class:`~allotment.Lease` granted while someone observed: it reports its releases.
 
     ``granted`` is the record of its grant (its request number, owner and time) and
