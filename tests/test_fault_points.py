@@ -11,6 +11,7 @@ sweep (whose helpers time out) would only see it as a later release serves them.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -282,8 +283,25 @@ def _drop_the_lease(env: Queued) -> None:
         env.lease = None
 
 
+# A nominated helper claims (runs the pool's code) on another core during the traced run; on a
+# free-threaded build the tracer's opcode events are then unreliable for the code objects both
+# threads run (instrumentation is per code object), so the sweep's paths differ run to run.
+_NOMINATED_SWEEP_ON_THIS_BUILD = pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="tracing is not deterministic with a second thread in the traced code (free-threaded)",
+)
+
+
 @pytest.mark.timeout(4 * GENEROUS)
-@pytest.mark.parametrize("fairness", list(FAIRNESS))
+@pytest.mark.parametrize(
+    "fairness",
+    [
+        pytest.param(name, marks=_NOMINATED_SWEEP_ON_THIS_BUILD)
+        if name == "bounded-nominates"
+        else name
+        for name in FAIRNESS
+    ],
+)
 def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(fairness: str) -> None:
     # CPython runs a finalizer once: an exception that lands in it before it gave the units
     # back (at its first line, even) must not lose them. The pool watches the lease, and

@@ -32,7 +32,17 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import attrs
 
 from ._clock import Clock
-from ._core import NANOSECONDS, REFUSED, Pool, RateMeter, RateTicket, Ticket, Waiter, ticks_of
+from ._core import (
+    GRANTED,
+    NANOSECONDS,
+    REFUSED,
+    Pool,
+    RateMeter,
+    RateTicket,
+    Ticket,
+    Waiter,
+    ticks_of,
+)
 
 __all__ = [
     "TASK",
@@ -272,6 +282,9 @@ def _await_claim(
     claim = pool.claim  # type: ignore[attr-defined]
     while True:
         waiter.sleep(clock, deadline)
+        # A grant handed off under the lock before the wake-up needs no claim (nor the lock).
+        if ticket.state is GRANTED:
+            return True
         outcome: bool | None = claim(ticket, deadline)
         if outcome is not None:
             return outcome
