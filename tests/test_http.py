@@ -49,7 +49,13 @@ class _WireSide(httpx.BaseTransport):
 
     def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
-        self._inner = httpx.HTTPTransport()
+        # httpx's default pool, but connections never expire: httpcore checks a connection's
+        # expiry time and compares it unlocked, and on a free-threaded build another thread
+        # can clear it in between (TypeError: float > None, seen on 3.13t with 32 threads).
+        limits = httpx.Limits(
+            max_connections=100, max_keepalive_connections=20, keepalive_expiry=None
+        )
+        self._inner = httpx.HTTPTransport(limits=limits)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._recorder.on_send(request.headers.get("x-started"))
