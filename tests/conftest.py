@@ -117,24 +117,3 @@ def backend(request: pytest.FixtureRequest) -> RedisBackend | LocalBackend | Non
         return local
     shared: RedisBackend = request.getfixturevalue("redis_backend")
     return shared
-
-
-# Tests that fail on free-threaded builds only, as open defects (not expected behaviour):
-# reported as xfail there, so every other test still gates CI on 3.13t. None today; an entry
-# names its defect in the CHANGELOG and the stop's note.
-_OPEN_ON_FREE_THREADED: frozenset[str] = frozenset()
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
-    if is_gil_enabled is None or is_gil_enabled():
-        return
-    for item in items:
-        # A listed test without its parameters covers all of them.
-        if (
-            item.nodeid in _OPEN_ON_FREE_THREADED
-            or item.nodeid.split("[")[0] in _OPEN_ON_FREE_THREADED
-        ):
-            item.add_marker(
-                pytest.mark.xfail(reason="open defect on free-threaded builds", strict=False)
-            )
