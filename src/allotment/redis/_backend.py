@@ -154,6 +154,8 @@ _CALLS = {
     "status": "the keeper's check of waiting requests",
     "renew": "the keeper's renewal of leases",
     "split": "acquire_all",
+    "take-all": "acquire_all",
+    "release-all": "releasing a LeaseGroup",
     "resize": "resize",
     "snapshot": "reading the figures (statistics, or making the manager)",
     "take": "acquire",
@@ -215,6 +217,8 @@ class RedisBackend:
     manager_script: Any
     gcra_script: Any
     window_script: Any
+    group_script: Any
+    """``acquire_all``'s parts on this server in one round trip (``redis/_group.py``)."""
     process: str
     """This process's random id (a forked child gets its own)."""
     wake_key: str
@@ -270,12 +274,14 @@ class RedisBackend:
         self.manager_script = self.client.register_script(_scripts.MANAGER)
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
+        self.group_script = self.client.register_script(_scripts.GROUP)
         kind, settings = _connection_settings(client)
         sources = {
             "manager": _scripts.MANAGER,
             "gcra": _scripts.GCRA,
             "window": _scripts.WINDOW,
             "pause": _scripts.PAUSE,
+            "group": _scripts.GROUP,
         }
         self.loop_clients = LoopClients.like(kind, settings, self.timeout, sources)
         self._lock = new_section_lock()
