@@ -19,8 +19,8 @@ lost stays spent, which is stricter, never looser). An unreachable server falls 
 the general path then does what ``on_unavailable`` says.
 
 The keys of different names carry different hash tags (``{name}``): a Redis Cluster would
-refuse a script across them; the backend takes only single-node clients (standalone Redis,
-Valkey, a primary behind Sentinel).
+refuse a script across them; the backend takes only single-node clients (standalone Redis or
+Valkey: cluster and Sentinel clients are refused when the backend is made).
 """
 
 from __future__ import annotations
