@@ -328,3 +328,27 @@ def test_release_async_is_one_round_trip(
     assert group.released
     assert pool.statistics().available == 2
     assert other.statistics().available == 2
+
+
+def test_a_timeout_is_the_general_paths(redis_backend: RedisBackend) -> None:
+    pool = allotment.ResourceManager(1, name="full", backend=redis_backend, rank=1)
+    other = allotment.ResourceManager(1, name="full-other", backend=redis_backend, rank=2)
+    with other.acquire(1), pytest.raises(allotment.AcquireTimeout) as raised:
+        allotment.acquire_all([(pool, 1), (other, 1)], timeout=0.05)
+    assert raised.value.manager is other
+    assert pool.statistics().available == 1
+    assert other.statistics().available == 1
+
+
+def test_a_lost_lease_is_reported_and_the_others_released(
+    redis_backend: RedisBackend, redis_client: Any
+) -> None:
+    pool = allotment.ResourceManager(2, name="lost", backend=redis_backend, rank=1)
+    other = allotment.ResourceManager(2, name="lost-other", backend=redis_backend, rank=2)
+    group = allotment.acquire_all([(pool, 1), (other, 1)])
+    redis_client.delete("allotment:{lost}:holders")  # as if its lease had expired
+    with pytest.raises(allotment.LeaseLost):
+        group.release()
+    assert group.released
+    assert other.statistics().available == 2
+    group.release()  # idempotent: nothing more to send, nothing raised
