@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fractions
 import functools
 import logging
@@ -219,6 +220,9 @@ class RedisBackend:
     window_script: Any
     group_script: Any
     """``acquire_all``'s parts on this server in one round trip (``redis/_group.py``)."""
+    _group_loaded: bool
+    """The group script was loaded (``SCRIPT LOAD``) when the first manager or limiter was
+    made: the first ``acquire_all`` then sends its sha, not its source."""
     process: str
     """This process's random id (a forked child gets its own)."""
     wake_key: str
@@ -275,6 +279,7 @@ class RedisBackend:
         self.gcra_script = self.client.register_script(_scripts.GCRA)
         self.window_script = self.client.register_script(_scripts.WINDOW)
         self.group_script = self.client.register_script(_scripts.GROUP)
+        self._group_loaded = False
         kind, settings = _connection_settings(client)
         sources = {
             "manager": _scripts.MANAGER,
@@ -653,7 +658,20 @@ class RedisBackend:
         """The pool of a manager named ``name`` (declared with ``capacity``)."""
         from ._pool import RedisPool
 
-        return RedisPool(form, self, name, capacity, clock.now)
+        pool = RedisPool(form, self, name, capacity, clock.now)
+        self._load_group_script()
+        return pool
+
+    def _load_group_script(self) -> None:
+        """Once, after the first manager or limiter was made (the server answered): load the
+        group script, so that the first ``acquire_all`` takes the same path as every later
+        one (an ``EVALSHA``). A server that restarts or flushes its scripts later answers
+        ``NOSCRIPT``, and :meth:`run_script` sends the source then."""
+        if self._group_loaded:
+            return
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.client.script_load(_scripts.GROUP)
+            self._group_loaded = True
 
     def gcra_meter(
         self,
@@ -679,6 +697,7 @@ class RedisBackend:
         meter.describe = describe_gcra
         if key is None:
             meter.declare()
+            self._load_group_script()
         return meter
 
     def window_meter(
@@ -698,6 +717,7 @@ class RedisBackend:
         )
         meter.describe = describe_window
         meter.declare()
+        self._load_group_script()
         return meter
 
     def _meter(  # noqa: PLR0917 - private, called in two places

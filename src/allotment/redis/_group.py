@@ -145,11 +145,13 @@ def take_at_once(
             for pool, ticket, record in records:
                 pool.group_unsure(ticket, record, error)
             _withdraw_rates(spent)
+            backend.settle()
             return _FALL_BACK
         if int(reply[0]) != 1:
             for pool, ticket, record in records:
                 pool.group_not_taken(ticket, record)
             _withdraw_rates(spent)  # nothing was taken: nothing to undo on the server
+            backend.settle()
             return _FALL_BACK
         answers = iter(reply[1:])
         for (pool, ticket, record), answer in zip(records, answers, strict=False):
@@ -157,6 +159,9 @@ def take_at_once(
         for (meter, rate), answer in zip(spent, answers, strict=False):
             meter.group_granted(rate, answer)
         grants = tuple(RateGrant(limiter, cost) for _, _, limiter, _, cost in limiters)
+        # Releases deferred while this thread was inside the bookkeeping; here, not in a
+        # ``finally``: a call between making the group and returning it would drop it.
+        backend.settle()
         return LeaseGroup(
             tuple(lease for lease in leases if lease is not None),
             tuple(taken),
@@ -168,10 +173,8 @@ def take_at_once(
         try:
             _withdraw_rates(spent)  # the work never started: its rate is refunded
         finally:
-            _release_all(taken)
+            _release_all(taken)  # each release settles
         raise
-    finally:
-        backend.settle()
 
 
 @attrs.define
