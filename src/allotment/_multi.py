@@ -327,8 +327,10 @@ def _at_once(
     Returns ``_FALL_BACK``, holding nothing and having spent nothing, for anything else (another
     kind of request, one that would fail validation, a backend, a checked lock order,
     recorded sites, a manager that cannot grant at once): the general path then decides as
-    if this had not run. A manager that could not grant was only asked without queueing, so
-    no place in a queue is taken or lost. Otherwise the outcome is the general path's: the
+    if this had not run (parts all on one backend are offered first to that backend's own
+    one-pass path, in ``backend_paths``, which answers the same way). A manager that could
+    not grant was only asked without queueing, so no place in a queue is taken or lost.
+    Otherwise the outcome is the general path's: the
     managers are taken in rank order, then the limiter (waiting for it if ``timeout``
     allows, as the general path would); ``None`` if ``quietly`` and the limiter refuses.
     On any exception everything taken is given back and the rate refunded.
