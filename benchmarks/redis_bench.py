@@ -258,6 +258,39 @@ def _redis_pool(server: Server, limit: int, per: int) -> Built:
     return Built(enter, pool.close)
 
 
+def _redis_group(*, limiter: bool) -> Callable[[Server, int, int], Built]:
+    """``with acquire_all([(pool, 1), (api or other, 1)]): pass`` on Redis: one script
+    takes every part, and one (or the lease's own) releases."""
+
+    def build(server: Server, limit: int, per: int) -> Built:
+        pool = allotment.ResourceManager(
+            LEASE_CAPACITY, name=server.fresh("group"), backend=server.backend, rank=1
+        )
+        second: Any
+        if limiter:
+            second = allotment.RateLimiter(
+                10**9, per=1, name=server.fresh("group-api"), backend=server.backend
+            )
+        else:
+            second = allotment.ResourceManager(
+                LEASE_CAPACITY, name=server.fresh("group-other"), backend=server.backend, rank=2
+            )
+        requests = [(pool, 1), (second, 1)]
+
+        def enter() -> None:
+            with allotment.acquire_all(requests):
+                pass
+
+        def close() -> None:
+            pool.close()
+            if not limiter:
+                second.close()
+
+        return Built(enter, close)
+
+    return build
+
+
 PING = Subject("redis-py `client.ping()`: one round trip, the floor", "redis", _ping)
 DECISIONS = (
     PING,
@@ -291,6 +324,16 @@ LEASES = (
     PING,
     Subject("allotment `with pool.acquire(1): pass`, in memory", "allotment", _memory_pool),
     Subject("allotment `with pool.acquire(1): pass` on Redis", "allotment", _redis_pool),
+    Subject(
+        "allotment `with acquire_all([(pool, 1), (limiter, 1)]): pass` on Redis (2 round trips)",
+        "allotment",
+        _redis_group(limiter=True),
+    ),
+    Subject(
+        "allotment `with acquire_all([(pool, 1), (other, 1)]): pass` on Redis (2 round trips)",
+        "allotment",
+        _redis_group(limiter=False),
+    ),
 )
 SUBJECTS = (*DECISIONS, *LEASES[1:])
 """Everything timed for latency, in one loop."""

@@ -772,6 +772,17 @@ def _holding(amount: int) -> Callable[[], Env]:
     return setup
 
 
+def _group_held() -> Env:
+    """Two managers of one resource and a group of leases on both (the subject): what a
+    backend releases in one round trip (``redis/_group.py``), memory lease by lease."""
+    env = _scalar_pair()()
+    first, second = env.managers
+    group = allotment.acquire_all([(second, 1), (first, 1)])
+    env.give_back.append(group.release)
+    env.subject = group
+    return env
+
+
 def _full_pool() -> Env:
     env = _pool(2)
     _hold(env, env.managers[0].acquire(1))
@@ -969,6 +980,7 @@ CASES = [
     ),
     Case("release", _holding(2), lambda env: env.subject.release()),
     Case("release-part", _holding(2), lambda env: env.subject.release(1)),
+    Case("group-release", _group_held, lambda env: env.subject.release()),
     Case("resize-up", _pool, lambda env: _first(env).resize(5)),
     Case("resize-down", _holding(2), lambda env: _first(env).resize(2)),
     Case(

@@ -37,11 +37,15 @@ def test_round_trips_per_call(redis_backend: RedisBackend, monkeypatch: pytest.M
     ran.clear()
     with allotment.acquire_all([(pool, 1), (api, 1)]):
         pass
-    assert ran == ["enter", "peek", "take", "release"]  # no snapshot for the capacity check
+    assert ran == ["take-all", "release"]  # one script decides every part; one lease
     ran.clear()
     with allotment.acquire_all([(pool, 1), (other, 1)]):
         pass
-    assert sorted(ran) == ["enter", "enter", "release", "release"]
+    assert ran == ["take-all", "release-all"]
+    ran.clear()
+    with allotment.acquire_all([(pool, 1), (other, 1), (api, 1)]) as group:
+        assert [lease.fencing_token is not None for lease in group] == [True, True]
+    assert ran == ["take-all", "release-all"]
 
 
 def test_a_capacity_shrunk_elsewhere_is_refused_all_or_nothing(

@@ -23,7 +23,7 @@ import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, overload
+from typing import Any, Final, Literal, Protocol, TypeVar, overload
 
 import attrs
 
@@ -121,6 +121,8 @@ class LeaseGroup(Sequence[Lease[Any]]):
     """The limiters' grants, for :meth:`refund`."""
     rates: tuple[RateGrant, ...] = ()
     """What each rate limiter allowed, one per limiter named, in the order first named."""
+    _together: GroupRelease | None = None
+    """Releases the leases in one round trip (a backend's, see ``redis/_group.py``)."""
 
     @overload
     def __getitem__(self, index: int) -> Lease[Any]: ...
@@ -144,7 +146,14 @@ class LeaseGroup(Sequence[Lease[Any]]):
 
     def release(self) -> None:
         """Release every lease still held, the last taken first. Idempotent."""
-        _undo_all(self._taken, _release)  # each lease's own release: an observed one reports
+        together = self._together
+        if together is None:
+            _undo_all(self._taken, _release)  # each lease's own: an observed one reports
+            return
+        try:
+            together.release(self._taken)
+        finally:  # whatever it left (or could not send from here), each lease's own release
+            _undo_all(self._taken, _release)
 
     def refund(self) -> bool:
         """Give the limiters' rate back, for work that never started (a guard whose call
@@ -189,6 +198,12 @@ class LeaseGroup(Sequence[Lease[Any]]):
         """:meth:`release` for an asyncio task: a backend's round trips run on the loop
         without blocking it. Every lease is released, even if releasing one raises."""
         error: BaseException | None = None
+        together = self._together
+        if together is not None:
+            try:
+                await together.release_async(self._taken)
+            except BaseException as raised:  # the rest below; report the first failure
+                error = raised
         for lease in reversed(self._taken):
             try:
                 await lease.release_async()
@@ -289,6 +304,20 @@ _FALL_BACK: Final = _Outcome.FALL_BACK
 """What the one-pass path answers when the general path must decide."""
 
 
+class GroupRelease(Protocol):
+    """A backend's release of a group's leases together (fewer round trips)."""
+
+    def release(self, leases: Sequence[Lease[Any]]) -> None: ...
+
+    async def release_async(self, leases: Sequence[Lease[Any]]) -> None: ...
+
+
+backend_paths: list[Any] = []
+"""One-pass paths of backends (``redis/_group.py`` adds its own when imported): each takes
+``(requests, timeout, quietly=...)`` and answers as :func:`_at_once`, ``_FALL_BACK`` to let
+the next (or the general path) decide."""
+
+
 def _at_once(
     requests: Iterable[Request], timeout: float | None, *, quietly: bool
 ) -> LeaseGroup | Literal[_Outcome.FALL_BACK] | None:
@@ -298,8 +327,10 @@ def _at_once(
     Returns ``_FALL_BACK``, holding nothing and having spent nothing, for anything else (another
     kind of request, one that would fail validation, a backend, a checked lock order,
     recorded sites, a manager that cannot grant at once): the general path then decides as
-    if this had not run. A manager that could not grant was only asked without queueing, so
-    no place in a queue is taken or lost. Otherwise the outcome is the general path's: the
+    if this had not run (parts all on one backend are offered first to that backend's own
+    one-pass path, in ``backend_paths``, which answers the same way). A manager that could
+    not grant was only asked without queueing, so no place in a queue is taken or lost.
+    Otherwise the outcome is the general path's: the
     managers are taken in rank order, then the limiter (waiting for it if ``timeout``
     allows, as the general path would); ``None`` if ``quietly`` and the limiter refuses.
     On any exception everything taken is given back and the rate refunded.
@@ -312,6 +343,11 @@ def _at_once(
     listed: Sequence[Any] = requests  # type: ignore[assignment]
     found = _fast_parts(listed)
     if found is None:
+        for at_once in backend_paths:  # parts on one backend, decided in one round trip
+            group: LeaseGroup | Literal[_Outcome.FALL_BACK] | None
+            group = at_once(listed, timeout, quietly=quietly)
+            if group is not _FALL_BACK:
+                return group
         return _FALL_BACK
     parts, rate = found
     return _take_at_once(parts, rate, len(listed), timeout, quietly=quietly)

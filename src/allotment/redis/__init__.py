@@ -13,6 +13,7 @@
 Installed with ``pip install "allotment[redis]"``; ``import allotment`` never imports this.
 """
 
+from . import _group  # noqa: F401 - acquire_all's one round trip, registered on import
 from ._backend import RedisBackend
 
 __all__ = ["RedisBackend"]

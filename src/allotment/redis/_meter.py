@@ -271,6 +271,18 @@ class RedisMeter:
             self.waited += 1
         return "queued"
 
+    def group_try(self, cost: int) -> tuple[str, tuple[str, ...], tuple[object, ...]]:
+        """For the group script (``_group.py``): this limit's kind (``g`` or ``w``), keys,
+        and the arguments of a take that never waits."""
+        self._section()  # re-entered on this thread: refused before anything is spent
+        kind = "g" if self._script is self._backend.gcra_script else "w"
+        return kind, self._keys, ("take", *self._settings, cost, 0)
+
+    def group_granted(self, ticket: RateTicket, reply: Any) -> None:
+        """The group script's grant of ``ticket`` (its take's reply): granted and counted,
+        with the token that undoes it exactly (a refund)."""
+        self._entered(ticket, None, _decision(reply))
+
     def forecast(self, cost: int) -> int:
         """When ``cost`` would be allowed if it were reserved now (now, for a limiter that
         allows everything while the server is unreachable)."""

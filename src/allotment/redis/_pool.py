@@ -756,6 +756,72 @@ class RedisPool:
                     "a lease on %r was lost: it expired before it was renewed", self.name
                 )
 
+    # -- acquire_all's one round trip (``_group.py``) ------------------------------------------
+
+    @property
+    def backend(self) -> RedisBackend:
+        return self._backend
+
+    def group_try(self, ticket: Ticket) -> tuple[_Record, tuple[str, ...], tuple[object, ...]]:
+        """Before a group's take is sent: ``ticket``'s record, registered (no waiter: a try
+        never queues), and this manager's keys and ``enter`` arguments for the group
+        script. From here a release of ``ticket`` releases whatever the server made of it."""
+        if self.closed:
+            raise ManagerClosed("the manager is closed")
+        backend = self._backend
+        record = _Record(backend.new_id())
+        with backend.section():
+            self._records[ticket] = record
+        arguments = ("enter", *self._head, record.rid, _encode(ticket.units), 0)
+        return record, (*self._keys, backend.wake_key), arguments
+
+    def group_granted(self, ticket: Ticket, record: _Record, token: int) -> None:
+        """The group script granted ``ticket``: held, renewed by the keeper, with its token."""
+        self.granted(ticket, record.rid, token, wake=False)
+
+    def group_not_taken(self, ticket: Ticket, record: _Record) -> None:
+        """The group script wrote nothing for ``ticket``: finished here, no round trip."""
+        with self._backend.section():
+            self._backend.forget(record.rid)
+            record.done = True
+            if ticket.state is PENDING:
+                ticket.state = FINISHED
+
+    def group_unsure(self, ticket: Ticket, record: _Record, error: BackendUnavailable) -> None:
+        """The group script's answer did not arrive: whatever it did is released by the
+        keeper, by id (as a full release that could not reach the server)."""
+        with self._backend.section():
+            self._backend.forget(record.rid)
+        self._release_later(ticket, record, error)
+
+    def group_release(
+        self, ticket: Ticket
+    ) -> tuple[_Record, bool, tuple[str, ...], tuple[object, ...]] | None:
+        """Before a group's release is sent: ``ticket``'s record, whether a release was sent
+        already (see :meth:`_sending_release`), and the keys and ``release`` arguments;
+        ``None`` if nothing is left to release."""
+        record = self._releasing(ticket, None)
+        if record is None:
+            return None
+        repeated = self._sending_release(record)
+        backend = self._backend
+        return (
+            record,
+            repeated,
+            (*self._keys, backend.wake_key),
+            ("release", *self._head, record.rid, ""),
+        )
+
+    def group_released(self, ticket: Ticket, record: _Record, code: int, repeated: bool) -> None:
+        """The group script's answer for ``ticket``'s release (``LeaseLost`` if it expired)."""
+        self._released(ticket, record, code, repeated)
+
+    def group_release_later(
+        self, ticket: Ticket, record: _Record, error: BackendUnavailable
+    ) -> None:
+        """The group's release did not reach the server: the keeper retries it by id."""
+        self._release_later(ticket, record, error)
+
     # -- the rest of the Pool interface -----------------------------------------------------
 
     def split(self, ticket: Ticket, parts: Sequence[Ticket]) -> None:

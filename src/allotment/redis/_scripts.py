@@ -16,7 +16,7 @@ key it was not given, which standalone Redis and Valkey allow and a cluster does
 
 from __future__ import annotations
 
-__all__ = ["GCRA", "MANAGER", "PAUSE", "WINDOW"]
+__all__ = ["GCRA", "GROUP", "MANAGER", "PAUSE", "WINDOW"]
 
 _PRELUDE = r"""
 local function now_us()
@@ -39,9 +39,7 @@ local function fail(kind, detail)
 end
 """
 
-MANAGER = (
-    _PRELUDE
-    + r"""
+_MANAGER_BODY = r"""
 -- KEYS: 1 cfg (hash), 2 holders (hash id -> "token|units|last release id"),
 --       3 holder expiries (zset), 4 queue (list of ids, FIFO),
 --       5 wants (hash id -> "units|wake list"), 6 waiter expiries (zset),
@@ -324,11 +322,9 @@ end
 finish()
 return result
 """
-)
+MANAGER = _PRELUDE + _MANAGER_BODY
 
-GCRA = (
-    _PRELUDE
-    + r"""
+_GCRA_BODY = r"""
 -- KEYS: 1 the limit's state: a string "tat|settings" (tat: the theoretical arrival time, us)
 -- ARGV: 1 operation, 2 settings ("interval,burst" in us), 3 interval (us), 4 burst,
 --       5... the operation's own
@@ -398,11 +394,9 @@ elseif op == 'declare' then
 end
 fail('OPERATION', op)
 """
-)
+GCRA = _PRELUDE + _GCRA_BODY
 
-WINDOW = (
-    _PRELUDE
-    + r"""
+_WINDOW_BODY = r"""
 -- KEYS: 1 settings and sequence (hash), 2 the log (zset: "seq:units" scored by its time, us)
 -- ARGV: 1 operation, 2 settings ("limit,window"), 3 limit, 4 window (us), 5... its own
 local K_CFG, K_LOG = KEYS[1], KEYS[2]
@@ -499,7 +493,7 @@ elseif op == 'declare' then
 end
 fail('OPERATION', op)
 """
-)
+WINDOW = _PRELUDE + _WINDOW_BODY
 
 PAUSE = (
     _PRELUDE
@@ -540,5 +534,118 @@ local ttl_ms = math.ceil((tonumber(last[2]) + b - now) / 1000) + 1000
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 return 1
+"""
+)
+
+
+def _as_function(name: str, body: str) -> str:
+    """A script's body as a local function of its own ``KEYS`` and ``ARGV`` (parameters
+    that shadow the globals), so that one script can run the others' operations."""
+    return f"local function {name}(KEYS, ARGV)\n{body}\nend\n"
+
+
+GROUP = (
+    _PRELUDE
+    + _as_function("manager", _MANAGER_BODY)
+    + _as_function("gcra", _GCRA_BODY)
+    + _as_function("window", _WINDOW_BODY)
+    + r"""
+-- acquire_all of parts on one server, in one round trip: every part is the operation its own
+-- script would run, on its own keys (the names' hash tags differ, so a cluster would refuse
+-- this; the backend takes only single-node clients).
+-- KEYS: every part's keys, part after part (a manager's 7, a GCRA's 1, a window's 2)
+-- ARGV: 1 operation, 2 the layout ("kind:keys:args" per part, comma-separated; kind m, g or
+--       w), 3... every part's own ARGV, part after part, as its own script takes them
+local op = ARGV[1]
+local parts = {}
+local k, a = 1, 3
+for item in string.gmatch(ARGV[2], '[^,]+') do
+  local kind, nk, na = string.match(item, '^(%a):(%d+):(%d+)$')
+  nk, na = tonumber(nk), tonumber(na)
+  local keys, args = {}, {}
+  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+  for i = 1, na do args[i] = ARGV[a + i - 1] end
+  k, a = k + nk, a + na
+  parts[#parts + 1] = {kind, keys, args}
+end
+local run = {m = manager, g = gcra, w = window}
+
+if op == 'release-all' then
+  -- Each part a manager's full release by id: each one's code, in order.
+  local codes = {}
+  for i, part in ipairs(parts) do codes[i] = manager(part[2], part[3])[1] end
+  return codes
+elseif op ~= 'take-all' then
+  fail('OPERATION', op)
+end
+
+-- take-all: each part's ARGV is a try of its own script (manager: enter with wait 0; limiter:
+-- take with the longest wait 0). First read only: each part must be granted now (a manager:
+-- declared as this process declares it, nobody queued, the units available; a limiter: the
+-- same settings, the cost allowed now). Otherwise answer {0} having written nothing: the
+-- client takes the general path, which queues in FIFO order and words any error.
+local now = now_us()
+for _, part in ipairs(parts) do
+  local kind, keys, args = part[1], part[2], part[3]
+  if kind == 'm' then
+    local cfg = redis.call('HMGET', keys[1], 'names', 'declared', 'capacity', 'avail')
+    local capacity, avail = ints(args[3]), ints(args[3])
+    if cfg[1] then
+      if cfg[1] ~= args[2] or cfg[2] ~= args[3] then return {0} end
+      capacity, avail = ints(cfg[3]), ints(cfg[4])
+    end
+    if redis.call('LLEN', keys[4]) > 0 then return {0} end
+    for i, u in ipairs(ints(args[8])) do
+      if u > capacity[i] or u > avail[i] then return {0} end
+    end
+  elseif kind == 'g' then
+    local raw = redis.call('GET', keys[1])
+    local tat = now
+    if raw then
+      local bar = string.find(raw, '|', 1, true)
+      if string.sub(raw, bar + 1) ~= args[2] then return {0} end
+      tat = math.max(tonumber(string.sub(raw, 1, bar - 1)), now)
+    end
+    local interval, burst = tonumber(args[3]), tonumber(args[4])
+    if tat + tonumber(args[5]) * interval - burst * interval > now then return {0} end
+  else
+    local stored = redis.call('HGET', keys[1], 'settings')
+    if stored and stored ~= args[2] then return {0} end
+    local total = tonumber(redis.call('HGET', keys[1], 'total') or '0')
+    local gone = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now - tonumber(args[4]))
+    for _, member in ipairs(gone) do
+      total = total - tonumber(string.sub(member, string.find(member, ':', 1, true) + 1))
+    end
+    local last = redis.call('ZRANGE', keys[2], -1, -1, 'WITHSCORES')
+    if #last > 0 and tonumber(last[2]) > now then return {0} end
+    if total + tonumber(args[5]) > tonumber(args[3]) then return {0} end
+  end
+end
+
+-- Then each part's own operation, in rank order: each is granted (a later TIME only frees
+-- more). Should one not be, those done are undone here and the answer is {0} all the same.
+local replies = {1}
+for i, part in ipairs(parts) do
+  local kind, keys, args = part[1], part[2], part[3]
+  local reply = run[kind](keys, args)
+  if reply[1] ~= 1 then
+    for j = i - 1, 1, -1 do
+      local done, given = parts[j], replies[j + 1]
+      local back = {done[3][1], done[3][2], done[3][3], done[3][4]}
+      if done[1] == 'm' then
+        back = {'release', done[3][2], done[3][3], done[3][4], done[3][5], done[3][6],
+                done[3][7], ''}
+        manager(done[2], back)
+      else
+        back[1] = 'undo'
+        back[5], back[6] = given[3], given[4]
+        run[done[1]](done[2], back)
+      end
+    end
+    return {0}
+  end
+  replies[#replies + 1] = reply
+end
+return replies
 """
 )
