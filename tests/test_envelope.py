@@ -16,8 +16,10 @@ seen from another thread, no lock is left held (a wedged lock would hang everyon
 statistics hold their invariants, and everything is idle again; no warning was issued (a leaked
 lease warns); a fresh acquire and release work.
 
-Where the check points are. ``sys.settrace`` with ``f_trace_opcodes`` reports every instruction
-that the frames of the allotment package run (and ``sys.setprofile`` the C functions they call).
+Where the check points are. Every instruction that the frames of the allotment package run is
+reported (by ``sys.settrace`` with ``f_trace_opcodes`` up to 3.11, from 3.12 by a
+``sys.monitoring`` tool of the sweep's own: see `_INSTRUCTIONS_MONITORED`), and ``sys.setprofile``
+reports the C functions they call.
 CPython delivers asynchronous exceptions and runs signal handlers only where its eval loop
 checks the "eval breaker", which for the interpreter running the tests is:
 
@@ -95,11 +97,15 @@ _CHECKS_BEFORE_JUMPING = sys.version_info >= (3, 13)
 """From 3.13 a backward jump checks before it jumps: what it raises belongs to the jump (whose
 handler may differ from its target's: see tests/test_back_edges.py); before, after."""
 
-_ATTEMPTS = 3 if sys.version_info[:2] == (3, 13) else 1
-"""Runs of one check point made before a run whose frames all reported instructions counts.
-On 3.13 (seen on 3.13.15 free-threaded, after other sweeps ran in the process) a traced frame
-now and then reports its 'call' and 'return' and no instruction: such a run is checked, then
-made again, and counted only once every frame reported."""
+_INSTRUCTIONS_MONITORED = sys.version_info >= (3, 12)
+"""Whether the traced frames' instructions come from a ``sys.monitoring`` tool of the sweep's
+own rather than from ``f_trace_opcodes``. From 3.13 legacy opcode tracing is switched on and
+off per code object, for every thread at once: an instruction event that reaches a thread with
+no trace function (a queued helper, the Redis keeper, running the same function untraced)
+switches it off for that code (``sys_trace_instruction_func`` in CPython's
+``Python/legacy_tracing.c``), and a traced frame of it then reports no more instructions until
+its next 'call' or 'return' event switches it back on. A tool's local events stay on until the
+tool itself turns them off, and its callback passes over the other threads' instructions."""
 
 _CALLS = frozenset(
     {"CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD"}
@@ -297,11 +303,10 @@ class _FrameTracer:
                 and not self._raised
                 and self._bytecode.following.get(self._previous) == frame.f_lasti
             ):
-                # 3.13 sometimes reports no 'opcode' event for the return right after a call
-                # into Python (``return f()``), though it ran it: counted as reported.
-                self.trace(frame, "opcode", None)
-                if run.stopped:
-                    return None
+                # It returns from the instruction after the last one it reported, which
+                # reported nothing (as 3.13's legacy opcode tracing could lose the return of
+                # ``return f()``: see _INSTRUCTIONS_MONITORED).
+                run.unreported.add(f"{_describe(frame)} (its return, at {frame.f_lasti})")
             run.forget(frame)
             if self._previous < 0:
                 run.unreported.add(_describe(frame))
@@ -366,6 +371,7 @@ class Run:
         self._action = action
         self._traced = traced
         self._tracers: dict[FrameType, _FrameTracer] = {}
+        self._instructions: _Instructions | None = None
 
     def trace(self, frame: FrameType, event: str, arg: object) -> TraceFunction | None:
         """The global trace function: sees every new frame ('call' events)."""
@@ -379,11 +385,12 @@ class Run:
         if self._traced(code):
             tracer = _FrameTracer(self, code)
             self._tracers[frame] = tracer
-            # In this order: 3.13 instruments the code for instructions only if the frame
-            # has its local trace function already.
             frame.f_trace = tracer.trace
             frame.f_trace_lines = False
-            frame.f_trace_opcodes = True
+            if self._instructions is not None:
+                self._instructions.report(code)
+            else:
+                frame.f_trace_opcodes = True
             first = frame.f_lasti + 2 if frame.f_lasti >= 0 else 0
             if _Bytecode.of(code).opname.get(first) not in _UNCHECKED_BEFORE:
                 # Raised here, before the first instruction, an exception is handled as one
@@ -440,10 +447,16 @@ class Run:
         """Drop the frames (and through them the locals) the run still refers to."""
         self._tracers.clear()
 
+    def instruction(self, frame: FrameType) -> None:
+        """An instruction of ``frame``, on the traced thread, from `_Instructions`."""
+        tracer = self._tracers.get(frame)
+        if tracer is not None and not self.stopped:
+            tracer.trace(frame, "opcode", None)
+
     def __call__(self, operation: Callable[[], object]) -> object:
         """Run ``operation`` on this thread, traced."""
-        # 3.12 reports instructions only if some frame asked before tracing began.
-        sys._getframe().f_trace_opcodes = True
+        instructions = _Instructions(self) if _INSTRUCTIONS_MONITORED else None
+        self._instructions = instructions
         sys.setprofile(self.profile)
         sys.settrace(self.trace)
         try:
@@ -451,6 +464,51 @@ class Run:
         finally:
             sys.settrace(None)
             sys.setprofile(None)
+            self._instructions = None
+            if instructions is not None:
+                instructions.close()
+
+
+class _Instructions:
+    """The instructions of a run's traced frames, from a ``sys.monitoring`` tool (3.12+): its
+    local ``INSTRUCTION`` events on each traced code object, on from the code's first traced
+    frame to the end of the run. The callback runs in every thread that runs such code (the
+    events are per code object); it passes over every thread but the traced one, and never
+    answers ``DISABLE``, so nothing another thread does turns the events off (see
+    `_INSTRUCTIONS_MONITORED`). What it raises leaves the instruction, as an exception raised
+    by a legacy 'opcode' trace function does (that one is a callback of the same kind)."""
+
+    def __init__(self, run: Run) -> None:
+        monitoring = sys.monitoring
+        free = [tool for tool in (3, 4, 5, 2, 1, 0) if monitoring.get_tool(tool) is None]
+        assert free, "no sys.monitoring tool id is free for the sweep"
+        self._tool = free[0]
+        self._thread = threading.get_ident()
+        self._codes: list[CodeType] = []
+        self._run = run
+        monitoring.use_tool_id(self._tool, "allotment's envelope sweep")
+        monitoring.register_callback(
+            self._tool, monitoring.events.INSTRUCTION, self._on_instruction
+        )
+
+    def report(self, code: CodeType) -> None:
+        """Report ``code``'s instructions from now on (called at a frame's 'call' event:
+        the code is instrumented before its next instruction runs)."""
+        if code not in self._codes:
+            self._codes.append(code)
+            sys.monitoring.set_local_events(self._tool, code, sys.monitoring.events.INSTRUCTION)
+
+    def _on_instruction(self, code: CodeType, offset: int) -> None:
+        if threading.get_ident() == self._thread:
+            self._run.instruction(sys._getframe(1))
+
+    def close(self) -> None:
+        """Turn the events off (every thread pays a callback for them) and free the tool."""
+        monitoring = sys.monitoring
+        for code in self._codes:
+            monitoring.set_local_events(self._tool, code, 0)
+        monitoring.register_callback(self._tool, monitoring.events.INSTRUCTION, None)
+        monitoring.free_tool_id(self._tool)
 
 
 def _describe(frame: FrameType) -> str:
@@ -511,42 +569,35 @@ def sweep(
     passed_over: set[str] = set()
     reentries: dict[str, int] = {}
     for k in range(1, limit + 1):
-        for attempt in range(1, _ATTEMPTS + 1):
-            env = setup()
+        env = setup()
 
-            def act(run: Run, env: Any = env) -> None:
-                if action is None:
-                    raise_injected(run)
-                else:
-                    action(env, run)
+        def act(run: Run, env: Any = env) -> None:
+            if action is None:
+                raise_injected(run)
+            else:
+                action(env, run)
 
-            run = Run(k, act, traced)
-            with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
-                worker = Worker(functools.partial(run, functools.partial(operation, env)))
-                worker.name = f"traced to check point {k}"
-                worker.start()
-                worker.join(GENEROUS)
-                if worker.is_alive():
-                    inside = f", inside the re-entrant {run.calling}" if run.calling else ""
-                    pytest.fail(
-                        f"the operation did not return within {GENEROUS} s after check point "
-                        f"{k}: {run.fired}{inside}"
-                    )
-                run.close()
-                outcome = Outcome(run, worker.result, worker.error)
-                worker.result = worker.error = None
-                if run.unreported and attempt < _ATTEMPTS:
-                    # The tracer missed a frame's instructions (3.13): the run still had to
-                    # leave everything sound, and is made again to be counted.
-                    check(env, outcome)
-                    continue
-                assert not run.unreported, f"instructions were not reported: {run.unreported}"
-                assert run.points[: k - 1] == previous[: k - 1], (
-                    f"the run that acts at check point {k} took another path before it: "
-                    + _divergence(run.points[: k - 1], previous[: k - 1])
+        run = Run(k, act, traced)
+        with no_warnings(run.describe, functools.partial(_result_in_transit, run)):
+            worker = Worker(functools.partial(run, functools.partial(operation, env)))
+            worker.name = f"traced to check point {k}"
+            worker.start()
+            worker.join(GENEROUS)
+            if worker.is_alive():
+                inside = f", inside the re-entrant {run.calling}" if run.calling else ""
+                pytest.fail(
+                    f"the operation did not return within {GENEROUS} s after check point "
+                    f"{k}: {run.fired}{inside}"
                 )
-                check(env, outcome)
-            break
+            run.close()
+            outcome = Outcome(run, worker.result, worker.error)
+            worker.result = worker.error = None
+            assert not run.unreported, f"instructions were not reported: {run.unreported}"
+            assert run.points[: k - 1] == previous[: k - 1], (
+                f"the run that acts at check point {k} took another path before it: "
+                + _divergence(run.points[: k - 1], previous[: k - 1])
+            )
+            check(env, outcome)
         passed_over |= run.unfaithful
         for ending, count in run.outcomes.items():
             reentries[ending] = reentries.get(ending, 0) + count
@@ -1346,6 +1397,33 @@ def test_each_call_and_each_loop_round_is_a_check_point() -> None:
     loop = "backward jump" if _CHECKS_BEFORE_JUMPING else "jump target"
     expected = ["entry", after_call] + [after_call, loop] * 3
     assert _points_of(lambda: _toy_loop(3)) == expected
+
+
+def _toy_loop_after(step: Callable[[], object], count: int) -> int:
+    step()
+    return _toy_loop(count)
+
+
+def test_another_thread_running_the_traced_code_untraced_hides_no_instruction() -> None:
+    """A helper thread, or the Redis keeper, runs the traced functions untraced meanwhile
+    (on 3.13 that switched legacy opcode tracing off for every thread: see
+    `_INSTRUCTIONS_MONITORED`)."""
+
+    others: list[Worker] = []  # kept: a thread dropped runs a weakref callback, a callee
+
+    def elsewhere() -> None:
+        other = Worker(functools.partial(_toy_loop_after, lambda: None, 3), name="untraced")
+        others.append(other)
+        other.start()
+        other.outcome()
+
+    def traced_points(step: Callable[[], object]) -> list[str]:
+        points = _points_of(lambda: _toy_loop_after(step, 3))
+        return [kind for kind in points if not kind.startswith("entry of the callee")]
+
+    alone = traced_points(lambda: None)
+    assert traced_points(elsewhere) == alone
+    assert alone.count("after a call") == 4, alone  # range(), abs() three times
 
 
 def test_the_sweep_finds_a_lock_acquired_outside_its_try() -> None:

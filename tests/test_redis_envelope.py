@@ -21,17 +21,6 @@ from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
 
-_REENTRY_UNTRACEABLE = pytest.mark.skipif(
-    sys.version_info >= (3, 13),
-    reason=(
-        "from CPython 3.13 the re-entry sweep's runs on the Redis backend fail: on 3.13 some "
-        "frames run during a sweep report no instructions to the tracer (only their 'call' "
-        "and 'return'), so it cannot place check points there; the same cases fail on 3.14 "
-        "and 3.15, not yet explained. The exception sweeps run everywhere"
-    ),
-)
-
-
 _FREE_THREADED = pytest.mark.skipif(
     bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
     reason=(
@@ -82,7 +71,6 @@ def test_an_exception_at_any_check_point_leaves_a_redis_manager_sound(case: Case
     assert run_sweep(case, reentrant=False).points
 
 
-@_REENTRY_UNTRACEABLE
 @pytest.mark.timeout(8 * GENEROUS)
 @pytest.mark.parametrize("case", _ON_REDIS, ids=[case.id for case in _ON_REDIS])
 @pytest.mark.usefixtures("on_redis")
