@@ -5,7 +5,6 @@ tables consistent), even when it lands between a round trip and the handling of 
 
 from __future__ import annotations
 
-import sys
 import sysconfig
 from collections.abc import Iterator
 from typing import Any
