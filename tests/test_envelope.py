@@ -107,6 +107,10 @@ switches it off for that code (``sys_trace_instruction_func`` in CPython's
 its next 'call' or 'return' event switches it back on. A tool's local events stay on until the
 tool itself turns them off, and its callback passes over the other threads' instructions."""
 
+_monitoring: Any = None
+if sys.version_info >= (3, 12):
+    _monitoring = sys.monitoring
+
 _CALLS = frozenset(
     {"CALL", "CALL_KW", "CALL_FUNCTION", "CALL_FUNCTION_KW", "CALL_FUNCTION_EX", "CALL_METHOD"}
 ) & frozenset(dis.opmap)
@@ -479,7 +483,7 @@ class _Instructions:
     by a legacy 'opcode' trace function does (that one is a callback of the same kind)."""
 
     def __init__(self, run: Run) -> None:
-        monitoring = sys.monitoring
+        monitoring = _monitoring
         free = [tool for tool in (3, 4, 5, 2, 1, 0) if monitoring.get_tool(tool) is None]
         assert free, "no sys.monitoring tool id is free for the sweep"
         self._tool = free[0]
@@ -496,7 +500,7 @@ class _Instructions:
         the code is instrumented before its next instruction runs)."""
         if code not in self._codes:
             self._codes.append(code)
-            sys.monitoring.set_local_events(self._tool, code, sys.monitoring.events.INSTRUCTION)
+            _monitoring.set_local_events(self._tool, code, _monitoring.events.INSTRUCTION)
 
     def _on_instruction(self, code: CodeType, offset: int) -> None:
         if threading.get_ident() == self._thread:
@@ -504,7 +508,7 @@ class _Instructions:
 
     def close(self) -> None:
         """Turn the events off (every thread pays a callback for them) and free the tool."""
-        monitoring = sys.monitoring
+        monitoring = _monitoring
         for code in self._codes:
             monitoring.set_local_events(self._tool, code, 0)
         monitoring.register_callback(self._tool, monitoring.events.INSTRUCTION, None)
