@@ -302,15 +302,6 @@ class _FrameTracer:
             # 3.10 reports the StopIteration that ends a for loop; that is no handler.
             self._raised = self._bytecode.opname.get(frame.f_lasti) != "FOR_ITER"
         elif event == "return":
-            if (
-                0 <= self._previous != frame.f_lasti
-                and not self._raised
-                and self._bytecode.following.get(self._previous) == frame.f_lasti
-            ):
-                # It returns from the instruction after the last one it reported, which
-                # reported nothing (as 3.13's legacy opcode tracing could lose the return of
-                # ``return f()``: see _INSTRUCTIONS_MONITORED).
-                run.unreported.add(f"{_describe(frame)} (its return, at {frame.f_lasti})")
             run.forget(frame)
             if self._previous < 0:
                 run.unreported.add(_describe(frame))
