@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -47,6 +48,8 @@ from ._meter import RedisMeter
 from ._pool import RedisPool, _retrieve
 
 __all__ = ["GroupRelease"]
+
+logger = logging.getLogger("allotment.redis")
 
 _current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop  # the C accessor: no exception when there is none
@@ -210,22 +213,43 @@ async def _take_async(taking: _Taking) -> LeaseGroup | Literal[_Outcome.FALL_BAC
 
 def _abandoned(taking: _Taking, sending: asyncio.Future[Any]) -> None:
     """The group script's outcome for a take whose task did not see it through (cancelled,
-    or interrupted applying it): whatever it granted is given back, its rate refunded. A
-    take whose own round trip was cut short (a loop shutting down cancels it too) may still
-    run on the server: the keeper releases its ids, as for a full release that could not
-    reach the server."""
+    or interrupted applying it): whatever it granted is given back, its rate refunded, by
+    a thread of its own. Not by a task: this may run as the loop shuts down (``asyncio.run``
+    cancelled the caller), and a task made then may never finish. A take whose own round
+    trip was cut short (a loop shutting down cancels it too) may still run on the server:
+    the keeper releases its ids, as for a full release that could not reach the server."""
     try:
         if sending.cancelled() or sending.exception() is not None:
             taking.unsure(BackendUnavailable(f"acquire_all on {taking.name!r}: cut short"))
         else:
-            group = taking.answered(sending.result())
+            threading.Thread(
+                target=_give_back_granted,
+                args=(taking, sending.result()),
+                name="allotment: giving back a cancelled acquire_all",
+                daemon=True,
+            ).start()
+            return
+    except BaseException:
+        taking.give_back()
+        raise
+    taking.give_back()  # whatever is left (idempotent)
+
+
+def _give_back_granted(taking: _Taking, reply: Any) -> None:
+    """A thread's: the script's grant applied, then everything given back (one
+    release-all) and the rate refunded. An error is logged: nobody waits for this."""
+    try:
+        try:
+            group = taking.answered(reply)
             if group is not _FALL_BACK:
                 try:
                     _withdraw_rates(taking.spent)  # the work never started
                 finally:
-                    group.release()  # one release-all, on the loop
-    finally:
-        taking.give_back()  # whatever is left (idempotent)
+                    group.release()
+        finally:
+            taking.give_back()  # whatever is left (idempotent)
+    except Exception as error:
+        logger.warning("giving back a cancelled acquire_all on %r: %r", taking.name, error)
 
 
 @attrs.define(eq=False)
