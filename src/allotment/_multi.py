@@ -264,6 +264,11 @@ def acquire_all_async(
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
     if _events.observers:
         taking = _observed(taking, plan)
+    else:
+        for in_task in task_paths:  # parts on one backend: one round trip first, if it can
+            acquisition = in_task(requests, taking)
+            if acquisition is not None:
+                return acquisition  # type: ignore[no-any-return]
     return start_acquisition(_take_all_in_task, taking)
 
 
@@ -316,6 +321,10 @@ backend_paths: list[Any] = []
 """One-pass paths of backends (``redis/_group.py`` adds its own when imported): each takes
 ``(requests, timeout, quietly=...)`` and answers as :func:`_at_once`, ``_FALL_BACK`` to let
 the next (or the general path) decide."""
+task_paths: list[Any] = []
+"""The same for ``acquire_all_async``: each takes ``(requests, steps)`` (``steps``: the
+general path's, to run if the backend cannot grant every part at once) and returns the
+acquisition, or ``None`` to leave the requests to the next (or to the general path)."""
 
 
 def _at_once(

@@ -283,6 +283,16 @@ class RedisMeter:
         with the token that undoes it exactly (a refund)."""
         self._entered(ticket, None, _decision(reply))
 
+    @property
+    def allows_unreachable(self) -> bool:
+        """``on_unavailable="allow"``: an unreachable server grants (for ``_group.py``)."""
+        return self._policy == "allow"
+
+    def group_unreachable(self, ticket: RateTicket) -> None:
+        """The group script did not answer and this limiter allows: granted, recorded
+        nowhere (as :meth:`enter` does)."""
+        ticket.state = GRANTED
+
     def forecast(self, cost: int) -> int:
         """When ``cost`` would be allowed if it were reserved now (now, for a limiter that
         allows everything while the server is unreachable)."""

@@ -812,6 +812,14 @@ class RedisPool:
             ("release", *self._head, record.rid, ""),
         )
 
+    def group_handed_to_loop(self, ticket: Ticket, record: _Record) -> None:
+        """The group's release went out as a task on the loop (a sync release on a loop's
+        thread): released here at once, and nothing more for this lease's own release to
+        send (the task, or the thread that replaces it, applies the answer)."""
+        with self._backend.section():
+            ticket.state = FINISHED
+            record.done = True
+
     def group_released(self, ticket: Ticket, record: _Record, code: int, repeated: bool) -> None:
         """The group script's answer for ``ticket``'s release (``LeaseLost`` if it expired)."""
         self._released(ticket, record, code, repeated)
