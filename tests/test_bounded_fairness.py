@@ -304,3 +304,37 @@ def test_a_task_waits_in_the_same_queue_in_bounded_mode() -> None:
 
     assert asyncio.run(main()) == 1
     assert_idle(manager)
+
+
+@pytest.mark.timeout(GENEROUS)
+def test_a_task_handed_its_grant_returns_without_claiming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound the release hands the unit off under its lock: the woken task finds
+    its ticket granted and returns without taking the pool's lock again (as a thread does)."""
+    import asyncio
+
+    claims: list[Ticket] = []
+    claim = MemoryPool.claim
+
+    def counting_claim(pool: MemoryPool, ticket: Ticket, deadline: float | None) -> bool | None:
+        claims.append(ticket)
+        return claim(pool, ticket, deadline)
+
+    monkeypatch.setattr(MemoryPool, "claim", counting_claim)
+    clock = ManualClock()
+    manager = allotment.ResourceManager(1, fairness="bounded", fairness_bound=BOUND, clock=clock)
+    lease = manager.acquire(1)
+
+    async def main() -> int:
+        waiting = asyncio.ensure_future(manager.acquire_async(1))
+        while pool_of(manager).waiting == 0:
+            await asyncio.sleep(0)
+        clock.advance(2 * BOUND)
+        lease.release()  # on the loop's thread: the grant is handed off, then the task woken
+        granted = await waiting
+        amount = granted.amounts
+        granted.release()
+        return amount
+
+    assert asyncio.run(main()) == 1
+    assert claims == []
+    assert_idle(manager)

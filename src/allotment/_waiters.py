@@ -306,6 +306,9 @@ async def await_grant_async(
             waiter.lost = functools.partial(pool.release, ticket, None)
             await waiter.sleep(clock, deadline)
             waiter.lost = None
+            # As in _await_claim: a grant handed off before the wake-up needs no lock.
+            if ticket.state is GRANTED:
+                return True
             outcome: bool | None = claim(ticket, deadline)
             if outcome is not None:
                 return outcome
