@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._clock import SYSTEM_CLOCK
-from ._core import Ticket
+from ._clock import SYSTEM_CLOCK, Clock
+from ._core import MemoryPool, Ticket
 from ._events import (
     Record,
     current_owner,
-    defer,
     emit,
     handing,
     new_request_id,
@@ -115,7 +114,13 @@ class Grants:
 
 
 def _capacity(semaphore: Semaphore) -> int | None:
-    return semaphore._limit
+    return _parts(semaphore)[2]
+
+
+def _parts(semaphore: Semaphore) -> tuple[MemoryPool, Clock, int | None, Grants]:
+    from ._semaphore import parts_of  # at call time: _semaphore imports this module
+
+    return parts_of(semaphore)
 
 
 def _record(  # noqa: PLR0917 - positional, as the records are
@@ -161,8 +166,7 @@ def acquire_observed(
     """``Semaphore.acquire`` while someone observes (its arguments already checked):
     ``timed`` says whether a timeout was given (a try that finds no permit is then
     ``timed_out``, else ``refused``)."""
-    pool = semaphore._memory
-    clock = semaphore._clock
+    pool, clock, _limit, _grants = _parts(semaphore)
     owner = current_owner()
     request = new_request_id()
     asked_ns = now_ns()
@@ -224,9 +228,8 @@ def _report_grant(  # noqa: PLR0917 - private, its callers' own arguments
     """Remember and report a grant. On an exception (an observer's interrupt) the caller
     gives the permit back; the grant is then forgotten, so that no release pairs with it."""
     record = _record("granted", semaphore, t_ns, owner, 1, request, wait, handed_by=handed_by)
-    clock = semaphore._clock
+    _pool, clock, _limit, grants = _parts(semaphore)
     entry: Entry = (record, None if clock is SYSTEM_CLOCK else clock.now())
-    grants = semaphore._grants
     grants.add(entry)
     try:
         emit(record)
@@ -246,9 +249,7 @@ def release_observed(semaphore: Semaphore, count: int, exiting: bool) -> None:
     """``Semaphore.release(count)`` (``exiting``: its ``__exit__``, which gives again if
     interrupted before the give decided) while someone observes: reported as one
     ``released`` per grant it pairs with, and one for the rest (request ``0``)."""
-    pool = semaphore._memory
-    limit = semaphore._limit
-    grants = semaphore._grants
+    pool, _clock, limit, grants = _parts(semaphore)
     began_ns = now_ns()
     paired = grants.take(count)
     token = handing.set(paired[0][0][5] if paired else None)
@@ -269,13 +270,11 @@ def release_observed(semaphore: Semaphore, count: int, exiting: bool) -> None:
     if not given:
         grants.put_back(paired)
         raise ValueError("Semaphore released too many times")
-    _report_released(semaphore, paired, count, began_ns, pool._lock._is_owned())
+    _report_released(semaphore, paired, count, began_ns)
 
 
-def _report_released(
-    semaphore: Semaphore, paired: list[Entry], count: int, began_ns: int, in_section: bool
-) -> None:
-    clock = semaphore._clock
+def _report_released(semaphore: Semaphore, paired: list[Entry], count: int, began_ns: int) -> None:
+    clock = _parts(semaphore)[1]
     records: list[Record] = []
     for record, granted_at in paired:
         hold = (began_ns - record[2]) / 1e9 if granted_at is None else clock.now() - granted_at
@@ -287,8 +286,5 @@ def _report_released(
         records.append(
             _record("released", semaphore, began_ns, current_owner(), rest, 0, None, None, 0)
         )
-    # A release from a finalizer or signal handler inside the semaphore's own section:
-    # no observer may run there; the records wait for the next delivery.
-    deliver = defer if in_section else emit
     for record in records:
-        deliver(record)
+        emit(record)

@@ -16,7 +16,7 @@ from ._errors import UnsupportedByBackend
 from ._observed_semaphore import Grants, acquire_observed, release_observed
 from ._waiters import await_grant, new_thread_waiter
 
-__all__ = ["BoundedSemaphore", "Semaphore"]
+__all__ = ["BoundedSemaphore", "Semaphore", "parts_of"]
 
 _current_thread = threading.current_thread
 _serial_numbers = itertools.count(1)
@@ -242,3 +242,8 @@ class BoundedSemaphore(Semaphore):
             f"<allotment.{type(self).__qualname__} at {id(self):#x}: "
             f"value={self._value}/{self._limit}>"
         )
+
+
+def parts_of(semaphore: Semaphore) -> tuple[MemoryPool, Clock, int | None, Grants]:
+    """A semaphore's pool, clock, limit and observed grants (for its observed paths)."""
+    return semaphore._memory, semaphore._clock, semaphore._limit, semaphore._grants
