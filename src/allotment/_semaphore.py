@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 import threading
 from types import TracebackType
 
 import attrs
 
+from . import _events
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import Fairness, MemoryPool, Pool, Quantity, ScalarForm, Ticket, fairness_policy
 from ._errors import UnsupportedByBackend
+from ._observed_semaphore import Grants, acquire_observed, release_observed
 from ._waiters import await_grant, new_thread_waiter
 
-__all__ = ["BoundedSemaphore", "Semaphore"]
+__all__ = ["BoundedSemaphore", "Semaphore", "parts_of"]
 
 _current_thread = threading.current_thread
+_serial_numbers = itertools.count(1)
 
 
 @attrs.define(eq=False, init=False, repr=False)
@@ -35,6 +39,9 @@ class Semaphore:
     Differences from :mod:`threading`, all for inputs it accepts but mishandles: ``value`` and
     ``n`` must be integers (``TypeError`` otherwise), a ``timeout`` of NaN raises ``ValueError``,
     and an infinite ``timeout`` waits forever instead of raising ``OverflowError``.
+
+    Observers (:func:`allotment.add_observer`) get its events under its :attr:`name`, as a
+    manager's (see ``docs/observing.md``).
     """
 
     _pool: Pool
@@ -44,6 +51,9 @@ class Semaphore:
     _memory: MemoryPool
     """The same pool, as what it always is for a semaphore: in memory, whose ``give`` takes a
     receipt."""
+    _name: str
+    _grants: Grants
+    """Its observed grants not yet given back, for its ``released`` events."""
 
     def __init__(
         self,
@@ -53,6 +63,7 @@ class Semaphore:
         backend: object = None,
         fairness: Fairness = "strict",
         fairness_bound: float | None = None,
+        name: str | None = None,
     ) -> None:
         """``clock`` measures timeouts (default: the system's monotonic clock). A semaphore
         lives in this process: ``backend`` is refused (:class:`UnsupportedByBackend`); share
@@ -60,12 +71,15 @@ class Semaphore:
         :class:`ResourceManager`: with ``fairness="bounded"`` an ``acquire`` may take a free
         permit ahead of waiting threads while the longest-waiting one has waited less than
         ``fairness_bound`` seconds (default 0.001), as ``threading.Semaphore`` always lets
-        it."""
+        it. ``name`` is what its events are reported under (default ``Semaphore-<n>``, or
+        ``BoundedSemaphore-<n>``)."""
         if backend is not None:
             raise UnsupportedByBackend(
                 "a Semaphore lives in this process: for permits shared across processes, use "
                 "ResourceManager(n, name=..., backend=...)"
             )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__} ({name!r})")
         value = operator.index(value)
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
@@ -76,6 +90,14 @@ class Semaphore:
         self._pool = pool
         self._memory = pool
         self._limit = None
+        serial = next(_serial_numbers)
+        self._name = f"{type(self).__name__}-{serial}" if name is None else name
+        self._grants = Grants()
+
+    @property
+    def name(self) -> str:
+        """What its events are reported under."""
+        return self._name
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take one permit; return ``True`` once taken, ``False`` if not taken.
@@ -93,6 +115,8 @@ class Semaphore:
                 blocking = False
             else:
                 deadline = deadline_after(self._clock, timeout)  # rejects NaN, before anything
+        if _events.observers:
+            return acquire_observed(self, blocking, timeout is not None, deadline)
         receipt: list[Quantity] = []
         try:
             if self._pool.take(1, receipt):
@@ -128,6 +152,9 @@ class Semaphore:
     ) -> None:
         # release(1), written out: the call would add about a fifteenth to a with-block. A
         # subclass that overrides release() gets _exit_through_release instead.
+        if _events.observers:
+            release_observed(self, 1, exiting=True)
+            return
         receipt: list[bool | None] = [None]
         try:
             given = self._memory.give(1, self._limit, receipt)
@@ -164,6 +191,9 @@ class Semaphore:
             n = operator.index(n)
         if n < 1:
             raise ValueError("n must be one or more")
+        if _events.observers:
+            release_observed(self, n, exiting=False)
+            return
         if not self._pool.give(n, self._limit):
             raise ValueError("Semaphore released too many times")
 
@@ -195,6 +225,7 @@ class BoundedSemaphore(Semaphore):
         backend: object = None,
         fairness: Fairness = "strict",
         fairness_bound: float | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(
             value,
@@ -202,6 +233,7 @@ class BoundedSemaphore(Semaphore):
             backend=backend,
             fairness=fairness,
             fairness_bound=fairness_bound,
+            name=name,
         )
         self._limit = operator.index(value)
 
@@ -210,3 +242,8 @@ class BoundedSemaphore(Semaphore):
             f"<allotment.{type(self).__qualname__} at {id(self):#x}: "
             f"value={self._value}/{self._limit}>"
         )
+
+
+def parts_of(semaphore: Semaphore) -> tuple[MemoryPool, Clock, int | None, Grants]:
+    """A semaphore's pool, clock, limit and observed grants (for its observed paths)."""
+    return semaphore._memory, semaphore._clock, semaphore._limit, semaphore._grants

@@ -227,7 +227,9 @@ def _counters(ordered: list[Event]) -> list[Counter]:
             if kind == "lost":
                 returned = event.amount
             for resource, units in _as_resources(returned).items():
-                use[resource] = use.get(resource, 0) - units
+                # Never below nothing: a semaphore's release may add permits nobody took,
+                # and a lease granted before the recording began gives back units never seen.
+                use[resource] = max(use.get(resource, 0) - units, 0)
         elif kind != "resized":
             continue
         found.append(Counter(name, event.t_ns, dict(use), waiting.get(name, 0), capacity.get(name)))
