@@ -27,6 +27,8 @@ import tempfile
 import time
 from typing import Any
 
+import attrs
+
 import allotment
 
 TOLERANCE_NS = 1_000_000
@@ -102,6 +104,22 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _rate_worker(path: str, rate: int, seconds: float, go: Any, out: Any) -> None:
+    from allotment.local import _backend, _meter
+
+    decided: list[tuple[int, int]] = []  # (now, allowed at) of each take, inside the section
+    rule = _meter.gcra_take
+
+    def recorded(
+        words: list[int] | None, settings: tuple[int, int], now: int, op: str, args: Any
+    ) -> Any:
+        answer = rule(words, settings, now, op, args)
+        if op == "take" and answer[0][0] >= 0:
+            decided.append((now, now + answer[0][1]))
+        elif op == "undo" and answer[0][0]:
+            decided.append((now, -1))  # a reservation given back (a timeout)
+        return answer
+
+    _backend.gcra_take = recorded  # type: ignore[attr-defined]  # this process only
     backend = allotment.LocalBackend(path)
     api = allotment.RateLimiter(rate, per=1, burst=1, name="api", backend=backend)
     go.wait()
@@ -109,12 +127,53 @@ def _rate_worker(path: str, rate: int, seconds: float, go: Any, out: Any) -> Non
     calls = []
     while time.monotonic() < end:
         api.acquire(timeout=5)
-        calls.append(_now())
+        returned = _now()
+        calls.append((decided[-1][0], decided[-1][1], returned))
     backend.close()
-    out.put(calls)
+    out.put((calls, sum(1 for _, at in decided if at < 0)))
 
 
-def _rate(path: str, processes: int, rate: int, seconds: float) -> tuple[float, int, int, int]:
+@attrs.frozen
+class RateFigures:
+    ratio: float
+    calls: int
+    most: int
+    """Most calls returned in any 1 s."""
+    most_allowed: int
+    """Most allowed times (decided in the section) in any 1 s."""
+    early_by_readings: int
+    """Calls the reference GCRA (1 ms slack) finds early over the times read on return."""
+    early_by_section: int
+    """Allowed times (decided inside the ``flock`` section) earlier than the GCRA allows,
+    with no slack at all: the limiter's own error."""
+    returned_before_allowed: int
+    """Calls that returned before the time the section allowed them."""
+    late_readings: int
+    """Calls read on return more than the slack after their allowed time."""
+    latest_reading_ms: float
+    undone: int
+
+
+def _gcra_early(times: list[int], interval: int, slack: int) -> int:
+    """As benchmarks/rate.py counts them (burst 1): a GCRA run over sorted times."""
+    tat, early = -(10**30), 0
+    for at in times:
+        tat = max(tat, at) + interval
+        if tat - at > interval + slack:
+            early += 1
+    return early
+
+
+def _most_in_a_second(times: list[int]) -> int:
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= 1_000_000_000:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def _rate(path: str, processes: int, rate: int, seconds: float) -> RateFigures:
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     out = context.Queue()
@@ -126,26 +185,28 @@ def _rate(path: str, processes: int, rate: int, seconds: float) -> tuple[float, 
         child.start()
     time.sleep(1.0)  # every child made its limiter (spawn imports take a while)
     go.set()
-    calls = sorted(call for _ in children for call in out.get(timeout=120))
+    results = [out.get(timeout=120) for _ in children]
     for child in children:
         child.join(60)
-    interval = 1_000_000_000 // rate
-    span = calls[-1] - calls[0]
+    records = sorted(call for calls, _ in results for call in calls)
+    returned = sorted(call[2] for call in records)
+    allowed = sorted(call[1] for call in records)
+    interval = -(-1_000_000_000 // rate)  # as the backend rounds it: up, never looser
+    span = returned[-1] - returned[0]
     ideal = span / interval + 1  # burst 1: one at the start, then one per interval
-    # As benchmarks/rate.py counts them: a GCRA run over the grant times, with its 1 ms
-    # tolerance (a time is read after the call returns, late by up to a scheduling delay).
-    tat, early = -(10**30), 0
-    for call in calls:
-        tat = max(tat, call) + interval
-        if tat - call > interval + TOLERANCE_NS:
-            early += 1
-    # The bound itself, which a late reading cannot fake: at most rate + burst in any second.
-    most, start = 0, 0
-    for end, call in enumerate(calls):
-        while call - calls[start] >= 1_000_000_000:
-            start += 1
-        most = max(most, end - start + 1)
-    return len(calls) / ideal, early, len(calls), most
+    lateness = [back - at for _, at, back in records]
+    return RateFigures(
+        ratio=len(returned) / ideal,
+        calls=len(returned),
+        most=_most_in_a_second(returned),
+        most_allowed=_most_in_a_second(allowed),
+        early_by_readings=_gcra_early(returned, interval, TOLERANCE_NS),
+        early_by_section=_gcra_early(allowed, interval, 0),
+        returned_before_allowed=sum(1 for late in lateness if late < 0),
+        late_readings=sum(1 for late in lateness if late > TOLERANCE_NS),
+        latest_reading_ms=max(lateness) / 1e6,
+        undone=sum(undone for _, undone in results),
+    )
 
 
 def _uncontended(path: str, rounds: int, repeats: int) -> tuple[float, float]:
@@ -180,7 +241,7 @@ def main() -> None:
         pool_handoff = _handoffs(_pool_loop, limits, rounds)
         raw_handoff = _handoffs(_flock_loop, os.path.join(scratch, "raw.lock"), rounds)
         rate = 200 if quick else 500
-        ratio, early, calls, most = _rate(limits, 8, rate, 2.0 if quick else 5.0)
+        figures = _rate(limits, 8, rate, 2.0 if quick else 5.0)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print("| measurement | figure |")
     print("|---|---|")
@@ -193,9 +254,24 @@ def main() -> None:
         )
     p50 = _percentile(pool_handoff, 0.5) / _percentile(raw_handoff, 0.5)
     print(f"| hand-off p50, LocalBackend / raw flock | {p50:.2f}x |")
-    print(f"| rate, 8 processes: allowed / ideal ({calls} calls) | {ratio:.4f} |")
-    print(f"| rate, 8 processes: calls earlier than the GCRA allows (1 ms slack) | {early} |")
-    print(f"| rate, 8 processes: most calls in any 1 s (bound {rate + 1}) | {most} |")
+    rows = (
+        (f"allowed / ideal ({figures.calls} calls)", f"{figures.ratio:.4f}"),
+        (f"most calls allowed in any 1 s (bound {rate + 1})", f"{figures.most_allowed}"),
+        (f"most calls returned in any 1 s (bound {rate + 1})", f"{figures.most}"),
+        (
+            "early by the allowed times decided in the `flock` section (no slack)",
+            f"{figures.early_by_section}",
+        ),
+        ("calls that returned before their allowed time", f"{figures.returned_before_allowed}"),
+        ("early by the times read on return (1 ms slack)", f"{figures.early_by_readings}"),
+        (
+            "returns read more than 1 ms after their allowed time",
+            f"{figures.late_readings} (latest {figures.latest_reading_ms:.1f} ms)",
+        ),
+        ("reservations given back", f"{figures.undone}"),
+    )
+    for label, value in rows:
+        print(f"| rate, 8 processes: {label} | {value} |")
 
 
 if __name__ == "__main__":

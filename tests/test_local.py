@@ -327,3 +327,24 @@ def test_a_lease_finalized_inside_a_section_is_released_after_it(
         assert pool.statistics().available == 2
     finally:
         backend.close()
+
+
+def test_the_record_limit_is_refused_precisely_before_anything_changes(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2000, name="many", backend=backend)
+        leases = [pool.try_acquire(1) for _ in range(1024)]
+        assert all(lease is not None for lease in leases)
+        with pytest.raises(allotment.BackendLimitExceeded, match="1024"):
+            pool.try_acquire(1)
+        with pytest.raises(allotment.BackendLimitExceeded, match="1024"):
+            pool.acquire(1, timeout=1)
+        assert pool.statistics().available == 2000 - 1024
+        for lease in leases:
+            assert lease is not None
+            lease.release()
+        assert pool.statistics().available == 2000
+        with pool.acquire(1):
+            pass
+    finally:
+        backend.close()

@@ -17,6 +17,7 @@ __all__ = [
     "AcquireTimeout",
     "AllotmentError",
     "BackendConflict",
+    "BackendLimitExceeded",
     "BackendUnavailable",
     "BankerModeRequired",
     "ClaimClosed",
@@ -62,6 +63,11 @@ class BackendUnavailable(AllotmentError, ConnectionError):
 class BackendConflict(AllotmentError, ValueError):
     """A shared manager or limiter already exists under this name with other settings
     (another capacity, rate, burst, limit or period, or other resource names)."""
+
+
+class BackendLimitExceeded(AllotmentError, RuntimeError):
+    """A fixed limit of the backend would be exceeded (a LocalBackend manager holds at most
+    1024 holders and waiters across its processes). Raised before anything changes."""
 
 
 class UnsupportedByBackend(AllotmentError, TypeError):

@@ -17,6 +17,7 @@ Records are kept compact (a removal moves nothing else's meaning: order is by ``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Final
@@ -58,6 +59,7 @@ class CorruptState(Exception):
     """Raised inside the codec; the pool turns it into the user's error."""
 
 
+@functools.cache
 def copy_words(resources: int) -> int:
     return _COPY_HEAD + _FIXED + 3 * resources + 1 + MAX_RECORDS * (_RECORD_FIXED + resources)
 
@@ -115,6 +117,7 @@ def check_header(view: memoryview, resources: int) -> None:
         raise CorruptState("its header is not that of a manager with this many resources")
 
 
+@functools.cache
 def _copy_offset(index: int, resources: int) -> int:
     return 8 * (HEADER_WORDS + index * copy_words(resources))
 

@@ -57,6 +57,7 @@ from .._core import (
 )
 from .._errors import (
     BackendConflict,
+    BackendLimitExceeded,
     ExceedsCapacity,
     ManagerClosed,
     ReentrantCall,
@@ -109,6 +110,16 @@ def find(state: State, rid: int, me: Identity) -> int:
     return -1
 
 
+def _check_room(records: list[Record], name: str, adding: int = 1) -> None:
+    """Refuse new records the file has no room for, before anything changes."""
+    if len(records) + adding > _layout.MAX_RECORDS:
+        raise BackendLimitExceeded(
+            f"{name!r} has {len(records)} holders and waiters across the processes of this "
+            f"LocalBackend, the most its state file holds ({_layout.MAX_RECORDS}); nothing "
+            "was changed"
+        )
+
+
 def _seq(record: Record) -> int:
     return record.seq
 
@@ -141,14 +152,16 @@ def after_change(
     """What follows a section: settle and wake this backend's waiters, ring the others'
     doorbells, run what re-entered. Never under a lock that another process waits for."""
     me = backend.me()
-    woken: list[Waiter] = []
-    if state is not None:
+    # No queued ticket of this backend on the file: nothing to settle (a ticket queued from
+    # now on looks at the file itself once it is registered, see ``enter``).
+    if state is not None and file.waiting:
         with file.held():
             woken = settle_waiting(file, state, me)
-    for waiter in woken:
-        waiter.wake()
-    for identity in rings - {me}:
-        backend.ring(*identity)
+        for waiter in woken:
+            waiter.wake()
+    for identity in rings:
+        if identity != me:
+            backend.ring(*identity)
     run_deferred()
 
 
@@ -290,8 +303,12 @@ class LocalPool:
 
     def _seen(self, state: State) -> None:
         """Keep the figures the lock-free properties show (plain stores)."""
-        holders = sum(1 for record in state.records if record.kind == _layout.GRANTED)
-        waiters = sum(1 for record in state.records if record.kind == QUEUED)
+        holders = waiters = 0
+        for record in state.records:
+            if record.kind == _layout.GRANTED:
+                holders += 1
+            elif record.kind == QUEUED:
+                waiters += 1
         self._last = (
             self._quantity(state.capacity),
             self._quantity(state.available),
@@ -359,47 +376,52 @@ class LocalPool:
                     f"a request for {self.form.render(ticket.units)!r} can never be granted: "
                     f"the capacity is {self.form.render_all(self._quantity(state.capacity))!r}"
                 )
-            queued = any(record.kind == QUEUED for record in state.records)
+            records = state.records
+            queued = False
+            for record in records:
+                if record.kind == QUEUED:
+                    queued = True
+                    break
             if not queued and fits(wanted, state.available):
+                _check_room(records, self.name)
                 token = state.next_token
                 state.next_token += 1
                 state.available = [
                     got - want for got, want in zip(state.available, wanted, strict=True)
                 ]
-                state.records.append(Record(_layout.GRANTED, *me, mine.rid, 0, token, wanted))
+                records.append(Record(_layout.GRANTED, *me, mine.rid, 0, token, wanted))
+                self._live[ticket] = None  # under the mutex, before the write
                 self._seen(state)
                 return (token, set()), state
-            others = {(r.pid, r.nonce) for r in state.records} - {me}
+            others = {(r.pid, r.nonce) for r in records} - {me}
             if made is None:
                 self._seen(state)
                 return (0, others), None
+            _check_room(records, self.name)
             seq = state.next_seq
             state.next_seq += 1
-            state.records.append(Record(QUEUED, *me, mine.rid, seq, 0, wanted))
+            records.append(Record(QUEUED, *me, mine.rid, seq, 0, wanted))
+            self._live[ticket] = None
+            ticket.waiter = made  # before the write: a settle by another thread wakes it
             self._seen(state)
             return (-1, others), state
 
-        self._records[ticket] = mine
-        with file.held():
-            self._live[ticket] = None
-        if made is not None:
-            with file.held():
-                ticket.waiter = made
-        token, others = file.section(change)
-        with file.held():
+        def then(result: tuple[int, set[Identity]]) -> None:
+            token = result[0]
             if token > 0 and ticket.state is PENDING:
                 mine.token = token
                 ticket.state = GRANTED
             elif token < 0:
                 mine.queued = True
                 file.waiting[mine.rid] = (self, ticket)
+
+        self._records[ticket] = mine
+        token, others = file.section(change, then)
         run_deferred()
         backend = self._backend
         if token > 0:
             return ticket.state is GRANTED
         if token == 0:  # a try that does not fit: a dead holder is no reason to refuse it
-            with file.held():
-                self._live.pop(ticket, None)
             if backend.reap_dead(backend.unwatched(others)):
                 return self.enter(ticket, None)
             return False
@@ -542,9 +564,7 @@ class LocalPool:
             self._seen(state)
             return state, state
 
-        file = self._file
-        state = file.section(change)
-        with file.held():
+        def then(state: State | None) -> None:
             if found and found[0][0] == _layout.GRANTED and ticket.state is PENDING:
                 # Withdrawing, a grant had arrived: kept by a timeout (see ``withdraw``),
                 # released by any other path (the caller gives up).
@@ -562,6 +582,9 @@ class LocalPool:
                 ticket.units = self._quantity(mine.partial[1])
                 mine.partial = None
             file.waiting.pop(mine.rid, None)
+
+        file = self._file
+        state = file.section(change, then)
         after_change(file, self._backend, state, rings)
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
@@ -626,6 +649,7 @@ class LocalPool:
                     break
             else:
                 return False, None
+            _check_room(current.records, self.name, len(parts))
             for part, part_mine in zip(parts, part_mines, strict=True):
                 counts = self._counts(part.units)
                 record.units = [u - c for u, c in zip(record.units, counts, strict=True)]

@@ -115,23 +115,33 @@ class StateFile:
         self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
         os.close(old_fd)  # the parent's mapping stays valid in the parent
 
-    def section(self, change: Callable[[State | None], tuple[_R, State | None]]) -> _R:
+    def section(
+        self,
+        change: Callable[[State | None], tuple[_R, State | None]],
+        then: Callable[[_R], None] | None = None,
+    ) -> _R:
         """Run ``change`` on the current state under both locks; write the state it returns
-        (``None``: nothing to write). ``change`` must not wait, block or call out."""
+        (``None``: nothing to write). ``change`` must not wait, block or call out. ``then``
+        gets the result once the ``flock`` is released, still under the mutex: this
+        process's bookkeeping of what was written (plain stores), in the same turn."""
         with self.mutex:
             _here.depth += 1
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
                 try:
-                    state = read_state(self.view, self.resources)
-                except CorruptState as error:
-                    raise _corrupt(self.name, self.path, str(error)) from None
-                result, changed = change(state)
-                if changed is not None:
-                    write_state(self.view, changed, self.resources)
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    try:
+                        state = read_state(self.view, self.resources)
+                    except CorruptState as error:
+                        raise _corrupt(self.name, self.path, str(error)) from None
+                    result, changed = change(state)
+                    if changed is not None:
+                        write_state(self.view, changed, self.resources)
+                finally:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                if then is not None:
+                    then(result)
                 return result
             finally:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
                 _here.depth -= 1
 
     @contextlib.contextmanager
