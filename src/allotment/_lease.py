@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _weak = weakref.ref
 _partial = functools.partial
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "ticket_and_pool"]
 
 
 @attrs.define(eq=False, repr=False, init=False)
@@ -219,3 +219,9 @@ def _warn_leaked(
         LeakedLeaseWarning,
         stacklevel=outside_stacklevel(),
     )
+
+
+def ticket_and_pool(lease: Lease[Any]) -> tuple[Ticket, Pool]:
+    """The ticket and pool behind ``lease``: for a backend that releases a group of leases
+    in one request."""
+    return lease._ticket, lease._pool

@@ -30,7 +30,7 @@ import functools
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 
@@ -38,7 +38,7 @@ from .. import _multi
 from .._acquisition import Acquisition, start_acquisition
 from .._core import RateTicket, Ticket
 from .._errors import BackendUnavailable
-from .._lease import Lease
+from .._lease import Lease, ticket_and_pool
 from .._limiters import RateGrant, is_limiter, limiter_parts
 from .._manager import ResourceManager, parts_of, records_sites
 from .._multi import _FALL_BACK, LeaseGroup, _Outcome, _release_all, _withdraw_rates
@@ -96,7 +96,7 @@ def _parts(  # noqa: PLR0911 - each refusal is its own reason
             meter = limits.meter
             if type(meter) is not RedisMeter or units > limits.largest:
                 return None
-            part_backend = meter._backend
+            part_backend = meter.backend
             limiters.append(((0, 0), index, target, meter, units))
         else:
             return None
@@ -445,15 +445,15 @@ def _send_again(releasing: _Releasing) -> None:
 def _releasing(leases: Sequence[Lease[Any]]) -> _Releasing | None:
     """What a group's release sends (its leases last taken first), or ``None`` to leave it
     to each lease's own release."""
-    first: RedisPool = leases[0]._pool  # type: ignore[assignment]
+    first = cast(RedisPool, ticket_and_pool(leases[0])[1])
     backend = first.backend
     if backend.in_section():
         return None
     parts: list[tuple[RedisPool, Ticket, Any, bool]] = []
     batch = _Batch()
     for lease in reversed(leases):
-        pool: RedisPool = lease._pool
-        ticket = lease._ticket
+        ticket, any_pool = ticket_and_pool(lease)
+        pool = cast(RedisPool, any_pool)
         releasing = pool.group_release(ticket)
         if releasing is None:
             continue

@@ -95,6 +95,10 @@ class RedisMeter:
     describe: Callable[[str], str] = attrs.field(init=False, default=str)
     """The settings' string in the user's terms (``50 per 1 s``), for messages."""
 
+    @property
+    def backend(self) -> RedisBackend:
+        return self._backend
+
     def __attrs_post_init__(self) -> None:
         _live_meters.add(self)
 
