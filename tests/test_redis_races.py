@@ -16,6 +16,7 @@ import redis
 
 import allotment
 from allotment.redis import RedisBackend
+from allotment.testing import ManualClock
 from redis_support import RedisServer
 from support import Worker, wait_until
 
@@ -65,6 +66,59 @@ def test_a_poll_that_overtakes_an_enter_does_not_judge_it(
     assert lease.fencing_token is not None
     assert any(ticket is lease._ticket for _, ticket in redis_backend._held.values())
     lease.release()
+
+
+def test_a_poll_answered_after_a_withdrawal_does_not_judge_it(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's backstop reads a confirmed waiter's id; the waiter's deadline then
+    passes and its withdrawal runs on the server before the backstop's ``status`` (the
+    hooks hold each side in exactly that order, the manual clock says when the deadline
+    passes). The server's "unknown id" is the withdrawal's own doing: the caller gets its
+    ``AcquireTimeout``, not a ``BackendUnavailable`` saying the server dropped it."""
+    clock = ManualClock()
+    pool = allotment.ResourceManager(1, name="withdrawn", backend=redis_backend, clock=clock)
+    holder = pool.acquire(1)
+    polling, withdrawn, judged = threading.Event(), threading.Event(), threading.Event()
+    original = RedisBackend.run_script
+
+    def ordered(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        current = threading.current_thread()
+        if args[0] == "status" and current is poller:
+            polling.set()
+            assert withdrawn.wait(30)  # the withdrawal reaches the server first
+        reply = original(self, script, keys, args, name)
+        if args[0] == "withdraw" and current is waiter:
+            withdrawn.set()
+            assert judged.wait(30)  # its answer is handled after the poll's
+        return reply
+
+    waiter = Worker(lambda: pool.acquire(1, timeout=5), name="waiter")
+    waiter.start()
+    wait_until(lambda: clock.sleepers == 1, "the waiter sleeps on the clock")
+    wait_until(lambda: len(redis_backend._heard) == 1, "the server confirmed the waiter")
+    monkeypatch.setattr(RedisBackend, "run_script", ordered)
+
+    def poll() -> None:
+        try:
+            redis_backend._poll_waiters()  # the keeper's once-a-second check
+        finally:
+            judged.set()
+
+    poller = Worker(poll, name="poller")
+    poller.start()
+    assert polling.wait(30)  # the poll read the waiter's id, and its status is not sent yet
+    clock.advance(6)
+    poller.join(30)
+    assert poller.error is None, poller.error
+    waiter.join(30)
+    assert isinstance(waiter.error, allotment.AcquireTimeout), waiter.error
+    monkeypatch.undo()
+    assert _queued(redis_client, "withdrawn") == 0
+    holder.release()
+    assert _available(redis_client, "withdrawn") == "1"
 
 
 def _acquire_in_a_task(pool: allotment.ResourceManager[int]) -> object:

@@ -22,7 +22,10 @@ Invariants of the tables, between operations:
   queued, each with when this process last heard so: the reply to its ``enter``, then each
   ``status`` that found it queued. Only these are polled, and the ids polled are read before
   the ``status`` is sent, so an answer "unknown id" is about an ``enter`` that had already
-  run: the server really lost it. An ``enter`` in flight is never judged.
+  run: the server really lost it. An ``enter`` in flight is never judged. A waiter leaves
+  ``_heard`` before its withdrawal (its deadline passed) is sent, and the keeper refuses a
+  waiter only if it is still there, in the refusal's own section: a ``status`` answered
+  after a withdrawal ran never turns the caller's timeout into a "dropped" request.
 - A waiter not heard of for ``waiter_ttl`` is one the server has dropped too (nothing else
   renews its record), or cannot be reached about: the keeper refuses it with
   :class:`BackendUnavailable`, so no wait outlives a dead server by more than that.
@@ -415,6 +418,15 @@ class RedisBackend:
         it was settled meanwhile, by a push or a close)."""
         if rid in self._waiting:
             self._heard[rid] = _monotonic()
+
+    def unpoll(self, rid: str) -> None:
+        """Lock held: ``rid``'s withdrawal is about to be sent; the keeper no longer judges
+        it (a push may still grant it)."""
+        self._heard.pop(rid, None)
+
+    def polled(self, rid: str) -> bool:
+        """Lock held: the keeper still judges ``rid`` (confirmed, and not withdrawing)."""
+        return rid in self._heard
 
     def forget(self, rid: str) -> None:
         """Lock held."""

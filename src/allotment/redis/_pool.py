@@ -345,11 +345,21 @@ class RedisPool:
             ),
         )
 
-    def _refuse(self, ticket: Ticket, rid: str, error: BaseException) -> None:
-        """Idempotent: a refusal cut short is completed by the next (the keeper's poll)."""
+    def _refuse(
+        self, ticket: Ticket, rid: str, error: BaseException, *, judged: bool = False
+    ) -> None:
+        """Idempotent: a refusal cut short is completed by the next (the keeper's poll).
+
+        ``judged``: the keeper's verdict on a waiter it polls (dropped by the server, or not
+        heard of for ``waiter_ttl``), applied only if the waiter is still polled: one whose
+        withdrawal was sent meanwhile (its deadline passed) is no longer the keeper's to
+        judge, as the server's "unknown id" may be that very withdrawal's doing. Checked in
+        the same section as the refusal, so a withdrawal cannot slip in between."""
         backend = self._backend
         with backend.section():
             if ticket.state is PENDING:
+                if judged and not backend.polled(rid):
+                    return
                 ticket.error = error
                 ticket.state = REFUSED
             elif ticket.state is not REFUSED:
@@ -395,6 +405,11 @@ class RedisPool:
         record = self._records.get(ticket)
         if record is None or ticket.state is not PENDING:
             return None
+        with self._backend.section():
+            # No longer the keeper's to judge: once the withdrawal runs, the server no longer
+            # knows the id, and a poll answered after it must not call that a drop. A grant
+            # that arrives meanwhile (by push, or in the withdrawal's answer) is still kept.
+            self._backend.unpoll(record.rid)
         return record
 
     def _withdrawn(self, ticket: Ticket, record: _Record, code: int, token: Any) -> bool:
@@ -724,6 +739,7 @@ class RedisPool:
                         f"acquire on {self.name!r}: the request was dropped by the server (its "
                         "process could not renew it in time, or the server lost its data)"
                     ),
+                    judged=True,
                 )
 
     def unreachable(self, ticket: Ticket, rid: str) -> None:
@@ -738,6 +754,7 @@ class RedisPool:
                 f"acquire on {self.name!r}: the Redis server could not be reached for "
                 f"{waiter_ttl:g} s (waiter_ttl) while the request waited"
             ),
+            judged=True,
         )
 
     def renew(self, rids: Sequence[str]) -> None:
