@@ -161,19 +161,31 @@ _CALLS = {
     "take-all": "acquire_all",
     "release-all": "releasing a LeaseGroup",
     "resize": "resize",
-    "snapshot": "reading the figures (statistics, or making the manager)",
+    "snapshot": "statistics",
     "take": "acquire",
     "undo": "giving back a grant",
     "charge": "charge",
-    "peek": "statistics or a forecast",
+    "peek": "statistics",
     "declare": "making the limiter",
 }
-"""What the user called, for each script operation: what errors name."""
+"""What the user called, for each script operation: what errors name. An operation that
+serves several calls (``snapshot``, ``peek``) names its most common one here; the others
+say theirs (:func:`as_call`)."""
 
 
 def user_call(operation: object, name: str) -> str:
     """The user's call behind a script operation, on the manager or limiter ``name``."""
     return f"{_CALLS.get(str(operation), str(operation))} on {name!r}"
+
+
+def as_call(error: BackendUnavailable, operation: str, call: str, name: str) -> BackendUnavailable:
+    """``error`` of a round trip of ``operation`` on ``name``, as the error of the user's
+    ``call`` (``resize``, ``acquire_all``, ...), which that round trip served."""
+    said = user_call(operation, name)
+    message = str(error)
+    if not message.startswith(said):
+        return error
+    return BackendUnavailable(user_call(call, name) + message[len(said) :])
 
 
 @attrs.define(eq=False)
@@ -707,6 +719,8 @@ class RedisBackend:
             on_unavailable,
         )
         meter.describe = describe_gcra
+        if key is not None:
+            meter.forecasting = "retry_after"
         if key is None:
             meter.declare()
             self._load_group_script()

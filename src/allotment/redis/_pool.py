@@ -64,7 +64,7 @@ from .._errors import (
     ReleaseExceedsHeld,
     UnsupportedByBackend,
 )
-from ._backend import RedisBackend, ScriptRefusal, describe_capacity
+from ._backend import RedisBackend, ScriptRefusal, as_call, describe_capacity
 from ._backend import monotonic as backend_now
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class RedisPool:
         )
         self.zero = self.form.zero()
         self._last = (self._declared, self._declared, 0, 0)
-        self._read()  # declares the manager, or refuses a conflicting declaration
+        self._read("making the manager")  # declares it, or refuses a conflicting declaration
 
     # -- round trips -------------------------------------------------------------------------
 
@@ -195,8 +195,13 @@ class RedisPool:
         )
         return Units(counts) if isinstance(self.form, NamedForm) else counts[0]
 
-    def _read(self) -> tuple[Quantity, Quantity, int, int, int]:
-        return self._figures(self._call("snapshot"))
+    def _read(self, call: str) -> tuple[Quantity, Quantity, int, int, int]:
+        """The server's figures, read for the user's ``call`` (what an error names)."""
+        try:
+            reply = self._call("snapshot")
+        except BackendUnavailable as error:
+            raise as_call(error, "snapshot", call, self.name) from error.__cause__
+        return self._figures(reply)
 
     def _figures(self, reply: Any) -> tuple[Quantity, Quantity, int, int, int]:
         capacity, available, version, holders, waiters = reply
@@ -225,7 +230,7 @@ class RedisPool:
     def _refresh(self) -> None:
         """Read the figures again for a message, if the server answers."""
         with contextlib.suppress(BackendUnavailable):
-            self._read()
+            self._read("statistics")
 
     async def _refresh_async(self) -> None:
         with contextlib.suppress(BackendUnavailable):
@@ -917,7 +922,7 @@ class RedisPool:
         if self.closed:
             raise ManagerClosed("the manager is closed")
         for _ in range(100):
-            capacity, _, _, _, version = self._read()
+            capacity, _, _, _, version = self._read("resize")
             target = new_capacity(capacity)
             done, _, _ = self._call("resize", version, _encode(target))
             if done:
@@ -950,7 +955,7 @@ class RedisPool:
         small is read again, as it may have grown."""
         if units <= self._last[0]:
             return True
-        return bool(units <= self._read()[0])
+        return bool(units <= self._read("acquire_all")[0])
 
     def snapshot(self) -> Snapshot:
         try:
@@ -961,7 +966,7 @@ class RedisPool:
     def _snapshot(self) -> Snapshot:
         """The whole manager's capacity and availability; this process's holders and
         waiters (others' threads are not ours to show)."""
-        capacity, available, holding, waiting, _ = self._read()
+        capacity, available, holding, waiting, _ = self._read("statistics")
         backend = self._backend
         with backend.section():
             mine = list(self._records.items())
