@@ -19,6 +19,7 @@ from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
 
+
 @pytest.fixture
 def on_redis(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # No renewal during a sweep (the keeper's renewals take the backend's lock, and a run
