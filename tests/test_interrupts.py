@@ -112,10 +112,16 @@ def test_keyboard_interrupt_in_the_main_thread_leaves_no_trace() -> None:
         wait_for_waiters(pool, 1)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
-    interrupter = start(interrupt_main, name="interrupter")
-    with pytest.raises(KeyboardInterrupt):
-        pool.acquire(1)  # blocks with no timeout until the signal arrives
-    interrupter.outcome()
+    # Python leaves SIGINT alone when it starts ignored, as it does in a shell's background
+    # job (`cmd &`, nohup): the signal would then never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupter = start(interrupt_main, name="interrupter")
+        with pytest.raises(KeyboardInterrupt):
+            pool.acquire(1)  # blocks with no timeout until the signal arrives
+        interrupter.outcome()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     stats = pool.statistics()
     assert stats.waiters == ()
     assert stats.in_use == 1

@@ -98,10 +98,9 @@ def test_acquire_all_async_is_one_round_trip_to_take_and_one_to_release(
                 assert (first.amounts, second.amounts) == (2, 1)  # in the requests' order
                 assert group.rates[0].cost == 1
                 assert len(redis_backend._held) == 2  # the keeper renews both
-                first_token, second_token = first.fencing_token, second.fencing_token
-                assert first_token is not None
-                assert second_token is not None
-                tokens.append((first_token, second_token))
+                assert first.fencing_token is not None
+                assert second.fencing_token is not None
+                tokens.append((first.fencing_token, second.fencing_token))
             assert group.released
         group = await allotment.acquire_all_async([(pool, 2), (other, 1)])
         await group.release_async()
@@ -233,9 +232,7 @@ def test_a_task_cancelled_while_its_take_is_in_flight_leaks_nothing(
         if cut:  # the take was abandoned: the server runs it all the same, later
             await until(lambda: not _backend._on_loops, "what the cancellation sent, done")
             keys, args = sent[0]
-            redis_backend.client.evalsha(
-                redis_backend.group_script.sha, len(keys), *keys, *map(str, args)
-            )
+            redis_backend.client.evalsha(redis_backend.group_script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
         go.set()
         await until(lambda: _available(redis_backend, "g-pool") == 2, "the pool back")
         await until(lambda: not _backend._on_loops, "what it sent, done")
@@ -305,9 +302,7 @@ def test_a_loop_that_ends_with_a_take_in_flight_leaks_nothing(
     run(main)
     assert cut == [True]
     keys, args = sent[0]
-    reply: Any = redis_backend.client.evalsha(
-        redis_backend.group_script.sha, len(keys), *keys, *map(str, args)
-    )
+    reply = redis_backend.client.evalsha(redis_backend.group_script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
     assert int(reply[0]) == 1  # granted to nobody
     assert _available(redis_backend, "g-pool") == 1
     ran.set()
