@@ -68,6 +68,40 @@ def test_a_poll_that_overtakes_an_enter_does_not_judge_it(
     lease.release()
 
 
+def test_a_poll_that_overtakes_a_tasks_enter_does_not_judge_it(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same gap for a task (its ``enter`` on its loop's client): the keeper's backstop
+    runs after the waiter is registered and before its ``enter`` is sent."""
+    from allotment.redis import _backend
+
+    pool = allotment.ResourceManager(1, name="overtaken-task", backend=redis_backend)
+    holder = pool.acquire(1)
+    polled: list[bool] = []
+
+    async def poll_first(args: Sequence[object]) -> None:
+        if args[0] == "enter" and not polled:
+            polled.append(True)
+            await asyncio.to_thread(redis_backend._poll_waiters)  # the keeper's check, here
+
+    monkeypatch.setattr(_backend, "_round_trip_hook", poll_first)
+
+    async def main() -> allotment.Lease[int]:
+        waiting = asyncio.create_task(pool.acquire_async(1, timeout=30))
+        while not redis_backend._heard:
+            await asyncio.sleep(0.001)
+        await asyncio.to_thread(redis_backend._poll_waiters)  # confirmed: still queued
+        await asyncio.to_thread(holder.release)
+        return await waiting
+
+    lease = asyncio.run(main())
+    assert polled
+    assert not lease.released
+    assert lease.fencing_token is not None
+    assert any(ticket is lease._ticket for _, ticket in redis_backend._held.values())
+    lease.release()
+
+
 def test_a_poll_answered_after_a_withdrawal_does_not_judge_it(
     redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,6 +339,35 @@ def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
     assert _available(redis_client, "full") == "1"
     second.release()
     assert _available(redis_client, "full") == "2"
+
+
+def test_a_group_release_whose_reply_was_lost_is_retried_and_applied_once(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-script release of a group (``release-all``) runs, and its answer is lost:
+    nothing raises, the leases read released, and the keeper's retry by id finds them
+    released (nothing is given back twice, nothing is reported lost)."""
+    pool = allotment.ResourceManager(2, name="group-lost", backend=redis_backend, rank=1)
+    other = allotment.ResourceManager(2, name="group-lost-b", backend=redis_backend, rank=2)
+    kept = pool.acquire(1)
+    group = allotment.acquire_all([(pool, 1), (other, 2)])
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(monkeypatch, lambda args: args[0] == "release-all" and not lost, lost)
+    group.release()
+    assert len(lost) == 1
+    assert group.released
+    assert (_available(redis_client, "group-lost"), _available(redis_client, "group-lost-b")) == (
+        "1",
+        "2",
+    )
+    wait_until(lambda: not redis_backend._retries, "the keeper's retries found them released")
+    assert (_available(redis_client, "group-lost"), _available(redis_client, "group-lost-b")) == (
+        "1",
+        "2",
+    )
+    group.release()  # idempotent
+    kept.release()
+    assert _available(redis_client, "group-lost") == "2"
 
 
 def test_one_manager_failing_in_the_keeper_leaves_the_others_served(
