@@ -24,6 +24,7 @@ asserted: the figures are reported, not tested.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.metadata
@@ -258,6 +259,69 @@ def _redis_pool(server: Server, limit: int, per: int) -> Built:
     return Built(enter, pool.close)
 
 
+def _redis_try(server: Server, limit: int, per: int) -> Built:
+    """``pool.try_acquire(1)``, then its release: two round trips (``enter``, ``release``)."""
+    pool = allotment.ResourceManager(
+        LEASE_CAPACITY, name=server.fresh("try"), backend=server.backend
+    )
+
+    def attempt() -> None:
+        lease = pool.try_acquire(1)
+        if lease is None:
+            raise RuntimeError("an uncontended try_acquire was refused")
+        lease.release()
+
+    return Built(attempt, pool.close)
+
+
+def _on_a_loop(body: Callable[[], Any], close: Callable[[], object]) -> Built:
+    """``body()`` (a coroutine) run to its end on one event loop kept for the repeat: each
+    call costs the loop's own scheduling too (``run_until_complete``), not a new loop."""
+    loop = asyncio.new_event_loop()
+
+    def call() -> None:
+        loop.run_until_complete(body())
+
+    def finish() -> None:
+        try:
+            close()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())  # the loop's client closes
+            loop.close()
+
+    return Built(call, finish)
+
+
+def _redis_pool_async(server: Server, limit: int, per: int) -> Built:
+    pool = allotment.ResourceManager(
+        LEASE_CAPACITY, name=server.fresh("pool-async"), backend=server.backend
+    )
+
+    async def enter() -> None:
+        async with pool.acquire_async(1):
+            pass
+
+    return _on_a_loop(enter, pool.close)
+
+
+def _redis_group_async(server: Server, limit: int, per: int) -> Built:
+    """``async with acquire_all_async([(pool, 1), (api, 1)])``: one ``take-all``, one
+    release (a single lease)."""
+    pool = allotment.ResourceManager(
+        LEASE_CAPACITY, name=server.fresh("group-async"), backend=server.backend
+    )
+    api = allotment.RateLimiter(
+        10**9, per=1, name=server.fresh("group-async-api"), backend=server.backend
+    )
+    requests: list[Any] = [(pool, 1), (api, 1)]
+
+    async def enter() -> None:
+        async with allotment.acquire_all_async(requests):
+            pass
+
+    return _on_a_loop(enter, pool.close)
+
+
 def _redis_group(*, limiter: bool) -> Callable[[Server, int, int], Built]:
     """``with acquire_all([(pool, 1), (api or other, 1)]): pass`` on Redis: one script
     takes every part, and one (or the lease's own) releases."""
@@ -325,6 +389,16 @@ LEASES = (
     Subject("allotment `with pool.acquire(1): pass`, in memory", "allotment", _memory_pool),
     Subject("allotment `with pool.acquire(1): pass` on Redis", "allotment", _redis_pool),
     Subject(
+        "allotment `pool.try_acquire(1)`, then `lease.release()`, on Redis (2 round trips)",
+        "allotment",
+        _redis_try,
+    ),
+    Subject(
+        "allotment `async with pool.acquire_async(1): pass` on Redis, on one loop",
+        "allotment",
+        _redis_pool_async,
+    ),
+    Subject(
         "allotment `with acquire_all([(pool, 1), (limiter, 1)]): pass` on Redis (2 round trips)",
         "allotment",
         _redis_group(limiter=True),
@@ -333,6 +407,12 @@ LEASES = (
         "allotment `with acquire_all([(pool, 1), (other, 1)]): pass` on Redis (2 round trips)",
         "allotment",
         _redis_group(limiter=False),
+    ),
+    Subject(
+        "allotment `async with acquire_all_async([(pool, 1), (limiter, 1)]): pass` on Redis "
+        "(2 round trips), on one loop",
+        "allotment",
+        _redis_group_async,
     ),
 )
 SUBJECTS = (*DECISIONS, *LEASES[1:])
@@ -746,7 +826,10 @@ def leases_part(found: dict[str, Latency], settings: Settings) -> list[str]:
         f"One thread; a manager of capacity {LEASE_CAPACITY}, uncontended; microseconds per "
         "`with pool.acquire(1): pass` (on Redis: an `enter` and a `release` script, two round "
         "trips), measured as above and in the same loop, interleaved with the limiters (the "
-        "`PING` row is the same): a fresh manager each repeat.",
+        "`PING` row is the same): a fresh manager each repeat. The async rows run each call "
+        "to its end with `loop.run_until_complete` on one event loop per repeat (its round "
+        "trips on the loop's own `redis.asyncio` client), so they include the loop's "
+        "scheduling; each `acquire_all` row is one `take-all` script and one release.",
         "",
         "| call | p50 µs | p99 µs | p50 ratio to `PING` | server µs |",
         "| --- | ---: | ---: | ---: | ---: |",

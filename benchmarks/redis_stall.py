@@ -154,7 +154,9 @@ def _round_trips(backend: RedisBackend) -> list[tuple[str, int]]:
     pool.acquire(1).release()  # connections made and scripts loaded before counting
     try:
         measure("with pool.acquire(1)", lambda: pool.acquire(1).release())
+        measure("pool.try_acquire(1), then lease.release()", lambda: _try_pair(pool))
         measure("api.acquire()", api.acquire)
+        measure("api.try_acquire()", api.try_acquire)
 
         async def async_pair() -> None:
             async with pool.acquire_async(1):
@@ -176,9 +178,33 @@ def _round_trips(backend: RedisBackend) -> list[tuple[str, int]]:
             rows.append(("with acquire_all([(pool, 1), (other, 1)])", counted[0]))
 
         managers_only()
+        other = allotment.ResourceManager(3, name="trips:other", backend=backend, rank=5)
+
+        def three_parts() -> None:
+            with allotment.acquire_all([(pool, 1), (other, 1), (api, 1)]):
+                pass
+
+        measure("with acquire_all([(pool, 1), (other, 1), (api, 1)])", three_parts)
+        for requests, label in (
+            ([(pool, 1), (api, 1)], "async with acquire_all_async([(pool, 1), (api, 1)])"),
+            ([(pool, 1), (other, 1)], "async with acquire_all_async([(pool, 1), (other, 1)])"),
+        ):
+
+            async def group_async(requests: Any = requests) -> None:
+                async with allotment.acquire_all_async(requests):
+                    pass
+
+            measure(label, lambda: asyncio.run(in_task(group_async)))
     finally:
         restore()
     return rows
+
+
+def _try_pair(pool: allotment.ResourceManager[int]) -> None:
+    lease = pool.try_acquire(1)
+    if lease is None:
+        raise RuntimeError("an uncontended try_acquire was refused")
+    lease.release()
 
 
 def main(argv: Sequence[str]) -> None:

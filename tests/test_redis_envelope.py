@@ -5,7 +5,6 @@ tables consistent), even when it lands between a round trip and the handling of 
 
 from __future__ import annotations
 
-import sysconfig
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,14 +18,6 @@ from support import GENEROUS, assert_idle, wait_until
 from test_envelope import CASES, Case, run_sweep
 
 _ON_REDIS = [case for case in CASES if not case.id.startswith(("claim", "semaphore", "bounded"))]
-
-_FREE_THREADED = pytest.mark.skipif(
-    bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
-    reason=(
-        "on free-threaded 3.13.15, 4 of the 18 cases' runs take other paths through the Redis "
-        "backend's frames after the in-memory sweeps ran in the process: not investigated yet"
-    ),
-)
 
 
 @pytest.fixture
@@ -62,7 +53,6 @@ def on_redis(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iter
     backend.close()
 
 
-@_FREE_THREADED
 @pytest.mark.timeout(8 * GENEROUS)
 @pytest.mark.parametrize("case", _ON_REDIS, ids=[case.id for case in _ON_REDIS])
 @pytest.mark.usefixtures("on_redis")

@@ -9,6 +9,7 @@ import gc
 
 import pytest
 import redis
+import redis.asyncio
 
 import allotment
 from aio_support import run, until
@@ -17,11 +18,20 @@ from redis_support import RedisServer
 
 
 @pytest.mark.timeout(120)
-def test_a_stalled_server_stalls_only_the_tasks_waiting_for_it(server: RedisServer) -> None:
+@pytest.mark.parametrize("passed", ["redis.Redis", "redis.asyncio.Redis"])
+def test_a_stalled_server_stalls_only_the_tasks_waiting_for_it(
+    server: RedisServer, passed: str
+) -> None:
     """While the server is stopped (SIGSTOP), an ``acquire_async``, the exit of an
     ``async with`` and a limiter's ``acquire_async`` each wait for it, and a heartbeat task
-    on the same loop goes on beating; once the server runs again, they all complete."""
-    backend = RedisBackend(server.client(), lease_ttl=90, timeout=30)
+    on the same loop goes on beating; once the server runs again, they all complete.
+    Whichever client the user passed: the backend's loop client is its own."""
+    given: redis.Redis | redis.asyncio.Redis = (
+        server.client()
+        if passed == "redis.Redis"
+        else redis.asyncio.Redis(unix_socket_path=server.path)
+    )
+    backend = RedisBackend(given, lease_ttl=90, timeout=30)
     try:
         pool = allotment.ResourceManager(3, name="stalled", backend=backend)
         api = allotment.RateLimiter(1000, per=1, name="stalled", backend=backend)

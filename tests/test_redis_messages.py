@@ -3,7 +3,10 @@ each side declared ("capacity 3", "50 per 1 s"), and an unreachable server names
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -66,21 +69,53 @@ def test_a_window_conflict_says_the_limits(redis_backend: RedisBackend) -> None:
     assert "exists in Redis as 50 per 1 s; this process declared 10 per 2 s" in str(raised.value)
 
 
-def test_an_unreachable_server_names_the_users_call(server: RedisServer) -> None:
+def test_an_unreachable_server_names_the_users_call(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each call's ``BackendUnavailable`` starts with that call, in the user's terms, never
+    with the round trip's script operation (``snapshot``, ``peek``) or its arguments."""
+    from allotment.http import Policy
+
     backend = RedisBackend(server.client(), timeout=0.5)
     try:
-        pool = allotment.ResourceManager(3, name="cap", backend=backend)
+        pool = allotment.ResourceManager(3, name="cap", backend=backend, rank=1)
+        other = allotment.ResourceManager(3, name="other", backend=backend, rank=2)
         api = allotment.RateLimiter(50, per=1, name="api", backend=backend)
+        users = allotment.KeyedRateLimiter(10, per=1, name="per-user", backend=backend)
+        local = allotment.ResourceManager(1)
         lease = pool.acquire(2)
         server.kill()
-        with pytest.raises(allotment.BackendUnavailable, match=r"^acquire on 'cap': "):
-            pool.acquire(1)
-        with pytest.raises(allotment.BackendUnavailable, match=r"^release on 'cap': "):
-            lease.release(1)
-        with pytest.raises(allotment.BackendUnavailable, match=r"^acquire on 'api': "):
-            api.try_acquire()
-        with pytest.raises(allotment.BackendUnavailable, match=r"^resize on 'cap': |^reading"):
-            pool.resize(4)
+        calls: list[tuple[str, Callable[[], object]]] = [
+            ("acquire on 'cap'", lambda: pool.acquire(1)),
+            ("acquire on 'cap'", lambda: asyncio.run(pool.acquire_async(1))),
+            ("release on 'cap'", lambda: lease.release(1)),
+            ("acquire on 'api'", api.try_acquire),
+            ("resize on 'cap'", lambda: pool.resize(4)),
+            ("statistics on 'cap'", pool.statistics),
+            ("statistics on 'api'", api.statistics),
+            ("acquire_all on 'cap'", lambda: allotment.acquire_all([(pool, 1), (other, 1)])),
+            ("acquire_all on 'api'", lambda: allotment.acquire_all([(local, 1), (api, 1)])),
+            ("retry_after on 'per-user'", lambda: users.retry_after("alice")),
+            (
+                "making the manager on 'new'",
+                lambda: allotment.ResourceManager(1, name="new", backend=backend),
+            ),
+            (
+                "making the limiter on 'new'",
+                lambda: allotment.RateLimiter(1, per=1, name="new", backend=backend),
+            ),
+        ]
+        for call, run in calls:
+            with pytest.raises(allotment.BackendUnavailable) as raised:
+                run()
+            assert str(raised.value).startswith(f"{call}: "), (call, str(raised.value))
+        with caplog.at_level(logging.WARNING, logger="allotment.http"):
+            Policy(api).pause(5)  # logged, never raised: the policy's own pause holds
+        assert any(
+            "pause on 'api': the Redis server did not answer" in str(record.exc_info[1])
+            for record in caplog.records
+            if record.exc_info
+        ), caplog.records
         lease.release()  # a full release never raises: the keeper would retry it
     finally:
         backend.close()

@@ -16,6 +16,7 @@ import redis
 
 import allotment
 from allotment.redis import RedisBackend
+from allotment.testing import ManualClock
 from redis_support import RedisServer
 from support import Worker, wait_until
 
@@ -67,11 +68,144 @@ def test_a_poll_that_overtakes_an_enter_does_not_judge_it(
     lease.release()
 
 
+def test_a_poll_that_overtakes_a_tasks_enter_does_not_judge_it(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same gap for a task (its ``enter`` on its loop's client): the keeper's backstop
+    runs after the waiter is registered and before its ``enter`` is sent."""
+    from allotment.redis import _backend
+
+    pool = allotment.ResourceManager(1, name="overtaken-task", backend=redis_backend)
+    holder = pool.acquire(1)
+    polled: list[bool] = []
+
+    async def poll_first(args: Sequence[object]) -> None:
+        if args[0] == "enter" and not polled:
+            polled.append(True)
+            await asyncio.to_thread(redis_backend._poll_waiters)  # the keeper's check, here
+
+    monkeypatch.setattr(_backend, "_round_trip_hook", poll_first)
+
+    async def main() -> allotment.Lease[int]:
+        waiting = asyncio.create_task(pool.acquire_async(1, timeout=30))
+        while not redis_backend._heard:
+            await asyncio.sleep(0.001)
+        await asyncio.to_thread(redis_backend._poll_waiters)  # confirmed: still queued
+        await asyncio.to_thread(holder.release)
+        return await waiting
+
+    lease = asyncio.run(main())
+    assert polled
+    assert not lease.released
+    assert lease.fencing_token is not None
+    assert any(ticket is lease._ticket for _, ticket in redis_backend._held.values())
+    lease.release()
+
+
+def test_a_poll_answered_after_a_withdrawal_does_not_judge_it(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper's backstop reads a confirmed waiter's id; the waiter's deadline then
+    passes and its withdrawal runs on the server before the backstop's ``status`` (the
+    hooks hold each side in exactly that order, the manual clock says when the deadline
+    passes). The server's "unknown id" is the withdrawal's own doing: the caller gets its
+    ``AcquireTimeout``, not a ``BackendUnavailable`` saying the server dropped it."""
+    clock = ManualClock()
+    pool = allotment.ResourceManager(1, name="withdrawn", backend=redis_backend, clock=clock)
+    holder = pool.acquire(1)
+    polling, withdrawn, judged = threading.Event(), threading.Event(), threading.Event()
+    original = RedisBackend.run_script
+
+    def ordered(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        current = threading.current_thread()
+        if args[0] == "status" and current is poller:
+            polling.set()
+            assert withdrawn.wait(30)  # the withdrawal reaches the server first
+        reply = original(self, script, keys, args, name)
+        if args[0] == "withdraw" and current is waiter:
+            withdrawn.set()
+            assert judged.wait(30)  # its answer is handled after the poll's
+        return reply
+
+    waiter = Worker(lambda: pool.acquire(1, timeout=5), name="waiter")
+    waiter.start()
+    wait_until(lambda: clock.sleepers == 1, "the waiter sleeps on the clock")
+    wait_until(lambda: len(redis_backend._heard) == 1, "the server confirmed the waiter")
+    monkeypatch.setattr(RedisBackend, "run_script", ordered)
+
+    def poll() -> None:
+        try:
+            redis_backend._poll_waiters()  # the keeper's once-a-second check
+        finally:
+            judged.set()
+
+    poller = Worker(poll, name="poller")
+    poller.start()
+    assert polling.wait(30)  # the poll read the waiter's id, and its status is not sent yet
+    clock.advance(6)
+    poller.join(30)
+    assert poller.error is None, poller.error
+    waiter.join(30)
+    assert isinstance(waiter.error, allotment.AcquireTimeout), waiter.error
+    monkeypatch.undo()
+    assert _queued(redis_client, "withdrawn") == 0
+    holder.release()
+    assert _available(redis_client, "withdrawn") == "1"
+
+
 def _acquire_in_a_task(pool: allotment.ResourceManager[int]) -> object:
     async def main() -> object:
         return await pool.acquire_async(1)
 
     return asyncio.run(main())
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_server_fails_queued_waiters_then_recovers(server: RedisServer) -> None:
+    """As below, with the server stopped (SIGSTOP: it accepts connections and never answers)
+    instead of killed: the keeper's checks time out, the waiters (a thread, a task, one with
+    a long timeout) end with ``BackendUnavailable`` within the bound; once it runs again,
+    with its data, the holder's release and new grants work, with rising tokens."""
+    waiter_ttl, timeout = 3.0, 0.5
+    backend = RedisBackend(server.client(), lease_ttl=30, waiter_ttl=waiter_ttl, timeout=timeout)
+    client = server.client()
+    try:
+        pool = allotment.ResourceManager(1, name="stops", backend=backend)
+        holder = pool.acquire(1)
+        before = holder.fencing_token
+        assert before is not None
+        waiters = [
+            Worker(lambda: pool.acquire(1), name="thread-waiter"),
+            Worker(lambda: _acquire_in_a_task(pool), name="task-waiter"),
+            Worker(lambda: pool.acquire(1, timeout=60), name="timed-waiter"),
+        ]
+        for waiter in waiters:
+            waiter.start()
+        wait_until(lambda: _queued(client, "stops") == 3, "three waiters are queued")
+        server.pause()
+        stopped = time.monotonic()
+        for waiter in waiters:
+            waiter.join(60)
+            assert not waiter.is_alive(), f"{waiter.name} still waits on a stopped server"
+        took = time.monotonic() - stopped
+        for waiter in waiters:
+            assert isinstance(waiter.error, allotment.BackendUnavailable), waiter.error
+            assert "'stops'" in str(waiter.error)
+        assert took < waiter_ttl + 2 * timeout + 2 + 10  # the documented bound, generously
+        server.resume()
+        holder.release()
+        wait_until(lambda: _queued(client, "stops") == 0, "the waiters' withdrawals arrived")
+        with pool.acquire(1, timeout=30) as lease:
+            after = lease.fencing_token
+        assert after is not None
+        assert after > before
+        assert _available(client, "stops") == "1"  # nothing left held or queued
+    finally:
+        server.resume()
+        backend.close()
+        client.close()
 
 
 @pytest.mark.timeout(120)
@@ -205,6 +339,35 @@ def test_a_full_release_whose_reply_was_lost_is_not_repeated_or_reported_lost(
     assert _available(redis_client, "full") == "1"
     second.release()
     assert _available(redis_client, "full") == "2"
+
+
+def test_a_group_release_whose_reply_was_lost_is_retried_and_applied_once(
+    redis_backend: RedisBackend, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-script release of a group (``release-all``) runs, and its answer is lost:
+    nothing raises, the leases read released, and the keeper's retry by id finds them
+    released (nothing is given back twice, nothing is reported lost)."""
+    pool = allotment.ResourceManager(2, name="group-lost", backend=redis_backend, rank=1)
+    other = allotment.ResourceManager(2, name="group-lost-b", backend=redis_backend, rank=2)
+    kept = pool.acquire(1)
+    group = allotment.acquire_all([(pool, 1), (other, 2)])
+    lost: list[tuple[object, ...]] = []
+    _losing_replies(monkeypatch, lambda args: args[0] == "release-all" and not lost, lost)
+    group.release()
+    assert len(lost) == 1
+    assert group.released
+    assert (_available(redis_client, "group-lost"), _available(redis_client, "group-lost-b")) == (
+        "1",
+        "2",
+    )
+    wait_until(lambda: not redis_backend._retries, "the keeper's retries found them released")
+    assert (_available(redis_client, "group-lost"), _available(redis_client, "group-lost-b")) == (
+        "1",
+        "2",
+    )
+    group.release()  # idempotent
+    kept.release()
+    assert _available(redis_client, "group-lost") == "2"
 
 
 def test_one_manager_failing_in_the_keeper_leaves_the_others_served(

@@ -67,3 +67,31 @@ def test_a_capacity_shrunk_elsewhere_is_refused_all_or_nothing(
     finally:
         here.close()
         there.close()
+
+
+def test_parts_on_different_backends_take_the_general_path_all_or_nothing(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Managers on two backends (as two processes), one in memory and a limiter: no group
+    script; each part alone, in rank order; a part that times out gives back the others."""
+    here, there = RedisBackend(redis_client), RedisBackend(redis_client)
+    try:
+        first = allotment.ResourceManager(2, name="mixed-a", backend=here, rank=1)
+        second = allotment.ResourceManager(2, name="mixed-b", backend=there, rank=2)
+        local = allotment.ResourceManager(2, rank=3)
+        api = allotment.RateLimiter(1000, per=1, name="mixed-api", backend=here)
+        ran = _counting(monkeypatch)
+        with allotment.acquire_all([(first, 1), (second, 1), (local, 1), (api, 1)]) as group:
+            assert [lease.amounts for lease in group] == [1, 1, 1]
+        assert "take-all" not in ran
+        assert ran.count("enter") == 2  # each Redis manager alone
+        holder = second.acquire(2)
+        with pytest.raises(allotment.AcquireTimeout):
+            allotment.acquire_all([(first, 1), (second, 1), (local, 1)], timeout=0.2)
+        assert first.statistics().available == 2
+        assert local.statistics().available == 2
+        holder.release()
+        assert second.statistics().available == 2
+    finally:
+        here.close()
+        there.close()

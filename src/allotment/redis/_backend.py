@@ -22,7 +22,10 @@ Invariants of the tables, between operations:
   queued, each with when this process last heard so: the reply to its ``enter``, then each
   ``status`` that found it queued. Only these are polled, and the ids polled are read before
   the ``status`` is sent, so an answer "unknown id" is about an ``enter`` that had already
-  run: the server really lost it. An ``enter`` in flight is never judged.
+  run: the server really lost it. An ``enter`` in flight is never judged. A waiter leaves
+  ``_heard`` before its withdrawal (its deadline passed) is sent, and the keeper refuses a
+  waiter only if it is still there, in the refusal's own section: a ``status`` answered
+  after a withdrawal ran never turns the caller's timeout into a "dropped" request.
 - A waiter not heard of for ``waiter_ttl`` is one the server has dropped too (nothing else
   renews its record), or cannot be reached about: the keeper refuses it with
   :class:`BackendUnavailable`, so no wait outlives a dead server by more than that.
@@ -158,19 +161,31 @@ _CALLS = {
     "take-all": "acquire_all",
     "release-all": "releasing a LeaseGroup",
     "resize": "resize",
-    "snapshot": "reading the figures (statistics, or making the manager)",
+    "snapshot": "statistics",
     "take": "acquire",
     "undo": "giving back a grant",
     "charge": "charge",
-    "peek": "statistics or a forecast",
+    "peek": "statistics",
     "declare": "making the limiter",
 }
-"""What the user called, for each script operation: what errors name."""
+"""What the user called, for each script operation: what errors name. An operation that
+serves several calls (``snapshot``, ``peek``) names its most common one here; the others
+say theirs (:func:`as_call`)."""
 
 
 def user_call(operation: object, name: str) -> str:
     """The user's call behind a script operation, on the manager or limiter ``name``."""
     return f"{_CALLS.get(str(operation), str(operation))} on {name!r}"
+
+
+def as_call(error: BackendUnavailable, operation: str, call: str, name: str) -> BackendUnavailable:
+    """``error`` of a round trip of ``operation`` on ``name``, as the error of the user's
+    ``call`` (``resize``, ``acquire_all``, ...), which that round trip served."""
+    said = user_call(operation, name)
+    message = str(error)
+    if not message.startswith(said):
+        return error
+    return BackendUnavailable(user_call(call, name) + message[len(said) :])
 
 
 @attrs.define(eq=False)
@@ -415,6 +430,15 @@ class RedisBackend:
         it was settled meanwhile, by a push or a close)."""
         if rid in self._waiting:
             self._heard[rid] = _monotonic()
+
+    def unpoll(self, rid: str) -> None:
+        """Lock held: ``rid``'s withdrawal is about to be sent; the keeper no longer judges
+        it (a push may still grant it)."""
+        self._heard.pop(rid, None)
+
+    def polled(self, rid: str) -> bool:
+        """Lock held: the keeper still judges ``rid`` (confirmed, and not withdrawing)."""
+        return rid in self._heard
 
     def forget(self, rid: str) -> None:
         """Lock held."""
@@ -695,6 +719,8 @@ class RedisBackend:
             on_unavailable,
         )
         meter.describe = describe_gcra
+        if key is not None:
+            meter.forecasting = "retry_after"
         if key is None:
             meter.declare()
             self._load_group_script()

@@ -53,7 +53,7 @@ from .._core import (
 )
 from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from . import _scripts
-from ._backend import RedisBackend
+from ._backend import RedisBackend, as_call
 
 __all__ = ["RedisMeter", "RuleLimits"]
 
@@ -94,6 +94,9 @@ class RedisMeter:
     _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
     describe: Callable[[str], str] = attrs.field(init=False, default=str)
     """The settings' string in the user's terms (``50 per 1 s``), for messages."""
+    forecasting: str = attrs.field(init=False, default="acquire_all")
+    """The user's call that asks this meter for a forecast, for messages (a key of a keyed
+    limiter is asked by ``retry_after``)."""
 
     @property
     def backend(self) -> RedisBackend:
@@ -302,20 +305,20 @@ class RedisMeter:
         allows everything while the server is unreachable)."""
         try:
             wait_us, _ = self._call("peek", cost)
-        except BackendUnavailable:
+        except BackendUnavailable as error:
             if self._policy == "allow":
                 return self._now_ns()
-            raise
+            raise as_call(error, "peek", self.forecasting, self.name) from error.__cause__
         return self._now_ns() + int(wait_us) * 1000
 
     async def forecast_async(self, cost: int) -> int:
         """:meth:`forecast` for a task: the round trip on its loop's own client."""
         try:
             wait_us, _ = await self._call_async("peek", cost)
-        except BackendUnavailable:
+        except BackendUnavailable as error:
             if self._policy == "allow":
                 return self._now_ns()
-            raise
+            raise as_call(error, "peek", self.forecasting, self.name) from error.__cause__
         return self._now_ns() + int(wait_us) * 1000
 
     def count_refusal(self) -> None:
@@ -476,12 +479,19 @@ class RedisMeter:
     def _pause(self, delay_us: int) -> None:
         backend = self._backend
         script = backend.client.register_script(_scripts.PAUSE)
-        backend.run_script(script, self._keys, (*self._settings, delay_us), self.name)
+        try:
+            backend.run_script(script, self._keys, (*self._settings, delay_us), self.name)
+        except BackendUnavailable as error:
+            # The pause script's first argument is the settings: name the user's call.
+            raise as_call(error, str(self._settings[0]), "pause", self.name) from error.__cause__
 
     async def _pause_async(self, delay_us: int) -> None:
-        await self._backend.run_script_async(
-            "pause", self._keys, (*self._settings, delay_us), self.name
-        )
+        try:
+            await self._backend.run_script_async(
+                "pause", self._keys, (*self._settings, delay_us), self.name
+            )
+        except BackendUnavailable as error:
+            raise as_call(error, str(self._settings[0]), "pause", self.name) from error.__cause__
 
     def snapshot(self) -> MeterSnapshot:
         now = self._now_ns()

@@ -64,7 +64,7 @@ from .._errors import (
     ReleaseExceedsHeld,
     UnsupportedByBackend,
 )
-from ._backend import RedisBackend, ScriptRefusal, describe_capacity
+from ._backend import RedisBackend, ScriptRefusal, as_call, describe_capacity
 from ._backend import monotonic as backend_now
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class RedisPool:
         )
         self.zero = self.form.zero()
         self._last = (self._declared, self._declared, 0, 0)
-        self._read()  # declares the manager, or refuses a conflicting declaration
+        self._read("making the manager")  # declares it, or refuses a conflicting declaration
 
     # -- round trips -------------------------------------------------------------------------
 
@@ -195,8 +195,13 @@ class RedisPool:
         )
         return Units(counts) if isinstance(self.form, NamedForm) else counts[0]
 
-    def _read(self) -> tuple[Quantity, Quantity, int, int, int]:
-        return self._figures(self._call("snapshot"))
+    def _read(self, call: str) -> tuple[Quantity, Quantity, int, int, int]:
+        """The server's figures, read for the user's ``call`` (what an error names)."""
+        try:
+            reply = self._call("snapshot")
+        except BackendUnavailable as error:
+            raise as_call(error, "snapshot", call, self.name) from error.__cause__
+        return self._figures(reply)
 
     def _figures(self, reply: Any) -> tuple[Quantity, Quantity, int, int, int]:
         capacity, available, version, holders, waiters = reply
@@ -225,7 +230,7 @@ class RedisPool:
     def _refresh(self) -> None:
         """Read the figures again for a message, if the server answers."""
         with contextlib.suppress(BackendUnavailable):
-            self._read()
+            self._read("statistics")
 
     async def _refresh_async(self) -> None:
         with contextlib.suppress(BackendUnavailable):
@@ -345,11 +350,21 @@ class RedisPool:
             ),
         )
 
-    def _refuse(self, ticket: Ticket, rid: str, error: BaseException) -> None:
-        """Idempotent: a refusal cut short is completed by the next (the keeper's poll)."""
+    def _refuse(
+        self, ticket: Ticket, rid: str, error: BaseException, *, judged: bool = False
+    ) -> None:
+        """Idempotent: a refusal cut short is completed by the next (the keeper's poll).
+
+        ``judged``: the keeper's verdict on a waiter it polls (dropped by the server, or not
+        heard of for ``waiter_ttl``), applied only if the waiter is still polled: one whose
+        withdrawal was sent meanwhile (its deadline passed) is no longer the keeper's to
+        judge, as the server's "unknown id" may be that very withdrawal's doing. Checked in
+        the same section as the refusal, so a withdrawal cannot slip in between."""
         backend = self._backend
         with backend.section():
             if ticket.state is PENDING:
+                if judged and not backend.polled(rid):
+                    return
                 ticket.error = error
                 ticket.state = REFUSED
             elif ticket.state is not REFUSED:
@@ -395,6 +410,11 @@ class RedisPool:
         record = self._records.get(ticket)
         if record is None or ticket.state is not PENDING:
             return None
+        with self._backend.section():
+            # No longer the keeper's to judge: once the withdrawal runs, the server no longer
+            # knows the id, and a poll answered after it must not call that a drop. A grant
+            # that arrives meanwhile (by push, or in the withdrawal's answer) is still kept.
+            self._backend.unpoll(record.rid)
         return record
 
     def _withdrawn(self, ticket: Ticket, record: _Record, code: int, token: Any) -> bool:
@@ -724,6 +744,7 @@ class RedisPool:
                         f"acquire on {self.name!r}: the request was dropped by the server (its "
                         "process could not renew it in time, or the server lost its data)"
                     ),
+                    judged=True,
                 )
 
     def unreachable(self, ticket: Ticket, rid: str) -> None:
@@ -738,6 +759,7 @@ class RedisPool:
                 f"acquire on {self.name!r}: the Redis server could not be reached for "
                 f"{waiter_ttl:g} s (waiter_ttl) while the request waited"
             ),
+            judged=True,
         )
 
     def renew(self, rids: Sequence[str]) -> None:
@@ -900,7 +922,7 @@ class RedisPool:
         if self.closed:
             raise ManagerClosed("the manager is closed")
         for _ in range(100):
-            capacity, _, _, _, version = self._read()
+            capacity, _, _, _, version = self._read("resize")
             target = new_capacity(capacity)
             done, _, _ = self._call("resize", version, _encode(target))
             if done:
@@ -933,7 +955,7 @@ class RedisPool:
         small is read again, as it may have grown."""
         if units <= self._last[0]:
             return True
-        return bool(units <= self._read()[0])
+        return bool(units <= self._read("acquire_all")[0])
 
     def snapshot(self) -> Snapshot:
         try:
@@ -944,7 +966,7 @@ class RedisPool:
     def _snapshot(self) -> Snapshot:
         """The whole manager's capacity and availability; this process's holders and
         waiters (others' threads are not ours to show)."""
-        capacity, available, holding, waiting, _ = self._read()
+        capacity, available, holding, waiting, _ = self._read("statistics")
         backend = self._backend
         with backend.section():
             mine = list(self._records.items())
