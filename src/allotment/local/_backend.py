@@ -16,7 +16,6 @@ import contextlib
 import fractions
 import math
 import os
-import threading
 import weakref
 from typing import Any
 
@@ -24,7 +23,7 @@ import attrs
 
 from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK, Clock
-from .._core import Form, NamedForm, Pool, Quantity, RateMeter
+from .._core import Form, NamedForm, Pool, Quantity, RateMeter, SectionLock, new_section_lock
 from .._errors import BackendUnavailable, UnsupportedByBackend
 from . import _directory
 from ._bell import Bell
@@ -62,7 +61,7 @@ class LocalBackend:
 
     path: str
     _directory: Directory
-    _lock: threading.Lock
+    _lock: SectionLock
     _files: dict[str, StateFile]
     _meter_files: dict[str, MeterFile]
     _identity: Identity | None
@@ -77,7 +76,7 @@ class LocalBackend:
         self.path = os.fspath(path)
         self._directory = Directory(self.path, mode)
         self._directory.reset_if_rebooted(_directory.boot_id())
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         self._files = {}
         self._meter_files = {}
         self._identity = None
@@ -248,7 +247,7 @@ class LocalBackend:
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its
         state files and takes an identity of its own when it first needs one."""
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         if self._identity is not None:
             self._identity.forget_in_child()
             self._identity = None

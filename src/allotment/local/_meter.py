@@ -37,11 +37,13 @@ from .._core import (
     Entry,
     MeterSnapshot,
     RateTicket,
+    SectionLock,
     Waiter,
     WaitingView,
+    new_section_lock,
     task_of,
 )
-from .._errors import BackendConflict
+from .._errors import BackendConflict, ReentrantCall
 from ._directory import Directory
 from ._layout import (
     CorruptState,
@@ -51,7 +53,7 @@ from ._layout import (
     words_header,
     write_words,
 )
-from ._state_file import _corrupt, _here
+from ._state_file import _corrupt, _here, _reentered
 
 __all__ = ["GCRA", "WINDOW", "LocalMeter", "MeterFile", "RuleLimits"]
 
@@ -85,7 +87,7 @@ class MeterFile:
     fd: int
     _map: mmap.mmap
     view: memoryview
-    mutex: threading.Lock = attrs.field(factory=threading.Lock)
+    mutex: SectionLock = attrs.field(factory=new_section_lock)
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, kind: int, words: int) -> MeterFile:
@@ -116,6 +118,9 @@ class MeterFile:
         return cls(name, path, kind, words, fd, mapped, view)
 
     def section(self, change: Callable[[list[int] | None], tuple[_R, list[int] | None]]) -> _R:
+        """As a manager's (``StateFile.section``): re-entry on this thread is refused."""
+        if _here.depth:
+            raise _reentered(self.name.replace("\x00", " "))
         with self.mutex:
             _here.depth += 1
             try:
@@ -134,7 +139,7 @@ class MeterFile:
                 _here.depth -= 1
 
     def reopen_in_child(self, directory: Directory) -> None:
-        self.mutex = threading.Lock()
+        self.mutex = new_section_lock()
         old = self.fd
         fresh = MeterFile.open(directory, self.path, self.name, self.kind, self.words)
         self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
@@ -280,7 +285,18 @@ class LocalMeter:
     refused: int = attrs.field(init=False, default=0)
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
+
+    def _section(self) -> SectionLock:
+        """The local queue's and counters' lock; ``ReentrantCall`` on a thread already
+        inside it (a signal handler or finalizer that interrupted it), as on Redis."""
+        lock = self._lock
+        if lock._is_owned():
+            raise ReentrantCall(
+                f"cannot use the limiter {self.name!r} from inside its own bookkeeping on "
+                "this thread (a finalizer or signal handler ran there)"
+            )
+        return lock
 
     def _call(self, op: str, *args: int) -> tuple[int, ...]:
         rule, settings = self._decide, self._settings
@@ -298,7 +314,7 @@ class LocalMeter:
         self._call("declare")
 
     def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         me = threading.current_thread()
         for ticket in list(self.queue):
             if ticket.thread is not me:
@@ -306,7 +322,7 @@ class LocalMeter:
                 del self.queue[ticket]
 
     def _count(self, cost: int) -> None:
-        with self._lock:
+        with self._section():
             self.allowed += 1
             self.allowed_units += cost
 
@@ -317,7 +333,7 @@ class LocalMeter:
             self._count(cost)
             return True
         if count_refusal:
-            with self._lock:
+            with self._section():
                 self.refused += 1
         return False
 
@@ -336,14 +352,14 @@ class LocalMeter:
         due = _now_ns() + wait_ns
         ticket.due = due
         if code == -1:
-            with self._lock:
+            with self._section():
                 self.refused += 1
             return "refused"
         made = None if sleeper is None else sleeper()
         ticket.sleeper = made
         if made is None:
             ticket.promised = due
-        with self._lock:
+        with self._section():
             self.queue[ticket] = None
             self.waited += 1
         return "queued"
@@ -353,7 +369,7 @@ class LocalMeter:
         return _now_ns() + wait_ns
 
     def count_refusal(self) -> None:
-        with self._lock:
+        with self._section():
             self.refused += 1
 
     def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
@@ -369,7 +385,7 @@ class LocalMeter:
         return ticket.due
 
     def _grant(self, ticket: RateTicket) -> None:
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return
             self.queue.pop(ticket, None)
@@ -389,7 +405,7 @@ class LocalMeter:
     def release(self, ticket: RateTicket) -> bool:
         """Interrupted: undo the reservation or grant, exactly if nothing was recorded after
         it. ``True`` if this gave something back."""
-        with self._lock:
+        with self._section():
             state = ticket.state
             if state is not PENDING and state is not GRANTED:
                 return False
@@ -412,7 +428,7 @@ class LocalMeter:
         """A reservation given back before its time: ``True`` if refunded exactly."""
         if ticket.state is not PENDING or ticket.promised <= _now_ns():
             return False
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return False
             ticket.state = FINISHED
@@ -422,7 +438,7 @@ class LocalMeter:
     def charge(self, cost: int) -> None:
         """Spend ``cost`` now, allowed or not."""
         self._call("charge", cost)
-        with self._lock:
+        with self._section():
             self.charged += cost
 
     def retire_if_idle(self) -> bool:
@@ -434,14 +450,14 @@ class LocalMeter:
         if until <= _now_ns():
             return
         self._call("pause", until)
-        with self._lock:
+        with self._section():
             for ticket in self.queue:
                 ticket.due = max(ticket.due, until)
 
     def snapshot(self) -> MeterSnapshot:
         now = _now_ns()
         wait_ns, free = self._call("peek", 1)
-        with self._lock:
+        with self._section():
             waiting = tuple(
                 WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
                 for t in self.queue
