@@ -3,6 +3,7 @@ it refuses, and two backends standing for two processes."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import logging
 import os
@@ -346,5 +347,48 @@ def test_the_record_limit_is_refused_precisely_before_anything_changes(tmp_path:
         assert pool.statistics().available == 2000
         with pool.acquire(1):
             pass
+    finally:
+        backend.close()
+
+
+def test_a_call_from_inside_a_section_is_refused_and_the_flock_stays_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler or finalizer that lands inside a section and calls the backend again:
+    refused (``ReentrantCall``), never run under the same ``flock`` (an ``flock`` belongs to
+    the open file, so a nested section would take it again and unlock it under the first)."""
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="outer", backend=backend)
+        limiter = allotment.RateLimiter(10, per=1, name="inner", backend=backend)
+        path = _manager_file(backend, "outer")
+        seen: list[str] = []
+        original = _state_file.write_state  # type: ignore[attr-defined]
+
+        def write_then_reenter(*args: Any) -> None:
+            original(*args)
+            monkeypatch.undo()  # once
+            for call in (lambda: pool.resize(3), limiter.try_acquire, lambda: pool.try_acquire(1)):
+                try:
+                    call()
+                    seen.append("ran")
+                except allotment.ReentrantCall:
+                    seen.append("refused")
+            other = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("the flock was lost")
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(other)
+
+        monkeypatch.setattr(_state_file, "write_state", write_then_reenter)
+        pool.acquire(1).release()
+        assert seen == ["refused", "refused", "refused", "held"]
+        stats = pool.statistics()
+        assert stats.capacity == 2
+        assert stats.available == 2
+        assert limiter.try_acquire()
     finally:
         backend.close()
