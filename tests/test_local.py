@@ -392,3 +392,70 @@ def test_a_call_from_inside_a_section_is_refused_and_the_flock_stays_held(
         assert limiter.try_acquire()
     finally:
         backend.close()
+
+
+def _spoil(path: str) -> None:
+    """Overwrite both copies of a state file (the header stays): no copy is valid."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as file:
+        file.seek(8 * HEADER_WORDS)
+        file.write(b"\xa5" * (size - 8 * HEADER_WORDS))
+
+
+@pytest.mark.parametrize("damage", ["spoiled", "removed"])
+def test_a_limiter_whose_file_cannot_be_used_follows_its_on_unavailable_policy(
+    tmp_path: Path, damage: str
+) -> None:
+    backend = _backend(tmp_path)
+    try:
+        limiters = {
+            policy: allotment.RateLimiter(
+                10, per=1, name=f"api-{policy}", on_unavailable=policy, backend=backend
+            )
+            for policy in ("raise", "allow", "deny")
+        }
+        window = allotment.WindowLimiter(5, per=1, name="window", backend=backend)
+        for file in backend._meter_files.values():
+            if damage == "spoiled":
+                _spoil(file.path)
+            else:
+                os.unlink(file.path)
+        expected = "damaged" if damage == "spoiled" else "removed while in use"
+        for limiter in (limiters["raise"], window):
+            with pytest.raises(allotment.BackendUnavailable, match=expected):
+                limiter.try_acquire()
+            with pytest.raises(allotment.BackendUnavailable, match=expected):
+                limiter.acquire(timeout=1)
+        allowing = limiters["allow"]
+        assert all(allowing.try_acquire() for _ in range(50))  # fails open
+        allowing.acquire(timeout=0)
+        allowing.charge(3)  # dropped, logged
+        denying = limiters["deny"]
+        assert not denying.try_acquire()  # fails closed
+        with pytest.raises(allotment.BackendUnavailable, match=expected):
+            denying.acquire(timeout=1)  # no grant and no wait can be promised
+        with pytest.raises(allotment.BackendUnavailable, match=expected):
+            denying.statistics()
+    finally:
+        backend.close()
+
+
+def test_a_manager_whose_file_was_removed_refuses_clearly(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="gone", backend=backend)
+        os.unlink(_manager_file(backend, "gone"))
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.try_acquire(1)
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.statistics()
+        # A backend opened afresh starts a new file, shared again by whoever opens it.
+        again = _backend(tmp_path)
+        try:
+            fresh = allotment.ResourceManager(2, name="gone", backend=again)
+            with fresh.acquire(2, timeout=1):
+                pass
+        finally:
+            again.close()
+    finally:
+        backend.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import logging
 import mmap
 import os
 import threading
@@ -29,6 +30,7 @@ from typing import TypeVar
 
 import attrs
 
+from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK
 from .._core import (
     FINISHED,
@@ -43,7 +45,7 @@ from .._core import (
     new_section_lock,
     task_of,
 )
-from .._errors import BackendConflict, ReentrantCall
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from ._directory import Directory
 from ._layout import (
     CorruptState,
@@ -53,7 +55,7 @@ from ._layout import (
     words_header,
     write_words,
 )
-from ._state_file import _corrupt, _here, _reentered
+from ._state_file import _corrupt, _here, _reentered, check_linked
 
 __all__ = ["GCRA", "WINDOW", "LocalMeter", "MeterFile", "RuleLimits"]
 
@@ -65,6 +67,8 @@ GCRA_WORDS = 3  # interval_ns, burst, tat
 WINDOW_ENTRIES = 4096
 """Entries a window's log can hold (its units in the last window, and reservations ahead)."""
 WINDOW_WORDS = 4 + 3 * WINDOW_ENTRIES  # limit, window_ns, seq, count, (at, seq, units)...
+
+logger = logging.getLogger("allotment.local")
 
 _now_ns = SYSTEM_CLOCK.now_ns  # CLOCK_MONOTONIC: the same in every process of the host
 
@@ -125,6 +129,7 @@ class MeterFile:
             _here.depth += 1
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
+                check_linked(self.fd, self.name, self.path)
                 try:
                     current = read_words(self.view, self.words)
                 except CorruptState as error:
@@ -276,6 +281,9 @@ class LocalMeter:
     _describe: Callable[[tuple[int, int]], str]
     name: str
     _now: Callable[[], float]
+    policy: OnUnavailable = "raise"
+    """What a decision does when the limit's file cannot be used (damaged, removed from
+    outside): raise ``BackendUnavailable``, allow, or deny, as on Redis."""
     scale: int = 1
     queue: collections.OrderedDict[RateTicket, None] = attrs.field(
         init=False, factory=collections.OrderedDict
@@ -328,7 +336,15 @@ class LocalMeter:
 
     def take_now(self, cost: int, count_refusal: bool) -> bool | None:
         """Spend ``cost`` if it is allowed now (one section); never queues."""
-        code = self._call("take", cost, 0)[0]
+        try:
+            code = self._call("take", cost, 0)[0]
+        except BackendUnavailable:
+            if self.policy == "allow":
+                return True
+            if self.policy == "deny" and count_refusal:
+                self.count_refusal()
+                return False
+            raise
         if code == 1:
             self._count(cost)
             return True
@@ -343,7 +359,13 @@ class LocalMeter:
         """Grant ``ticket`` now; or reserve its place and queue it here until its time
         (``"queued"``); or refuse it, spending nothing."""
         longest = 0 if not wait else (-1 if deadline < 0 else max(0, deadline - _now_ns()))
-        code, wait_ns, first, second = self._call("take", ticket.cost, longest)
+        try:
+            code, wait_ns, first, second = self._call("take", ticket.cost, longest)
+        except BackendUnavailable:
+            if self.policy != "allow":
+                raise  # no grant and no wait can be promised without the file
+            ticket.state = GRANTED  # recorded nowhere, as on Redis
+            return "granted"
         ticket.token = (first, second)
         if code == 1:
             ticket.state = GRANTED
@@ -365,7 +387,12 @@ class LocalMeter:
         return "queued"
 
     def forecast(self, cost: int) -> int:
-        wait_ns, _ = self._call("peek", cost)
+        try:
+            wait_ns, _ = self._call("peek", cost)
+        except BackendUnavailable:
+            if self.policy == "allow":
+                return _now_ns()
+            raise
         return _now_ns() + wait_ns
 
     def count_refusal(self) -> None:
@@ -437,7 +464,15 @@ class LocalMeter:
 
     def charge(self, cost: int) -> None:
         """Spend ``cost`` now, allowed or not."""
-        self._call("charge", cost)
+        try:
+            self._call("charge", cost)
+        except BackendUnavailable:
+            if self.policy == "raise":
+                raise
+            logger.warning(
+                "a charge of %d on %r was dropped: its file cannot be used", cost, self.name
+            )
+            return
         with self._section():
             self.charged += cost
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .._core import Ticket
     from ._pool import LocalPool
 
-__all__ = ["StateFile", "defer", "first_token", "inside", "run_deferred"]
+__all__ = ["StateFile", "check_linked", "defer", "first_token", "inside", "run_deferred"]
 
 _R = TypeVar("_R")
 
@@ -141,6 +141,7 @@ class StateFile:
             try:
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    check_linked(self.fd, self.name, self.path)
                     try:
                         state = read_state(self.view, self.resources)
                     except CorruptState as error:
@@ -210,6 +211,18 @@ def _reentered(name: str) -> ReentrantCall:
         f"cannot use {name!r} from inside a section or bookkeeping of this LocalBackend on this "
         "thread (a finalizer or signal handler ran there)"
     )
+
+
+def check_linked(fd: int, name: str, path: str) -> None:
+    """Refuse a state file removed from outside (its directory deleted, or the file): the
+    processes that open the name from now on make a new file, and this one's decisions would
+    no longer bind them."""
+    if os.fstat(fd).st_nlink == 0:
+        raise BackendUnavailable(
+            f"the state file of {name!r} ({path}) was removed while in use: the processes "
+            "that share it would no longer see each other. It is refused; close this "
+            "LocalBackend and open the directory again"
+        )
 
 
 def _corrupt(name: str, path: str, why: str) -> BackendUnavailable:
