@@ -20,6 +20,7 @@ import allotment
 from allotment.local import _directory, _state_file
 from allotment.local._layout import HEADER_WORDS, copy_words
 from allotment.testing import ManualClock
+from support import Worker, wait_until
 
 
 def _backend(tmp_path: Path, **options: int) -> allotment.LocalBackend:
@@ -459,3 +460,43 @@ def test_a_manager_whose_file_was_removed_refuses_clearly(tmp_path: Path) -> Non
             again.close()
     finally:
         backend.close()
+
+
+def test_the_doorbell_thread_passes_over_an_unusable_file_and_serves_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder, waiting = _backend(tmp_path), _backend(tmp_path)  # two processes, in effect
+    try:
+        bad = allotment.ResourceManager(1, name="bad", backend=holder)
+        good = allotment.ResourceManager(1, name="good", backend=holder)
+        bad_there = allotment.ResourceManager(1, name="bad", backend=waiting)
+        good_there = allotment.ResourceManager(1, name="good", backend=waiting)
+        held_bad, held_good = bad.acquire(1), good.acquire(1)
+        stuck = Worker(lambda: bad_there.acquire(1, timeout=2), name="waits on the bad file")
+        served = Worker(
+            lambda: good_there.acquire(1), name="waits on the good file with no timeout"
+        )
+        stuck.start()
+        wait_until(lambda: len(waiting._files["bad"].waiting) == 1, "queued on the bad file")
+        served.start()
+        wait_until(lambda: len(waiting._files["good"].waiting) == 1, "queued on the good file")
+        path = _manager_file(holder, "bad")
+        with open(path, "rb") as file:
+            intact = file.read()
+        _spoil(path)
+        with caplog.at_level(logging.WARNING, logger="allotment.local"):
+            held_good.release()  # rings the waiting backend, which reads both files
+            lease = served.outcome()
+        assert isinstance(lease, allotment.Lease)
+        lease.release()
+        assert any("damaged" in record.getMessage() for record in caplog.records)
+        with pytest.raises(allotment.BackendUnavailable, match="damaged"):
+            stuck.outcome()
+        with open(path, "r+b") as file:
+            file.write(intact)  # as it was: the stuck request's record is reclaimed below
+        waiting.close()
+        held_bad.release()
+        assert bad.statistics().available == 1
+    finally:
+        waiting.close()
+        holder.close()
