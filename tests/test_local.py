@@ -445,11 +445,16 @@ def test_a_manager_whose_file_was_removed_refuses_clearly(tmp_path: Path) -> Non
     backend = _backend(tmp_path)
     try:
         pool = allotment.ResourceManager(2, name="gone", backend=backend)
+        held = pool.acquire(1)
         os.unlink(_manager_file(backend, "gone"))
         with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
             pool.try_acquire(1)
         with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
-            pool.statistics()
+            pool.acquire(1, timeout=1)
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.resize(3)
+        held.release()  # given back to whoever still shares the removed file
+        assert pool.statistics().available == 2
         # A backend opened afresh starts a new file, shared again by whoever opens it.
         again = _backend(tmp_path)
         try:

@@ -121,7 +121,12 @@ class MeterFile:
             raise
         return cls(name, path, kind, words, fd, mapped, view)
 
-    def section(self, change: Callable[[list[int] | None], tuple[_R, list[int] | None]]) -> _R:
+    def section(
+        self,
+        change: Callable[[list[int] | None], tuple[_R, list[int] | None]],
+        *,
+        grants: bool = True,
+    ) -> _R:
         """As a manager's (``StateFile.section``): re-entry on this thread is refused."""
         if _here.depth:
             raise _reentered(self.name.replace("\x00", " "))
@@ -129,7 +134,8 @@ class MeterFile:
             _here.depth += 1
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
-                check_linked(self.fd, self.name, self.path)
+                if grants:
+                    check_linked(self.fd, self.name, self.path)
                 try:
                     current = read_words(self.view, self.words)
                 except CorruptState as error:
@@ -309,7 +315,9 @@ class LocalMeter:
     def _call(self, op: str, *args: int) -> tuple[int, ...]:
         rule, settings = self._decide, self._settings
         try:
-            return self._file.section(lambda words: rule(words, settings, _now_ns(), op, args))
+            return self._file.section(
+                lambda words: rule(words, settings, _now_ns(), op, args), grants=op != "undo"
+            )
         except _Conflict as conflict:
             raise BackendConflict(
                 f"{self.name!r} exists in this LocalBackend as "

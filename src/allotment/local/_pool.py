@@ -416,7 +416,7 @@ class LocalPool:
                 file.waiting[mine.rid] = (self, ticket)
 
         self._records[ticket] = mine
-        token, others = file.section(change, then)
+        token, others = file.section(change, then, grants=True)
         run_deferred()
         backend = self._backend
         if token > 0:
@@ -703,7 +703,7 @@ class LocalPool:
             self._seen(state)
             return state, state
 
-        state = self._file.section(change)
+        state = self._file.section(change, grants=True)
         after_change(self._file, self._backend, state, rings)
 
     def close(self) -> None:

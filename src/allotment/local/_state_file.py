@@ -124,11 +124,16 @@ class StateFile:
         self,
         change: Callable[[State | None], tuple[_R, State | None]],
         then: Callable[[_R], None] | None = None,
+        *,
+        grants: bool = False,
     ) -> _R:
         """Run ``change`` on the current state under both locks; write the state it returns
         (``None``: nothing to write). ``change`` must not wait, block or call out. ``then``
         gets the result once the ``flock`` is released, still under the mutex: this
         process's bookkeeping of what was written (plain stores), in the same turn.
+        ``grants``: the change may take units or change the capacity, which a file removed
+        from outside must refuse (see ``check_linked``); a release or withdrawal still gives
+        back to the processes that share the removed file.
 
         Refused (:class:`ReentrantCall`) on a thread already inside a section or bookkeeping:
         a finalizer or a signal handler there would otherwise run a section of its own under
@@ -141,7 +146,8 @@ class StateFile:
             try:
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
-                    check_linked(self.fd, self.name, self.path)
+                    if grants:
+                        check_linked(self.fd, self.name, self.path)
                     try:
                         state = read_state(self.view, self.resources)
                     except CorruptState as error:
@@ -215,8 +221,8 @@ def _reentered(name: str) -> ReentrantCall:
 
 def check_linked(fd: int, name: str, path: str) -> None:
     """Refuse a state file removed from outside (its directory deleted, or the file): the
-    processes that open the name from now on make a new file, and this one's decisions would
-    no longer bind them."""
+    processes that open the name from now on make a new file, and a grant from this one would
+    no longer bind them. Checked by the sections that grant, not by those that give back."""
     if os.fstat(fd).st_nlink == 0:
         raise BackendUnavailable(
             f"the state file of {name!r} ({path}) was removed while in use: the processes "
