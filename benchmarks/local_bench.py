@@ -3,13 +3,15 @@
     python benchmarks/local_bench.py            # full run (about half a minute)
     python benchmarks/local_bench.py --quick    # seconds, for a smoke test
 
-Three measurements, in a fresh temporary directory. *Uncontended*: ``with pool.acquire(1):
+Four measurements, in a fresh temporary directory. *Uncontended*: ``with pool.acquire(1):
 pass`` and ``pool.try_acquire(1).release()`` in one process, median over repeats (each is
 two sections of the state file: ``flock``, decode, write, unlock). *Hand-off*: two
 processes (started with ``spawn``) loop on a manager of capacity one, each holding it for
 0.2 ms; the time from one's release to the other's grant, read on the system-wide
 monotonic clock; the baseline is the bare mechanism, the same loop on a raw ``flock``
-(counted only where the lock changed process). *Rate*: eight processes share a
+(counted only where the lock changed process). *Reclaim*: a process holding 4 of 4 units
+is SIGKILLed; the time until a waiter of another process, queued behind it, is granted.
+*Rate*: eight processes share a
 ``RateLimiter``; allowed/ideal over the run, and the calls that came earlier than the
 limit allows. Nothing here is asserted: the figures are reported, not tested.
 """
@@ -21,6 +23,7 @@ import fcntl
 import itertools
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -96,6 +99,47 @@ def _handoffs(loop: Any, path: str, rounds: int) -> list[float]:
         for before, after in itertools.pairwise(events)
         if before[2] != after[2]
     ]
+
+
+def _hold_everything(path: str, held: Any) -> None:
+    backend = allotment.LocalBackend(path)
+    pool = allotment.ResourceManager(4, name="reclaim", backend=backend)
+    lease = pool.acquire(4)
+    held.set()
+    time.sleep(3600)  # until SIGKILLed
+    lease.release()
+
+
+def _wait_for_everything(path: str, queued: Any, out: Any) -> None:
+    backend = allotment.LocalBackend(path)
+    pool = allotment.ResourceManager(4, name="reclaim", backend=backend)
+    queued.set()
+    with pool.acquire(4, timeout=60):
+        out.put(_now())
+    backend.close()
+
+
+def _reclaims(path: str, rounds: int) -> list[float]:
+    """Milliseconds from SIGKILL of a process holding 4 of 4 to the grant, in another
+    process, of a waiter queued behind it (woken by its doorbell thread's pidfd)."""
+    context = multiprocessing.get_context("spawn")
+    latencies = []
+    for _ in range(rounds):
+        held, queued, out = context.Event(), context.Event(), context.Queue()
+        holder = context.Process(target=_hold_everything, args=(path, held))
+        holder.start()
+        held.wait(60)
+        waiter = context.Process(target=_wait_for_everything, args=(path, queued, out))
+        waiter.start()
+        queued.wait(60)
+        time.sleep(0.3)  # queued in the file (the event is set just before the acquire)
+        killed = _now()
+        os.kill(holder.pid or 0, signal.SIGKILL)
+        granted = out.get(timeout=60)
+        latencies.append((granted - killed) / 1e6)
+        holder.join(60)
+        waiter.join(60)
+    return latencies
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -240,6 +284,7 @@ def main() -> None:
         rounds = 50 if quick else 1000
         pool_handoff = _handoffs(_pool_loop, limits, rounds)
         raw_handoff = _handoffs(_flock_loop, os.path.join(scratch, "raw.lock"), rounds)
+        reclaim = _reclaims(limits, 3 if quick else 15)
         rate = 200 if quick else 500
         figures = _rate(limits, 8, rate, 2.0 if quick else 5.0)
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
@@ -254,6 +299,11 @@ def main() -> None:
         )
     p50 = _percentile(pool_handoff, 0.5) / _percentile(raw_handoff, 0.5)
     print(f"| hand-off p50, LocalBackend / raw flock | {p50:.2f}x |")
+    print(
+        f"| SIGKILLed holder of 4 of 4 to a waiter's grant in another process "
+        f"(n={len(reclaim)}) | p50 {_percentile(reclaim, 0.5):.2f} ms, max "
+        f"{max(reclaim):.2f} ms |"
+    )
     rows = (
         (f"allowed / ideal ({figures.calls} calls)", f"{figures.ratio:.4f}"),
         (f"most calls allowed in any 1 s (bound {rate + 1})", f"{figures.most_allowed}"),

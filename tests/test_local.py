@@ -3,6 +3,7 @@ it refuses, and two backends standing for two processes."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import logging
 import os
@@ -19,6 +20,7 @@ import allotment
 from allotment.local import _directory, _state_file
 from allotment.local._layout import HEADER_WORDS, copy_words
 from allotment.testing import ManualClock
+from support import Worker, wait_until
 
 
 def _backend(tmp_path: Path, **options: int) -> allotment.LocalBackend:
@@ -348,3 +350,158 @@ def test_the_record_limit_is_refused_precisely_before_anything_changes(tmp_path:
             pass
     finally:
         backend.close()
+
+
+def test_a_call_from_inside_a_section_is_refused_and_the_flock_stays_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler or finalizer that lands inside a section and calls the backend again:
+    refused (``ReentrantCall``), never run under the same ``flock`` (an ``flock`` belongs to
+    the open file, so a nested section would take it again and unlock it under the first)."""
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="outer", backend=backend)
+        limiter = allotment.RateLimiter(10, per=1, name="inner", backend=backend)
+        path = _manager_file(backend, "outer")
+        seen: list[str] = []
+        original = _state_file.write_state  # type: ignore[attr-defined]
+
+        def write_then_reenter(*args: Any) -> None:
+            original(*args)
+            monkeypatch.undo()  # once
+            for call in (lambda: pool.resize(3), limiter.try_acquire, lambda: pool.try_acquire(1)):
+                try:
+                    call()
+                    seen.append("ran")
+                except allotment.ReentrantCall:
+                    seen.append("refused")
+            other = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("the flock was lost")
+            except BlockingIOError:
+                seen.append("held")
+            finally:
+                os.close(other)
+
+        monkeypatch.setattr(_state_file, "write_state", write_then_reenter)
+        pool.acquire(1).release()
+        assert seen == ["refused", "refused", "refused", "held"]
+        stats = pool.statistics()
+        assert stats.capacity == 2
+        assert stats.available == 2
+        assert limiter.try_acquire()
+    finally:
+        backend.close()
+
+
+def _spoil(path: str) -> None:
+    """Overwrite both copies of a state file (the header stays): no copy is valid."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as file:
+        file.seek(8 * HEADER_WORDS)
+        file.write(b"\xa5" * (size - 8 * HEADER_WORDS))
+
+
+@pytest.mark.parametrize("damage", ["spoiled", "removed"])
+def test_a_limiter_whose_file_cannot_be_used_follows_its_on_unavailable_policy(
+    tmp_path: Path, damage: str
+) -> None:
+    backend = _backend(tmp_path)
+    try:
+        limiters = {
+            policy: allotment.RateLimiter(
+                10, per=1, name=f"api-{policy}", on_unavailable=policy, backend=backend
+            )
+            for policy in ("raise", "allow", "deny")
+        }
+        window = allotment.WindowLimiter(5, per=1, name="window", backend=backend)
+        for file in backend._meter_files.values():
+            if damage == "spoiled":
+                _spoil(file.path)
+            else:
+                os.unlink(file.path)
+        expected = "damaged" if damage == "spoiled" else "removed while in use"
+        for limiter in (limiters["raise"], window):
+            with pytest.raises(allotment.BackendUnavailable, match=expected):
+                limiter.try_acquire()
+            with pytest.raises(allotment.BackendUnavailable, match=expected):
+                limiter.acquire(timeout=1)
+        allowing = limiters["allow"]
+        assert all(allowing.try_acquire() for _ in range(50))  # fails open
+        allowing.acquire(timeout=0)
+        allowing.charge(3)  # dropped, logged
+        denying = limiters["deny"]
+        assert not denying.try_acquire()  # fails closed
+        with pytest.raises(allotment.BackendUnavailable, match=expected):
+            denying.acquire(timeout=1)  # no grant and no wait can be promised
+        with pytest.raises(allotment.BackendUnavailable, match=expected):
+            denying.statistics()
+    finally:
+        backend.close()
+
+
+def test_a_manager_whose_file_was_removed_refuses_clearly(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="gone", backend=backend)
+        held = pool.acquire(1)
+        os.unlink(_manager_file(backend, "gone"))
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.try_acquire(1)
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.acquire(1, timeout=1)
+        with pytest.raises(allotment.BackendUnavailable, match="removed while in use"):
+            pool.resize(3)
+        held.release()  # given back to whoever still shares the removed file
+        assert pool.statistics().available == 2
+        # A backend opened afresh starts a new file, shared again by whoever opens it.
+        again = _backend(tmp_path)
+        try:
+            fresh = allotment.ResourceManager(2, name="gone", backend=again)
+            with fresh.acquire(2, timeout=1):
+                pass
+        finally:
+            again.close()
+    finally:
+        backend.close()
+
+
+def test_the_doorbell_thread_passes_over_an_unusable_file_and_serves_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder, waiting = _backend(tmp_path), _backend(tmp_path)  # two processes, in effect
+    try:
+        bad = allotment.ResourceManager(1, name="bad", backend=holder)
+        good = allotment.ResourceManager(1, name="good", backend=holder)
+        bad_there = allotment.ResourceManager(1, name="bad", backend=waiting)
+        good_there = allotment.ResourceManager(1, name="good", backend=waiting)
+        held_bad, held_good = bad.acquire(1), good.acquire(1)
+        stuck = Worker(lambda: bad_there.acquire(1, timeout=2), name="waits on the bad file")
+        served = Worker(
+            lambda: good_there.acquire(1), name="waits on the good file with no timeout"
+        )
+        stuck.start()
+        wait_until(lambda: len(waiting._files["bad"].waiting) == 1, "queued on the bad file")
+        served.start()
+        wait_until(lambda: len(waiting._files["good"].waiting) == 1, "queued on the good file")
+        path = _manager_file(holder, "bad")
+        with open(path, "rb") as file:
+            intact = file.read()
+        _spoil(path)
+        with caplog.at_level(logging.WARNING, logger="allotment.local"):
+            held_good.release()  # rings the waiting backend, which reads both files
+            lease = served.outcome()
+        assert isinstance(lease, allotment.Lease)
+        lease.release()
+        assert any("damaged" in record.getMessage() for record in caplog.records)
+        with pytest.raises(allotment.BackendUnavailable, match="damaged"):
+            stuck.outcome()
+        with open(path, "r+b") as file:
+            file.write(intact)  # as it was: the stuck request's record is reclaimed below
+        waiting.close()
+        held_bad.release()
+        assert bad.statistics().available == 1
+    finally:
+        waiting.close()
+        holder.close()

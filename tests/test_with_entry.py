@@ -13,14 +13,17 @@ the pending exception at the first check point after its C ``acquire`` returned.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Protocol
 
 import pytest
 
+import allotment
 from allotment._core._section_lock import ENTRY_CAN_BE_INTERRUPTED, new_section_lock
 from allotment.testing import ManualClock
 from support import WITH_ENTRY_CHECKS, Worker, inject, wait_until
@@ -119,3 +122,60 @@ def test_an_exception_as_with_enters_leaves_a_manual_clocks_lock_free() -> None:
     assert not _deliver_on_entry(clock._lock)
     clock.advance(1.0)
     assert clock.now() == 1.0
+
+
+# -- the locks of a LocalBackend ---------------------------------------------------------------
+
+LOCAL_PACKAGE = Path(allotment.__file__).parent / "local"
+
+
+def _local_locks(backend: allotment.LocalBackend) -> dict[str, _Lock]:
+    """Every lock that guards state in a LocalBackend and the objects it made (white box)."""
+    manager = allotment.ResourceManager(1, name="locks", backend=backend)
+    limiter = allotment.RateLimiter(10, per=1, name="locks", backend=backend)
+    backend.start_bell()  # makes the doorbell (and this backend's identity)
+    meter = limiter._meter
+    assert meter is not None
+    [state_file] = backend._files.values()
+    [meter_file] = backend._meter_files.values()
+    bell = backend._bell
+    assert bell is not None
+    del manager
+    return {
+        "the backend's": backend._lock,
+        "a manager's state file's": state_file.mutex,
+        "a limiter's file's": meter_file.mutex,
+        "a limiter's meter's": meter._lock,  # type: ignore[attr-defined]
+        "the doorbell's": bell._lock,
+    }
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="LocalBackend is POSIX only")
+def test_every_lock_of_a_local_backend_is_a_section_lock(
+    local_backend: allotment.LocalBackend,
+) -> None:
+    section_lock = type(new_section_lock())
+    for what, lock in _local_locks(local_backend).items():
+        assert type(lock) is section_lock, f"{what} lock is a {type(lock).__name__}"
+
+
+@pytest.mark.skipif(not hasattr(sys, "_current_frames"), reason="needs sys._current_frames")
+@pytest.mark.skipif(sys.platform == "win32", reason="LocalBackend is POSIX only")
+def test_an_exception_as_with_enters_leaves_every_lock_of_a_local_backend_free(
+    local_backend: allotment.LocalBackend,
+) -> None:
+    for what, lock in _local_locks(local_backend).items():
+        assert not _deliver_on_entry(lock), f"{what} lock was left held"
+
+
+def test_the_local_backend_makes_no_plain_lock_anywhere() -> None:
+    """Not even after a fork, where each lock is made anew: every one comes from
+    ``new_section_lock``."""
+    plain = re.compile(r"threading\.(R?Lock)\b|allocate_lock|_thread\.RLock")
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(LOCAL_PACKAGE.glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if plain.search(line)
+    ]
+    assert not found, found

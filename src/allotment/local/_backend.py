@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import fractions
+import logging
 import math
 import os
-import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK, Clock
-from .._core import Form, NamedForm, Pool, Quantity, RateMeter
+from .._core import Form, NamedForm, Pool, Quantity, RateMeter, SectionLock, new_section_lock
 from .._errors import BackendUnavailable, UnsupportedByBackend
 from . import _directory
 from ._bell import Bell
@@ -46,6 +47,8 @@ from ._state_file import StateFile
 
 __all__ = ["LocalBackend"]
 
+logger = logging.getLogger("allotment.local")
+
 _backends: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
@@ -62,7 +65,7 @@ class LocalBackend:
 
     path: str
     _directory: Directory
-    _lock: threading.Lock
+    _lock: SectionLock
     _files: dict[str, StateFile]
     _meter_files: dict[str, MeterFile]
     _identity: Identity | None
@@ -77,7 +80,7 @@ class LocalBackend:
         self.path = os.fspath(path)
         self._directory = Directory(self.path, mode)
         self._directory.reset_if_rebooted(_directory.boot_id())
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         self._files = {}
         self._meter_files = {}
         self._identity = None
@@ -105,14 +108,15 @@ class LocalBackend:
     ) -> RateMeter:
         """The meter of a GCRA named ``name`` (of one of its keys, for a keyed limiter),
         on the host's monotonic clock. Each unit's interval is rounded up to a whole
-        nanosecond: never looser. ``on_unavailable`` has nothing to act on here (the file
-        is always reachable) and is accepted for the same code to run on either backend."""
+        nanosecond: never looser. ``on_unavailable`` (default ``"raise"``) is what its
+        decisions do when the limit's file cannot be used (damaged, or removed from outside),
+        as on Redis when the server cannot be reached."""
         interval = math.ceil(interval_ns)
         file_name = f"gcra\x00{name}" if key is None else f"gcra\x00{name}\x00{key}"
         file = self._meter_file(file_name, GCRA, GCRA_WORDS)
         meter = LocalMeter(
             file, gcra_take, (interval, burst), RuleLimits(burst), _describe_gcra, name,
-            SYSTEM_CLOCK.now,
+            SYSTEM_CLOCK.now, on_unavailable or "raise",
         )  # fmt: skip
         if key is None:
             meter.declare()
@@ -121,12 +125,13 @@ class LocalBackend:
     def window_meter(
         self, name: str, limit: int, per: fractions.Fraction, on_unavailable: OnUnavailable | None
     ) -> RateMeter:
-        """The meter of a sliding window named ``name``, on the host's monotonic clock."""
+        """The meter of a sliding window named ``name``, on the host's monotonic clock
+        (``on_unavailable`` as for a GCRA)."""
         window = math.ceil(per * 1_000_000_000)
         file = self._meter_file(f"window\x00{name}", WINDOW, WINDOW_WORDS)
         meter = LocalMeter(
             file, window_take, (limit, window), RuleLimits(limit), _describe_window, name,
-            SYSTEM_CLOCK.now,
+            SYSTEM_CLOCK.now, on_unavailable or "raise",
         )  # fmt: skip
         meter.declare()
         return meter
@@ -208,7 +213,7 @@ class LocalBackend:
         with self._lock:
             files = list(self._files.values())
         for file in files:
-            reap(file, self, dead)
+            _unless_unusable(reap, file, self, dead)
         for pid, nonce in dead:
             for path in (
                 self._directory.bell_path(pid, nonce),
@@ -222,7 +227,7 @@ class LocalBackend:
         with self._lock:
             files = [file for file in self._files.values() if file.waiting]
         for file in files:
-            settle(file, self)
+            _unless_unusable(settle, file, self)
 
     def _died(self, pid: int, nonce: int) -> None:
         self._reap({(pid, nonce)})
@@ -248,7 +253,7 @@ class LocalBackend:
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its
         state files and takes an identity of its own when it first needs one."""
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         if self._identity is not None:
             self._identity.forget_in_child()
             self._identity = None
@@ -259,6 +264,16 @@ class LocalBackend:
             file.reopen_in_child(self._directory)
         for meter_file in self._meter_files.values():
             meter_file.reopen_in_child(self._directory)
+
+
+def _unless_unusable(work: Callable[..., None], file: StateFile, *args: Any) -> None:
+    """``work(file, *args)`` for the doorbell thread, which serves every file of the
+    backend: a file that cannot be used (damaged, removed) is logged and passed over, never
+    allowed to stop the thread (its own callers get the error from their next section)."""
+    try:
+        work(file, *args)
+    except BackendUnavailable as error:
+        logger.warning("%s", error)
 
 
 def _describe_gcra(settings: tuple[int, int]) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import attrs
 
+from .._core import SectionLock, new_section_lock
 from ._liveness import Identity
 
 __all__ = ["FALLBACK_POLL", "Bell"]
@@ -41,7 +42,7 @@ class Bell:
     on_death: Callable[[int, int], None]
     """Reclaim the records of the dead backend ``(pid, nonce)`` everywhere."""
     is_dead: Callable[[int, int], bool]
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
     _to_watch: set[tuple[int, int]] = attrs.field(init=False, factory=set)
     _watched: dict[int, tuple[int, int]] = attrs.field(init=False, factory=dict)
     """pidfd (or a negative key where there is none) to the backend it watches."""
@@ -95,7 +96,7 @@ class Bell:
         self._watching.clear()
         self._to_watch.clear()
         self._thread = None
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         self._stopping = True
 
     def _run(self) -> None:

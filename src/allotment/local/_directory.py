@@ -20,7 +20,6 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import attrs
 
@@ -128,20 +127,14 @@ class Directory:
     def bell_path(self, pid: int, nonce: int) -> str:
         return os.path.join(self.proc_path, f"{pid}.{nonce}.bell")
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """The directory's own lock: held while the boot id is checked and the directory
-        emptied, never by a manager's operation."""
-        fd = self.open_file(os.path.join(self.path, "lock"))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
     def reset_if_rebooted(self, current: str) -> bool:
-        """Empty the directory if its state is from another boot; ``True`` if it did."""
-        with self.locked():
+        """Empty the directory if its state is from another boot; ``True`` if it did. Under
+        the directory's own lock (never taken by a manager's operation), whose descriptor is
+        closed, releasing it, by a ``finally`` in this frame: no generator context manager,
+        whose suspended frame would keep the lock if an exception landed as it entered."""
+        lock_fd = self.open_file(os.path.join(self.path, "lock"))
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             fd = self.open_file(os.path.join(self.path, "boot"))
             try:
                 recorded = os.read(fd, 4096).decode("ascii", "replace").strip()
@@ -157,6 +150,8 @@ class Directory:
                 return bool(recorded)
             finally:
                 os.close(fd)
+        finally:
+            os.close(lock_fd)  # releases the lock
 
 
 def _is_state_file(entry: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import logging
 import mmap
 import os
 import threading
@@ -29,6 +30,7 @@ from typing import TypeVar
 
 import attrs
 
+from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK
 from .._core import (
     FINISHED,
@@ -37,11 +39,13 @@ from .._core import (
     Entry,
     MeterSnapshot,
     RateTicket,
+    SectionLock,
     Waiter,
     WaitingView,
+    new_section_lock,
     task_of,
 )
-from .._errors import BackendConflict
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from ._directory import Directory
 from ._layout import (
     CorruptState,
@@ -51,7 +55,7 @@ from ._layout import (
     words_header,
     write_words,
 )
-from ._state_file import _corrupt, _here
+from ._state_file import _corrupt, _here, _reentered, check_linked
 
 __all__ = ["GCRA", "WINDOW", "LocalMeter", "MeterFile", "RuleLimits"]
 
@@ -63,6 +67,8 @@ GCRA_WORDS = 3  # interval_ns, burst, tat
 WINDOW_ENTRIES = 4096
 """Entries a window's log can hold (its units in the last window, and reservations ahead)."""
 WINDOW_WORDS = 4 + 3 * WINDOW_ENTRIES  # limit, window_ns, seq, count, (at, seq, units)...
+
+logger = logging.getLogger("allotment.local")
 
 _now_ns = SYSTEM_CLOCK.now_ns  # CLOCK_MONOTONIC: the same in every process of the host
 
@@ -85,7 +91,7 @@ class MeterFile:
     fd: int
     _map: mmap.mmap
     view: memoryview
-    mutex: threading.Lock = attrs.field(factory=threading.Lock)
+    mutex: SectionLock = attrs.field(factory=new_section_lock)
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, kind: int, words: int) -> MeterFile:
@@ -115,11 +121,21 @@ class MeterFile:
             raise
         return cls(name, path, kind, words, fd, mapped, view)
 
-    def section(self, change: Callable[[list[int] | None], tuple[_R, list[int] | None]]) -> _R:
+    def section(
+        self,
+        change: Callable[[list[int] | None], tuple[_R, list[int] | None]],
+        *,
+        grants: bool = True,
+    ) -> _R:
+        """As a manager's (``StateFile.section``): re-entry on this thread is refused."""
+        if _here.depth:
+            raise _reentered(self.name.replace("\x00", " "))
         with self.mutex:
             _here.depth += 1
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
+                if grants:
+                    check_linked(self.fd, self.name, self.path)
                 try:
                     current = read_words(self.view, self.words)
                 except CorruptState as error:
@@ -134,7 +150,7 @@ class MeterFile:
                 _here.depth -= 1
 
     def reopen_in_child(self, directory: Directory) -> None:
-        self.mutex = threading.Lock()
+        self.mutex = new_section_lock()
         old = self.fd
         fresh = MeterFile.open(directory, self.path, self.name, self.kind, self.words)
         self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
@@ -271,6 +287,9 @@ class LocalMeter:
     _describe: Callable[[tuple[int, int]], str]
     name: str
     _now: Callable[[], float]
+    policy: OnUnavailable = "raise"
+    """What a decision does when the limit's file cannot be used (damaged, removed from
+    outside): raise ``BackendUnavailable``, allow, or deny, as on Redis."""
     scale: int = 1
     queue: collections.OrderedDict[RateTicket, None] = attrs.field(
         init=False, factory=collections.OrderedDict
@@ -280,12 +299,25 @@ class LocalMeter:
     refused: int = attrs.field(init=False, default=0)
     waited: int = attrs.field(init=False, default=0)
     charged: int = attrs.field(init=False, default=0)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: SectionLock = attrs.field(init=False, factory=new_section_lock)
+
+    def _section(self) -> SectionLock:
+        """The local queue's and counters' lock; ``ReentrantCall`` on a thread already
+        inside it (a signal handler or finalizer that interrupted it), as on Redis."""
+        lock = self._lock
+        if lock._is_owned():
+            raise ReentrantCall(
+                f"cannot use the limiter {self.name!r} from inside its own bookkeeping on "
+                "this thread (a finalizer or signal handler ran there)"
+            )
+        return lock
 
     def _call(self, op: str, *args: int) -> tuple[int, ...]:
         rule, settings = self._decide, self._settings
         try:
-            return self._file.section(lambda words: rule(words, settings, _now_ns(), op, args))
+            return self._file.section(
+                lambda words: rule(words, settings, _now_ns(), op, args), grants=op != "undo"
+            )
         except _Conflict as conflict:
             raise BackendConflict(
                 f"{self.name!r} exists in this LocalBackend as "
@@ -298,7 +330,7 @@ class LocalMeter:
         self._call("declare")
 
     def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = new_section_lock()
         me = threading.current_thread()
         for ticket in list(self.queue):
             if ticket.thread is not me:
@@ -306,18 +338,26 @@ class LocalMeter:
                 del self.queue[ticket]
 
     def _count(self, cost: int) -> None:
-        with self._lock:
+        with self._section():
             self.allowed += 1
             self.allowed_units += cost
 
     def take_now(self, cost: int, count_refusal: bool) -> bool | None:
         """Spend ``cost`` if it is allowed now (one section); never queues."""
-        code = self._call("take", cost, 0)[0]
+        try:
+            code = self._call("take", cost, 0)[0]
+        except BackendUnavailable:
+            if self.policy == "allow":
+                return True
+            if self.policy == "deny" and count_refusal:
+                self.count_refusal()
+                return False
+            raise
         if code == 1:
             self._count(cost)
             return True
         if count_refusal:
-            with self._lock:
+            with self._section():
                 self.refused += 1
         return False
 
@@ -327,7 +367,13 @@ class LocalMeter:
         """Grant ``ticket`` now; or reserve its place and queue it here until its time
         (``"queued"``); or refuse it, spending nothing."""
         longest = 0 if not wait else (-1 if deadline < 0 else max(0, deadline - _now_ns()))
-        code, wait_ns, first, second = self._call("take", ticket.cost, longest)
+        try:
+            code, wait_ns, first, second = self._call("take", ticket.cost, longest)
+        except BackendUnavailable:
+            if self.policy != "allow":
+                raise  # no grant and no wait can be promised without the file
+            ticket.state = GRANTED  # recorded nowhere, as on Redis
+            return "granted"
         ticket.token = (first, second)
         if code == 1:
             ticket.state = GRANTED
@@ -336,24 +382,29 @@ class LocalMeter:
         due = _now_ns() + wait_ns
         ticket.due = due
         if code == -1:
-            with self._lock:
+            with self._section():
                 self.refused += 1
             return "refused"
         made = None if sleeper is None else sleeper()
         ticket.sleeper = made
         if made is None:
             ticket.promised = due
-        with self._lock:
+        with self._section():
             self.queue[ticket] = None
             self.waited += 1
         return "queued"
 
     def forecast(self, cost: int) -> int:
-        wait_ns, _ = self._call("peek", cost)
+        try:
+            wait_ns, _ = self._call("peek", cost)
+        except BackendUnavailable:
+            if self.policy == "allow":
+                return _now_ns()
+            raise
         return _now_ns() + wait_ns
 
     def count_refusal(self) -> None:
-        with self._lock:
+        with self._section():
             self.refused += 1
 
     def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
@@ -369,7 +420,7 @@ class LocalMeter:
         return ticket.due
 
     def _grant(self, ticket: RateTicket) -> None:
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return
             self.queue.pop(ticket, None)
@@ -389,7 +440,7 @@ class LocalMeter:
     def release(self, ticket: RateTicket) -> bool:
         """Interrupted: undo the reservation or grant, exactly if nothing was recorded after
         it. ``True`` if this gave something back."""
-        with self._lock:
+        with self._section():
             state = ticket.state
             if state is not PENDING and state is not GRANTED:
                 return False
@@ -412,7 +463,7 @@ class LocalMeter:
         """A reservation given back before its time: ``True`` if refunded exactly."""
         if ticket.state is not PENDING or ticket.promised <= _now_ns():
             return False
-        with self._lock:
+        with self._section():
             if ticket.state is not PENDING:
                 return False
             ticket.state = FINISHED
@@ -421,8 +472,16 @@ class LocalMeter:
 
     def charge(self, cost: int) -> None:
         """Spend ``cost`` now, allowed or not."""
-        self._call("charge", cost)
-        with self._lock:
+        try:
+            self._call("charge", cost)
+        except BackendUnavailable:
+            if self.policy == "raise":
+                raise
+            logger.warning(
+                "a charge of %d on %r was dropped: its file cannot be used", cost, self.name
+            )
+            return
+        with self._section():
             self.charged += cost
 
     def retire_if_idle(self) -> bool:
@@ -434,14 +493,14 @@ class LocalMeter:
         if until <= _now_ns():
             return
         self._call("pause", until)
-        with self._lock:
+        with self._section():
             for ticket in self.queue:
                 ticket.due = max(ticket.due, until)
 
     def snapshot(self) -> MeterSnapshot:
         now = _now_ns()
         wait_ns, free = self._call("peek", 1)
-        with self._lock:
+        with self._section():
             waiting = tuple(
                 WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
                 for t in self.queue

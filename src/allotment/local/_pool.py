@@ -32,6 +32,7 @@ stores).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import weakref
@@ -155,8 +156,7 @@ def after_change(
     # No queued ticket of this backend on the file: nothing to settle (a ticket queued from
     # now on looks at the file itself once it is registered, see ``enter``).
     if state is not None and file.waiting:
-        with file.held():
-            woken = settle_waiting(file, state, me)
+        woken = file.bookkeep(lambda: settle_waiting(file, state, me))
         for waiter in woken:
             waiter.wake()
     for identity in rings:
@@ -416,7 +416,7 @@ class LocalPool:
                 file.waiting[mine.rid] = (self, ticket)
 
         self._records[ticket] = mine
-        token, others = file.section(change, then)
+        token, others = file.section(change, then, grants=True)
         run_deferred()
         backend = self._backend
         if token > 0:
@@ -463,8 +463,8 @@ class LocalPool:
             return state, state
 
         file = self._file
-        state = file.section(change)
-        with file.held():
+
+        def settled() -> None:
             if ticket.state is PENDING:
                 if outcome and outcome[0] > 0:
                     mine.token = outcome[0]
@@ -477,6 +477,9 @@ class LocalPool:
                     self._live.pop(ticket, None)
                     ticket.state = FINISHED
             file.waiting.pop(mine.rid, None)
+
+        state = file.section(change)
+        file.bookkeep(settled)
         after_change(file, self._backend, state, rings)
         if ticket.state is REFUSED:
             raise ticket.error
@@ -518,10 +521,13 @@ class LocalPool:
         assert pending is not None
         pending_part, left = pending
         units = self._file.section(lambda state: (self._units_of(state, mine.rid), None))
-        with self._file.held():
+
+        def settled() -> None:
             if units == left:
                 ticket.units = self._quantity(left)
             mine.partial = None
+
+        self._file.bookkeep(settled)
         return units == left and pending_part == part
 
     def _units_of(self, state: State | None, rid: int) -> list[int] | None:
@@ -637,9 +643,7 @@ class LocalPool:
         part_mines = [_Mine(next(_record_ids), token=mine.token) for _ in parts]
         for part, part_mine in zip(parts, part_mines, strict=True):
             self._records[part] = part_mine
-        with self._file.held():
-            for part in parts:
-                self._live[part] = None
+        self._file.bookkeep(lambda: self._live.update(dict.fromkeys(parts)))
 
         def change(current: State | None) -> tuple[bool, State | None]:
             if current is None:
@@ -661,13 +665,16 @@ class LocalPool:
 
         if not self._file.section(change):
             return
-        with self._file.held():
+
+        def granted() -> None:
             remaining = ticket.units
             for part in parts:
                 remaining = remaining - part.units
                 part.since = ticket.since
                 part.state = GRANTED
             ticket.units = remaining
+
+        self._file.bookkeep(granted)
         run_deferred()
 
     def resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
@@ -696,7 +703,7 @@ class LocalPool:
             self._seen(state)
             return state, state
 
-        state = self._file.section(change)
+        state = self._file.section(change, grants=True)
         after_change(self._file, self._backend, state, rings)
 
     def close(self) -> None:
@@ -704,17 +711,15 @@ class LocalPool:
         :class:`ManagerClosed` (and leave the queue in the file), and so are later ones.
         Other processes are not affected."""
         self.closed = True
-        with self._file.held():
-            mine = [ticket for pool, ticket in self._file.waiting.values() if pool is self]
+        mine = self._file.bookkeep(
+            lambda: [ticket for pool, ticket in self._file.waiting.values() if pool is self]
+        )
         for ticket in mine:
             record = self._records.get(ticket)
             if record is None or ticket.state is not PENDING:
                 continue
             self._remove(ticket, record, None)
-            with self._file.held():
-                if ticket.state is not REFUSED:  # a grant that arrived was released above
-                    ticket.error = ManagerClosed("the manager was closed while waiting")
-                    ticket.state = REFUSED
+            self._file.bookkeep(functools.partial(_refuse_closed, ticket))
             ticket.waiter.wake()
 
     def fits_capacity(self, units: Quantity) -> bool:
@@ -731,8 +736,7 @@ class LocalPool:
         self._backend.reap_dead(self._backend.unwatched(self._file.section(self._others)))
         state = self._file.section(lambda current: (self._state(current), None))
         self._seen(state)
-        with self._file.held():
-            mine = list(self._records.items())
+        mine = self._file.bookkeep(lambda: list(self._records.items()))
         holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
         waiters = tuple(_view(t) for t, m in mine if t.state is PENDING and m.queued)
         capacity, available, holding, waiting = self._last
@@ -787,6 +791,12 @@ class LocalPool:
 
     def policy_call(self, operation: Callable[[MemoryPool, list[Waiter]], _R]) -> _R:
         raise UnsupportedByBackend("banker mode is not available on a LocalBackend")
+
+
+def _refuse_closed(ticket: Ticket) -> None:
+    if ticket.state is not REFUSED:  # a grant that arrived was released above
+        ticket.error = ManagerClosed("the manager was closed while waiting")
+        ticket.state = REFUSED
 
 
 def _view(ticket: Ticket) -> TicketView:

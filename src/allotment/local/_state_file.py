@@ -8,23 +8,28 @@ write of the next copy: never while anyone waits, sleeps, logs or rings a doorbe
 The ``flock`` is taken inside the ``try`` whose ``finally`` drops it: an exception landing
 anywhere (Ctrl-C right after ``flock`` returns) leaves no lock behind, since unlocking an
 unlocked file does nothing.
+
+The mutex is a section lock (``_core._section_lock``): on 3.14 a plain lock's ``with`` can be
+interrupted after taking it and before the block (CPython gh-148874), leaving it held for
+ever. It is re-entrant, but nothing re-enters it: a release from a finalizer or a signal
+handler landing inside a section or bookkeeping is deferred (``inside``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
 from .._clock import SYSTEM_CLOCK
-from .._errors import BackendConflict, BackendUnavailable
+from .._core import SectionLock, new_section_lock
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
 from ._directory import Directory
 from ._layout import (
     MAGIC,
@@ -41,7 +46,7 @@ if TYPE_CHECKING:
     from .._core import Ticket
     from ._pool import LocalPool
 
-__all__ = ["StateFile", "defer", "first_token", "inside", "run_deferred"]
+__all__ = ["StateFile", "check_linked", "defer", "first_token", "inside", "run_deferred"]
 
 _R = TypeVar("_R")
 
@@ -57,7 +62,7 @@ class StateFile:
     fd: int
     _map: mmap.mmap
     view: memoryview
-    mutex: threading.Lock = attrs.field(factory=threading.Lock)
+    mutex: SectionLock = attrs.field(factory=new_section_lock)
     waiting: dict[int, tuple[LocalPool, Ticket]] = attrs.field(factory=dict)
     """The queued tickets of this backend on this file, by record id (guarded by ``mutex``)."""
 
@@ -108,7 +113,7 @@ class StateFile:
     def reopen_in_child(self, directory: Directory) -> None:
         """In a forked child: the inherited descriptor shares the parent's ``flock`` (a lock
         belongs to the open file, not the process), so the child opens the file again."""
-        self.mutex = threading.Lock()
+        self.mutex = new_section_lock()
         self.waiting.clear()
         old_fd = self.fd
         fresh = StateFile.open(directory, self.path, self.name, self.resources)
@@ -119,16 +124,30 @@ class StateFile:
         self,
         change: Callable[[State | None], tuple[_R, State | None]],
         then: Callable[[_R], None] | None = None,
+        *,
+        grants: bool = False,
     ) -> _R:
         """Run ``change`` on the current state under both locks; write the state it returns
         (``None``: nothing to write). ``change`` must not wait, block or call out. ``then``
         gets the result once the ``flock`` is released, still under the mutex: this
-        process's bookkeeping of what was written (plain stores), in the same turn."""
+        process's bookkeeping of what was written (plain stores), in the same turn.
+        ``grants``: the change may take units or change the capacity, which a file removed
+        from outside must refuse (see ``check_linked``); a release or withdrawal still gives
+        back to the processes that share the removed file.
+
+        Refused (:class:`ReentrantCall`) on a thread already inside a section or bookkeeping:
+        a finalizer or a signal handler there would otherwise run a section of its own under
+        the same ``flock`` (the kernel's lock is the open file's, not the thread's) and
+        unlock it under the interrupted one."""
+        if _here.depth:
+            raise _reentered(self.name)
         with self.mutex:
             _here.depth += 1
             try:
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    if grants:
+                        check_linked(self.fd, self.name, self.path)
                     try:
                         state = read_state(self.view, self.resources)
                     except CorruptState as error:
@@ -144,14 +163,16 @@ class StateFile:
             finally:
                 _here.depth -= 1
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """The file's mutex, for this process's bookkeeping of its tickets (marked, as a
-        section is, so that a finalizer landing here defers its release)."""
+    def bookkeep(self, work: Callable[[], _R]) -> _R:
+        """``work()`` under the file's mutex: this process's bookkeeping of its tickets
+        (plain stores), marked as a section is, so that a finalizer landing in it defers its
+        release. A function, not a generator context manager: an exception delivered as a
+        generator's ``__enter__`` returns would leave the mutex held by the suspended
+        generator until it is collected."""
         with self.mutex:
             _here.depth += 1
             try:
-                yield
+                return work()
             finally:
                 _here.depth -= 1
 
@@ -189,6 +210,25 @@ def run_deferred() -> None:
     deferred = _here.deferred
     while deferred and _here.depth == 0:
         deferred.pop(0)()
+
+
+def _reentered(name: str) -> ReentrantCall:
+    return ReentrantCall(
+        f"cannot use {name!r} from inside a section or bookkeeping of this LocalBackend on this "
+        "thread (a finalizer or signal handler ran there)"
+    )
+
+
+def check_linked(fd: int, name: str, path: str) -> None:
+    """Refuse a state file removed from outside (its directory deleted, or the file): the
+    processes that open the name from now on make a new file, and a grant from this one would
+    no longer bind them. Checked by the sections that grant, not by those that give back."""
+    if os.fstat(fd).st_nlink == 0:
+        raise BackendUnavailable(
+            f"the state file of {name!r} ({path}) was removed while in use: the processes "
+            "that share it would no longer see each other. It is refused; close this "
+            "LocalBackend and open the directory again"
+        )
 
 
 def _corrupt(name: str, path: str, why: str) -> BackendUnavailable:
