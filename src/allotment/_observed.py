@@ -395,7 +395,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         held = ticket.units
         began_ns = now_ns()
         pool = self._pool
-        if pool.waiting:  # only a release with waiters hands anything on
+        # Only a release with waiters hands anything on; a memory pool's queue, read bare,
+        # saves the ``waiting`` property's call (any other pool: set it, to be sure).
+        if type(pool) is not MemoryPool or pool.queue:
             token = handing.set(granted[5])
             try:
                 Lease.__exit__(self, exc_type, exc_value, traceback)
@@ -417,7 +419,8 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         # self._returned(), inlined: the ticket is done, the rest is what is unreported.
         with _reporting:
             returned = self._unreported
-            self._unreported = pool.form.zero()
+            # Nothing is left: for a scalar pool, 0, without a call to make it.
+            self._unreported = 0 if type(returned) is int else pool.form.zero()
         if not returned:
             return  # another thread's release reported it
         at = self.granted_at

@@ -10,6 +10,7 @@ section:
   manager's turn began) and ``granted`` (when the group is returned: the part is usable
   from then on). Its lease is an :class:`~allotment._observed.ObservedLease`, which reports
   each release;
+- on success, for each rate limiter, ``rate_allowed`` with the group's total cost for it;
 - on a timeout waiting on a manager, ``requested`` and ``timed_out`` for each part to that
   manager. The parts already taken were given back before the group returned anything,
   unreported: they were never usable, so no hold shows for them.
@@ -24,7 +25,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._core import Pool, Ticket
 from ._errors import AcquireTimeout, ExceedsCapacity, ManagerClosed
 from ._events import EventOwner, current_owner, emit, new_request_id, now_ns
-from ._observed import ObservedLease, _capacity, manager_record
+from ._observed import ObservedLease, _capacity, manager_record, rate_record
 from ._waiters import Steps
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def observe_group(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
         _parts.reset(token)
     if group is not None:
         _report_grants(group, owner)
+        _report_rates(group, owner)
     return group
 
 
@@ -142,6 +144,13 @@ def _report_grants(group: LeaseGroup, owner: EventOwner) -> None:
         )  # fmt: skip
         lease.grant(record, None if clock is SYSTEM_CLOCK else now)
         emit(record)
+
+
+def _report_rates(group: LeaseGroup, owner: EventOwner) -> None:
+    """Report what each rate limiter of ``group`` allowed: ``rate_allowed``, its cost the
+    group's total for it, with no wait (the group's wait shows in its managers' events)."""
+    for grant in group.rates:
+        emit(rate_record("rate_allowed", grant.limiter.name, owner, grant.cost, None, None))
 
 
 def _report_timeout(
