@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -197,8 +198,10 @@ handing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 """The request on whose behalf this thread or task is in a pool call that may hand units
 on (a release, a withdrawal): read by the waiters it wakes, after the lock."""
 
-new_request_id = iter(range(1, 1 << 62)).__next__
-"""A number for a request's events, unique in the process (a C call)."""
+new_request_id = itertools.count(1).__next__
+"""A number for a request's events, unique in the process (a C call). Not a range iterator:
+on a free-threaded build two threads can draw the same number from one of those (seen on
+3.13t), while ``itertools.count`` stays atomic."""
 
 
 def add_observer(observer: Observer) -> None:

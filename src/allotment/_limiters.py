@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import fractions
+import itertools
 import math
 import threading
 from collections.abc import Callable, Coroutine
@@ -85,7 +86,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _current_thread = threading.current_thread
 _SECONDS = (int, float)
-_serial = iter(range(1, 1 << 62))
+_serial = itertools.count(1)  # atomic on free-threaded builds too, unlike a range iterator
 
 
 def validate_cost(cost: object, largest: int, what: str = "cost") -> int:

@@ -38,6 +38,7 @@ import collections
 import contextlib
 import fractions
 import functools
+import itertools
 import logging
 import math
 import os
@@ -312,7 +313,7 @@ class RedisBackend:
         self._reclaims = collections.deque()
         self._draining = threading.RLock()
         self._draining_now = False
-        self._ids = iter(range(1, 1 << 62))
+        self._ids = itertools.count(1)  # a range iterator repeats ids across free threads
         self._closed = False
         self._keeper = None
         self._work = threading.Event()
