@@ -1,5 +1,5 @@
-"""The demo behind ``python -m allotment demo``: threads, and asyncio tasks on an event loop
-of their own, sharing a GPU node in one queue, narrated."""
+"""The first part of ``python -m allotment demo``: threads, and asyncio tasks on an event loop
+of their own, sharing a GPU node in one queue, narrated (the processes: ``_demo_processes``)."""
 
 from __future__ import annotations
 
