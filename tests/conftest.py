@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from allotment import LocalBackend
 from allotment.redis import RedisBackend
-from redis_support import RedisServer
+from redis_support import RedisServer, block_round_trips_on_loops
 
 # Threaded examples take as long as their threads do: no per-example deadline. Hypothesis
 # loads its built-in "ci" profile by itself when CI is set; extend it rather than replace it.
@@ -82,8 +82,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of the private server, which is emptied (and restarted, if a test stopped
     it) before the test."""
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
+    redis_server.ensure_running()
     client = redis_server.client()
     client.flushall()
     yield client
@@ -117,3 +116,13 @@ def backend(request: pytest.FixtureRequest) -> RedisBackend | LocalBackend | Non
         return local
     shared: RedisBackend = request.getfixturevalue("redis_backend")
     return shared
+
+
+@pytest.fixture
+def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """The detector of blocking round trips on a loop's thread (issue 18): the operations of
+    the synchronous round trips made on a thread that runs an event loop (each also fails
+    where it was made). Empty at the end of the test."""
+    made = block_round_trips_on_loops(monkeypatch)
+    yield made
+    assert made == []

@@ -3,17 +3,26 @@ with no persistence, and stopped (or killed and restarted) by the tests that nee
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import redis
 
-__all__ = ["RedisServer", "server_binary"]
+from allotment.redis import RedisBackend
+
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = ["RedisServer", "block_round_trips_on_loops", "counting_round_trips", "server_binary"]
 
 
 def server_binary() -> str:
@@ -69,6 +78,22 @@ class RedisServer:
         finally:
             client.close()
 
+    def ensure_running(self) -> None:
+        """Start the server again if a test stopped or killed it."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    @contextlib.contextmanager
+    def module_client(self) -> Iterator[redis.Redis]:
+        """A client for a module's tests (the server running), the server emptied after."""
+        self.ensure_running()
+        client = self.client()
+        try:
+            yield client
+        finally:
+            client.flushall()
+            client.close()
+
     def kill(self) -> None:
         """SIGKILL: the server's data is lost (there is no persistence)."""
         process = self.process
@@ -107,3 +132,37 @@ class RedisServer:
         collector warns)."""
         with self.client() as client:
             client.flushall()
+
+
+def counting_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The operations of the synchronous round trips (``RedisBackend.run_script``) made from
+    now on, in order."""
+    ran: list[str] = []
+    original = RedisBackend.run_script
+
+    def run(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        ran.append(str(args[0]))
+        return original(self, script, keys, args, name)
+
+    monkeypatch.setattr(RedisBackend, "run_script", run)
+    return ran
+
+
+def block_round_trips_on_loops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """From now on a synchronous round trip made on a thread that runs an event loop fails
+    (``AssertionError``), and its operation is noted in the list returned."""
+    made: list[object] = []
+    real = RedisBackend.run_script
+
+    def guarded(
+        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
+    ) -> Any:
+        if asyncio._get_running_loop() is not None:
+            made.append(args[0])
+            raise AssertionError(f"a blocking round trip ({args[0]}) on an event loop's thread")
+        return real(self, script, keys, args, name)
+
+    monkeypatch.setattr(RedisBackend, "run_script", guarded)
+    return made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -141,6 +142,23 @@ def assert_idle(manager: allotment.ResourceManager[Any]) -> None:
 
 def _as_dict(amount: int | Mapping[str, int]) -> dict[str, int]:
     return {"": amount} if isinstance(amount, int) else dict(amount)
+
+
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """No automatic collection (in a sweep, a finalizer run at a random moment would shift
+    the check points; in a leak test, only the test's own ``gc.collect()`` frees cycles), and
+    cheap explicit ones: what exists already is frozen out of them."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 @contextmanager

@@ -19,8 +19,8 @@ import allotment
 from allotment._core import FINISHED, GRANTED, MemoryPool, Ticket
 from allotment._waiters import await_grant, new_thread_waiter
 from allotment.testing import ManualClock
-from support import GENEROUS, assert_idle, pool_of
-from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
+from support import GENEROUS, assert_idle, frozen_gc, pool_of
+from test_envelope import Injected, Outcome, forget_frames, on_another_thread, sweep
 
 
 @dataclass(eq=False)

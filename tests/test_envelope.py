@@ -79,6 +79,7 @@ from support import (
     Worker,
     assert_idle,
     check_invariants,
+    frozen_gc,
     wait_until,
 )
 
@@ -613,22 +614,6 @@ def _divergence(now: list[str], before: list[str]) -> str:
         f"after {now[max(index - 3, 0) : index]}, at point {index + 1}, this run reached "
         f"{now[index : index + 3]} where the previous one reached {before[index : index + 3]}"
     )
-
-
-@contextlib.contextmanager
-def frozen_gc() -> Iterator[None]:
-    """No automatic collection during a sweep (a finalizer run at a random moment would shift
-    the check points), and cheap explicit ones: what exists already is frozen out of them."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
 
 
 LEAK_NOTICES = ("garbage-collected while still held", "garbage-collected while open")

@@ -23,8 +23,8 @@ import pytest
 import allotment
 from allotment._core import GRANTED, MemoryPool, Ticket
 from allotment.testing import ManualClock
-from support import GENEROUS, Worker, assert_idle, check_invariants, pool_of, wait_until
-from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
+from support import GENEROUS, Worker, assert_idle, check_invariants, frozen_gc, pool_of, wait_until
+from test_envelope import Injected, Outcome, forget_frames, on_another_thread, sweep
 
 
 @dataclass(eq=False)

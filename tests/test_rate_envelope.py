@@ -24,7 +24,8 @@ import allotment
 from allotment._core import Gcra, Meter, SlidingWindow
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
-from test_envelope import Injected, Outcome, forget_frames, frozen_gc, on_another_thread, sweep
+from support import frozen_gc
+from test_envelope import Injected, Outcome, forget_frames, on_another_thread, sweep
 
 
 @dataclass(eq=False)

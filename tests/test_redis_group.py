@@ -17,32 +17,14 @@ from hypothesis import example, given, settings
 import allotment
 from allotment.redis import RedisBackend, _scripts
 from allotment.redis import _pool as redis_pool
-from redis_support import RedisServer
+from redis_support import RedisServer, counting_round_trips
 from test_redis_scripts import START, on_test_clock
-
-
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    ran: list[str] = []
-    original = RedisBackend.run_script
-
-    def run(
-        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
-    ) -> Any:
-        ran.append(str(args[0]))
-        return original(self, script, keys, args, name)
-
-    monkeypatch.setattr(RedisBackend, "run_script", run)
-    return ran
 
 
 @pytest.fixture(scope="module")
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    yield client
-    client.flushall()
-    client.close()
+    with redis_server.module_client() as client:
+        yield client
 
 
 def _manager(script: Any, name: str, capacity: int, *args: object) -> Any:
@@ -235,7 +217,7 @@ def test_fencing_tokens_rise_and_leases_are_renewed(
     pool = allotment.ResourceManager(3, name="tokens", backend=redis_backend, rank=1)
     other = allotment.ResourceManager(3, name="tokens-other", backend=redis_backend, rank=2)
     api = allotment.RateLimiter(1000, per=1, name="tokens", backend=redis_backend)
-    ran = _counting(monkeypatch)
+    ran = counting_round_trips(monkeypatch)
     tokens: list[int] = []
     for _ in range(3):
         with allotment.acquire_all([(other, 2), (pool, 1), (api, 3)]) as group:

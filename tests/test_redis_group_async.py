@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -14,27 +14,8 @@ import pytest
 import allotment
 from aio_support import run, until
 from allotment.redis import RedisBackend, _backend
-from redis_support import RedisServer
+from redis_support import RedisServer, counting_round_trips
 from support import wait_until
-
-
-@pytest.fixture
-def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Fails any synchronous round trip made on a thread that runs an event loop."""
-    made: list[object] = []
-    real = RedisBackend.run_script
-
-    def guarded(
-        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
-    ) -> Any:
-        if asyncio._get_running_loop() is not None:
-            made.append(args[0])
-            raise AssertionError(f"a blocking round trip ({args[0]}) on an event loop's thread")
-        return real(self, script, keys, args, name)
-
-    monkeypatch.setattr(RedisBackend, "run_script", guarded)
-    yield made
-    assert made == []
 
 
 def _counting_async(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -385,20 +366,6 @@ def test_a_group_released_as_its_loop_ends_still_reaches_the_server(
     wait_until(lambda: _all_back(redis_backend, api), "released from a thread")
 
 
-def _counting_sync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    ran: list[str] = []
-    original = RedisBackend.run_script
-
-    def counted(
-        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
-    ) -> Any:
-        ran.append(str(args[0]))
-        return original(self, script, keys, args, name)
-
-    monkeypatch.setattr(RedisBackend, "run_script", counted)
-    return ran
-
-
 @pytest.mark.parametrize("failure", ["stalled", "killed"])
 def test_an_unreachable_server_ends_the_group_call_after_one_round_trip(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch, failure: str
@@ -416,7 +383,7 @@ def test_an_unreachable_server_ends_the_group_call_after_one_round_trip(
         with allotment.acquire_all([(pool, 1), (other, 1)]) as group:
             before = group[0].fencing_token
         assert before is not None
-        ran = _counting_sync(monkeypatch)
+        ran = counting_round_trips(monkeypatch)
         ran_async = _counting_async(monkeypatch)
         server.pause() if failure == "stalled" else server.kill()
         with pytest.raises(allotment.BackendUnavailable, match=r"^acquire_all on 'dead'"):
@@ -447,7 +414,7 @@ def test_only_allowing_limiters_are_granted_by_an_unreachable_server(
         api = allotment.RateLimiter(10, per=1, name="api", backend=backend, on_unavailable="allow")
         db = allotment.RateLimiter(10, per=1, name="db", backend=backend, on_unavailable="allow")
         strict = allotment.RateLimiter(10, per=1, name="strict", backend=backend)
-        ran = _counting_sync(monkeypatch)
+        ran = counting_round_trips(monkeypatch)
         server.pause()
         group = allotment.acquire_all([(api, 1), (db, 2)])
         assert [grant.cost for grant in group.rates] == [1, 2]

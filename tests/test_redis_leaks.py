@@ -21,7 +21,7 @@ import redis
 
 import allotment
 from allotment.redis import RedisBackend
-from support import wait_until
+from support import frozen_gc, wait_until
 
 
 def _available(client: redis.Redis, name: str) -> int:
@@ -31,12 +31,8 @@ def _available(client: redis.Redis, name: str) -> int:
 @pytest.fixture
 def no_collection() -> Iterator[None]:
     """Only the test's own ``gc.collect()`` frees the cycles."""
-    gc.collect()
-    gc.disable()
-    try:
+    with frozen_gc():
         yield
-    finally:
-        gc.enable()
 
 
 def _in_a_cycle(lease: object) -> None:

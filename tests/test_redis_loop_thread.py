@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,26 +19,6 @@ from allotment._limiters import limiter_parts
 from allotment.http import HTTPRequest, Policy
 from allotment.redis import RedisBackend
 from support import wait_until
-
-
-@pytest.fixture
-def blocking_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """The detector: the operations of the synchronous round trips made on a thread that
-    runs an event loop (each also fails where it was made). Empty at the end of the test."""
-    made: list[object] = []
-    real = RedisBackend.run_script
-
-    def guarded(
-        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
-    ) -> Any:
-        if asyncio._get_running_loop() is not None:
-            made.append(args[0])
-            raise AssertionError(f"a blocking round trip ({args[0]}) on an event loop's thread")
-        return real(self, script, keys, args, name)
-
-    monkeypatch.setattr(RedisBackend, "run_script", guarded)
-    yield made
-    assert made == []
 
 
 def _available(redis_backend: RedisBackend, name: str) -> int:

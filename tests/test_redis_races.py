@@ -163,16 +163,24 @@ def _acquire_in_a_task(pool: allotment.ResourceManager[int]) -> object:
 
 
 @pytest.mark.timeout(120)
-def test_a_stopped_server_fails_queued_waiters_then_recovers(server: RedisServer) -> None:
-    """As below, with the server stopped (SIGSTOP: it accepts connections and never answers)
-    instead of killed: the keeper's checks time out, the waiters (a thread, a task, one with
-    a long timeout) end with ``BackendUnavailable`` within the bound; once it runs again,
-    with its data, the holder's release and new grants work, with rising tokens."""
+@pytest.mark.parametrize("outage", ["stopped", "killed"])
+def test_a_stopped_or_killed_server_fails_queued_waiters_then_recovers(
+    server: RedisServer, outage: str
+) -> None:
+    """Waiters queued behind a holder (a thread and a task with no timeout, one with a long
+    timeout) when the server is stopped (SIGSTOP: it accepts connections and never answers;
+    the keeper's checks time out) or SIGKILLed end with ``BackendUnavailable`` within
+    ``waiter_ttl`` plus a few round trips. A stopped server, once it runs again with its
+    data, takes the holder's release and the waiters' withdrawals; a killed one is restarted
+    empty, the release retried by the keeper, never raised. Either way new grants work, with
+    rising fencing tokens."""
+    stopped = outage == "stopped"
+    name = "stops" if stopped else "dies"
     waiter_ttl, timeout = 3.0, 0.5
     backend = RedisBackend(server.client(), lease_ttl=30, waiter_ttl=waiter_ttl, timeout=timeout)
     client = server.client()
     try:
-        pool = allotment.ResourceManager(1, name="stops", backend=backend)
+        pool = allotment.ResourceManager(1, name=name, backend=backend)
         holder = pool.acquire(1)
         before = holder.fencing_token
         assert before is not None
@@ -183,71 +191,38 @@ def test_a_stopped_server_fails_queued_waiters_then_recovers(server: RedisServer
         ]
         for waiter in waiters:
             waiter.start()
-        wait_until(lambda: _queued(client, "stops") == 3, "three waiters are queued")
-        server.pause()
-        stopped = time.monotonic()
+        wait_until(lambda: _queued(client, name) == 3, "three waiters are queued")
+        if stopped:
+            server.pause()
+        else:
+            client.close()
+            server.kill()
+        failed = time.monotonic()
         for waiter in waiters:
             waiter.join(60)
-            assert not waiter.is_alive(), f"{waiter.name} still waits on a stopped server"
-        took = time.monotonic() - stopped
+            assert not waiter.is_alive(), f"{waiter.name} still waits on a {outage} server"
+        took = time.monotonic() - failed
         for waiter in waiters:
             assert isinstance(waiter.error, allotment.BackendUnavailable), waiter.error
-            assert "'stops'" in str(waiter.error)
-        assert took < waiter_ttl + 2 * timeout + 2 + 10  # the documented bound, generously
-        server.resume()
-        holder.release()
-        wait_until(lambda: _queued(client, "stops") == 0, "the waiters' withdrawals arrived")
-        with pool.acquire(1, timeout=30) as lease:
-            after = lease.fencing_token
-        assert after is not None
-        assert after > before
-        assert _available(client, "stops") == "1"  # nothing left held or queued
-    finally:
-        server.resume()
-        backend.close()
-        client.close()
-
-
-@pytest.mark.timeout(120)
-def test_a_killed_server_fails_queued_waiters_then_recovers(server: RedisServer) -> None:
-    """Waiters with no timeout (a thread and a task) queued behind a holder when the server is
-    SIGKILLed end with ``BackendUnavailable`` within ``waiter_ttl`` plus a few round trips;
-    after a restart, grants work again and fencing tokens still rise."""
-    waiter_ttl, timeout = 3.0, 0.5
-    backend = RedisBackend(server.client(), lease_ttl=30, waiter_ttl=waiter_ttl, timeout=timeout)
-    client = server.client()
-    try:
-        pool = allotment.ResourceManager(1, name="dies", backend=backend)
-        holder = pool.acquire(1)
-        before = holder.fencing_token
-        assert before is not None
-        waiters = [
-            Worker(lambda: pool.acquire(1), name="thread-waiter"),
-            Worker(lambda: _acquire_in_a_task(pool), name="task-waiter"),
-            Worker(lambda: pool.acquire(1, timeout=60), name="timed-waiter"),
-        ]
-        for waiter in waiters:
-            waiter.start()
-        wait_until(lambda: _queued(client, "dies") == 3, "three waiters are queued")
-        client.close()
-        server.kill()
-        killed = time.monotonic()
-        for waiter in waiters:
-            waiter.join(60)
-            assert not waiter.is_alive(), f"{waiter.name} still waits on a dead server"
-        took = time.monotonic() - killed
-        for waiter in waiters:
-            assert isinstance(waiter.error, allotment.BackendUnavailable), waiter.error
-            assert "'dies'" in str(waiter.error)
+            assert f"'{name}'" in str(waiter.error)
         # The documented bound: waiter_ttl + 2 * timeout + 2 s (generous here).
         assert took < waiter_ttl + 2 * timeout + 2 + 10
-        holder.release()  # the server is gone: retried by the keeper, never raised
-        server.start()  # empty: the server lost everything
+        if stopped:
+            server.resume()
+            holder.release()
+            wait_until(lambda: _queued(client, name) == 0, "the waiters' withdrawals arrived")
+        else:
+            holder.release()  # the server is gone: retried by the keeper, never raised
+            server.start()  # empty: the server lost everything
         with pool.acquire(1, timeout=30) as lease:
             after = lease.fencing_token
         assert after is not None
         assert after > before
+        if stopped:
+            assert _available(client, name) == "1"  # nothing left held or queued
     finally:
+        if stopped:
+            server.resume()
         backend.close()
         client.close()
 

@@ -3,34 +3,20 @@ trip costs no guarantee: a capacity that shrank elsewhere is still refused, all 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 import allotment
 from allotment.redis import RedisBackend
-
-
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    ran: list[str] = []
-    original = RedisBackend.run_script
-
-    def run(
-        self: RedisBackend, script: Any, keys: Sequence[str], args: Sequence[object], name: str
-    ) -> Any:
-        ran.append(str(args[0]))
-        return original(self, script, keys, args, name)
-
-    monkeypatch.setattr(RedisBackend, "run_script", run)
-    return ran
+from redis_support import counting_round_trips
 
 
 def test_round_trips_per_call(redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = allotment.ResourceManager(3, name="trips", backend=redis_backend)
     other = allotment.ResourceManager(3, name="trips-other", backend=redis_backend, rank=5)
     api = allotment.RateLimiter(1000, per=1, name="trips", backend=redis_backend)
-    ran = _counting(monkeypatch)
+    ran = counting_round_trips(monkeypatch)
     with pool.acquire(1):
         pass
     assert ran == ["enter", "release"]
@@ -80,7 +66,7 @@ def test_parts_on_different_backends_take_the_general_path_all_or_nothing(
         second = allotment.ResourceManager(2, name="mixed-b", backend=there, rank=2)
         local = allotment.ResourceManager(2, rank=3)
         api = allotment.RateLimiter(1000, per=1, name="mixed-api", backend=here)
-        ran = _counting(monkeypatch)
+        ran = counting_round_trips(monkeypatch)
         with allotment.acquire_all([(first, 1), (second, 1), (local, 1), (api, 1)]) as group:
             assert [lease.amounts for lease in group] == [1, 1, 1]
         assert "take-all" not in ran

@@ -51,12 +51,8 @@ def on_test_clock(script: str) -> str:
 @pytest.fixture(scope="module")
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """One client for the module: each example empties the server first."""
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    yield client
-    client.flushall()
-    client.close()
+    with redis_server.module_client() as client:
+        yield client
 
 
 def _bound_holds(grants: list[tuple[int, int]], interval: int, burst: int) -> None:
