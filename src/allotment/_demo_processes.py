@@ -5,9 +5,9 @@ one of them is SIGKILLed while it holds units, which the others get back at once
 The parent talks to each child over a pipe of its own (a killed child cannot leave a lock
 held that the others need, as it could in a shared ``multiprocessing.Queue``), tells each when
 to ask (so the queue order is the demo's, not the scheduler's), and waits for each request to
-be queued by reading ``statistics()``. Every process reads the same clock
-(``time.monotonic``: system-wide on Linux and macOS), so the hold intervals the children
-report can be checked against the capacity."""
+be queued by reading ``statistics()``. Every process reads the same clock (the system
+clock's ``time.monotonic``: system-wide on Linux and macOS), so the hold intervals the
+children report can be checked against the capacity."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ from multiprocessing.connection import Connection, wait
 
 import attrs
 
+from ._clock import SYSTEM_CLOCK
 from ._errors import UnsupportedByBackend
 from ._manager import ResourceManager
 from .local import LocalBackend
 
 __all__ = ["Hold", "ProcessesDemo", "run_processes_demo"]
+
+now = SYSTEM_CLOCK.now  # time.monotonic: one clock for every process of the host
 
 GPUS = 4
 POOL = "gpus"
@@ -94,14 +97,14 @@ def _child(path: str, name: str, units: int, connection: Connection) -> None:
     pool = ResourceManager(GPUS, name=POOL, backend=backend)
     send(("ready", os.getpid()))
     connection.recv()  # the word to ask
-    asked = time.monotonic()
+    asked = now()
     with pool.acquire(units, timeout=TIMEOUT) as lease:
-        start = time.monotonic()
+        start = now()
         send(("got", start, start - asked, lease.fencing_token))
         if name == "holder":
             connection.recv()  # never comes: the parent kills this process
         time.sleep(HOLD_SECONDS)
-        end = time.monotonic()
+        end = now()
     send(("returned", end))
     backend.close()
     send(("done", None))
@@ -110,10 +113,10 @@ def _child(path: str, name: str, units: int, connection: Connection) -> None:
 
 def run_processes_demo(print_line: Callable[[str], None] = print) -> ProcessesDemo:
     """Run the multi-process part (a few seconds: most of it starting the processes)."""
-    started = time.monotonic()
+    started = now()
 
     def say(text: str) -> None:
-        print_line(f"[{time.monotonic() - started:6.3f}s] {text}")
+        print_line(f"[{now() - started:6.3f}s] {text}")
 
     with tempfile.TemporaryDirectory(prefix="allotment-demo-") as directory:
         path = os.path.join(directory, "limits")
@@ -225,9 +228,9 @@ class _Show:
 
     def until(self, condition: Callable[[], bool], what: str) -> None:
         """Serve the children's messages until ``condition`` holds."""
-        deadline = time.monotonic() + TIMEOUT
+        deadline = now() + TIMEOUT
         while not condition():
-            remaining = deadline - time.monotonic()
+            remaining = deadline - now()
             if remaining <= 0:
                 raise TimeoutError(f"the demo's processes did not {what} in {TIMEOUT} s")
             # A short timeout: some conditions are on the pool's file, not on a message.
@@ -263,7 +266,7 @@ def _play(
         print_line(f"          {line}")
     assert holder.pid is not None
     holder_end = show.ends.pop("holder")
-    killed = time.monotonic()
+    killed = now()
     os.kill(holder.pid, signal.SIGKILL)
     say(f"SIGKILL to the holder (pid {holder.pid}) while it holds {units['holder']} GPUs")
     holder.join(TIMEOUT)
