@@ -8,6 +8,9 @@
 - Time comes only from the clock: nothing but ``_clock.py`` reads the system clock.
 - Faces hold their pool as the ``Pool`` interface, so mypy keeps them to it.
 - Module-level imports between allotment's modules form no cycle.
+- No id comes from a range iterator (``iter(range(...))``): on free-threaded builds its
+  ``__next__`` hands one number to two threads that draw at once; ``itertools.count``'s is
+  atomic.
 """
 
 from __future__ import annotations
@@ -171,6 +174,49 @@ def test_only_the_clock_reads_the_system_clock(path: Path) -> None:
         if isinstance(node, ast.ImportFrom) and node.module == "time":
             imported = {alias.name for alias in node.names}
             assert not imported & CLOCK_READS, f"{path.name} imports {imported} from time"
+
+
+def _range_iterators(tree: ast.AST) -> list[int]:
+    """The lines that make an iterator over a range: ``iter(range(...))`` or
+    ``range(...).__iter__()``."""
+
+    def is_range(node: ast.expr) -> bool:
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "range"
+        )
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "iter" and node.args:
+            if is_range(node.args[0]):
+                found.append(node.lineno)
+        elif isinstance(func, ast.Attribute) and func.attr == "__iter__" and is_range(func.value):
+            found.append(node.lineno)
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_no_id_is_drawn_from_a_range_iterator(path: Path) -> None:
+    lines = _range_iterators(_tree(path))
+    assert not lines, (
+        f"{path.name}, line(s) {lines}: iter(range(...)) repeats numbers when free threads "
+        "draw at once; use itertools.count"
+    )
+
+
+def test_the_range_iterator_rule_sees_one() -> None:
+    planted = ast.parse(
+        "new_id = iter(range(1, 1 << 62)).__next__\n"
+        "serial = range(10).__iter__()\n"
+        "fine = itertools.count(1).__next__\n"
+        "also_fine = [n for n in range(3)], iter([1, 2])\n"
+    )
+    assert sorted(_range_iterators(planted)) == [1, 2]
 
 
 @pytest.mark.parametrize("name", sorted(FACES))
