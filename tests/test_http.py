@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from http_support import Recorder, arrivals, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
-_names = iter(range(1_000_000))
+_names = itertools.count()
 
 
 @pytest.fixture(scope="module")
