@@ -10,11 +10,12 @@ sweep (whose helpers time out) would only see it as a later release serves them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,24 @@ FAIRNESS: dict[str, Callable[[], dict[str, Any]]] = {
     # The helper is old at once: a release hands off, as in strict mode.
     "bounded-hands-off": lambda: {"fairness": "bounded", "fairness_bound": 1e-9},
 }
+
+
+OBSERVED = pytest.mark.parametrize("observed", [False, True], ids=["plain", "observed"])
+"""Each sweep also runs with a Recorder installed: the observed paths have their own lines."""
+
+
+@contextlib.contextmanager
+def observing(observed: bool) -> Iterator[None]:
+    """A Recorder installed for the block (setups and operations alike), if ``observed``."""
+    if not observed:
+        yield
+        return
+    recorder = allotment.Recorder(capacity=1000)
+    allotment.add_observer(recorder)
+    try:
+        yield
+    finally:
+        allotment.remove_observer(recorder)
 
 
 def _queued_behind_a_lease(
@@ -115,10 +134,11 @@ def _leave_a_with_block(env: Queued) -> None:
 @pytest.mark.parametrize(
     "operation", [_release, _leave_a_with_block], ids=["release", "leaving-a-with-block"]
 )
+@OBSERVED
 def test_an_interrupted_release_hands_its_units_to_a_waiter_with_no_timeout(
-    operation: Callable[[Queued], None], fairness: str
+    operation: Callable[[Queued], None], fairness: str, observed: bool
 ) -> None:
-    with frozen_gc():
+    with frozen_gc(), observing(observed):
         swept = sweep(functools.partial(_queued_behind_a_lease, fairness), operation, _check)
     assert any("_pool.py" in point for point in swept.points)
 
@@ -198,10 +218,11 @@ def _check_permits(env: Permits, outcome: Outcome, *, must_be_given: bool) -> No
 
 @pytest.mark.timeout(4 * GENEROUS)
 @pytest.mark.parametrize("fairness", list(FAIRNESS))
+@OBSERVED
 def test_an_interrupted_semaphore_release_hands_its_permit_to_a_waiter_with_no_timeout(
-    fairness: str,
+    fairness: str, observed: bool
 ) -> None:
-    with frozen_gc():
+    with frozen_gc(), observing(observed):
         sweep(
             _semaphore_taken(queued=True, fairness=fairness),
             lambda env: env.semaphore.release(),
@@ -217,8 +238,9 @@ def _leave_a_semaphore_with_block(env: Permits) -> None:
 @pytest.mark.parametrize("fairness", list(FAIRNESS))
 @pytest.mark.parametrize("bounded", [False, True], ids=["Semaphore", "BoundedSemaphore"])
 @pytest.mark.parametrize("queued", [False, True], ids=["alone", "with-a-waiter"])
+@OBSERVED
 def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupts_it(
-    queued: bool, bounded: bool, fairness: str
+    queued: bool, bounded: bool, fairness: str, observed: bool
 ) -> None:
     lost: list[str] = []
 
@@ -234,7 +256,7 @@ def test_leaving_a_semaphore_with_block_gives_its_permit_back_whatever_interrupt
         except AssertionError as failure:
             lost.append(str(failure).splitlines()[0])
 
-    with frozen_gc():
+    with frozen_gc(), observing(observed):
         swept = sweep(
             _semaphore_taken(queued=queued, bounded=bounded, fairness=fairness),
             _leave_a_semaphore_with_block,
@@ -302,7 +324,10 @@ _NOMINATED_SWEEP_ON_THIS_BUILD = pytest.mark.skipif(
         for name in FAIRNESS
     ],
 )
-def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(fairness: str) -> None:
+@OBSERVED
+def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(
+    fairness: str, observed: bool
+) -> None:
     # CPython runs a finalizer once: an exception that lands in it before it gave the units
     # back (at its first line, even) must not lose them. The pool watches the lease, and
     # gives the units back by its next operation at the latest.
@@ -333,7 +358,7 @@ def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(fairnes
             raise
         _served(env, what)
 
-    with frozen_gc():
+    with frozen_gc(), observing(observed):
         swept = sweep(
             functools.partial(_queued_behind_a_lease, fairness, taken_by_a_finished_thread=True),
             _drop_the_lease,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import allotment
-from support import GENEROUS, Worker
+from support import GENEROUS, Worker, wait_for_waiters
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -154,3 +154,29 @@ def test_rate_metrics_results_and_opt_in_keys() -> None:
 def test_instrument_validates_its_argument() -> None:
     with pytest.raises(TypeError):
         allotment.otel.instrument(key_attributes="yes")  # type: ignore[arg-type]
+
+
+def test_a_rate_taken_in_acquire_all_records_its_time_in_queue(
+    reader: InMemoryMetricReader,
+) -> None:
+    # The group waits on its manager; its rate is taken last: it waited as long.
+    manager = allotment.ResourceManager(1, name="held")
+    limiter = allotment.RateLimiter(1000, burst=10, name="grouped")
+    held = manager.acquire(1)
+    with allotment.Recorder() as recorder:
+        waiter = Worker(
+            lambda: allotment.acquire_all([(manager, 1), (limiter, 1)], timeout=GENEROUS)
+        )
+        waiter.start()
+        wait_for_waiters(manager, 1)  # a group's parts are reported once it is taken
+        held.release()
+        group = waiter.outcome()
+        assert isinstance(group, allotment.LeaseGroup)
+        group.release()
+    (allowed,) = [event for event in recorder.events if event.kind == "rate_allowed"]
+    assert allowed.wait is not None
+    assert allowed.wait > 0
+    queue = _points(_metrics(reader)["allotment.rate.time_in_queue"])
+    point = queue[frozenset({("allotment.name", "grouped"), ("allotment.rate.result", "allowed")})]
+    assert point.count == 1
+    assert point.sum == pytest.approx(allowed.wait)

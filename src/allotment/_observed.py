@@ -43,9 +43,6 @@ __all__ = [
 ]
 
 _running_loop = asyncio._get_running_loop  # the C accessor: never raises
-_reporting = threading.Lock()
-"""Guards every observed lease's ``_unreported``: held for a few reads and stores, never
-across a pool call, so one lock serves them all (a lock per lease cost more to make)."""
 _weak = weakref.ref
 
 
@@ -274,11 +271,18 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     (``granted`` is ``None``: a part of a group being taken) it releases unreported, as a
     plain lease. Each release reports what it gave back, timed as its call began.
 
-    Invariant: ``_unreported`` is what the lease held when its last report was decided (at
-    first, what it asked for); the module's ``_reporting`` lock guards it. After its pool
-    call each release decides, under that lock, that it gave back
-    ``_unreported`` minus what the ticket still holds, and moves ``_unreported`` down to
-    that: two threads releasing one lease at once report each unit once between them.
+    Invariant: ``_unreported`` is a box (a list) holding, while no release is deciding,
+    one item: what the lease held when its last report was decided (at first, what it asked
+    for; a group's part, what it holds once the group is taken). No lock guards it, so that
+    a signal handler or finalizer that releases, or acquires, in the middle of a release on
+    the same thread cannot deadlock on it. A release decides by taking the item out
+    (``pop``, one atomic call), and only the release holding it may report: the item minus
+    what the ticket still holds. It puts what is held back, then looks at the ticket again:
+    a release that found the box empty meanwhile changed it first, and the holder reports
+    that too (see :meth:`_returned`). So two threads, or a thread and its own signal
+    handler, releasing one lease at once report each unit once between them. An
+    asynchronous exception between the ``pop`` and the put-back leaves the box empty: later
+    releases of that lease go unreported (never a unit lost).
     """
 
     granted: tuple[Any, ...] | None
@@ -291,14 +295,14 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         self._manager = manager
         self.granted = None
         self.granted_at = None
-        self._unreported = ticket.units  # a new ticket's units: what it asks for
+        self._unreported = [ticket.units]  # a new ticket's units: what it asks for
         if type(pool) is MemoryPool:  # Lease.__attrs_post_init__, inlined: the pool watches
             ticket.face = _weak(self, pool.face_died)
 
     def grant(self, record: tuple[Any, ...], granted_at: float | None) -> None:
         """Note the grant's record and clock time, and what it holds now (a part of a group
         holds its share only once the group is taken)."""
-        self._unreported = self._ticket.units
+        self._unreported = [self._ticket.units]
         self.granted_at = granted_at
         self.granted = record
 
@@ -308,15 +312,28 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     def ticket_of(self) -> Ticket:
         return self._ticket
 
-    def _returned(self) -> tuple[Any, Any]:
-        """What this lease gave back since its last report (see the class's invariant), now
-        taken as reported, and what it still holds."""
-        ticket = self._ticket
-        with _reporting:
-            remaining = ticket.units if ticket.state is GRANTED else self._pool.form.zero()
-            returned = self._unreported - remaining
-            self._unreported = remaining
-        return returned, remaining
+    def _returned(self, done: bool) -> list[tuple[Any, Any]]:
+        """What this lease gave back since its last report, in one item per change seen,
+        each with what it still held then, now taken as reported (see the class's
+        invariant); nothing if another release is deciding (it reports this one's too).
+        ``done``: a full release returned, so nothing is held (even if the ticket still
+        says so: a release made inside a section is done as that section ends)."""
+        ticket, box, zero = self._ticket, self._unreported, self._pool.form.zero
+        changes: list[tuple[Any, Any]] = []
+        while True:
+            try:
+                unreported = box.pop()
+            except IndexError:  # another release is deciding: it looks again once done
+                return changes
+            remaining = ticket.units if ticket.state is GRANTED and not done else zero()
+            box.append(remaining)
+            returned = unreported - remaining
+            if returned:
+                changes.append((returned, remaining))
+            # A release that found the box empty changed the ticket before trying: seen here.
+            now = ticket.units if ticket.state is GRANTED and not done else zero()
+            if now == remaining:
+                return changes
 
     def release(self, amount: Amount | None = None) -> None:
         ticket = self._ticket
@@ -335,7 +352,7 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
             raise
         finally:
             handing.reset(token)
-        self._report_returned(began_ns, hold)
+        self._report_returned(began_ns, hold, done=amount is None)
 
     async def release_async(self, amount: Amount | None = None) -> None:
         """:meth:`release` for a task (a backend's round trip on its loop), reported."""
@@ -354,9 +371,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
             raise
         except BaseException:
             # A cancellation does not stop a backend's release: what it gave back counts.
-            self._report_returned(began_ns, hold)
+            self._report_returned(began_ns, hold, done=False)
             raise
-        self._report_returned(began_ns, hold)
+        self._report_returned(began_ns, hold, done=amount is None)
 
     async def __aexit__(
         self,
@@ -373,12 +390,14 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         """Report what was given back for this lease, other than by its own methods (its
         claim closed, from ``began_ns``), if anything was."""
         if self.granted is not None:
-            self._report_returned(began_ns, self._held_for(began_ns))
+            self._report_returned(began_ns, self._held_for(began_ns), done=False)
 
-    def _report_returned(self, began_ns: int, hold: float) -> None:
-        returned, remaining = self._returned()
-        if returned:
-            self._report_release(returned, remaining, began_ns, hold, None)
+    def _report_returned(self, began_ns: int, hold: float, *, done: bool) -> None:
+        # A full release that left the ticket granted was made inside a section (by a
+        # finalizer or a signal handler), which does it as it ends: no observer runs here.
+        inside = done and self._ticket.state is GRANTED
+        for returned, remaining in self._returned(done):
+            self._report_release(returned, remaining, began_ns, hold, None, deferring=inside)
 
     def __exit__(
         self,
@@ -416,13 +435,17 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
                 if isinstance(error, LeaseLost):
                     self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
-        # self._returned(), inlined: the ticket is done, the rest is what is unreported.
-        with _reporting:
-            returned = self._unreported
-            # Nothing is left: for a scalar pool, 0, without a call to make it.
-            self._unreported = 0 if type(returned) is int else pool.form.zero()
+        # self._returned(), inlined: the ticket is done (it cannot change again), the rest is
+        # what is unreported.
+        box = self._unreported
+        try:
+            returned = box.pop()
+        except IndexError:
+            return  # another release is deciding: the ticket is done, it reports the rest
+        # Nothing is left: for a scalar pool, 0, without a call to make it.
+        box.append(0 if type(returned) is int else pool.form.zero())
         if not returned:
-            return  # another thread's release reported it
+            return  # another release reported it
         at = self.granted_at
         hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
         remaining: object = 0
@@ -437,6 +460,8 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         if solo is not None and not _events.deferred:  # one recorder: emit, inlined
             solo[0](record)
             solo[1]()
+        elif ticket.state is GRANTED:  # released inside a section, as it ends: not here
+            defer(record)
         else:
             emit(record)
 
@@ -449,7 +474,14 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         return self._manager.clock.now() - granted_at
 
     def _report_release(
-        self, returned: Any, remaining: Any, began_ns: int, hold: float, reason: str | None
+        self,
+        returned: Any,
+        remaining: Any,
+        began_ns: int,
+        hold: float,
+        reason: str | None,
+        *,
+        deferring: bool = False,
     ) -> None:
         form = self._pool.form
         if type(returned) is not int:
@@ -459,7 +491,7 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
             remaining = 0
         granted = self.granted
         assert granted is not None, "reported only once granted"
-        emit(
+        (defer if deferring else emit)(
             (
                 "released",
                 granted[1],

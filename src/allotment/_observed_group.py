@@ -10,7 +10,9 @@ section:
   manager's turn began) and ``granted`` (when the group is returned: the part is usable
   from then on). Its lease is an :class:`~allotment._observed.ObservedLease`, which reports
   each release;
-- on success, for each rate limiter, ``rate_allowed`` with the group's total cost for it;
+- on success, for each rate limiter, ``rate_allowed`` with the group's total cost for it
+  and its wait: from the group's start to its return, on the limiter's clock (a group's
+  requests are all asked at its start, and its rates are taken last);
 - on a timeout waiting on a manager, ``requested`` and ``timed_out`` for each part to that
   manager. The parts already taken were given back before the group returned anything,
   unreported: they were never usable, so no hold shows for them.
@@ -57,6 +59,7 @@ def observe_group(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
     """``taking``, reported (see the module's docstring)."""
     owner = current_owner()  # in the steps' own thread or task
     began = [(step.of.clock.now(), now_ns()) for step in plan.steps]
+    rates_asked = [rate.of.clock.now() for rate in plan.rates]
     parts: list[Ticket] = []
     token = _parts.set(parts)
     try:
@@ -71,7 +74,7 @@ def observe_group(taking: Steps[_Result], plan: _Plan) -> Steps[_Result]:
         _parts.reset(token)
     if group is not None:
         _report_grants(group, owner)
-        _report_rates(group, owner)
+        _report_rates(group, plan, rates_asked, owner)
     return group
 
 
@@ -146,11 +149,20 @@ def _report_grants(group: LeaseGroup, owner: EventOwner) -> None:
         emit(record)
 
 
-def _report_rates(group: LeaseGroup, owner: EventOwner) -> None:
+def _report_rates(
+    group: LeaseGroup, plan: _Plan, rates_asked: list[float], owner: EventOwner
+) -> None:
     """Report what each rate limiter of ``group`` allowed: ``rate_allowed``, its cost the
-    group's total for it, with no wait (the group's wait shows in its managers' events)."""
+    group's total for it, its wait since the group began (``rates_asked``, one per limiter
+    of ``plan``, on its clock)."""
+    asked = {
+        id(rate.limiter): (rate.of.clock, at)
+        for rate, at in zip(plan.rates, rates_asked, strict=True)
+    }
     for grant in group.rates:
-        emit(rate_record("rate_allowed", grant.limiter.name, owner, grant.cost, None, None))
+        clock, at = asked[id(grant.limiter)]
+        wait = clock.now() - at
+        emit(rate_record("rate_allowed", grant.limiter.name, owner, grant.cost, wait, None))
 
 
 def _report_timeout(

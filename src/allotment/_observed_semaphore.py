@@ -245,32 +245,28 @@ def _forget(grants: Grants, entry: Entry) -> None:
             held.remove(entry)
 
 
-def release_observed(semaphore: Semaphore, count: int, exiting: bool) -> None:
-    """``Semaphore.release(count)`` (``exiting``: its ``__exit__``, which gives again if
-    interrupted before the give decided) while someone observes: reported as one
-    ``released`` per grant it pairs with, and one for the rest (request ``0``)."""
+def release_observed(semaphore: Semaphore, count: int, receipt: list[bool | None]) -> bool:
+    """``Semaphore.release(count)`` while someone observes; whether the permits were given
+    (``False``: a bounded semaphore's release too many, nothing changed). ``receipt[0]`` is
+    set as the give decides: a caller interrupted before that (its ``__exit__``) gives
+    again. Reported as one ``released`` per grant it pairs with, and one for the rest
+    (request ``0``). An exception before the give leaves the grants it took unpaired:
+    events may then miss a hold, never a permit."""
     pool, _clock, limit, grants = _parts(semaphore)
     began_ns = now_ns()
     paired = grants.take(count)
-    token = handing.set(paired[0][0][5] if paired else None)
-    receipt: list[bool | None] = [None]
+    token = None
     try:
-        try:
-            given = pool.give(count, limit, receipt)
-        except BaseException:
-            if receipt[0] is None and exiting:
-                given = pool.give(count, limit, receipt)
-            else:
-                given = bool(receipt[0])
-            if not given:
-                grants.put_back(paired)
-            raise
+        token = handing.set(paired[0][0][5] if paired else None)
+        given = pool.give(count, limit, receipt)
     finally:
-        handing.reset(token)
+        if token is not None:
+            handing.reset(token)
     if not given:
         grants.put_back(paired)
-        raise ValueError("Semaphore released too many times")
+        return False
     _report_released(semaphore, paired, count, began_ns)
+    return True
 
 
 def _report_released(semaphore: Semaphore, paired: list[Entry], count: int, began_ns: int) -> None:

@@ -152,23 +152,21 @@ class Semaphore:
     ) -> None:
         # release(1), written out: the call would add about a fifteenth to a with-block. A
         # subclass that overrides release() gets _exit_through_release instead.
-        if not _events.observers:
-            # Falls through from the test, where 3.10 has no check point: an exception can
-            # land only at the entry, as for any with-block, or inside the try.
-            receipt: list[bool | None] = [None]
-            try:
+        # One try covers both paths: 3.10 checks at the jump to the observed branch, so that
+        # branch starts inside it. An exception before the give decided (the receipt says
+        # whether it did) gives again, plainly, as Lease.__exit__ releases again.
+        receipt: list[bool | None] = [None]
+        try:
+            if not _events.observers:
                 given = self._memory.give(1, self._limit, receipt)
-            except BaseException:
-                # Interrupted before the give decided (at its first line, before its lock):
-                # give again, as Lease.__exit__ releases again. The receipt says whether it
-                # decided.
-                if receipt[0] is None:
-                    self._memory.give(1, self._limit, receipt)
-                raise
-            if not given:
-                raise ValueError("Semaphore released too many times")
-            return
-        release_observed(self, 1, exiting=True)
+            else:
+                given = release_observed(self, 1, receipt)
+        except BaseException:
+            if receipt[0] is None:
+                self._memory.give(1, self._limit, receipt)
+            raise
+        if not given:
+            raise ValueError("Semaphore released too many times")
 
     def _exit_through_release(
         self,
@@ -195,7 +193,8 @@ class Semaphore:
         if n < 1:
             raise ValueError("n must be one or more")
         if _events.observers:
-            release_observed(self, n, exiting=False)
+            if not release_observed(self, n, [None]):
+                raise ValueError("Semaphore released too many times")
             return
         if not self._pool.give(n, self._limit):
             raise ValueError("Semaphore released too many times")

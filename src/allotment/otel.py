@@ -15,7 +15,8 @@ The names mirror OpenTelemetry's semantic conventions for connection pools and r
 - ``allotment.pool.use_time`` (Histogram, ``s``): each lease's hold.
 - ``allotment.pool.timeouts`` (Counter, ``{timeout}``): each acquisition that timed out.
 - ``allotment.rate.requests`` (Counter, ``{request}``): each rate decision.
-- ``allotment.rate.time_in_queue`` (Histogram, ``s``): each rate request that waited.
+- ``allotment.rate.time_in_queue`` (Histogram, ``s``): each rate request that waited (in
+  ``acquire_all``, each limiter's part, for as long as the group took).
 
 Every measurement carries ``allotment.name`` (the manager's or limiter's name); the in-use
 counter of a manager of named resources carries ``allotment.resource`` (one series per
@@ -40,6 +41,8 @@ from ._events import Event, add_observer, remove_observer
 
 __all__ = ["Instrumentation", "instrument"]
 
+_QUEUED_RESULTS = frozenset({"rate_waited", "timed_out", "cancelled"})
+"""The rate decisions that always queued (their wait is recorded, even a zero one)."""
 _RATE_RESULTS = {
     "rate_allowed": "allowed",
     "rate_waited": "allowed",
@@ -149,8 +152,10 @@ class Instrumentation:
             attributes["allotment.key"] = str(event.key)
         with_result = {**attributes, "allotment.rate.result": result}
         self._rate_requests.add(1, with_result)
-        if event.kind in {"rate_waited", "timed_out", "cancelled"} and event.wait is not None:
-            self._time_in_queue.record(event.wait, with_result)
+        wait = event.wait
+        # An allowance that did not wait says 0.0 (a group's part: the group's wait).
+        if wait is not None and (wait > 0 or event.kind in _QUEUED_RESULTS):
+            self._time_in_queue.record(wait, with_result)
 
     def close(self) -> None:
         """Stop measuring (the instruments stay, with what they measured)."""
