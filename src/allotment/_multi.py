@@ -38,11 +38,11 @@ from ._core import (
     RateMeter,
     RateTicket,
     Site,
+    Spent,
     Ticket,
     caller_site,
     ticks_of,
 )
-from ._core._meter import Spent
 from ._errors import AcquireTimeout, ExceedsBurst, ExceedsCapacity, LeaseReleased
 from ._lease import Lease
 from ._limiters import (
@@ -472,11 +472,12 @@ def _rate_waited(
 ) -> bool:
     """The one-pass path's limiter was not allowed at once (someone is queued, or the rule
     refused, or it is not a GCRA): ask with a ticket, waiting if ``blocking`` allows, as
-    the general path would. ``False`` if refused (by ``deadline``); the ticket is in
-    ``spent`` before it is asked, so an exception gives back what it was granted."""
+    the general path would. ``False`` if refused (by ``deadline``). The ticket takes the
+    place of the unspent record in ``spent`` (one store) before it is asked, so an
+    exception gives back what it was granted, and :meth:`LeaseGroup.refund` sees only it."""
     clock = limits.clock
     ticket = RateTicket(cost, _current_thread(), None, clock.now())
-    spent.append((meter, ticket))
+    spent[-1] = (meter, ticket)
     limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
     entry = meter.enter(ticket, new_thread_waiter if blocking else None, blocking, limit)
     return entry == "granted" or (entry == "queued" and await_rate(meter, ticket, clock, deadline))
