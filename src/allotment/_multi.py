@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, TypeVar, overload
+from typing import Any, Final, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
 
@@ -37,6 +38,7 @@ from ._core import (
     RateMeter,
     RateTicket,
     Site,
+    Spent,
     Ticket,
     caller_site,
     ticks_of,
@@ -50,7 +52,6 @@ from ._limiters import (
     is_limiter,
     limiter_parts,
     rate_ticket,
-    refund,
     validate_cost,
 )
 from ._lock_order import check_order, note_held
@@ -97,6 +98,10 @@ mapping of resource names for a manager of named ones (the type parameter of
 ``WindowLimiter``, whose private base is named here). The runtime checks the same
 (and the names, and the signs) before anything is taken."""
 
+RateSpent = tuple[RateMeter, RateTicket] | tuple[Meter, Spent]
+"""A limiter's part of a group: its granted (or queued) ticket, or what the one-pass path
+spent on an in-memory meter without one (see ``Meter.take_undoable``)."""
+
 _current_thread = threading.current_thread
 _INFINITY = float("inf")
 _Item = TypeVar("_Item")
@@ -117,7 +122,7 @@ class LeaseGroup(Sequence[Lease[Any]]):
     _leases: tuple[Lease[Any], ...]
     _taken: tuple[Lease[Any], ...]
     """The same leases in the order they were granted."""
-    _grants: tuple[tuple[RateMeter, RateTicket], ...] = ()
+    _grants: tuple[RateSpent, ...] = ()
     """The limiters' grants, for :meth:`refund`."""
     rates: tuple[RateGrant, ...] = ()
     """What each rate limiter allowed, one per limiter named, in the order first named."""
@@ -160,8 +165,8 @@ class LeaseGroup(Sequence[Lease[Any]]):
         was interrupted before it began). Exact for each limiter that granted nothing since;
         ``True`` if every one was refunded. Idempotent."""
         refunded = True
-        for meter, ticket in reversed(self._grants):
-            refunded = refund(meter, ticket) and refunded
+        for grant in reversed(self._grants):
+            refunded = _give_back_rate(grant) and refunded
         return refunded
 
     def __enter__(self) -> LeaseGroup:
@@ -416,7 +421,7 @@ def _take_at_once(
         deadline = rate[1].clock.now() + timeout  # the group's one deadline
     leases: list[Lease[Any] | None] = [None] * count
     taken: list[Lease[Any]] = []
-    spent: list[tuple[RateMeter, RateTicket]] = []
+    spent: list[RateSpent] = []
     thread = _current_thread()
     try:
         for _, _, index, of, manager, units in parts:
@@ -430,14 +435,14 @@ def _take_at_once(
         rates: tuple[RateGrant, ...] = ()
         if rate is not None:
             limiter, limits, cost, rate_index = rate
-            meter, clock = limits.meter, limits.clock
-            ticket = RateTicket(cost, thread, None, clock.now())
-            spent.append((meter, ticket))  # before asking, likewise
-            limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
-            entry = meter.enter(ticket, new_thread_waiter if blocking else None, blocking, limit)
-            if entry != "granted" and not (
-                entry == "queued" and await_rate(meter, ticket, clock, deadline)
-            ):
+            meter: Meter = limits.meter  # type: ignore[assignment]  # checked by _fast_parts
+            now_spent: Spent = [0, 0, 0]
+            spent.append((meter, now_spent))  # before asking, likewise
+            # Allowed at once (the common case): no ticket, and an exact undo if need be.
+            allowed = meter.take_undoable(now_spent, cost, not blocking)
+            if allowed is None or (blocking and not allowed):
+                allowed = _rate_waited(meter, limits, cost, deadline, spent, blocking=blocking)
+            if not allowed:
                 _release_all(taken)
                 if quietly:
                     return None
@@ -454,6 +459,28 @@ def _take_at_once(
         finally:  # an exception as the refund returns still gives the leases back
             _release_all(taken)
         raise
+
+
+def _rate_waited(
+    meter: Meter,
+    limits: LimiterParts,
+    cost: int,
+    deadline: float | None,
+    spent: list[RateSpent],
+    *,
+    blocking: bool,
+) -> bool:
+    """The one-pass path's limiter was not allowed at once (someone is queued, or the rule
+    refused, or it is not a GCRA): ask with a ticket, waiting if ``blocking`` allows, as
+    the general path would. ``False`` if refused (by ``deadline``). The ticket takes the
+    place of the unspent record in ``spent`` (one store) before it is asked, so an
+    exception gives back what it was granted, and :meth:`LeaseGroup.refund` sees only it."""
+    clock = limits.clock
+    ticket = RateTicket(cost, _current_thread(), None, clock.now())
+    spent[-1] = (meter, ticket)
+    limit = -1 if deadline is None else ticks_of(deadline, meter.scale)
+    entry = meter.enter(ticket, new_thread_waiter if blocking else None, blocking, limit)
+    return entry == "granted" or (entry == "queued" and await_rate(meter, ticket, clock, deadline))
 
 
 def _check_order(planned: _Plan, blocking: bool, site: Site) -> None:
@@ -755,9 +782,19 @@ def _take_rates(
         raise
 
 
-def _withdraw_rates(entered: Sequence[tuple[RateMeter, RateTicket]]) -> None:
+def _withdraw_rates(entered: Sequence[RateSpent]) -> None:
     """Withdraw or refund every limiter's ticket, last first (see :func:`_undo_all`)."""
-    _undo_all(entered, lambda pair: pair[0].release(pair[1]))
+    _undo_all(entered, _give_back_rate)
+
+
+def _give_back_rate(grant: RateSpent) -> bool:
+    """Withdraw a limiter's ticket or refund its grant (exactly, if nothing was granted
+    after it), or what the one-pass path spent without a ticket; ``True`` if given back.
+    Idempotent."""
+    meter, spent = grant
+    if isinstance(spent, list):
+        return cast("Meter", meter).give_back(spent)  # only a Meter's grant is a list
+    return meter.release(spent)
 
 
 def _rates_refused(
@@ -800,8 +837,8 @@ def taken_of(group: LeaseGroup) -> tuple[Lease[Any], ...]:
     return group._taken
 
 
-def _release(lease: Lease[Any]) -> None:
-    lease.release()
+_release: Callable[[Lease[Any]], object] = operator.methodcaller("release")
+"""``lease.release()``, the lease's own (an observed one reports), with no Python frame."""
 
 
 def _release_all(leases: Sequence[Lease[Any]]) -> None:

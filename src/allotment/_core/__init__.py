@@ -12,6 +12,7 @@ from ._meter import (
     MeterSnapshot,
     RateMeter,
     RateTicket,
+    Spent,
     WaitingView,
 )
 from ._policies import (
@@ -83,6 +84,7 @@ __all__ = [
     "Site",
     "SlidingWindow",
     "Snapshot",
+    "Spent",
     "Ticket",
     "TicketState",
     "TicketView",

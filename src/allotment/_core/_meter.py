@@ -40,6 +40,7 @@ after it, idempotently, retried once if an exception cuts them short.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 import weakref
@@ -63,10 +64,14 @@ __all__ = [
     "MeterSnapshot",
     "RateMeter",
     "RateTicket",
+    "Spent",
     "WaitingView",
 ]
 
 Entry = Literal["granted", "queued", "refused"]
+Spent = list[int]
+"""What :meth:`Meter.take_undoable` spent: ``[cost, rule state before, rule state after]``;
+the cost is ``0`` until the grant and once it is given back."""
 _R = TypeVar("_R")
 
 
@@ -253,6 +258,65 @@ class Meter:
             if count_refusal:
                 self.refused += 1
             return False
+
+    def take_undoable(self, spent: Spent, cost: int, count_refusal: bool) -> bool | None:
+        """:meth:`take_now` for a part of a group, which may have to give the rate back: on a
+        grant (``True``) ``spent`` is filled in, in the same step as the rule's state moves,
+        so that :meth:`give_back` undoes exactly this grant. ``None``, having changed
+        nothing, if anyone is queued or the rule is not a GCRA (then :meth:`enter` decides,
+        with a ticket); ``False`` if the rule refuses (counted if ``count_refusal``)."""
+        lock = self._lock
+        if lock._is_owned():
+            raise _reentrant()
+        with lock:
+            gcra = self._gcra
+            if self.queue or self.retired or gcra is None:
+                if self.retired:
+                    raise MeterRetired
+                return None
+            now = self._now_ns() * self.scale
+            if now < self.last:  # noqa: PLR1730 - max() is a call
+                now = self.last
+            self.last = now
+            tat = gcra.tat
+            charged = cost * gcra.interval
+            if now >= tat + charged - gcra.tolerance:
+                after = (tat if tat > now else now) + charged
+                # One straight run of stores, no call and no jump: nothing can land between
+                # the rule's move and the record that undoes it.
+                spent[1] = tat
+                spent[2] = after
+                gcra.tat = after
+                spent[0] = cost
+                self.allowed += 1
+                self.allowed_units += cost
+                return True
+            if count_refusal:
+                self.refused += 1
+            return False
+
+    def give_back(self, spent: Spent) -> bool:
+        """Undo what :meth:`take_undoable` recorded in ``spent``: exactly, if nothing was
+        recorded on the rule after it (``True``); otherwise it stays spent, which can only
+        make the limiter stricter. Idempotent (``spent`` is marked given back), and a
+        ``spent`` never filled in gives nothing back."""
+        return self._section(functools.partial(self._give_back_locked, spent))
+
+    def _give_back_locked(self, spent: Spent, woken: list[Waiter]) -> bool:
+        cost, before, after = spent
+        gcra = self._gcra
+        if cost and gcra is not None and gcra.tat == after:
+            # Straight stores again: an exception lands before them (repeated in full) or
+            # after them (done, and marked done).
+            spent[0] = 0
+            gcra.tat = before
+            self.allowed -= 1
+            self.allowed_units -= cost
+            if self.queue:  # those queued behind move up, as if it had never been taken
+                self._replan(self._tick(), woken)
+            return True
+        spent[0] = 0
+        return False
 
     def enter(
         self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
