@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 import allotment
-from support import GENEROUS, assert_idle
-from test_envelope import Outcome, Run, forget_frames, frozen_gc, sweep
+from support import GENEROUS, assert_idle, frozen_gc
+from test_envelope import Outcome, Run, forget_frames, sweep
 
 
 @dataclass(eq=False)

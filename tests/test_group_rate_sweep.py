@@ -22,12 +22,12 @@ import allotment
 from allotment._core import Gcra, Meter
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
+from support import frozen_gc
 from test_envelope import (
     Injected,
     Outcome,
     _result_in_transit,
     forget_frames,
-    frozen_gc,
     on_another_thread,
     sweep,
 )
