@@ -59,6 +59,7 @@ from .._core import (
 from .._errors import (
     BackendConflict,
     BackendLimitExceeded,
+    BackendUnavailable,
     ExceedsCapacity,
     ManagerClosed,
     ReentrantCall,
@@ -180,8 +181,9 @@ def hand_off(
 
 
 def settle(file: StateFile, backend: LocalBackend) -> None:
-    """Settle this backend's waiters on ``file`` from what it holds (after a ring)."""
-    hand_off(file, backend, lambda current: (None, None), rings=set())
+    """Settle this backend's waiters on ``file`` from what it holds (after a ring). Checked
+    as a granting section is (a removed file refuses them, see ``StateFile.unusable``)."""
+    hand_off(file, backend, lambda current: (None, None), rings=set(), grants=True)
 
 
 def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
@@ -358,6 +360,19 @@ class LocalPool:
             return True
         self._refuse_locked(ticket)
         return True
+
+    def refuse_unusable(self, ticket: Ticket, error: BackendUnavailable) -> None:
+        """Under the file's mutex: the file cannot be used (damaged, removed); ``ticket``,
+        queued, is refused with the error a new call gets. Its record stays in the file,
+        which nobody trusts any more."""
+        if ticket.state is not PENDING:
+            return
+        mine = self._records.get(ticket)
+        if mine is not None:
+            mine.done = True
+        self._live.pop(ticket, None)
+        ticket.error = BackendUnavailable(str(error))
+        ticket.state = REFUSED
 
     def _refuse_locked(self, ticket: Ticket) -> None:
         ticket.error = ExceedsCapacity(

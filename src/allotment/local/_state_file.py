@@ -65,6 +65,10 @@ class StateFile:
     mutex: SectionLock = attrs.field(factory=new_section_lock)
     waiting: dict[int, tuple[LocalPool, Ticket]] = attrs.field(factory=dict)
     """The queued tickets of this backend on this file, by record id (guarded by ``mutex``)."""
+    unusable: Callable[[StateFile, BackendUnavailable], None] | None = None
+    """Told when a section finds the file damaged or removed (after the mutex is released):
+    the backend refuses its waiters on it and rings the other processes' doorbells, so that
+    nobody waits for ever on a file nobody can use."""
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, resources: int) -> StateFile:
@@ -180,6 +184,10 @@ class StateFile:
                     raise
                 finally:
                     _here.depth -= 1
+        except BackendUnavailable as error:
+            if self.unusable is not None:
+                self.unusable(self, error)
+            raise
         finally:
             if wake is not None:
                 try:
