@@ -283,7 +283,10 @@ class LocalBackend:
 
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its
-        state files and takes an identity of its own when it first needs one."""
+        state files and takes an identity of its own when it first needs one. A closed
+        backend is left alone: nothing in the child may use it."""
+        if self._closed:
+            return
         self._lock = new_section_lock()
         if self._identity is not None:
             self._identity.forget_in_child()
