@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -366,3 +368,130 @@ def test_an_exception_anywhere_in_a_leaked_lease_finalizer_loses_no_unit(
         )
     assert any("__del__" in point for point in swept.points)
     assert ways["by the next operation"] > 0, ways
+
+
+# -- LocalBackend: a release, an acquire, a try, with a waiter in this or "another process" -----
+
+_local_runs = itertools.count()
+
+
+@dataclass(eq=False)
+class LocalQueued:
+    """A LocalBackend manager whose 2 units a lease (the subject) holds, and a waiter for 1
+    with no timeout: a thread of the same backend, or of a second backend on the same
+    directory (another process, as far as the file and the doorbells go)."""
+
+    backends: list[allotment.LocalBackend]
+    manager: allotment.ResourceManager[int]
+    lease: allotment.Lease[int] | None
+    helper: Worker | None
+
+
+def _local_manager(root: Path) -> tuple[allotment.LocalBackend, allotment.ResourceManager[int]]:
+    backend = allotment.LocalBackend(root)
+    return backend, allotment.ResourceManager(2, name="queued-behind", backend=backend)
+
+
+def _local_queued(root: Path, waiter: str | None) -> Callable[[], LocalQueued]:
+    def setup() -> LocalQueued:
+        directory = root / f"run-{next(_local_runs)}"
+        backend, manager = _local_manager(directory)
+        backends = [backend]
+        lease = manager.acquire(2) if waiter is not None else None
+        helper = None
+        if waiter is not None:
+            queued_on = manager
+            if waiter == "another-process":
+                other, queued_on = _local_manager(directory)
+                backends.append(other)
+            helper = Worker(functools.partial(queued_on.acquire, 1), name="waits, no timeout")
+            helper.start()
+            wait_until(lambda: _waiting(manager) == 1, "the helper is queued")
+        return LocalQueued(backends, manager, lease, helper)
+
+    return setup
+
+
+def _waiting(manager: allotment.ResourceManager[int]) -> int:
+    stats = manager.statistics()
+    return len(stats.waiters) + stats.other_waiters
+
+
+def _local_served(env: LocalQueued, outcome: Outcome, *, result_may_hold: bool = False) -> None:
+    """No exception but the injected one; the helper is granted with no other release (but
+    the lease's own, if the exception landed before it did anything); every unit comes back."""
+    what = outcome.describe()
+    error, result = outcome.error, outcome.result
+    outcome.error = outcome.result = None
+    forget_frames(error)
+    try:
+        assert error is None or isinstance(error, Injected), f"at {what}: {error!r}"
+        del error
+        stats = on_another_thread(env.manager.statistics, f"statistics after {what}")
+        assert isinstance(stats, allotment.ManagerStatistics)
+        # Hand-off is eager: a waiter that fits is never left queued beside free units.
+        waiting = len(stats.waiters) + stats.other_waiters
+        assert not (waiting and stats.available), f"at {what}: {stats}"
+        if result_may_hold and isinstance(result, allotment.Lease):
+            on_another_thread(result.release, f"releasing the result after {what}")
+        del result
+        lease, env.lease = env.lease, None
+        if lease is not None and not lease.released:
+            on_another_thread(lease.release, f"releasing again after {what}")
+        del lease
+        if env.helper is not None:
+            granted = env.helper.outcome()
+            assert isinstance(granted, allotment.Lease), f"at {what}: {granted!r}"
+            granted.release()
+            del granted
+        assert_idle(env.manager)
+    finally:
+        for backend in env.backends:
+            backend.close()  # refuses a helper left waiting, which would wait for ever
+        if env.helper is not None:
+            env.helper.join(GENEROUS)
+
+
+def _with_a_waiter_on_this_build(waiter: str) -> Any:
+    # The other backend's doorbell thread runs the same code as the traced thread, once rung:
+    # on a free-threaded build its instrumentation makes the traced paths differ run to run
+    # (see _NOMINATED_SWEEP_ON_THIS_BUILD).
+    return pytest.param(
+        waiter, marks=_NOMINATED_SWEEP_ON_THIS_BUILD if waiter == "another-process" else ()
+    )
+
+
+@pytest.mark.timeout(8 * GENEROUS)
+@pytest.mark.parametrize(
+    "waiter", [_with_a_waiter_on_this_build(w) for w in ("this-process", "another-process")]
+)
+@pytest.mark.parametrize(
+    "operation", [_release, _leave_a_with_block], ids=["release", "leaving-a-with-block"]
+)
+def test_an_interrupted_local_release_hands_its_units_to_a_waiter_with_no_timeout(
+    operation: Callable[[Any], None], waiter: str, tmp_path: Path
+) -> None:
+    with frozen_gc():
+        swept = sweep(_local_queued(tmp_path, waiter), operation, _local_served)
+    assert any("local/_state_file.py" in point for point in swept.points)
+
+
+@pytest.mark.timeout(8 * GENEROUS)
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda env: env.manager.acquire(1),
+        lambda env: env.manager.try_acquire(1),
+    ],
+    ids=["acquire", "try-acquire"],
+)
+def test_an_interrupted_local_acquire_or_try_loses_no_unit(
+    operation: Callable[[LocalQueued], object], tmp_path: Path
+) -> None:
+    with frozen_gc():
+        swept = sweep(
+            _local_queued(tmp_path, None),
+            operation,
+            functools.partial(_local_served, result_may_hold=True),
+        )
+    assert any("local/_state_file.py" in point for point in swept.points)

@@ -4,6 +4,7 @@ it refuses, and two backends standing for two processes."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import gc
 import logging
 import os
@@ -505,3 +506,49 @@ def test_the_doorbell_thread_passes_over_an_unusable_file_and_serves_the_others(
     finally:
         waiting.close()
         holder.close()
+
+
+def _queued_is(backend: allotment.LocalBackend, count: int) -> bool:
+    return len(backend._files["shared"].waiting) == count
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["spoiled", "removed"])
+@pytest.mark.parametrize("where", ["this-process", "another-process"])
+def test_waiters_with_no_timeout_learn_at_once_that_their_file_cannot_be_used(
+    tmp_path: Path, damage: str, where: str
+) -> None:
+    noticing = _backend(tmp_path)
+    waiting = noticing if where == "this-process" else _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(2, name="shared", backend=noticing)
+        there = allotment.ResourceManager(2, name="shared", backend=waiting)
+        held = pool.acquire(2)
+        helpers = [
+            Worker(lambda: there.acquire(1), name=f"waits with no timeout {n}") for n in (1, 2)
+        ]
+        for count, helper in enumerate(helpers, 1):
+            helper.start()
+            wait_until(functools.partial(_queued_is, waiting, count), "queued")
+        path = _manager_file(noticing, "shared")
+        with open(path, "rb") as file:
+            intact = file.read()
+        if damage == "spoiled":
+            _spoil(path)
+        else:
+            os.unlink(path)
+        expected = "damaged" if damage == "spoiled" else "removed while in use"
+        with pytest.raises(allotment.BackendUnavailable, match=expected):
+            pool.try_acquire(1)  # the first operation that sees it tells every waiter
+        for helper in helpers:
+            with pytest.raises(allotment.BackendUnavailable, match=expected):
+                helper.outcome()
+        assert not waiting._files["shared"].waiting
+        if damage == "spoiled":
+            with open(path, "r+b") as file:
+                file.write(intact)  # as it was, so that the lease can be given back
+        held.release()
+    finally:
+        if waiting is not noticing:
+            waiting.close()
+        noticing.close()

@@ -25,7 +25,16 @@ import attrs
 
 from .._backend import OnUnavailable
 from .._clock import SYSTEM_CLOCK, Clock
-from .._core import Form, NamedForm, Pool, Quantity, RateMeter, SectionLock, new_section_lock
+from .._core import (
+    Form,
+    NamedForm,
+    Pool,
+    Quantity,
+    RateMeter,
+    SectionLock,
+    Waiter,
+    new_section_lock,
+)
 from .._errors import BackendUnavailable, UnsupportedByBackend
 from . import _directory
 from ._bell import Bell
@@ -156,6 +165,7 @@ class LocalBackend:
                 file = StateFile.open(
                     self._directory, self._directory.manager_path(name), name, resources
                 )
+                file.unusable = self._unusable
                 self._files[name] = file
         file.check_resources(name, resources)
         return file
@@ -222,6 +232,27 @@ class LocalBackend:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 
+    def _unusable(self, file: StateFile, error: BackendUnavailable) -> None:
+        """``file`` is damaged or removed: refuse this backend's waiters on it with the
+        error, and ring every other backend of the directory, whose doorbell threads then
+        find it so and refuse theirs (a backend with no waiter there looks no further)."""
+
+        def refuse() -> list[Waiter]:
+            woken = []
+            for pool, ticket in file.waiting.values():
+                woken.append(ticket.waiter)
+                pool.refuse_unusable(ticket, error)
+            file.waiting.clear()
+            return woken
+
+        for waiter in file.bookkeep(refuse):
+            waiter.wake()
+        me = self.me()
+        for identity in self._directory.bells():
+            if identity != me:
+                with contextlib.suppress(OSError):
+                    self.ring(*identity)
+
     def _rung(self) -> None:
         """The doorbell rang: settle this backend's waiters from the files."""
         with self._lock:
@@ -252,7 +283,10 @@ class LocalBackend:
 
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its
-        state files and takes an identity of its own when it first needs one."""
+        state files and takes an identity of its own when it first needs one. A closed
+        backend is left alone: nothing in the child may use it."""
+        if self._closed:
+            return
         self._lock = new_section_lock()
         if self._identity is not None:
             self._identity.forget_in_child()

@@ -127,6 +127,20 @@ class Directory:
     def bell_path(self, pid: int, nonce: int) -> str:
         return os.path.join(self.proc_path, f"{pid}.{nonce}.bell")
 
+    def bells(self) -> list[tuple[int, int]]:
+        """The ``(pid, nonce)`` of every doorbell in the directory (none if it is gone)."""
+        try:
+            names = os.listdir(self.proc_path)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            pid, dot, rest = name.partition(".")
+            nonce, dot2, suffix = rest.partition(".")
+            if dot and dot2 and suffix == "bell" and pid.isdigit() and nonce.isdigit():
+                found.append((int(pid), int(nonce)))
+        return found
+
     def reset_if_rebooted(self, current: str) -> bool:
         """Empty the directory if its state is from another boot; ``True`` if it did. Under
         the directory's own lock (never taken by a manager's operation), whose descriptor is

@@ -59,6 +59,7 @@ from .._core import (
 from .._errors import (
     BackendConflict,
     BackendLimitExceeded,
+    BackendUnavailable,
     ExceedsCapacity,
     ManagerClosed,
     ReentrantCall,
@@ -129,10 +130,11 @@ Identity = tuple[int, int]
 """A backend in some process: ``(pid, nonce)``."""
 
 
-def settle_waiting(file: StateFile, state: State, me: Identity) -> list[Waiter]:
-    """Under ``file.mutex``, after ``state`` was written or read: settle this backend's
-    queued tickets that it granted or refused (plain stores); the waiters to wake."""
-    woken = []
+def settle_waiting(file: StateFile, state: State, me: Identity, woken: list[Waiter]) -> None:
+    """Under ``file.mutex``, with ``state`` as the file has it: settle this backend's queued
+    tickets that the file granted or refused (plain stores), adding their waiters to
+    ``woken``. Idempotent, so that it can run again after an exception cut it short: a
+    waiter is added before its ticket is settled, and its entry dropped only after."""
     waiting = file.waiting
     for record in state.records:
         if record.kind == QUEUED or (record.pid, record.nonce) != me:
@@ -141,34 +143,47 @@ def settle_waiting(file: StateFile, state: State, me: Identity) -> list[Waiter]:
         if entry is None:
             continue
         pool, ticket = entry
-        if pool._apply(ticket, record):
-            del waiting[record.rid]
-            woken.append(ticket.waiter)
-    return woken
+        woken.append(ticket.waiter)
+        pool._apply(ticket, record)
+        del waiting[record.rid]
 
 
-def after_change(
-    file: StateFile, backend: LocalBackend, state: State | None, rings: set[Identity]
-) -> None:
-    """What follows a section: settle and wake this backend's waiters, ring the others'
-    doorbells, run what re-entered. Never under a lock that another process waits for."""
+def hand_off(
+    file: StateFile,
+    backend: LocalBackend,
+    change: Callable[[State | None], tuple[_R, State | None]],
+    then: Callable[[_R], None] | None = None,
+    *,
+    rings: set[Identity],
+    grants: bool = False,
+) -> _R:
+    """A section that may grant: it settles this backend's waiters from the file, then wakes
+    them and rings the doorbells of the other backends in ``rings`` (which ``change``
+    fills), as part of the section (see ``StateFile.section``): no exception can leave a
+    written grant's waiter asleep. Never under a lock that another process waits for."""
     me = backend.me()
-    # No queued ticket of this backend on the file: nothing to settle (a ticket queued from
-    # now on looks at the file itself once it is registered, see ``enter``).
-    if state is not None and file.waiting:
-        woken = file.bookkeep(lambda: settle_waiting(file, state, me))
+    woken: list[Waiter] = []
+
+    def settle_here(state: State) -> None:
+        if file.waiting:
+            settle_waiting(file, state, me, woken)
+
+    def wake() -> None:
         for waiter in woken:
             waiter.wake()
-    for identity in rings:
-        if identity != me:
-            backend.ring(*identity)
+        for identity in rings:
+            if identity != me:
+                backend.ring(*identity)
+
+    result = file.section(change, then, grants=grants, settle=settle_here, wake=wake)
     run_deferred()
+    return result
 
 
 def settle(file: StateFile, backend: LocalBackend) -> None:
-    """Settle this backend's waiters on ``file`` from what it holds (after a ring)."""
-    state = file.section(lambda current: (current, None))
-    after_change(file, backend, state, set())
+    """Settle this backend's waiters on ``file`` from what it holds (after a ring). Checked
+    as a granting section is (a removed file refuses them, see ``StateFile.unusable``)."""
+    hand_off(file, backend, lambda current: (None, None), rings=set(), grants=True)
 
 
 def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
@@ -197,7 +212,7 @@ def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
             rings.add((record.pid, record.nonce))
         return state, state
 
-    state = file.section(change)
+    hand_off(file, backend, change, rings=rings)
     for identity in sorted({(r.pid, r.nonce) for r in removed}):
         held = [r for r in removed if (r.pid, r.nonce) == identity]
         logger.warning(
@@ -207,7 +222,6 @@ def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
             file.name,
             identity[0],
         )
-    after_change(file, backend, state, rings)
 
 
 @attrs.define(eq=False)
@@ -347,6 +361,19 @@ class LocalPool:
         self._refuse_locked(ticket)
         return True
 
+    def refuse_unusable(self, ticket: Ticket, error: BackendUnavailable) -> None:
+        """Under the file's mutex: the file cannot be used (damaged, removed); ``ticket``,
+        queued, is refused with the error a new call gets. Its record stays in the file,
+        which nobody trusts any more."""
+        if ticket.state is not PENDING:
+            return
+        mine = self._records.get(ticket)
+        if mine is not None:
+            mine.done = True
+        self._live.pop(ticket, None)
+        ticket.error = BackendUnavailable(str(error))
+        ticket.state = REFUSED
+
     def _refuse_locked(self, ticket: Ticket) -> None:
         ticket.error = ExceedsCapacity(
             f"a request for {self.form.render(ticket.units)!r} can never be granted: the "
@@ -478,9 +505,7 @@ class LocalPool:
                     ticket.state = FINISHED
             file.waiting.pop(mine.rid, None)
 
-        state = file.section(change)
-        file.bookkeep(settled)
-        after_change(file, self._backend, state, rings)
+        hand_off(file, self._backend, change, lambda _: settled(), rings=rings)
         if ticket.state is REFUSED:
             raise ticket.error
         return ticket.state is GRANTED
@@ -578,20 +603,19 @@ class LocalPool:
                 ticket.state = GRANTED
                 ticket.since = self._now()
             if part is None:
-                mine.done = True
-                self._live.pop(ticket, None)
                 if ticket.state is GRANTED:
                     ticket.units = self.zero
                 if ticket.state is not REFUSED:
                     ticket.state = FINISHED
+                self._live.pop(ticket, None)
+                mine.done = True  # last: until then, a repeated release does all this again
             elif mine.partial is not None:
                 ticket.units = self._quantity(mine.partial[1])
                 mine.partial = None
             file.waiting.pop(mine.rid, None)
 
         file = self._file
-        state = file.section(change, then)
-        after_change(file, self._backend, state, rings)
+        hand_off(file, self._backend, change, then, rings=rings)
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """A leaked lease (from its finalizer): released at once, then the notice; from
@@ -703,8 +727,7 @@ class LocalPool:
             self._seen(state)
             return state, state
 
-        state = self._file.section(change, grants=True)
-        after_change(self._file, self._backend, state, rings)
+        hand_off(self._file, self._backend, change, rings=rings, grants=True)
 
     def close(self) -> None:
         """Close this process's face of the manager: its queued requests are refused with

@@ -65,6 +65,10 @@ class StateFile:
     mutex: SectionLock = attrs.field(factory=new_section_lock)
     waiting: dict[int, tuple[LocalPool, Ticket]] = attrs.field(factory=dict)
     """The queued tickets of this backend on this file, by record id (guarded by ``mutex``)."""
+    unusable: Callable[[StateFile, BackendUnavailable], None] | None = None
+    """Told when a section finds the file damaged or removed (after the mutex is released):
+    the backend refuses its waiters on it and rings the other processes' doorbells, so that
+    nobody waits for ever on a file nobody can use."""
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, resources: int) -> StateFile:
@@ -126,6 +130,8 @@ class StateFile:
         then: Callable[[_R], None] | None = None,
         *,
         grants: bool = False,
+        settle: Callable[[State], None] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> _R:
         """Run ``change`` on the current state under both locks; write the state it returns
         (``None``: nothing to write). ``change`` must not wait, block or call out. ``then``
@@ -135,33 +141,74 @@ class StateFile:
         from outside must refuse (see ``check_linked``); a release or withdrawal still gives
         back to the processes that share the removed file.
 
+        The hand-off is part of the section, so that no exception can leave a grant written
+        and its waiter asleep: ``settle(state)`` (under the mutex, after ``then``) settles
+        this backend's waiters from the state as the file has it (read, or written), and
+        ``wake()`` (after the mutex, in a ``finally``) wakes and rings whom it granted. An
+        exception that cuts the section short after the write (or anywhere) makes it settle
+        again from the file itself, and one that cuts ``wake`` short makes it run again:
+        both are idempotent (a spurious wake-up or ring is harmless).
+
         Refused (:class:`ReentrantCall`) on a thread already inside a section or bookkeeping:
         a finalizer or a signal handler there would otherwise run a section of its own under
         the same ``flock`` (the kernel's lock is the open file's, not the thread's) and
         unlock it under the interrupted one."""
         if _here.depth:
             raise _reentered(self.name)
-        with self.mutex:
-            _here.depth += 1
-            try:
+        try:
+            with self.mutex:
+                _here.depth += 1
                 try:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX)
-                    if grants:
-                        check_linked(self.fd, self.name, self.path)
                     try:
-                        state = read_state(self.view, self.resources)
-                    except CorruptState as error:
-                        raise _corrupt(self.name, self.path, str(error)) from None
-                    result, changed = change(state)
-                    if changed is not None:
-                        write_state(self.view, changed, self.resources)
+                        fcntl.flock(self.fd, fcntl.LOCK_EX)
+                        if grants:
+                            check_linked(self.fd, self.name, self.path)
+                        try:
+                            state = read_state(self.view, self.resources)
+                        except CorruptState as error:
+                            raise _corrupt(self.name, self.path, str(error)) from None
+                        result, changed = change(state)
+                        if changed is not None:
+                            write_state(self.view, changed, self.resources)
+                            state = changed
+                    finally:
+                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+                    if then is not None:
+                        then(result)
+                    if settle is not None and state is not None:
+                        settle(state)
+                    return result
+                except BaseException:
+                    if settle is not None and self.waiting:
+                        self._settle_from_file(settle)
+                    raise
                 finally:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
-                if then is not None:
-                    then(result)
-                return result
+                    _here.depth -= 1
+        except BackendUnavailable as error:
+            if self.unusable is not None:
+                self.unusable(self, error)
+            raise
+        finally:
+            if wake is not None:
+                try:
+                    wake()
+                except BaseException:
+                    wake()
+                    raise
+
+    def _settle_from_file(self, settle: Callable[[State], None]) -> None:
+        """Under the mutex, on a section's way out by an exception: ``settle`` from what the
+        file holds (the state in memory may be a change that was never written)."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                state = read_state(self.view, self.resources)
             finally:
-                _here.depth -= 1
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        except CorruptState:
+            return  # damaged: every caller gets the error from its next section
+        if state is not None:
+            settle(state)
 
     def bookkeep(self, work: Callable[[], _R]) -> _R:
         """``work()`` under the file's mutex: this process's bookkeeping of its tickets
