@@ -110,11 +110,16 @@ class Bell:
             while True:
                 fallback_ms = self._fallback_ms()
                 events = poller.poll(fallback_ms)
+                # Empty the pipe before looking at the flags: a ring written after this
+                # read stays in the pipe for the next poll. Read after the look, it would
+                # swallow the ring of a stop() that set its flag just after it: the thread
+                # would then poll for ever (seen on a loaded machine).
+                rang = self._drain(bell_fd, events)
                 with self._lock:
                     if self._stopping:
                         return
                     taking, self._to_watch = self._to_watch, set()
-                self._serve(poller, bell_fd, events, taking, polling=fallback_ms is not None)
+                self._serve(poller, bell_fd, events, taking, rang, polling=fallback_ms is not None)
         except BaseException:  # never silently: a waiter would then wait for its timeout
             logger.exception("the doorbell thread of a LocalBackend stopped")
             raise
@@ -138,11 +143,12 @@ class Bell:
         bell_fd: int,
         events: list[tuple[int, int]],
         taking: set[tuple[int, int]],
+        rang: bool,
         *,
         polling: bool,
     ) -> None:
         """One wake-up of the thread: watch the new processes, reclaim the dead, and answer
-        a ring."""
+        a ring (``rang``: the pipe had one, now read)."""
         for identity in taking:
             self._add_watch(poller, identity)
         dead = [fd for fd, event in events if fd != bell_fd and event]
@@ -150,10 +156,17 @@ class Bell:
             dead += [fd for fd, who in self._watched.items() if fd < 0 and self.is_dead(*who)]
         for fd in dead:
             self._dead(poller, fd)
-        if any(fd == bell_fd for fd, _ in events):
-            with contextlib.suppress(BlockingIOError):
-                os.read(bell_fd, 4096)
+        if rang:
             self.on_ring()
+
+    @staticmethod
+    def _drain(bell_fd: int, events: list[tuple[int, int]]) -> bool:
+        """Read what rang the doorbell, if anything did (``True``)."""
+        if not any(fd == bell_fd for fd, _ in events):
+            return False
+        with contextlib.suppress(BlockingIOError):
+            os.read(bell_fd, 4096)
+        return True
 
     def _add_watch(self, poller: select.poll, identity: tuple[int, int]) -> None:
         pidfd_open = getattr(os, "pidfd_open", None)

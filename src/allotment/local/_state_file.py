@@ -200,8 +200,8 @@ class StateFile:
         """Under the mutex, on a section's way out by an exception: ``settle`` from what the
         file holds (the state in memory may be a change that was never written)."""
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            try:
+            try:  # the flock inside the try that drops it, as in a section
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
                 state = read_state(self.view, self.resources)
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
