@@ -146,12 +146,17 @@ class Event:
 
 
 Record = tuple[Any, ...]
-"""An event's fields as a plain tuple, in :class:`Event`'s order (all fourteen)."""
+"""An event's fields as a plain tuple, in :class:`Event`'s order (all fourteen); or, for a
+record only a :class:`~allotment.Recorder` keeps (put in its ring by a hot path), a
+*compact* one: a function first, which makes the full record of the rest, when the
+recorder's events are read."""
 
 
 def event_of(record: Record) -> Event:
-    """The frozen event of a record."""
-    return Event(*record)
+    """The frozen event of a record, full or compact."""
+    if type(record[0]) is str:
+        return Event(*record)
+    return Event(*record[0](*record[1:]))
 
 
 Observer = Callable[[Event], object]

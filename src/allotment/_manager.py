@@ -403,7 +403,50 @@ class ResourceManager(Generic[Amount]):
             # Only an acquisition that can wait can deadlock; every granted one counts as held.
             check_order((node,), site or caller_site(1), stacklevel=2)
         if _events.observers:
-            return self._acquire_observed(request, amount, timeout, deadline, site)
+            # The observed acquire, written out here: a call and its checks cost a sixth of
+            # what observing may add. The same pool calls, reported after each returns.
+            pool = self._pool
+            ticket = Ticket(request, _current_thread(), site, self._now())
+            observed: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
+            request_id = new_request_id()
+            try:
+                owner = thread_owners.owner  # thread_owner(), inlined: its cache
+            except AttributeError:
+                owner = thread_owner()
+            try:
+                if pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None):
+                    if node.policy is not None:
+                        note_held(observed, node, site)
+                    if self._scalar:
+                        units: object = request
+                        capacity: object = pool.capacity
+                    else:
+                        units = self._form.render(request)
+                        capacity = self._form.render_all(pool.capacity)  # type: ignore[arg-type]
+                    record = (
+                        "granted", self._name, now_ns(), owner, units, request_id, 0.0, None,
+                        None, None, capacity, None, False, None,
+                    )  # fmt: skip
+                    observed.granted = record
+                    if self._clock is not SYSTEM_CLOCK:
+                        observed.granted_at = ticket.since
+                    solo = _events.solo
+                    if solo is not None and not _events.deferred:  # one recorder: emit, inlined
+                        solo[0](record)
+                        solo[1]()
+                    else:
+                        emit(record)
+                    return observed
+            except BaseException as error:
+                pool.release(ticket, None)
+                report_failure(self, owner, ticket, request_id, ticket.since, error)
+                raise
+            if timeout == 0:
+                report_failure(self, owner, ticket, request_id, ticket.since, None)
+                raise self._timeout_error(amount, timeout)
+            return self._wait_observed(
+                observed, ticket, owner, request_id, amount, timeout, deadline
+            )
         ticket = Ticket(request, _current_thread(), site, self._now())
         # The lease exists before the grant: if anything interrupts us after the grant, the
         # handler below (or, failing that, the lease's collection) returns the units.
@@ -421,58 +464,6 @@ class ResourceManager(Generic[Amount]):
             raise
         raise self._timeout_error(amount, timeout)
 
-    def _acquire_observed(
-        self,
-        request: Quantity,
-        amount: Amount,
-        timeout: float | None,
-        deadline: float | None,
-        site: Site | None,
-    ) -> Lease[Amount]:
-        """:meth:`acquire` while someone observes: the same pool calls, reported after each
-        returns (see ``_observed.py``)."""
-        ticket = Ticket(request, _current_thread(), site, self._now())
-        pool = self._pool
-        lease: ObservedLease[Amount] = ObservedLease(ticket, pool, self)
-        request_id = new_request_id()
-        try:
-            owner = thread_owners.owner  # thread_owner(), inlined: its cache
-        except AttributeError:
-            owner = thread_owner()
-        try:
-            granted = pool.enter(ticket, new_observed_thread_waiter if timeout != 0 else None)
-            if granted:  # the common case, written out: calls cost here
-                if self._node.policy is not None:
-                    note_held(lease, self._node, site)
-                if self._scalar:
-                    units: object = request
-                    capacity: object = pool.capacity
-                else:
-                    units = self._form.render(request)
-                    capacity = self._form.render_all(pool.capacity)  # type: ignore[arg-type]
-                record = (
-                    "granted", self._name, now_ns(), owner, units, request_id, 0.0, None,
-                    None, None, capacity, None, False, None,
-                )  # fmt: skip
-                lease.granted = record
-                if self._clock is not SYSTEM_CLOCK:
-                    lease.granted_at = ticket.since
-                solo = _events.solo
-                if solo is not None and not _events.deferred:  # one recorder: emit, inlined
-                    solo[0](record)
-                    solo[1]()
-                else:
-                    emit(record)
-                return lease
-        except BaseException as error:
-            pool.release(ticket, None)
-            report_failure(self, owner, ticket, request_id, ticket.since, error)
-            raise
-        if timeout == 0:
-            report_failure(self, owner, ticket, request_id, ticket.since, None)
-            raise self._timeout_error(amount, timeout)
-        return self._wait_observed(lease, ticket, owner, request_id, amount, timeout, deadline)
-
     def _wait_observed(  # noqa: PLR0917 - private, called in one place
         self,
         lease: ObservedLease[Amount],
@@ -483,7 +474,7 @@ class ResourceManager(Generic[Amount]):
         timeout: float | None,
         deadline: float | None,
     ) -> Lease[Amount]:
-        """The queued part of :meth:`_acquire_observed`: reported as ``requested``, then
+        """The queued part of an observed :meth:`acquire`: reported as ``requested``, then
         how it ended."""
         pool = self._pool
         asked = ticket.since
@@ -625,7 +616,7 @@ class ResourceManager(Generic[Amount]):
         deadline: float | None,
         acquisition: Acquisition[Lease[Amount]],
     ) -> Lease[Amount]:
-        """:meth:`_acquire_async` while someone observes: :meth:`_acquire_observed` for a
+        """:meth:`_acquire_async` while someone observes: the observed :meth:`acquire` for a
         task."""
         asked = ticket.since
         request_id = new_request_id()

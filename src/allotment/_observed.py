@@ -38,6 +38,7 @@ __all__ = [
     "manager_record",
     "new_observed_task_waiter",
     "new_observed_thread_waiter",
+    "released_record",
     "report_failure",
     "report_grant",
 ]
@@ -259,6 +260,16 @@ def manager_pool(manager: ResourceManager[Any]) -> Pool:
     return parts_of(manager).pool
 
 
+def released_record(granted: tuple[Any, ...], began_ns: int, returned: int) -> tuple[Any, ...]:
+    """The full record of a compact one (:data:`~allotment._events.Record`): a whole
+    release of ``returned`` units, granted as ``granted`` says (on the system clock), timed
+    from ``began_ns``."""
+    return (
+        "released", granted[1], began_ns, granted[3], returned, granted[5], None,
+        (began_ns - granted[2]) / 1e9, 0, None, None, None, False, None,
+    )  # fmt: skip
+
+
 # Both classes write their __init__ out; attrs still makes an unused __attrs_init__ for each,
 # whose signatures differ as their fields do.
 @attrs.define(eq=False, repr=False, init=False)
@@ -408,15 +419,15 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         # Written out, calls saved: this is the exit of every observed with-block.
         ticket = self._ticket
         granted = self.granted
-        if ticket.state is not GRANTED or granted is None or not _events.observers:
+        if ticket.state is not GRANTED or granted is None:
             Lease.__exit__(self, exc_type, exc_value, traceback)
             return
-        held = ticket.units
         began_ns = now_ns()
         pool = self._pool
         # Only a release with waiters hands anything on; a memory pool's queue, read bare,
         # saves the ``waiting`` property's call (any other pool: set it, to be sure).
         if type(pool) is not MemoryPool or pool.queue:
+            held = ticket.units
             token = handing.set(granted[5])
             try:
                 Lease.__exit__(self, exc_type, exc_value, traceback)
@@ -426,26 +437,34 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
             finally:
                 handing.reset(token)
         else:
-            # Lease.__exit__, inlined.
+            # Lease.__exit__, inlined (a memory pool never loses a lease).
             try:
                 pool.release(ticket, None)
-            except BaseException as error:
+            except BaseException:
                 # Landed at release's first line, before it did anything: release, go on.
                 pool.release(ticket, None)
-                if isinstance(error, LeaseLost):
-                    self._report_lost(held, began_ns, self._held_for(began_ns), error)
                 raise
-        # self._returned(), inlined: the ticket is done (it cannot change again), the rest is
-        # what is unreported.
-        box = self._unreported
+        # self._returned(), inlined: the ticket is done, so nothing can change it again and
+        # the item taken is the last report this lease will make: it is not put back, and
+        # an exception from here on can cost only this one report.
         try:
-            returned = box.pop()
+            returned = self._unreported.pop()
         except IndexError:
             return  # another release is deciding: the ticket is done, it reports the rest
-        # Nothing is left: for a scalar pool, 0, without a call to make it.
-        box.append(0 if type(returned) is int else pool.form.zero())
         if not returned:
             return  # another release reported it
+        solo = _events.solo
+        if (
+            solo is not None
+            and type(returned) is int
+            and self.granted_at is None
+            and not _events.deferred
+        ):
+            # One recorder, a scalar pool on the system clock: a compact record, the full
+            # one made when the recorder's events are read (emit, inlined).
+            solo[0]((released_record, granted, began_ns, returned))
+            solo[1]()
+            return
         at = self.granted_at
         hold = (began_ns - granted[2]) / 1e9 if at is None else self._manager.clock.now() - at
         remaining: object = 0
@@ -456,11 +475,7 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
             "released", granted[1], began_ns, granted[3], returned, granted[5], None, hold,
             remaining, None, None, None, False, None,
         )  # fmt: skip
-        solo = _events.solo
-        if solo is not None and not _events.deferred:  # one recorder: emit, inlined
-            solo[0](record)
-            solo[1]()
-        elif ticket.state is GRANTED:  # released inside a section, as it ends: not here
+        if ticket.state is GRANTED:  # released inside a section, as it ends: not here
             defer(record)
         else:
             emit(record)

@@ -11,7 +11,7 @@ from types import TracebackType
 
 import attrs
 
-from ._events import Event, Record, Sink, add_observer, emit, remove_observer
+from ._events import Event, Record, Sink, add_observer, emit, event_of, remove_observer
 
 __all__ = ["Recorder"]
 
@@ -77,7 +77,7 @@ class Recorder:
     def events(self) -> tuple[Event, ...]:
         """The events kept, in the order they were delivered."""
         emit(None)  # events deferred by finalizers: delivered now
-        return tuple(Event(*record) for record in list(self._ring))
+        return tuple(map(event_of, list(self._ring)))
 
     @property
     def dropped(self) -> int:
