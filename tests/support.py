@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,6 +71,38 @@ class Worker(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def run_threads_beside_a_loop(
+    thread_work: list[Callable[[], object]],
+    task_work: list[Callable[[], Coroutine[Any, Any, object]]],
+) -> None:
+    """Run each of ``thread_work`` on a thread of its own and each of ``task_work`` as a
+    task of one event loop on one more thread, all let go at once by a barrier; wait for
+    them all, and fail if any raised."""
+    barrier = threading.Barrier(len(thread_work) + 1)
+
+    def released(work: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            barrier.wait(GENEROUS)
+            return work()
+
+        return run
+
+    async def loop_main() -> None:
+        await asyncio.gather(*(work() for work in task_work))
+
+    def loop_thread() -> None:
+        barrier.wait(GENEROUS)
+        asyncio.run(loop_main())
+
+    workers = [Worker(released(work)) for work in thread_work]
+    workers.append(Worker(loop_thread, name="event-loop"))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [worker.error for worker in workers] == [None] * len(workers)
 
 
 def enqueue(

@@ -21,7 +21,15 @@ import allotment
 from allotment import Event, Lease, Recorder
 from allotment._core import MemoryPool
 from allotment._events import KINDS
-from support import GENEROUS, Worker, assert_idle, start, wait_for_waiters, wait_until
+from support import (
+    GENEROUS,
+    Worker,
+    assert_idle,
+    run_threads_beside_a_loop,
+    start,
+    wait_for_waiters,
+    wait_until,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -248,10 +256,8 @@ def test_a_re_entrant_observer_deadlocks_nothing() -> None:
 def _workload(pool: allotment.ResourceManager[Any], threads: int, tasks: int, jobs: int) -> None:
     rng = random.Random(5)
     plans = [[rng.randint(1, 3) for _ in range(jobs)] for _ in range(threads + tasks)]
-    barrier = threading.Barrier(threads + 1)
 
     def thread_work(plan: list[int]) -> None:
-        barrier.wait()
         for amount in plan:
             with pool.acquire(amount, timeout=60) as lease:
                 if amount > 1:
@@ -262,20 +268,10 @@ def _workload(pool: allotment.ResourceManager[Any], threads: int, tasks: int, jo
             async with pool.acquire_async(amount, timeout=60):
                 await asyncio.sleep(0)
 
-    async def loop_main() -> None:
-        await asyncio.gather(*(task_work(plan) for plan in plans[threads:]))
-
-    def loop_thread() -> None:
-        barrier.wait()
-        asyncio.run(loop_main())
-
-    workers = [Worker(functools.partial(thread_work, plan)) for plan in plans[:threads]]
-    workers.append(Worker(loop_thread, name="event-loop"))
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert [worker.error for worker in workers] == [None] * len(workers)
+    run_threads_beside_a_loop(
+        [functools.partial(thread_work, plan) for plan in plans[:threads]],
+        [functools.partial(task_work, plan) for plan in plans[threads:]],
+    )
 
 
 def test_exact_counts_under_16_threads_and_8_tasks() -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 from typing import Any
 
 import pytest
 
 import allotment
 from allotment import Event, Recorder
-from support import Worker
+from support import run_threads_beside_a_loop
 from test_events import no_observer_is_left_behind  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,10 +20,7 @@ THREADS, TASKS, JOBS = 16, 8, 12
 
 
 def _run(parts: list[tuple[Any, Any]], tapes: allotment.ResourceManager[Any], jobs: int) -> None:
-    barrier = threading.Barrier(THREADS + 1)
-
     def thread_work() -> None:
-        barrier.wait()
         for _ in range(jobs):
             with allotment.acquire_all(parts, timeout=60):
                 pass
@@ -42,20 +38,7 @@ def _run(parts: list[tuple[Any, Any]], tapes: allotment.ResourceManager[Any], jo
                 async with claim.acquire_async(1, timeout=60):
                     await asyncio.sleep(0)
 
-    async def loop_main() -> None:
-        await asyncio.gather(*(task_work() for _ in range(TASKS)))
-
-    def loop_thread() -> None:
-        barrier.wait()
-        asyncio.run(loop_main())
-
-    workers = [Worker(thread_work) for _ in range(THREADS)]
-    workers.append(Worker(loop_thread, name="event-loop"))
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert [worker.error for worker in workers] == [None] * len(workers)
+    run_threads_beside_a_loop([thread_work] * THREADS, [task_work] * TASKS)
 
 
 def _given_back(events: tuple[Event, ...]) -> tuple[dict[int, Any], dict[int, int]]:

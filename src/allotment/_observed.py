@@ -284,7 +284,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
 
     Invariant: ``_unreported`` is a box (a list) holding, while no release is deciding,
     one item: what the lease held when its last report was decided (at first, what it asked
-    for; a group's part, what it holds once the group is taken). No lock guards it, so that
+    for; a group's part, what it holds once the group is taken); once a with-block's exit
+    has taken the item after its full release, none (the ticket is done: nothing is left
+    to report, so it is not put back). No lock guards it, so that
     a signal handler or finalizer that releases, or acquires, in the middle of a release on
     the same thread cannot deadlock on it. A release decides by taking the item out
     (``pop``, one atomic call), and only the release holding it may report: the item minus
@@ -292,8 +294,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     a release that found the box empty meanwhile changed it first, and the holder reports
     that too (see :meth:`_returned`). So two threads, or a thread and its own signal
     handler, releasing one lease at once report each unit once between them. An
-    asynchronous exception between the ``pop`` and the put-back leaves the box empty: later
-    releases of that lease go unreported (never a unit lost).
+    asynchronous exception after a with-block's full release costs at most that release's
+    own report; one between a partial release's ``pop`` and its put-back leaves the box
+    empty: later releases of that lease go unreported (never a unit lost).
     """
 
     granted: tuple[Any, ...] | None
@@ -419,14 +422,19 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         # Written out, calls saved: this is the exit of every observed with-block.
         ticket = self._ticket
         granted = self.granted
-        if ticket.state is not GRANTED or granted is None:
+        if granted is None:  # a part of a group being taken: unreported
             Lease.__exit__(self, exc_type, exc_value, traceback)
             return
         began_ns = now_ns()
         pool = self._pool
         # Only a release with waiters hands anything on; a memory pool's queue, read bare,
-        # saves the ``waiting`` property's call (any other pool: set it, to be sure).
+        # saves the ``waiting`` property's call (any other pool: set it, to be sure). An
+        # idle memory pool's release of a released lease does nothing, and its box then
+        # holds nothing to report: no need to look at the ticket first.
         if type(pool) is not MemoryPool or pool.queue:
+            if ticket.state is not GRANTED:
+                Lease.__exit__(self, exc_type, exc_value, traceback)
+                return
             held = ticket.units
             token = handing.set(granted[5])
             try:
