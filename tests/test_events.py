@@ -435,6 +435,36 @@ def test_adding_twice_delivers_once_and_removing_twice_is_harmless() -> None:
     assert [event.kind for event in seen] == ["granted", "released"]
 
 
+def test_a_lone_recorder_gets_the_same_release_event_as_any_observer() -> None:
+    # A lone recorder keeps a with-block's release as a compact record, made whole when its
+    # events are read; a callable observer gets the frozen event at once. Both the same.
+    pool = allotment.ResourceManager(2, name="compact")
+    with Recorder() as alone, pool.acquire(2):
+        pass
+    assert not isinstance(alone._ring[-1][0], str), "kept compact"
+    seen: list[Event] = []
+    allotment.add_observer(seen.append)
+    try:
+        with pool.acquire(2):
+            pass
+    finally:
+        allotment.remove_observer(seen.append)
+    for events in (alone.events, tuple(seen)):
+        granted, released = events
+        assert released == Event(
+            "released",
+            "compact",
+            released.t_ns,
+            granted.owner,
+            2,
+            granted.request,
+            hold=(released.t_ns - granted.t_ns) / 1e9,
+            remaining=0,
+        )
+        assert released.t_ns >= granted.t_ns
+    assert_idle(pool)
+
+
 def test_a_leaked_lease_is_reported_after_its_finalizer() -> None:
     pool = allotment.ResourceManager(1, name="leaky")
     with Recorder() as recorder:
