@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 
 import allotment
+from allotment._limiters import limiter_parts
 from support import (
     GENEROUS,
     assert_idle,
@@ -18,6 +20,7 @@ from support import (
     lease_of,
     start,
     wait_for_waiters,
+    wait_until,
 )
 
 
@@ -127,3 +130,59 @@ def test_keyboard_interrupt_in_the_main_thread_leaves_no_trace() -> None:
     assert stats.in_use == 1
     held.release()
     assert_idle(pool)
+
+
+def _blocked_in(thread: threading.Thread, function: str) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function and "_meter" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs pthread_kill")
+@pytest.mark.parametrize("call", ["try_acquire", "acquire", "acquire_all"])
+def test_keyboard_interrupt_while_waiting_for_a_limiters_lock_reaches_the_caller(
+    call: str,
+) -> None:
+    """The uncontended paths take the meter's lock by explicit calls: an exception raised
+    while the thread waits for it (never taken) is the caller's, not a failed release's."""
+    assert threading.current_thread() is threading.main_thread()
+    limiter = allotment.RateLimiter(10, per=1, burst=3)
+    lock = limiter_parts(limiter).meter._lock  # type: ignore[attr-defined]
+    calls: dict[str, Callable[[], object]] = {
+        "try_acquire": limiter.try_acquire,
+        "acquire": limiter.acquire,
+        "acquire_all": lambda: allotment.acquire_all([(limiter, 1)]),
+    }
+    taken, done = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with lock:
+            taken.set()
+            # The interrupted call must not wait for the lock again (a group's refund of a
+            # rate it never spent): it returns while this thread still holds it.
+            assert done.wait(GENEROUS), "the interrupted call waited for the lock again"
+
+    def interrupt_main() -> None:
+        main = threading.main_thread()
+        function = "take_undoable" if call == "acquire_all" else "take_now"
+        wait_until(lambda: _blocked_in(main, function), f"the main thread in {function}")
+        signal.pthread_kill(main.ident or 0, signal.SIGINT)
+
+    holder = start(hold_the_lock, name="holds the meter's lock")
+    assert taken.wait(GENEROUS)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupter = start(interrupt_main, name="interrupter")
+        with pytest.raises(KeyboardInterrupt):
+            calls[call]()  # blocks on the lock until the signal arrives
+        interrupter.outcome()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        done.set()
+    holder.outcome()
+    assert limiter.statistics().allowed == 0
+    assert limiter.try_acquire()  # the lock is free, nothing was spent
+    assert limiter.statistics().allowed == 1

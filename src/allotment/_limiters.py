@@ -359,19 +359,18 @@ class _Limiter:
         :class:`InvalidAmount`/:class:`InvalidAmountType` for a cost that is not a positive
         int, before anything changes.
         """
-        parts = self._parts
-        if type(cost) is not int or not 0 < cost <= parts.largest:
-            cost = validate_cost(cost, parts.largest)
-        meter = parts.meter
+        if type(cost) is not int or not 0 < cost <= self._largest:
+            cost = validate_cost(cost, self._largest)
+        meter = self._meter
         if _events.observers:
-            observed_acquire(parts, meter, cost, timeout, None)
+            observed_acquire(self._parts, meter, cost, timeout, None)
             return
         # Allowed at once: no ticket. A bad timeout is refused below, before anything.
         if (timeout is None or (type(timeout) in _SECONDS and timeout >= 0)) and meter.take_now(
             cost, False
         ):
             return
-        acquire_ticket(parts, meter, cost, timeout)
+        acquire_ticket(self._parts, meter, cost, timeout)
 
     def acquire_async(
         self, cost: int = 1, timeout: float | None = None

@@ -35,6 +35,17 @@ Exceptions and re-entry follow ``_pool.py``: every section is a ``with`` block o
 ``RLock``; a call from inside a section on the same thread (a signal handler, a finalizer)
 raises :class:`~allotment.ReentrantCall`; wake-ups are collected under the lock and made
 after it, idempotently, retried once if an exception cuts them short.
+
+The two sections of every uncontended call, :meth:`Meter.take_now` and
+:meth:`Meter.take_undoable`, take the lock by explicit calls instead (``with`` costs twice
+as much): ``lock.acquire()`` is the first call inside a ``try``, ``lock.release()`` comes
+right after it. ``_is_owned`` is tested first, so this frame is the only one on its thread
+that can hold the lock. An exception can land only once a call returns (or a Python callee
+starts): after ``acquire``, inside the ``try``, whose handler releases; after ``release``,
+with nothing held, as after ``with``'s ``__exit__``. The handler's release is its own test of
+ownership (no check point between a test and the release): a ``RuntimeError`` from it means
+the exception came while this thread waited for the lock, not holding it. (3.14's
+``GuardedRLock`` guards ``__enter__`` only: explicit calls need no guard.)
 """
 
 from __future__ import annotations
@@ -231,33 +242,52 @@ class Meter:
         lock = self._lock
         if lock._is_owned():
             raise _reentrant()
-        with lock:
+        # Explicit calls, not ``with lock`` (twice the cost): see the module's docstring.
+        try:
+            lock.acquire()
             if self.queue or self.retired:
                 if self.retired:
                     raise MeterRetired
-                return None
-            # _tick and, for GCRA, the rule's take, written out: this is every uncontended
-            # call's path, and a call costs a sixth of it.
-            now = self._now_ns() * self.scale
-            if now < self.last:  # noqa: PLR1730 - max() is a call
-                now = self.last
-            self.last = now
-            gcra = self._gcra
-            if gcra is not None:
-                tat = gcra.tat
-                spent = cost * gcra.interval
-                if now >= tat + spent - gcra.tolerance:
-                    gcra.tat = (tat if tat > now else now) + spent
+                answer = None
+            else:
+                # _tick and, for GCRA, the rule's take, written out: this is every
+                # uncontended call's path, and a call costs a sixth of it.
+                now = self._now_ns()
+                scale = self.scale
+                if scale != 1:  # most limiters count in whole nanoseconds: no product
+                    now *= scale
+                if now < self.last:  # noqa: PLR1730 - max() is a call
+                    now = self.last
+                self.last = now
+                gcra = self._gcra
+                if gcra is not None:
+                    tat = gcra.tat
+                    spent = cost * gcra.interval
+                    # Gcra.take's test, now >= tat + spent - tolerance, rearranged: the two
+                    # large readings meet in one difference (usually small), not two sums
+                    answer = tat - now <= gcra.tolerance - spent
+                    if answer:
+                        gcra.tat = (tat if tat > now else now) + spent
+                        self.allowed += 1
+                        self.allowed_units += cost
+                    elif count_refusal:
+                        self.refused += 1
+                elif self.rule.take(now, cost):
+                    answer = True
                     self.allowed += 1
                     self.allowed_units += cost
-                    return True
-            elif self.rule.take(now, cost):
-                self.allowed += 1
-                self.allowed_units += cost
-                return True
-            if count_refusal:
-                self.refused += 1
-            return False
+                else:
+                    answer = False
+                    if count_refusal:
+                        self.refused += 1
+        except BaseException:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
+            raise
+        lock.release()
+        return answer
 
     def take_undoable(self, spent: Spent, cost: int, count_refusal: bool) -> bool | None:
         """:meth:`take_now` for a part of a group, which may have to give the rate back: on a
@@ -268,38 +298,57 @@ class Meter:
         lock = self._lock
         if lock._is_owned():
             raise _reentrant()
-        with lock:
+        try:  # take_now's shape: see the module's docstring
+            lock.acquire()
             gcra = self._gcra
             if self.queue or self.retired or gcra is None:
                 if self.retired:
                     raise MeterRetired
-                return None
-            now = self._now_ns() * self.scale
-            if now < self.last:  # noqa: PLR1730 - max() is a call
-                now = self.last
-            self.last = now
-            tat = gcra.tat
-            charged = cost * gcra.interval
-            if now >= tat + charged - gcra.tolerance:
-                after = (tat if tat > now else now) + charged
-                # One straight run of stores, no call and no jump: nothing can land between
-                # the rule's move and the record that undoes it.
-                spent[1] = tat
-                spent[2] = after
-                gcra.tat = after
-                spent[0] = cost
-                self.allowed += 1
-                self.allowed_units += cost
-                return True
-            if count_refusal:
-                self.refused += 1
-            return False
+                answer = None
+            else:
+                # take_now's step, written out again (a call would cost every group)
+                now = self._now_ns()
+                scale = self.scale
+                if scale != 1:
+                    now *= scale
+                if now < self.last:  # noqa: PLR1730 - max() is a call
+                    now = self.last
+                self.last = now
+                tat = gcra.tat
+                charged = cost * gcra.interval
+                answer = tat - now <= gcra.tolerance - charged
+                if answer:
+                    after = (tat if tat > now else now) + charged
+                    # One straight run of stores, no call and no jump: nothing can land
+                    # between the rule's move and the record that undoes it.
+                    spent[1] = tat
+                    spent[2] = after
+                    gcra.tat = after
+                    spent[0] = cost
+                    self.allowed += 1
+                    self.allowed_units += cost
+                elif count_refusal:
+                    self.refused += 1
+        except BaseException:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
+            raise
+        lock.release()
+        return answer
 
     def give_back(self, spent: Spent) -> bool:
         """Undo what :meth:`take_undoable` recorded in ``spent``: exactly, if nothing was
         recorded on the rule after it (``True``); otherwise it stays spent, which can only
         make the limiter stricter. Idempotent (``spent`` is marked given back), and a
         ``spent`` never filled in gives nothing back."""
+        if not spent[0]:
+            # Never filled in, or given back: nothing to take the lock for. ``spent[0]`` is
+            # set to the cost once, by the thread that takes it, before anyone else can see
+            # ``spent``, and back to 0 once: a 0 read without the lock is final. A group
+            # interrupted while it waited for the lock thus does not wait for it again.
+            return False
         return self._section(functools.partial(self._give_back_locked, spent))
 
     def _give_back_locked(self, spent: Spent, woken: list[Waiter]) -> bool:
