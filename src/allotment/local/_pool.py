@@ -83,12 +83,20 @@ _record_ids = itertools.count(1)
 
 def fits(wanted: Sequence[int], have: Sequence[int]) -> bool:
     """Element-wise, counting only the resources asked for (as ``Units.__le__``)."""
-    return all(not want or want <= got for want, got in zip(wanted, have, strict=True))
+    for want, got in zip(wanted, have, strict=True):
+        if want and want > got:
+            return False
+    return True
 
 
 def grant_queue(state: State) -> list[Record]:
     """Grant the head of the queue while it fits: the one hand-off rule, for every change
     that makes units available. Returns the records granted."""
+    for record in state.records:
+        if record.kind == QUEUED:
+            break
+    else:
+        return []  # nobody waits (the common case: no sort, no list)
     queue = sorted((record for record in state.records if record.kind == QUEUED), key=_seq)
     granted = []
     for record in queue:
