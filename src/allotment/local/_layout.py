@@ -232,15 +232,18 @@ def write_state(view: memoryview, state: State, resources: int) -> None:
         words += (record.kind, record.pid, record.nonce, record.rid, record.seq, record.token)
         words += record.units
     count = len(words)
-    payload = struct.pack(f"<{count}q", *words)
     generation = state.generation + 1
+    # Packed after the generation, as the checksum covers them: one pack, no concatenation.
+    hashed = struct.pack(f"<{count + 1}q", generation, *words)
+    payload = hashed[8:]
     # The copy to write is the older one (the current is the one with ``state.generation``).
     index = generation % 2
     offset = _copy_offsets(resources)[index]
     start = offset + 8 * _COPY_HEAD
     struct.pack_into("<q", view, offset, 0)  # invalid from here until the last store
     view[start : start + len(payload)] = payload
-    head = struct.pack("<3q", generation, _checksum(generation, payload), count)
+    digest = hashlib.blake2b(hashed, digest_size=8).digest()
+    head = struct.pack("<3q", generation, int.from_bytes(digest, "little", signed=True), count)
     view[offset:start] = head
     state.generation = generation
     state.known = Known(index, generation, head + payload, tuple(words))
