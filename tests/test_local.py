@@ -552,3 +552,37 @@ def test_waiters_with_no_timeout_learn_at_once_that_their_file_cannot_be_used(
         if waiting is not noticing:
             waiting.close()
         noticing.close()
+
+
+def test_closing_warns_if_the_doorbell_thread_does_not_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Bell.stop`` waited ten seconds for a stuck thread and then gave up in silence: the
+    close went on with the thread still running. It warns now."""
+    from allotment.local import _backend as backend_module
+    from allotment.local import _bell, _liveness
+
+    entered, go_on = threading.Event(), threading.Event()
+
+    def stuck(self: allotment.LocalBackend) -> None:
+        entered.set()
+        go_on.wait(60)  # stands for a section blocked on a flock that is never released
+
+    monkeypatch.setattr(backend_module.LocalBackend, "_rung", stuck)
+    monkeypatch.setattr(_bell, "STOP_TIMEOUT", 0.2)
+    backend = _backend(tmp_path)
+    bell = backend._the_bell()
+    backend.start_bell()
+    thread = bell._thread
+    assert thread is not None
+    try:
+        _liveness.ring(backend._directory, *backend.me())
+        assert entered.wait(30)
+        with pytest.warns(RuntimeWarning, match="did not stop within 0.2 s"):
+            backend.close()
+        assert thread.is_alive()
+    finally:
+        go_on.set()
+        thread.join(30)
+        backend.close()
+    assert not thread.is_alive()

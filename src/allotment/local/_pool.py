@@ -83,7 +83,8 @@ _record_ids = itertools.count(1)
 
 def fits(wanted: Sequence[int], have: Sequence[int]) -> bool:
     """Element-wise, counting only the resources asked for (as ``Units.__le__``)."""
-    for want, got in zip(wanted, have, strict=True):
+    # A loop, not all() of a generator: this runs in every section, and the generator costs.
+    for want, got in zip(wanted, have, strict=True):  # noqa: SIM110
         if want and want > got:
             return False
     return True
