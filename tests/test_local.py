@@ -15,7 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import allotment
 from allotment.local import _directory, _state_file
@@ -552,3 +554,108 @@ def test_waiters_with_no_timeout_learn_at_once_that_their_file_cannot_be_used(
         if waiting is not noticing:
             waiting.close()
         noticing.close()
+
+
+def test_closing_warns_if_the_doorbell_thread_does_not_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Bell.stop`` waited ten seconds for a stuck thread and then gave up in silence: the
+    close went on with the thread still running. It warns now."""
+    from allotment.local import _backend as backend_module
+    from allotment.local import _bell, _liveness
+
+    entered, go_on = threading.Event(), threading.Event()
+
+    def stuck(self: allotment.LocalBackend) -> None:
+        entered.set()
+        go_on.wait(60)  # stands for a section blocked on a flock that is never released
+
+    monkeypatch.setattr(backend_module.LocalBackend, "_rung", stuck)
+    monkeypatch.setattr(_bell, "STOP_TIMEOUT", 0.2)
+    backend = _backend(tmp_path)
+    bell = backend._the_bell()
+    backend.start_bell()
+    thread = bell._thread
+    assert thread is not None
+    try:
+        _liveness.ring(backend._directory, *backend.me())
+        assert entered.wait(30)
+        with pytest.warns(RuntimeWarning, match="did not stop within 0.2 s"):
+            backend.close()
+        assert thread.is_alive()
+    finally:
+        go_on.set()
+        thread.join(30)
+        backend.close()
+    assert not thread.is_alive()
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("write"), st.integers(0, 3)),
+            st.tuples(
+                st.just("damage"), st.integers(0, 1), st.integers(0, 160), st.integers(1, 255)
+            ),
+            st.tuples(st.just("forget"), st.just(0)),
+        ),
+        max_size=12,
+    )
+)
+def test_a_known_copy_is_read_exactly_as_the_file_would_be(steps: list[tuple[Any, ...]]) -> None:
+    """The shortcut of a section (``read_known``) returns what a full read would, or nothing:
+    after writes by this process or another (another's ``Known`` is not this one's), and any
+    byte of either copy damaged."""
+    import mmap
+
+    from allotment.local import _layout
+
+    buffer = mmap.mmap(-1, _layout.file_size(1))
+    view = memoryview(buffer)
+    view[: 8 * HEADER_WORDS] = _layout.header(1)
+    state = _layout.State(0, 1, 10, 1, 0, [3], [3], [3], [])
+    _layout.write_state(view, state, 1)
+    known = state.known
+    for step in steps:
+        if step[0] == "write":
+            try:
+                current = _layout.read_state(view, 1)
+            except _layout.CorruptState:
+                current = None
+            if current is None:
+                continue
+            for _ in range(step[1]):
+                current.records.append(_layout.Record(1, 2, 3, current.next_token, 0, 5, [1]))
+                current.next_token += 1
+            _layout.write_state(view, current, 1)
+            if step[1] % 2:  # written by this process: its known copy moves on
+                known = current.known
+        elif step[0] == "damage":
+            view[_copy_offset(step[1]) + step[2]] ^= step[3]
+        else:
+            known = None
+        try:
+            full = _layout.read_state(view, 1)
+        except _layout.CorruptState:
+            full = None
+        shortcut = _layout.read_known(view, 1, known)
+        if shortcut is not None:
+            assert full is not None
+            assert (shortcut.generation, _layout_words(shortcut)) == (
+                full.generation,
+                _layout_words(full),
+            )
+
+
+def _layout_words(state: Any) -> list[Any]:
+    return [
+        state.names_hash,
+        state.next_token,
+        state.next_seq,
+        state.resizes,
+        state.declared,
+        state.capacity,
+        state.available,
+        [(r.kind, r.pid, r.nonce, r.rid, r.seq, r.token, r.units) for r in state.records],
+    ]

@@ -272,14 +272,13 @@ class LocalBackend:
             self._closed = True
             bell, self._bell = self._bell, None
             files = list(self._files.values())
-        if bell is not None:
-            bell.stop()
+        stopped = bell is None or bell.stop()
         identity = self._identity
         if identity is not None:
             for file in files:
                 with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
                     reap(file, self, {(identity.pid, identity.nonce)})
-            identity.close(self._directory)
+            identity.close(self._directory, keep_bell=not stopped)
 
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its

@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import threading
+import warnings
 from collections.abc import Callable
 
 import attrs
@@ -27,11 +28,13 @@ import attrs
 from .._core import SectionLock, new_section_lock
 from ._liveness import Identity
 
-__all__ = ["FALLBACK_POLL", "Bell"]
+__all__ = ["FALLBACK_POLL", "STOP_TIMEOUT", "Bell"]
 
 logger = logging.getLogger("allotment.local")
 
 FALLBACK_POLL = 0.05
+STOP_TIMEOUT = 10.0
+"""How long ``stop`` waits for the thread (seconds) before it warns and goes on."""
 
 
 @attrs.define(eq=False)
@@ -48,6 +51,11 @@ class Bell:
     """pidfd (or a negative key where there is none) to the backend it watches."""
     _watching: set[tuple[int, int]] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)
+    _finished: bool = attrs.field(init=False, default=False)
+    _owns_bell: bool = attrs.field(init=False, default=False)
+    """Set by a ``stop`` that gave up on the thread: the thread closes the doorbell itself
+    when it ends (closed under it, its number could be reused by another file it would then
+    read)."""
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
 
     def start(self) -> None:
@@ -77,13 +85,30 @@ class Bell:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self.identity.bell_fd, b".")
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the thread; ``False`` (with a warning) if it did not stop in time, and then
+        the thread closes the doorbell when it ends: the caller must not."""
         with self._lock:
             self._stopping = True
             thread = self._thread
         self._ring_self()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(10)
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(STOP_TIMEOUT)
+        with self._lock:
+            if self._finished:
+                return True
+            self._owns_bell = True
+        # Never silently: it may still touch the files it serves.
+        warnings.warn(
+            f"the doorbell thread of a LocalBackend did not stop within {STOP_TIMEOUT} s: "
+            "what it was doing is stuck (a section waiting for a state file's flock held "
+            "by a stopped process, say). It is left running, as a daemon thread, and ends "
+            "at its next turn; this backend is closed without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
     def forget_in_child(self) -> None:
         """In a forked child: the thread did not survive the fork; its pidfds are the
@@ -129,6 +154,11 @@ class Bell:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self._watched.clear()
+            with self._lock:
+                self._finished = True
+                if self._owns_bell:
+                    with contextlib.suppress(OSError):
+                        os.close(bell_fd)
 
     def _fallback_ms(self) -> int | None:
         """How long a wait may last without a look at the processes watched without a pidfd

@@ -31,10 +31,12 @@ __all__ = [
     "QUEUED",
     "REFUSED",
     "CorruptState",
+    "Known",
     "Record",
     "State",
     "file_size",
     "names_hash",
+    "read_known",
     "read_state",
     "write_state",
 ]
@@ -85,8 +87,25 @@ class Record:
 
 
 @attrs.define(eq=False)
+class Known:
+    """A copy as it was validated (read and checksummed, or written) by this process: its
+    index, its generation, its bytes (generation, checksum, count and payload) and its
+    words. While the file holds these very bytes at that place, and the other copy is
+    older, reading the file would decode these words: ``read_known`` then skips the
+    checksum and the unpacking, and trusts nothing it has not compared byte for byte."""
+
+    index: int
+    generation: int
+    raw: bytes
+    words: tuple[int, ...]
+    # Never changed once made (a plain class: a frozen one costs a microsecond to make).
+
+
+@attrs.define(eq=False)
 class State:
-    """One copy, decoded. ``generation`` is that of the copy it was read from."""
+    """One copy, decoded. ``generation`` is that of the copy it was read from. ``known``:
+    that copy's bytes, set by the codec when it reads or writes them (not updated by a
+    change in memory: it describes the file, not this object)."""
 
     generation: int
     names_hash: int
@@ -97,6 +116,7 @@ class State:
     capacity: list[int]
     available: list[int]
     records: list[Record]
+    known: Known | None = None
 
 
 def header(resources: int) -> bytes:
@@ -122,8 +142,8 @@ def _copy_offset(index: int, resources: int) -> int:
     return 8 * (HEADER_WORDS + index * copy_words(resources))
 
 
-def _read_copy(view: memoryview, index: int, resources: int) -> tuple[int, bytes] | None:
-    """``(generation, payload)`` of a valid copy, or ``None``."""
+def _read_copy(view: memoryview, index: int, resources: int) -> Known | None:
+    """The copy ``index`` if it is valid, else ``None``."""
     offset = _copy_offset(index, resources)
     generation, checksum, count = struct.unpack_from("<3q", view, offset)
     if not 0 <= count <= copy_words(resources) - _COPY_HEAD:
@@ -132,7 +152,8 @@ def _read_copy(view: memoryview, index: int, resources: int) -> tuple[int, bytes
     payload = bytes(view[start : start + 8 * count])
     if generation <= 0 or _checksum(generation, payload) != checksum:
         return None
-    return generation, payload
+    raw = bytes(view[offset:start]) + payload
+    return Known(index, generation, raw, struct.unpack(f"<{count}q", payload))
 
 
 def read_state(view: memoryview, resources: int) -> State | None:
@@ -144,14 +165,33 @@ def read_state(view: memoryview, resources: int) -> State | None:
     for index in order:
         copy = _read_copy(view, index, resources)
         if copy is not None:
-            return _decode(copy[0], copy[1], resources)
+            return _decode(copy, resources)
     if not any(view[8 * HEADER_WORDS :]):
         return None  # fresh: both copies all zeros
     raise CorruptState("neither copy of the state passes its checksum")
 
 
-def _decode(generation: int, payload: bytes, resources: int) -> State:
-    words = struct.unpack(f"<{len(payload) // 8}q", payload)
+def read_known(view: memoryview, resources: int, known: Known | None) -> State | None:
+    """What ``read_state`` would return, if the file still holds the copy ``known`` and
+    the other copy is older (``None`` otherwise: read it). Exact, not a guess: the copy's
+    bytes are compared whole, so a change or a damage anywhere in it is seen."""
+    if known is None:
+        return None
+    offsets = _copy_offsets(resources)
+    other = struct.unpack_from("<q", view, offsets[1 - known.index])[0]
+    offset = offsets[known.index]
+    if other >= known.generation or bytes(view[offset : offset + len(known.raw)]) != known.raw:
+        return None
+    return _decode(known, resources)
+
+
+@functools.cache
+def _copy_offsets(resources: int) -> tuple[int, int]:
+    return _copy_offset(0, resources), _copy_offset(1, resources)
+
+
+def _decode(known: Known, resources: int) -> State:
+    words = known.words
     n = resources
     fixed = _FIXED + 3 * n
     count = words[fixed]
@@ -164,7 +204,7 @@ def _decode(generation: int, payload: bytes, resources: int) -> State:
         units = list(words[start + _RECORD_FIXED : start + width])
         records.append(Record(kind, pid, nonce, rid, seq, token, units))
     return State(
-        generation,
+        known.generation,
         words[0],
         words[1],
         words[2],
@@ -173,30 +213,40 @@ def _decode(generation: int, payload: bytes, resources: int) -> State:
         list(words[_FIXED + n : _FIXED + 2 * n]),
         list(words[_FIXED + 2 * n : fixed]),
         records,
+        known,
     )
 
 
 def write_state(view: memoryview, state: State, resources: int) -> None:
     """Write ``state`` as the next generation, into the copy that is not current. The last
     store (generation and checksum) is what makes it current."""
-    if len(state.records) > MAX_RECORDS:
+    records = state.records
+    if len(records) > MAX_RECORDS:
         raise OverflowError(f"more than {MAX_RECORDS} holders and waiters on one manager")
     words = [state.names_hash, state.next_token, state.next_seq, state.resizes]
-    words += state.declared + state.capacity + state.available
-    words.append(len(state.records))
-    for record in state.records:
+    words += state.declared
+    words += state.capacity
+    words += state.available
+    words.append(len(records))
+    for record in records:
         words += (record.kind, record.pid, record.nonce, record.rid, record.seq, record.token)
         words += record.units
-    payload = struct.pack(f"<{len(words)}q", *words)
+    count = len(words)
     generation = state.generation + 1
+    # Packed after the generation, as the checksum covers them: one pack, no concatenation.
+    hashed = struct.pack(f"<{count + 1}q", generation, *words)
+    payload = hashed[8:]
     # The copy to write is the older one (the current is the one with ``state.generation``).
     index = generation % 2
-    offset = _copy_offset(index, resources)
+    offset = _copy_offsets(resources)[index]
     start = offset + 8 * _COPY_HEAD
     struct.pack_into("<q", view, offset, 0)  # invalid from here until the last store
     view[start : start + len(payload)] = payload
-    struct.pack_into("<3q", view, offset, generation, _checksum(generation, payload), len(words))
+    digest = hashlib.blake2b(hashed, digest_size=8).digest()
+    head = struct.pack("<3q", generation, int.from_bytes(digest, "little", signed=True), count)
+    view[offset:start] = head
     state.generation = generation
+    state.known = Known(index, generation, head + payload, tuple(words))
 
 
 # -- a plain list of words, for the meters' files (same two-copy rule) ---------------------

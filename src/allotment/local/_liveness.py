@@ -61,15 +61,20 @@ class Identity:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def close(self, directory: Directory) -> None:
-        """Give up the identity: its records become a dead backend's, reclaimed by others."""
+    def close(self, directory: Directory, *, keep_bell: bool = False) -> None:
+        """Give up the identity: its records become a dead backend's, reclaimed by others.
+        ``keep_bell``: the doorbell is left open (a doorbell thread that did not stop closes
+        it when it ends)."""
         for path in (
             directory.bell_path(self.pid, self.nonce),
             directory.process_path(self.pid, self.nonce),
         ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self.forget_in_child()  # closing the liveness file releases its lock
+        if keep_bell:
+            os.close(self.liveness_fd)  # closing the liveness file releases its lock
+        else:
+            self.forget_in_child()
 
 
 def is_dead(directory: Directory, pid: int, nonce: int) -> bool:

@@ -83,12 +83,21 @@ _record_ids = itertools.count(1)
 
 def fits(wanted: Sequence[int], have: Sequence[int]) -> bool:
     """Element-wise, counting only the resources asked for (as ``Units.__le__``)."""
-    return all(not want or want <= got for want, got in zip(wanted, have, strict=True))
+    # A loop, not all() of a generator: this runs in every section, and the generator costs.
+    for want, got in zip(wanted, have, strict=True):  # noqa: SIM110
+        if want and want > got:
+            return False
+    return True
 
 
 def grant_queue(state: State) -> list[Record]:
     """Grant the head of the queue while it fits: the one hand-off rule, for every change
     that makes units available. Returns the records granted."""
+    for record in state.records:
+        if record.kind == QUEUED:
+            break
+    else:
+        return []  # nobody waits (the common case: no sort, no list)
     queue = sorted((record for record in state.records if record.kind == QUEUED), key=_seq)
     granted = []
     for record in queue:
@@ -397,6 +406,9 @@ class LocalPool:
         me = self._me()
 
         def change(current: State | None) -> tuple[tuple[int, set[Identity]], State | None]:
+            # Under the mutex, as every use of ``_records``: a snapshot iterating it on
+            # another thread would otherwise see it change size (seen on 3.13t).
+            self._records[ticket] = mine
             state = self._state(current)
             if not fits(wanted, state.capacity):
                 raise ExceedsCapacity(
@@ -442,7 +454,6 @@ class LocalPool:
                 mine.queued = True
                 file.waiting[mine.rid] = (self, ticket)
 
-        self._records[ticket] = mine
         token, others = file.section(change, then, grants=True)
         run_deferred()
         backend = self._backend
@@ -665,9 +676,13 @@ class LocalPool:
             return
         me = self._me()
         part_mines = [_Mine(next(_record_ids), token=mine.token) for _ in parts]
-        for part, part_mine in zip(parts, part_mines, strict=True):
-            self._records[part] = part_mine
-        self._file.bookkeep(lambda: self._live.update(dict.fromkeys(parts)))
+
+        def register() -> None:  # under the mutex, as every use of ``_records``
+            for part, part_mine in zip(parts, part_mines, strict=True):
+                self._records[part] = part_mine
+            self._live.update(dict.fromkeys(parts))
+
+        self._file.bookkeep(register)
 
         def change(current: State | None) -> tuple[bool, State | None]:
             if current is None:

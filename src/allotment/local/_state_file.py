@@ -34,10 +34,12 @@ from ._directory import Directory
 from ._layout import (
     MAGIC,
     CorruptState,
+    Known,
     State,
     check_header,
     file_size,
     header,
+    read_known,
     read_state,
     write_state,
 )
@@ -69,6 +71,9 @@ class StateFile:
     """Told when a section finds the file damaged or removed (after the mutex is released):
     the backend refuses its waiters on it and rings the other processes' doorbells, so that
     nobody waits for ever on a file nobody can use."""
+    known: Known | None = None
+    """The copy this process last read or wrote (guarded by ``mutex``): while the file still
+    holds it byte for byte, a section decodes it without checksumming it again."""
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, resources: int) -> StateFile:
@@ -119,6 +124,7 @@ class StateFile:
         belongs to the open file, not the process), so the child opens the file again."""
         self.mutex = new_section_lock()
         self.waiting.clear()
+        self.known = None
         old_fd = self.fd
         fresh = StateFile.open(directory, self.path, self.name, self.resources)
         self.fd, self._map, self.view = fresh.fd, fresh._map, fresh.view
@@ -163,13 +169,11 @@ class StateFile:
                         fcntl.flock(self.fd, fcntl.LOCK_EX)
                         if grants:
                             check_linked(self.fd, self.name, self.path)
-                        try:
-                            state = read_state(self.view, self.resources)
-                        except CorruptState as error:
-                            raise _corrupt(self.name, self.path, str(error)) from None
+                        state = self._read()
                         result, changed = change(state)
                         if changed is not None:
                             write_state(self.view, changed, self.resources)
+                            self.known = changed.known
                             state = changed
                     finally:
                         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -195,6 +199,20 @@ class StateFile:
                 except BaseException:
                     wake()
                     raise
+
+    def _read(self) -> State | None:
+        """The state, under both locks: the copy known to this process if the file still
+        holds it, else read and checksummed (and known from now on)."""
+        state = read_known(self.view, self.resources, self.known)
+        if state is not None:
+            return state
+        try:
+            state = read_state(self.view, self.resources)
+        except CorruptState as error:
+            self.known = None
+            raise _corrupt(self.name, self.path, str(error)) from None
+        self.known = None if state is None else state.known
+        return state
 
     def _settle_from_file(self, settle: Callable[[State], None]) -> None:
         """Under the mutex, on a section's way out by an exception: ``settle`` from what the
