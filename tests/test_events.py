@@ -578,3 +578,35 @@ def test_request_ids_drawn_by_many_threads_at_once_are_unique() -> None:
         worker.outcome()
     everything = [number for numbers in drawn for number in numbers]
     assert len(set(everything)) == threads * draws
+
+
+@pytest.mark.parametrize("deferred_while_observed", [True, False])
+def test_a_record_deferred_for_a_removed_observer_never_reaches_the_next_one(
+    deferred_while_observed: bool,
+) -> None:
+    """A release made inside a pool's section (a finalizer, a signal handler) is reported
+    deferred, at the next delivery. If the last observer is removed before that delivery
+    (or was removed before the release), the next observer installed must not be handed
+    the release of a grant it never saw."""
+    from allotment import _events
+
+    stale = (
+        "released", "stale", 1, "MainThread", 1, 1, None, 0.0, 0, None, None, None, False,
+        None,
+    )  # fmt: skip
+    first: list[Event] = []
+    allotment.add_observer(first.append)
+    if deferred_while_observed:
+        _events.defer(stale)
+    allotment.remove_observer(first.append)
+    if not deferred_while_observed:
+        _events.defer(stale)
+    second: list[Event] = []
+    allotment.add_observer(second.append)
+    try:
+        with allotment.ResourceManager(2, name="fresh").acquire(1):
+            pass
+    finally:
+        allotment.remove_observer(second.append)
+    assert [event.name for event in second] == ["fresh", "fresh"]
+    assert not first

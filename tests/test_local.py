@@ -12,6 +12,7 @@ import stat
 import struct
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -556,38 +557,63 @@ def test_waiters_with_no_timeout_learn_at_once_that_their_file_cannot_be_used(
         noticing.close()
 
 
+@pytest.mark.parametrize("warnings_are_errors", [False, True])
 def test_closing_warns_if_the_doorbell_thread_does_not_stop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings_are_errors: bool
 ) -> None:
     """``Bell.stop`` waited ten seconds for a stuck thread and then gave up in silence: the
-    close went on with the thread still running. It warns now."""
+    close went on with the thread still running. It warns now, and the close still ends
+    (the stuck thread holds a state file's mutex here, which the reaps would wait behind)
+    and gives up the identity, so that another backend reclaims what this one held, even
+    when the warning is raised as an error (it comes last)."""
     from allotment.local import _backend as backend_module
     from allotment.local import _bell, _liveness
 
     entered, go_on = threading.Event(), threading.Event()
+    backend = _backend(tmp_path)
+    pool = allotment.ResourceManager(2, name="gpus", backend=backend)
+    lease = pool.acquire(2)
+
+    rung = backend_module.LocalBackend._rung
 
     def stuck(self: allotment.LocalBackend) -> None:
-        entered.set()
-        go_on.wait(60)  # stands for a section blocked on a flock that is never released
+        if self is not backend:
+            rung(self)
+            return
+        with self._files["gpus"].mutex:  # stands for a section blocked on a flock for good
+            entered.set()
+            go_on.wait(60)
 
     monkeypatch.setattr(backend_module.LocalBackend, "_rung", stuck)
     monkeypatch.setattr(_bell, "STOP_TIMEOUT", 0.2)
-    backend = _backend(tmp_path)
     bell = backend._the_bell()
     backend.start_bell()
     thread = bell._thread
     assert thread is not None
+    other = _backend(tmp_path)
     try:
         _liveness.ring(backend._directory, *backend.me())
         assert entered.wait(30)
-        with pytest.warns(RuntimeWarning, match="did not stop within 0.2 s"):
-            backend.close()
+        with warnings.catch_warnings():
+            if warnings_are_errors:
+                warnings.simplefilter("error")
+                with pytest.raises(RuntimeWarning, match=r"did not stop within 0\.2 s"):
+                    backend.close()
+            else:
+                with pytest.warns(RuntimeWarning, match=r"did not stop within 0\.2 s"):
+                    backend.close()
         assert thread.is_alive()
+        assert _liveness.is_dead(backend._directory, *backend.me())
+        pool_elsewhere = allotment.ResourceManager(2, name="gpus", backend=other)
+        with pool_elsewhere.acquire(2, timeout=30):  # the closed backend's 2 reclaimed
+            pass
     finally:
         go_on.set()
         thread.join(30)
         backend.close()
+        other.close()
     assert not thread.is_alive()
+    lease.release()  # of a closed backend's lease: nothing left to give back, no warning
 
 
 @hypothesis.settings(max_examples=150, deadline=None)

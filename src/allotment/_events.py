@@ -238,6 +238,9 @@ def remove_observer(observer: Observer) -> None:
         remaining = tuple(other for other in observers if other != observer)
         observers = remaining
         _split(remaining)
+        if not remaining:
+            # Records deferred for the observers gone: not for the next one installed.
+            deferred.clear()
 
 
 def _split(installed: tuple[Observer, ...]) -> None:
@@ -259,8 +262,11 @@ delivered by the next :func:`emit`, on whichever thread makes it."""
 
 
 def defer(record: Record) -> None:
-    """Queue a record for the next delivery; safe anywhere, a finalizer included."""
-    deferred.append(record)
+    """Queue a record for the next delivery; safe anywhere, a finalizer included. With no
+    observer installed (the last one removed since the event began) it is dropped: the
+    next observer installed must not get events of what it never saw begin."""
+    if observers:
+        deferred.append(record)
 
 
 def emit(record: Record | None) -> None:

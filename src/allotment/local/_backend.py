@@ -17,6 +17,7 @@ import fractions
 import logging
 import math
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,7 @@ from .._core import (
     new_section_lock,
 )
 from .._errors import BackendUnavailable, UnsupportedByBackend
-from . import _directory
+from . import _bell, _directory
 from ._bell import Bell
 from ._directory import Directory
 from ._liveness import Identity, is_dead, ring
@@ -265,7 +266,14 @@ class LocalBackend:
 
     def close(self) -> None:
         """Stop the doorbell thread and give up this backend's identity: what it still
-        holds or asks for is reclaimed, as if its process had died. Idempotent."""
+        holds or asks for is reclaimed, as if its process had died. Idempotent.
+
+        If the doorbell thread does not stop in time it is stuck in a section (waiting for
+        a state file's ``flock`` held by a stopped process, say), perhaps holding a file's
+        mutex: the reaps, which would wait behind it, are skipped (giving up the identity
+        makes this backend's records a dead backend's, reclaimed by the next section of any
+        process), and the warning comes last, so that ``-W error`` cannot leave the
+        backend half closed."""
         with self._lock:
             if self._closed:
                 return
@@ -275,10 +283,21 @@ class LocalBackend:
         stopped = bell is None or bell.stop()
         identity = self._identity
         if identity is not None:
-            for file in files:
-                with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
-                    reap(file, self, {(identity.pid, identity.nonce)})
+            if stopped:
+                for file in files:
+                    with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
+                        reap(file, self, {(identity.pid, identity.nonce)})
             identity.close(self._directory, keep_bell=not stopped)
+        if not stopped:
+            warnings.warn(
+                f"the doorbell thread of a LocalBackend did not stop within {_bell.STOP_TIMEOUT} "
+                "s: what it was doing is stuck (a section waiting for a state file's flock "
+                "held by a stopped process, say). It is left running, as a daemon thread, "
+                "and ends at its next turn; this backend is closed without it, and what it "
+                "held is reclaimed by the next section of any process",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its

@@ -20,7 +20,6 @@ import logging
 import os
 import select
 import threading
-import warnings
 from collections.abc import Callable
 
 import attrs
@@ -86,8 +85,9 @@ class Bell:
             os.write(self.identity.bell_fd, b".")
 
     def stop(self) -> bool:
-        """Stop the thread; ``False`` (with a warning) if it did not stop in time, and then
-        the thread closes the doorbell when it ends: the caller must not."""
+        """Stop the thread; ``False`` if it did not stop within ``STOP_TIMEOUT``: then the
+        thread closes the doorbell when it ends (the caller must not), and the caller says
+        so (:meth:`LocalBackend.close` warns, once it has closed everything else)."""
         with self._lock:
             self._stopping = True
             thread = self._thread
@@ -99,15 +99,6 @@ class Bell:
             if self._finished:
                 return True
             self._owns_bell = True
-        # Never silently: it may still touch the files it serves.
-        warnings.warn(
-            f"the doorbell thread of a LocalBackend did not stop within {STOP_TIMEOUT} s: "
-            "what it was doing is stuck (a section waiting for a state file's flock held "
-            "by a stopped process, say). It is left running, as a daemon thread, and ends "
-            "at its next turn; this backend is closed without it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
         return False
 
     def forget_in_child(self) -> None:

@@ -233,6 +233,16 @@ def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
         )
 
 
+def _pairs(records: weakref.WeakKeyDictionary[Ticket, _Mine]) -> list[tuple[Ticket, _Mine]]:
+    """The live entries of ``records``, copied by one C call on its own dict (atomic under
+    the GIL, and under the dict's lock without it): iterating the weak dictionary in
+    Python can meet a weak reference's callback, run on whichever thread drops a ticket,
+    deleting an entry, which raises "dictionary changed size during iteration"."""
+    data: dict[weakref.ref[Ticket], _Mine] = records.data  # type: ignore[attr-defined]
+    pairs = list(data.items())
+    return [(ticket, mine) for ref, mine in pairs if (ticket := ref()) is not None]
+
+
 @attrs.define(eq=False)
 class _Mine:
     """What this process knows of one of its tickets."""
@@ -406,8 +416,8 @@ class LocalPool:
         me = self._me()
 
         def change(current: State | None) -> tuple[tuple[int, set[Identity]], State | None]:
-            # Under the mutex, as every use of ``_records``: a snapshot iterating it on
-            # another thread would otherwise see it change size (seen on 3.13t).
+            # Under the mutex, as every write to ``_records`` (a snapshot copying it under
+            # the mutex then sees no change of size: seen on 3.13t before).
             self._records[ticket] = mine
             state = self._state(current)
             if not fits(wanted, state.capacity):
@@ -677,7 +687,7 @@ class LocalPool:
         me = self._me()
         part_mines = [_Mine(next(_record_ids), token=mine.token) for _ in parts]
 
-        def register() -> None:  # under the mutex, as every use of ``_records``
+        def register() -> None:  # under the mutex, as every write to ``_records``
             for part, part_mine in zip(parts, part_mines, strict=True):
                 self._records[part] = part_mine
             self._live.update(dict.fromkeys(parts))
@@ -774,7 +784,7 @@ class LocalPool:
         self._backend.reap_dead(self._backend.unwatched(self._file.section(self._others)))
         state = self._file.section(lambda current: (self._state(current), None))
         self._seen(state)
-        mine = self._file.bookkeep(lambda: list(self._records.items()))
+        mine = self._file.bookkeep(lambda: _pairs(self._records))
         holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
         waiters = tuple(_view(t) for t, m in mine if t.state is PENDING and m.queued)
         capacity, available, holding, waiting = self._last
