@@ -412,3 +412,31 @@ def test_semaphore_metrics(tmp_path: Path) -> None:
     finally:
         instrumentation.close()
         provider.shutdown()
+
+
+def test_a_permit_freed_between_the_try_and_the_queue_is_granted_and_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An observed acquire first tries for a permit, then enters the queue. A release
+    between the two lets the enter grant at once, with no waiter made: reading that
+    waiter raised AttributeError to the caller and lost the permit (seen on 3.13t)."""
+    from allotment._core import MemoryPool
+
+    semaphore = allotment.Semaphore(1, name="raced")
+    take = MemoryPool.take
+    missed = [False]
+
+    def take_losing_the_race(self: MemoryPool, count: int, receipt: list[Any]) -> bool:
+        if not missed[0]:  # the first try finds no permit, as if another thread held it
+            missed[0] = True
+            return False
+        return take(self, count, receipt)
+
+    monkeypatch.setattr(MemoryPool, "take", take_losing_the_race)
+    with Recorder() as recorder:
+        assert semaphore.acquire(timeout=GENEROUS)
+        semaphore.release()
+    assert missed[0]
+    assert semaphore.acquire(blocking=False)  # the permit is back
+    semaphore.release()
+    assert [event.kind for event in recorder.events] == ["granted", "released"]

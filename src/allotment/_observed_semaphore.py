@@ -208,7 +208,8 @@ def acquire_observed(
     if not granted:
         emit(_record("timed_out", semaphore, now_ns(), owner, 1, request, clock.now() - asked))
         return False
-    handed_by = getattr(ticket.waiter, "handed_by", None)
+    # No waiter at all if the enter granted at once (a permit freed since the take above).
+    handed_by = getattr(getattr(ticket, "waiter", None), "handed_by", None)
     try:
         _report_grant(semaphore, owner, request, now_ns(), clock.now() - asked, handed_by)
     except BaseException:
