@@ -19,14 +19,20 @@ limit allows. Nothing here is asserted: the figures are reported, not tested.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import itertools
+import mmap
 import multiprocessing
 import os
+import select
 import signal
+import socket
 import statistics
+import struct
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -73,6 +79,90 @@ def _flock_loop(path: str, rounds: int, ready: Any, go: Any, out: Any) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         log.append((granted, released))
         _hold_for(20_000)  # a moment for the other to be woken, as the pool's loop has
+    out.put((os.getpid(), log))
+
+
+def _skeleton_loop(path: str, rounds: int, ready: Any, go: Any, out: Any) -> None:
+    """The least a push hand-off through a state file can do in Python, for the floor:
+    capacity one, the state two words (holder pid, waiter pid) in an ``mmap``ed file
+    changed under ``flock``; the releaser grants the waiter in its section and rings it
+    after; the waiting thread polls its OWN doorbell (a datagram socket: no doorbell
+    thread, no lock between threads) and reads its grant in a section of its own. No
+    checksum, no records, no manager or lease layers: what the LocalBackend adds beyond
+    this is its layers and its shape; what this adds beyond raw ``flock`` is the cost of
+    any design that grants in a section of a shared file and rings after it."""
+    _skeleton(path, rounds, ready, go, out, via_thread=False)
+
+
+def _skeleton_thread_loop(path: str, rounds: int, ready: Any, go: Any, out: Any) -> None:
+    """:func:`_skeleton_loop` in today's shape: a doorbell thread polls the socket, reads
+    the grant in its section and releases a lock that the waiting thread sleeps on."""
+    _skeleton(path, rounds, ready, go, out, via_thread=True)
+
+
+def _skeleton(path: str, rounds: int, ready: Any, go: Any, out: Any, *, via_thread: bool) -> None:
+    me = os.getpid()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 16)
+    words = mmap.mmap(fd, 16)
+    bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    directory = os.path.dirname(path)
+    bell.bind(os.path.join(directory, f"{me}.sock"))
+    bell.setblocking(False)
+    ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    poller = select.poll()
+    poller.register(bell.fileno(), select.POLLIN)
+    asleep = threading.Lock()
+
+    def granted_to_me() -> bool:
+        poller.poll(60_000)
+        with contextlib.suppress(BlockingIOError):
+            while bell.recv(64):
+                pass
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        holder, _ = struct.unpack_from("qq", words)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return bool(holder == me)
+
+    def doorbell_thread() -> None:
+        while True:
+            if granted_to_me() and asleep.locked():
+                asleep.release()
+
+    if via_thread:
+        threading.Thread(target=doorbell_thread, daemon=True).start()
+    log: list[tuple[int, int]] = []
+    ready.set()
+    go.wait()
+    for _ in range(rounds):
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        holder, waiter = struct.unpack_from("qq", words)
+        if holder == 0:
+            struct.pack_into("qq", words, 0, me, waiter)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        elif via_thread:
+            asleep.acquire()
+            struct.pack_into("qq", words, 0, holder, me)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            asleep.acquire()  # released by the doorbell thread
+            asleep.release()
+        else:
+            struct.pack_into("qq", words, 0, holder, me)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            while not granted_to_me():
+                pass
+        granted = _now()
+        _hold_for(200_000)
+        released = _now()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _, waiter = struct.unpack_from("qq", words)
+        struct.pack_into("qq", words, 0, waiter, 0)  # hand-off: the waiter, or nobody
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if waiter:
+            with contextlib.suppress(OSError):
+                ringer.sendto(b"!", socket.MSG_DONTWAIT, os.path.join(directory, f"{waiter}.sock"))
+        log.append((granted, released))
+    time.sleep(0.5)  # the other may still wait for its last grant from this one
     out.put((os.getpid(), log))
 
 
@@ -284,6 +374,12 @@ def main() -> None:
         rounds = 50 if quick else 1000
         pool_handoff = _handoffs(_pool_loop, limits, rounds)
         raw_handoff = _handoffs(_flock_loop, os.path.join(scratch, "raw.lock"), rounds)
+        skeletons = []
+        for number, loop in enumerate((_skeleton_loop, _skeleton_thread_loop)):
+            skeleton = os.path.join(scratch, f"skeleton{number}")
+            os.mkdir(skeleton)
+            skeletons.append(_handoffs(loop, os.path.join(skeleton, "state"), rounds))
+        floor_handoff, thread_handoff = skeletons
         reclaim = _reclaims(limits, 3 if quick else 15)
         rate = 200 if quick else 500
         figures = _rate(limits, 8, rate, 2.0 if quick else 5.0)
@@ -292,13 +388,21 @@ def main() -> None:
     print("|---|---|")
     print(f"| uncontended `with pool.acquire(1): pass` | {acquire:.1f} us |")
     print(f"| uncontended `try_acquire(1)` + `release()` | {trying:.1f} us |")
-    for label, values in (("LocalBackend", pool_handoff), ("raw flock", raw_handoff)):
+    for label, values in (
+        ("LocalBackend", pool_handoff),
+        ("raw flock", raw_handoff),
+        ("skeleton, the waiting thread polls its own doorbell", floor_handoff),
+        ("skeleton, through a doorbell thread and a lock", thread_handoff),
+    ):
         print(
             f"| cross-process hand-off, {label} (n={len(values)}) | p50 "
             f"{_percentile(values, 0.5):.0f} us, p99 {_percentile(values, 0.99):.0f} us |"
         )
     p50 = _percentile(pool_handoff, 0.5) / _percentile(raw_handoff, 0.5)
     print(f"| hand-off p50, LocalBackend / raw flock | {p50:.2f}x |")
+    for label, values in (("own doorbell", floor_handoff), ("doorbell thread", thread_handoff)):
+        ratio = _percentile(values, 0.5) / _percentile(raw_handoff, 0.5)
+        print(f"| hand-off p50, skeleton ({label}) / raw flock | {ratio:.2f}x |")
     print(
         f"| SIGKILLed holder of 4 of 4 to a waiter's grant in another process "
         f"(n={len(reclaim)}) | p50 {_percentile(reclaim, 0.5):.2f} ms, max "
