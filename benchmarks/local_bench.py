@@ -1,19 +1,23 @@
 """Benchmarks: allotment's LocalBackend (limits shared by the processes of one host).
 
-    python benchmarks/local_bench.py            # full run (about half a minute)
+    python benchmarks/local_bench.py            # full run (about two minutes)
     python benchmarks/local_bench.py --quick    # seconds, for a smoke test
 
-Four measurements, in a fresh temporary directory. *Uncontended*: ``with pool.acquire(1):
+Five measurements, in a fresh temporary directory. *Uncontended*: ``with pool.acquire(1):
 pass`` and ``pool.try_acquire(1).release()`` in one process, median over repeats (each is
 two sections of the state file: ``flock``, decode, write, unlock). *Hand-off*: two
 processes (started with ``spawn``) loop on a manager of capacity one, each holding it for
 0.2 ms; the time from one's release to the other's grant, read on the system-wide
 monotonic clock; the baseline is the bare mechanism, the same loop on a raw ``flock``
-(counted only where the lock changed process). *Reclaim*: a process holding 4 of 4 units
-is SIGKILLed; the time until a waiter of another process, queued behind it, is granted.
-*Rate*: eight processes share a
-``RateLimiter``; allowed/ideal over the run, and the calls that came earlier than the
-limit allows. Nothing here is asserted: the figures are reported, not tested.
+(counted only where the lock changed process). *Floor*: the same loop on two skeletons of
+a push hand-off through a shared file (two words under ``flock``, a grant in the
+releaser's section, a datagram ring), one with the waiting thread polling its own
+doorbell, one through a doorbell thread and a lock (today's shape): the least such a
+design costs in Python, next to the raw ``flock`` of the same run. *Reclaim*: a process
+holding 4 of 4 units is SIGKILLed; the time until a waiter of another process, queued
+behind it, is granted. *Rate*: eight processes share a ``RateLimiter``; allowed/ideal over
+the run, and the calls that came earlier than the limit allows. Nothing here is asserted:
+the figures are reported, not tested.
 """
 
 from __future__ import annotations
