@@ -128,13 +128,16 @@ def _skeleton(path: str, rounds: int, ready: Any, go: Any, out: Any, *, via_thre
         fcntl.flock(fd, fcntl.LOCK_UN)
         return bool(holder == me)
 
+    stopping = threading.Event()
+
     def doorbell_thread() -> None:
-        while True:
+        while not stopping.is_set():
             if granted_to_me() and asleep.locked():
                 asleep.release()
 
+    thread = threading.Thread(target=doorbell_thread, daemon=True)
     if via_thread:
-        threading.Thread(target=doorbell_thread, daemon=True).start()
+        thread.start()
     log: list[tuple[int, int]] = []
     ready.set()
     go.wait()
@@ -167,6 +170,13 @@ def _skeleton(path: str, rounds: int, ready: Any, go: Any, out: Any, *, via_thre
                 ringer.sendto(b"!", socket.MSG_DONTWAIT, os.path.join(directory, f"{waiter}.sock"))
         log.append((granted, released))
     time.sleep(0.5)  # the other may still wait for its last grant from this one
+    if via_thread:
+        stopping.set()
+        ringer.sendto(b".", os.path.join(directory, f"{me}.sock"))
+        thread.join(60)
+    for closing in (bell, ringer, words):
+        closing.close()
+    os.close(fd)
     out.put((os.getpid(), log))
 
 
