@@ -182,7 +182,10 @@ class LeaseGroup(Sequence[Lease[Any]]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.release()
+        if self._together is None:  # release(), without its frame: every group's exit
+            _undo_all(self._taken, _release)
+        else:
+            self.release()
 
     async def __aenter__(self) -> LeaseGroup:
         return self.__enter__()
@@ -377,22 +380,22 @@ def _fast_parts(requests: Sequence[Any]) -> tuple[list[_FastPart], _FastRate | N
             return None
         target, units = request
         if type(units) is int and units > 0 and type(target) is ResourceManager:
-            of = parts_of(target)
+            of = _manager_parts(target)
             pool = of.pool
             capacity = pool.capacity
+            node = of.node
             if (
                 not of.scalar
                 or type(pool) is not MemoryPool
-                or of.node.policy is not None
+                or node.policy is not None
                 or records_sites(of)
                 or capacity is None
                 or units > capacity  # type: ignore[operator]
             ):
                 return None
-            node = of.node
             parts.append((node.rank, node.serial, index, of, target, units))
-        elif type(units) is int and units > 0 and rate is None and is_limiter(target):
-            limits = limiter_parts(target)
+        elif type(units) is int and units > 0 and rate is None and isinstance(target, _Limiter):
+            limits = _limiter_parts(target)
             if type(limits.meter) is not Meter or units > limits.largest:
                 return None
             rate = (target, limits, units, index)
@@ -837,6 +840,10 @@ def taken_of(group: LeaseGroup) -> tuple[Lease[Any], ...]:
     return group._taken
 
 
+_manager_parts: Callable[[ResourceManager[Any]], ManagerParts] = operator.attrgetter("_parts")
+"""``parts_of(manager)`` with no Python frame (the one-pass path's scan of the requests)."""
+_limiter_parts: Callable[[_Limiter], LimiterParts] = operator.attrgetter("_parts")
+"""``limiter_parts(limiter)``, likewise."""
 _release: Callable[[Lease[Any]], object] = operator.methodcaller("release")
 """``lease.release()``, the lease's own (an observed one reports), with no Python frame."""
 
