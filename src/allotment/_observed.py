@@ -284,17 +284,18 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
 
     Invariant: ``_unreported`` is an append-only log (a list) of *decisions*, each a new
     tuple ``(held, began_ns)``: what the lease held when a release looked at its ticket,
-    after its own change (the first, ``(what it asked for, None)``: a group's part, what it
-    holds once the group is taken). The ticket's units only shrink, so every ``held`` is
-    comparable with every other. A release decides by appending its own tuple (one atomic
-    call), then reports what the least ``held`` before it in the log exceeds its own (if it
-    does): the reports of the log's decisions add up to what the lease first held less the
-    least ever seen, each unit once, whatever order two threads, or a thread and its own
-    signal handler, append in. Nothing is ever taken out or put back, and no lock guards
-    it (a handler or finalizer that releases in the middle of a release on the same thread
-    cannot deadlock on it). So an asynchronous exception anywhere in a release costs at
-    most that release's own report: one before its append leaves its change to the next
-    decision, one after it loses only its event; every later release is still reported.
+    after its own change, ``None`` for nothing (the ticket done); the first is ``(what it
+    asked for, None)`` (a group's part: what it holds once the group is taken). The
+    ticket's units only shrink, so the ``held`` are all comparable. A release decides by
+    appending its own tuple (one atomic call), then reports what the least ``held`` before
+    it in the log exceeds its own (if it does): the reports of the log's decisions add up
+    to what the lease first held less the least ever seen, each unit once, whatever order
+    two threads, or a thread and its own signal handler, append in. Nothing is ever taken
+    out or put back, and no lock guards it (a handler or finalizer that releases in the
+    middle of a release on the same thread cannot deadlock on it). So an asynchronous
+    exception anywhere in a release costs at most that release's own report: one before
+    its append leaves its change to the next decision, one after it loses only its event;
+    every later release is still reported.
     """
 
     granted: tuple[Any, ...] | None
@@ -331,12 +332,16 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         is held (even if the ticket still says so: a release made inside a section is done
         as that section ends)."""
         ticket = self._ticket
-        remaining = ticket.units if ticket.state is GRANTED and not done else self._pool.form.zero()
-        mine = (remaining, began_ns)  # a new tuple: this decision's own, found by identity
+        held = ticket.units if ticket.state is GRANTED and not done else None
+        mine = (held, began_ns)  # a new tuple: this decision's own, found by identity
         self._unreported.append(mine)
         least = _least_before(self._unreported, mine)
-        if remaining <= least and remaining != least:
-            return least - remaining, remaining
+        if not least:
+            return None  # an earlier decision saw the lease done, or nothing held
+        if held is None:
+            return least, self._pool.form.zero()
+        if held <= least and held != least:
+            return least - held, held
         return None
 
     def release(self, amount: Amount | None = None) -> None:
@@ -447,7 +452,7 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         # self._returned(), inlined: the ticket is done, so this decision holds nothing; an
         # exception from here on can cost only this one report.
         log = self._unreported
-        mine = (0, began_ns) if type(ticket.units) is int else (pool.form.zero(), began_ns)
+        mine = (None, began_ns)  # a new tuple (see the class's invariant): holds nothing
         log.append(mine)
         # The first decision after the grant's (nearly always): what was asked for returns.
         returned = log[0][0] if log[1] is mine else _least_before(log, mine)
@@ -584,13 +589,15 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
 
 def _least_before(log: list[tuple[Any, Any]], mine: tuple[Any, Any]) -> Any:
     """The least ``held`` of the decisions before ``mine`` in ``log`` (an
-    :class:`ObservedLease`'s): what they left unreported. Read as the log grows (a list's
-    items before an index never change)."""
+    :class:`ObservedLease`'s): what they left unreported; ``None`` if one saw the lease
+    done. Read as the log grows (a list's items before an index never change)."""
     least = log[0][0]
     for entry in log:
         if entry is mine:
             return least
         held = entry[0]
+        if held is None:
+            return None
         if held <= least:  # noqa: PLR1730 - amounts define <= only
             least = held
     raise AssertionError("a decision is in its lease's log")  # pragma: no cover
