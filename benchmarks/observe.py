@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import statistics
 import sys
 import threading
+import time
 import timeit
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,51 @@ SCRIPT = "observe.py"
 
 Case = tuple[str, Callable[[], object], str]
 """A row's label, what is timed, and which observer is installed for it."""
+
+FLOOR = "the records alone"
+"""The floor row's observer kind: no observer, the timed block keeps two records itself."""
+FOLDED = "one record per lease"
+"""The same with one record for both events, completed in place at the release."""
+_floor_ring: collections.deque[tuple[object, ...]] = collections.deque(maxlen=100_000)
+_floor_ticks = itertools.count()
+
+
+def floor_case(pool: allotment.ResourceManager[int], *, folded: bool) -> Callable[[], object]:
+    """The plain block plus only what its two events must cost a recorder: a request number,
+    the thread's owner (a ``threading.local`` read), two clock reads, the grant's full record
+    and the release's compact one, each appended to a bounded ring of the same size and
+    counted. No checks, no observed lease: what any pure-Python design pays at the least.
+    ``folded``: one record per lease instead, a list appended at the grant and completed in
+    place at the release (the proposal measured in stop 30)."""
+    append, tick = _floor_ring.append, _floor_ticks.__next__
+    now_ns = time.monotonic_ns
+    new_id = itertools.count(1).__next__
+    owners = threading.local()
+    owners.owner = ("MainThread", threading.get_ident())
+
+    def with_pool_and_its_records() -> None:
+        with pool.acquire(1):
+            granted = (
+                "granted", "pool", now_ns(), owners.owner, 1, new_id(), 0.0, None, None, None,
+                1, None, False, None,
+            )  # fmt: skip
+            append(granted)
+            tick()
+        append((None, granted, now_ns(), 1))
+        tick()
+
+    def with_pool_and_its_one_record() -> None:
+        with pool.acquire(1):
+            record = [
+                "granted", "pool", now_ns(), owners.owner, 1, new_id(), 0.0, None, None, None,
+                1, None, False, None, None,
+            ]  # fmt: skip
+            append(record)  # type: ignore[arg-type]
+            tick()
+        record[14] = now_ns()
+        tick()  # two events: counted twice
+
+    return with_pool_and_its_one_record if folded else with_pool_and_its_records
 
 
 def cases(plain_only: bool) -> list[Case]:
@@ -60,6 +107,8 @@ def cases(plain_only: bool) -> list[Case]:
     ]
     if plain_only:
         return rows
+    rows.append(("`with pool.acquire(1)`", floor_case(pool, folded=False), FLOOR))
+    rows.append(("`with pool.acquire(1)`", floor_case(pool, folded=True), FOLDED))
     for label, function in (
         ("`with pool.acquire(1)`", with_pool),
         ('`with node.acquire({"gpu": 1, "ram_gb": 8})`', with_node),
@@ -76,6 +125,7 @@ def measure(rows: list[Case], repeats: int, number: int) -> dict[tuple[str, str]
         for _ in range(repeats):
             for label, function, observer_kind in rows:
                 observer = _observer(observer_kind)
+                _floor_ring.clear()  # as a new recorder's: the floor row fills it afresh
                 if observer is not None:
                     allotment.add_observer(observer)
                 try:
@@ -126,6 +176,16 @@ def report(quick: bool, plain_only: bool) -> str:
             f"| {label} | {plain:.0f} | {recorder:.0f} | {recorder / plain:.2f}x "
             f"| {other:.0f} | {other / plain:.2f}x |"
         )
+    floor = medians.get(("`with pool.acquire(1)`", FLOOR))
+    folded = medians.get(("`with pool.acquire(1)`", FOLDED))
+    if floor is not None and folded is not None:
+        plain = medians["`with pool.acquire(1)`", "none"]
+        lines += [
+            "",
+            f"The floor of `with pool.acquire(1)` with a `Recorder` (the block keeping its "
+            f"records itself, no observer: `floor_case`): two records {floor:.0f} ns, "
+            f"{floor / plain:.2f}x; one record per lease {folded:.0f} ns, {folded / plain:.2f}x.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -282,21 +282,20 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     (``granted`` is ``None``: a part of a group being taken) it releases unreported, as a
     plain lease. Each release reports what it gave back, timed as its call began.
 
-    Invariant: ``_unreported`` is a box (a list) holding, while no release is deciding,
-    one item: what the lease held when its last report was decided (at first, what it asked
-    for; a group's part, what it holds once the group is taken); once a with-block's exit
-    has taken the item after its full release, none (the ticket is done: nothing is left
-    to report, so it is not put back). No lock guards it, so that
-    a signal handler or finalizer that releases, or acquires, in the middle of a release on
-    the same thread cannot deadlock on it. A release decides by taking the item out
-    (``pop``, one atomic call), and only the release holding it may report: the item minus
-    what the ticket still holds. It puts what is held back, then looks at the ticket again:
-    a release that found the box empty meanwhile changed it first, and the holder reports
-    that too (see :meth:`_returned`). So two threads, or a thread and its own signal
-    handler, releasing one lease at once report each unit once between them. An
-    asynchronous exception after a with-block's full release costs at most that release's
-    own report; one between a partial release's ``pop`` and its put-back leaves the box
-    empty: later releases of that lease go unreported (never a unit lost).
+    Invariant: ``_unreported`` is an append-only log (a list) of *decisions*, each a new
+    tuple ``(held, began_ns)``: what the lease held when a release looked at its ticket,
+    after its own change, ``None`` for nothing (the ticket done); the first is ``(what it
+    asked for, None)`` (a group's part: what it holds once the group is taken). The
+    ticket's units only shrink, so the ``held`` are all comparable. A release decides by
+    appending its own tuple (one atomic call), then reports what the least ``held`` before
+    it in the log exceeds its own (if it does): the reports of the log's decisions add up
+    to what the lease first held less the least ever seen, each unit once, whatever order
+    two threads, or a thread and its own signal handler, append in. Nothing is ever taken
+    out or put back, and no lock guards it (a handler or finalizer that releases in the
+    middle of a release on the same thread cannot deadlock on it). So an asynchronous
+    exception anywhere in a release costs at most that release's own report: one before
+    its append leaves its change to the next decision, one after it loses only its event;
+    every later release is still reported.
     """
 
     granted: tuple[Any, ...] | None
@@ -309,14 +308,14 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         self._manager = manager
         self.granted = None
         self.granted_at = None
-        self._unreported = [ticket.units]  # a new ticket's units: what it asks for
+        self._unreported = [(ticket.units, None)]  # a new ticket's units: what it asks for
         if type(pool) is MemoryPool:  # Lease.__attrs_post_init__, inlined: the pool watches
             ticket.face = _weak(self, pool.face_died)
 
     def grant(self, record: tuple[Any, ...], granted_at: float | None) -> None:
         """Note the grant's record and clock time, and what it holds now (a part of a group
         holds its share only once the group is taken)."""
-        self._unreported = [self._ticket.units]
+        self._unreported = [(self._ticket.units, None)]
         self.granted_at = granted_at
         self.granted = record
 
@@ -326,28 +325,24 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     def ticket_of(self) -> Ticket:
         return self._ticket
 
-    def _returned(self, done: bool) -> list[tuple[Any, Any]]:
-        """What this lease gave back since its last report, in one item per change seen,
-        each with what it still held then, now taken as reported (see the class's
-        invariant); nothing if another release is deciding (it reports this one's too).
-        ``done``: a full release returned, so nothing is held (even if the ticket still
-        says so: a release made inside a section is done as that section ends)."""
-        ticket, box, zero = self._ticket, self._unreported, self._pool.form.zero
-        changes: list[tuple[Any, Any]] = []
-        while True:
-            try:
-                unreported = box.pop()
-            except IndexError:  # another release is deciding: it looks again once done
-                return changes
-            remaining = ticket.units if ticket.state is GRANTED and not done else zero()
-            box.append(remaining)
-            returned = unreported - remaining
-            if returned:
-                changes.append((returned, remaining))
-            # A release that found the box empty changed the ticket before trying: seen here.
-            now = ticket.units if ticket.state is GRANTED and not done else zero()
-            if now == remaining:
-                return changes
+    def _returned(self, done: bool, began_ns: int) -> tuple[Any, Any] | None:
+        """What this lease gave back that no earlier decision reported, with what it still
+        holds, now decided as reported by this release (see the class's invariant); ``None``
+        if earlier decisions saw all of it. ``done``: a full release returned, so nothing
+        is held (even if the ticket still says so: a release made inside a section is done
+        as that section ends)."""
+        ticket = self._ticket
+        held = ticket.units if ticket.state is GRANTED and not done else None
+        mine = (held, began_ns)  # a new tuple: this decision's own, found by identity
+        self._unreported.append(mine)
+        least = _least_before(self._unreported, mine)
+        if not least:
+            return None  # an earlier decision saw the lease done, or nothing held
+        if held is None:
+            return least, self._pool.form.zero()
+        if held <= least and held != least:
+            return least - held, held
+        return None
 
     def release(self, amount: Amount | None = None) -> None:
         ticket = self._ticket
@@ -410,7 +405,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         # A full release that left the ticket granted was made inside a section (by a
         # finalizer or a signal handler), which does it as it ends: no observer runs here.
         inside = done and self._ticket.state is GRANTED
-        for returned, remaining in self._returned(done):
+        change = self._returned(done, began_ns)
+        if change is not None:
+            returned, remaining = change
             self._report_release(returned, remaining, began_ns, hold, None, deferring=inside)
 
     def __exit__(
@@ -452,15 +449,15 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
                 # Landed at release's first line, before it did anything: release, go on.
                 pool.release(ticket, None)
                 raise
-        # self._returned(), inlined: the ticket is done, so nothing can change it again and
-        # the item taken is the last report this lease will make: it is not put back, and
-        # an exception from here on can cost only this one report.
-        try:
-            returned = self._unreported.pop()
-        except IndexError:
-            return  # another release is deciding: the ticket is done, it reports the rest
+        # self._returned(), inlined: the ticket is done, so this decision holds nothing; an
+        # exception from here on can cost only this one report.
+        log = self._unreported
+        mine = (None, began_ns)  # a new tuple (see the class's invariant): holds nothing
+        log.append(mine)
+        # The first decision after the grant's (nearly always): what was asked for returns.
+        returned = log[0][0] if log[1] is mine else _least_before(log, mine)
         if not returned:
-            return  # another release reported it
+            return  # earlier decisions reported it
         solo = _events.solo
         if (
             solo is not None
@@ -588,6 +585,22 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
                 )
             )
         super().__del__()
+
+
+def _least_before(log: list[tuple[Any, Any]], mine: tuple[Any, Any]) -> Any:
+    """The least ``held`` of the decisions before ``mine`` in ``log`` (an
+    :class:`ObservedLease`'s): what they left unreported; ``None`` if one saw the lease
+    done. Read as the log grows (a list's items before an index never change)."""
+    least = log[0][0]
+    for entry in log:
+        if entry is mine:
+            return least
+        held = entry[0]
+        if held is None:
+            return None
+        if held <= least:  # noqa: PLR1730 - amounts define <= only
+            least = held
+    raise AssertionError("a decision is in its lease's log")  # pragma: no cover
 
 
 def rate_record(  # noqa: PLR0917 - positional on purpose: the observed hot path
