@@ -296,11 +296,19 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
     exception anywhere in a release costs at most that release's own report: one before
     its append leaves its change to the next decision, one after it loses only its event;
     every later release is still reported.
+
+    ``_seen`` is ``(log, count, least)``: the least ``held`` of ``log``'s first ``count``
+    decisions (``None`` if one saw the lease done), so that a decision scans only what came
+    after it and n partial releases cost O(n), not O(n**2). The log's items before an index
+    never change, so a ``_seen`` once true stays true: a thread may replace a newer one with
+    an older one (one atomic store), which costs a longer scan, never a wrong report. It is
+    ignored unless ``log`` is the current ``_unreported``.
     """
 
     granted: tuple[Any, ...] | None
     granted_at: float | None
     _unreported: Any
+    _seen: Any
 
     def __init__(self, ticket: Ticket, pool: Pool, manager: ResourceManager[Amount]) -> None:
         self._ticket = ticket
@@ -308,14 +316,17 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         self._manager = manager
         self.granted = None
         self.granted_at = None
-        self._unreported = [(ticket.units, None)]  # a new ticket's units: what it asks for
+        self._unreported = log = [(ticket.units, None)]  # a new ticket's: what it asks for
+        self._seen = (log, 1, ticket.units)
         if type(pool) is MemoryPool:  # Lease.__attrs_post_init__, inlined: the pool watches
             ticket.face = _weak(self, pool.face_died)
 
     def grant(self, record: tuple[Any, ...], granted_at: float | None) -> None:
         """Note the grant's record and clock time, and what it holds now (a part of a group
         holds its share only once the group is taken)."""
-        self._unreported = [(self._ticket.units, None)]
+        units = self._ticket.units
+        self._unreported = log = [(units, None)]
+        self._seen = (log, 1, units)
         self.granted_at = granted_at
         self.granted = record
 
@@ -334,8 +345,9 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         ticket = self._ticket
         held = ticket.units if ticket.state is GRANTED and not done else None
         mine = (held, began_ns)  # a new tuple: this decision's own, found by identity
-        self._unreported.append(mine)
-        least = _least_before(self._unreported, mine)
+        log = self._unreported
+        log.append(mine)
+        least = _least_before(self, log, mine)
         if not least:
             return None  # an earlier decision saw the lease done, or nothing held
         if held is None:
@@ -455,7 +467,7 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         mine = (None, began_ns)  # a new tuple (see the class's invariant): holds nothing
         log.append(mine)
         # The first decision after the grant's (nearly always): what was asked for returns.
-        returned = log[0][0] if log[1] is mine else _least_before(log, mine)
+        returned = log[0][0] if log[1] is mine else _least_before(self, log, mine)
         if not returned:
             return  # earlier decisions reported it
         solo = _events.solo
@@ -587,20 +599,26 @@ class ObservedLease(Lease[Amount]):  # type: ignore[override]
         super().__del__()
 
 
-def _least_before(log: list[tuple[Any, Any]], mine: tuple[Any, Any]) -> Any:
-    """The least ``held`` of the decisions before ``mine`` in ``log`` (an
-    :class:`ObservedLease`'s): what they left unreported; ``None`` if one saw the lease
-    done. Read as the log grows (a list's items before an index never change)."""
-    least = log[0][0]
-    for entry in log:
-        if entry is mine:
-            return least
-        held = entry[0]
-        if held is None:
-            return None
-        if held <= least:  # noqa: PLR1730 - amounts define <= only
+def _least_before(
+    lease: ObservedLease[Any], log: list[tuple[Any, Any]], mine: tuple[Any, Any]
+) -> Any:
+    """The least ``held`` of the decisions before ``mine`` in ``log`` (``lease``'s): what
+    they left unreported; ``None`` if one saw the lease done. Starts from ``lease._seen``
+    when it covers no more than the decisions before ``mine``, and leaves it covering them
+    (see :class:`ObservedLease`'s invariant)."""
+    at = len(log) - 1
+    while log[at] is not mine:  # past the decisions appended after it: usually none
+        at -= 1
+    seen_log, count, least = lease._seen
+    if seen_log is not log or count > at:
+        count, least = 1, log[0][0]
+    while count < at and least is not None:
+        held = log[count][0]
+        if held is None or held <= least:  # amounts define <= only: no min()
             least = held
-    raise AssertionError("a decision is in its lease's log")  # pragma: no cover
+        count += 1
+    lease._seen = (log, at, least)
+    return least
 
 
 def rate_record(  # noqa: PLR0917 - positional on purpose: the observed hot path

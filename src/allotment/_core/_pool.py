@@ -41,6 +41,11 @@ after the body's ``release``, with nothing held, as after ``with``'s ``__exit__`
 release then finds the lock not held). The handler's release is its own test of ownership (no
 check point between a test and the release): a ``RuntimeError`` from it means the lock was not
 held. (3.14's ``GuardedRLock`` guards ``__enter__`` only: explicit calls need no guard.)
+On 3.11 and newer nothing between the handler's entry and its release is a check point. On
+3.10 the entry of a handler is one (the interpreter looks for signals as it jumps there): a
+signal handler that raises just as an exception leaves a section can land before the
+release and leave the lock held, the same hole 3.10 has in ``with``'s exit of every
+section; a ``finally`` whose first statement is the release would close it (not done).
 """
 
 from __future__ import annotations
