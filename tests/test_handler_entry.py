@@ -1,0 +1,205 @@
+"""An exception leaving a section's body never leaves the section's lock held.
+
+On CPython 3.10 the jump to an exception handler is a check point of the eval breaker (unless
+the handler starts with ``SETUP_FINALLY``): a signal that became pending while the body ran
+is handled there, before the handler's first statement. A signal handler that raises then
+skips the release, whether the section is a ``with`` block, a ``try``/``finally`` or a
+``try``/``except`` that releases. 3.11 and newer check nowhere between a raise and its
+handler. Every core section releases as the first statement of a ``finally`` whose body
+starts with a ``try`` (see ``_section_lock``); these tests hold that on every interpreter.
+
+The signal is made pending by a C call that then raises in the same call
+(``itertools.starmap`` over ``os.kill``: the first signals this process, the second fails),
+so nothing checks for signals between the two: the raise leaves the body with SIGUSR1
+pending, and the handler of SIGUSR1 raises :class:`Delivered`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+import allotment
+from allotment._core import GRANTED, FifoPolicy, Meter, MemoryPool, ScalarForm, Ticket
+from allotment._limiters import limiter_parts
+from allotment.testing import ManualClock
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread(),
+    reason="needs SIGUSR1 and the main thread (signal handlers run there)",
+)
+
+
+class Delivered(Exception):
+    """What the signal handler raises."""
+
+
+def _raise_delivered(signum: int, frame: FrameType | None) -> None:
+    raise Delivered
+
+
+@pytest.fixture(autouse=True)
+def _sigusr1() -> Iterator[None]:
+    previous = signal.signal(signal.SIGUSR1, _raise_delivered)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _signal_and_raise(*_: object) -> Any:
+    """Make SIGUSR1 pending and raise ``TypeError``, both inside one C call."""
+    pid = os.getpid()
+    list(itertools.starmap(os.kill, [(pid, signal.SIGUSR1), (pid, "x")]))
+    raise AssertionError("os.kill accepted a string")  # pragma: no cover
+
+
+class Trap:
+    """A quantity whose arithmetic and comparisons raise from C with a signal pending."""
+
+    __le__ = __lt__ = __ge__ = __gt__ = _signal_and_raise
+    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = _signal_and_raise
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _interrupted(call: Callable[[], object]) -> None:
+    """Run ``call``, which must be cut short by the signal handler's exception (on 3.10,
+    at the handler's entry) or by the ``TypeError`` under it."""
+    with pytest.raises((Delivered, TypeError)):
+        call()
+
+
+def _assert_free(lock: Any) -> None:
+    assert not lock._is_owned(), "the section's lock was left held"
+    taken: list[bool] = []
+
+    def take_and_give_back() -> None:
+        taken.append(lock.acquire(timeout=10))
+        if taken[0]:
+            lock.release()
+
+    other = threading.Thread(target=take_and_give_back)
+    other.start()
+    other.join()
+    assert taken == [True], "another thread cannot take the section's lock"
+
+
+def _pool(clock: ManualClock, capacity: int = 10) -> MemoryPool:
+    return MemoryPool(ScalarForm(), capacity, capacity, FifoPolicy(), clock.now, holders={})
+
+
+def _granted(pool: MemoryPool, units: int, clock: ManualClock) -> Ticket:
+    ticket = Ticket(units, threading.current_thread(), None, clock.now())
+    assert pool.enter(ticket, None)
+    return ticket
+
+
+# -- the pool ----------------------------------------------------------------------------------
+
+
+def test_run_releases_when_the_operation_raises_with_a_signal_pending() -> None:
+    pool = _pool(ManualClock())
+    _interrupted(lambda: pool.run(_signal_and_raise))
+    _assert_free(pool._lock)
+    assert pool.available == 10
+
+
+def test_resize_releases_when_new_capacity_raises() -> None:
+    pool = _pool(ManualClock())
+    _interrupted(lambda: pool.resize(_signal_and_raise))
+    _assert_free(pool._lock)
+    assert (pool.capacity, pool.available) == (10, 10)
+
+
+def test_split_releases_when_the_arithmetic_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    ticket = _granted(pool, 4, clock)
+    part = Ticket(Trap(), threading.current_thread(), None, clock.now())
+    _interrupted(lambda: pool.split(ticket, [part]))
+    _assert_free(pool._lock)
+    assert (ticket.units, ticket.state, pool.available) == (4, GRANTED, 6)
+    assert list(pool.holders or ()) == [ticket]
+
+
+def test_snapshot_releases_when_the_clock_raises() -> None:
+    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), _signal_and_raise, holders={})
+    _interrupted(pool.snapshot)
+    _assert_free(pool._lock)
+
+
+def test_try_snapshot_releases_when_the_clock_raises() -> None:
+    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), _signal_and_raise, holders={})
+    _interrupted(lambda: pool.try_snapshot(10.0))
+    _assert_free(pool._lock)
+
+
+def test_take_releases_when_the_comparison_raises() -> None:
+    pool = _pool(ManualClock())
+    receipt: list[object] = []
+    _interrupted(lambda: pool.take(Trap(), receipt))  # type: ignore[arg-type]
+    _assert_free(pool._lock)
+    assert (pool.available, receipt) == (10, [])
+
+
+def test_give_releases_when_the_sum_raises() -> None:
+    pool = _pool(ManualClock())
+    receipt: list[bool | None] = [None]
+    _interrupted(lambda: pool.give(Trap(), None, receipt))  # type: ignore[arg-type]
+    _assert_free(pool._lock)
+    assert (pool.available, receipt) == (10, [None])
+
+
+# -- the meter ---------------------------------------------------------------------------------
+
+
+def _meter() -> Meter:
+    limiter = allotment.RateLimiter(10, per=1, clock=ManualClock())
+    meter = limiter_parts(limiter).meter
+    assert isinstance(meter, Meter)
+    return meter
+
+
+def test_take_now_releases_when_the_clock_raises() -> None:
+    meter = _meter()
+    meter._now_ns = _signal_and_raise
+    _interrupted(lambda: meter.take_now(1, True))
+    _assert_free(meter._lock)
+    assert (meter.allowed, meter.refused) == (0, 0)
+
+
+def test_take_undoable_releases_when_the_clock_raises() -> None:
+    meter = _meter()
+    meter._now_ns = _signal_and_raise
+    spent = [0, 0, 0]
+    _interrupted(lambda: meter.take_undoable(spent, 1, True))
+    _assert_free(meter._lock)
+    assert (meter.allowed, spent) == (0, [0, 0, 0])
+
+
+def test_a_meter_section_releases_when_its_operation_raises() -> None:
+    meter = _meter()
+    _interrupted(lambda: meter._section(_signal_and_raise))
+    _assert_free(meter._lock)
+
+
+def test_give_back_releases_when_the_comparison_raises() -> None:
+    meter = _meter()
+    spent = [1, 0, Trap()]  # gcra.tat == after: int == Trap falls back to Trap.__eq__
+    _interrupted(lambda: meter.give_back(spent))  # type: ignore[arg-type]
+    _assert_free(meter._lock)
+    assert meter.allowed == 0
+
+
+def test_meter_snapshot_releases_when_the_clock_raises() -> None:
+    meter = _meter()
+    meter._now = _signal_and_raise
+    _interrupted(meter.snapshot)
+    _assert_free(meter._lock)
