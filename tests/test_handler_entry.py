@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import allotment
-from allotment._core import GRANTED, FifoPolicy, Meter, MemoryPool, ScalarForm, Ticket
+from allotment._core import GRANTED, FifoPolicy, MemoryPool, Meter, ScalarForm, Ticket
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
 
@@ -122,7 +122,7 @@ def test_split_releases_when_the_arithmetic_raises() -> None:
     clock = ManualClock()
     pool = _pool(clock)
     ticket = _granted(pool, 4, clock)
-    part = Ticket(Trap(), threading.current_thread(), None, clock.now())
+    part = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
     _interrupted(lambda: pool.split(ticket, [part]))
     _assert_free(pool._lock)
     assert (ticket.units, ticket.state, pool.available) == (4, GRANTED, 6)

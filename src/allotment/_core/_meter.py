@@ -280,14 +280,12 @@ class Meter:
                     answer = False
                     if count_refusal:
                         self.refused += 1
-        except BaseException:
+            return answer
+        finally:
             try:  # noqa: SIM105 - suppress() is Python code: a check point before release
                 lock.release()
             except RuntimeError:
                 pass  # not taken: the exception came while waiting for the lock
-            raise
-        lock.release()
-        return answer
 
     def take_undoable(self, spent: Spent, cost: int, count_refusal: bool) -> bool | None:
         """:meth:`take_now` for a part of a group, which may have to give the rate back: on a
@@ -329,14 +327,12 @@ class Meter:
                     self.allowed_units += cost
                 elif count_refusal:
                     self.refused += 1
-        except BaseException:
+            return answer
+        finally:
             try:  # noqa: SIM105 - suppress() is Python code: a check point before release
                 lock.release()
             except RuntimeError:
                 pass  # not taken: the exception came while waiting for the lock
-            raise
-        lock.release()
-        return answer
 
     def give_back(self, spent: Spent) -> bool:
         """Undo what :meth:`take_undoable` recorded in ``spent``: exactly, if nothing was
@@ -572,8 +568,14 @@ class Meter:
             raise _reentrant()
         woken: list[Waiter] = []
         try:
-            with lock:
+            try:  # take_now's shape: see "Releasing" in ``_section_lock``
+                lock.acquire()
                 return operation(woken)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         finally:
             _wake_all_retrying(woken)
 

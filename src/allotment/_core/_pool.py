@@ -589,8 +589,14 @@ class MemoryPool:
             raise _reentrant("use")
         woken: list[Waiter] = []
         try:
-            with lock:
+            try:  # see "Releasing" in ``_section_lock``
+                lock.acquire()
                 return operation(woken)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         except BaseException:
             self._restore(woken)
             raise
@@ -641,7 +647,8 @@ class MemoryPool:
         if lock._is_owned():
             raise _reentrant("acquire from")
         try:
-            with lock:
+            try:  # see "Releasing" in ``_section_lock``
+                lock.acquire()
                 if not units <= self.available or (
                     self.queue and not (self.nominates and self._policy.may_barge(self))  # type: ignore[attr-defined]
                 ):
@@ -650,6 +657,11 @@ class MemoryPool:
                 self.available = available
                 receipt.append(units)
                 return True
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         finally:
             # Inside a try: an exception at the branch or at _settle's first line retries.
             try:
@@ -683,7 +695,8 @@ class MemoryPool:
             return True
         woken: list[Waiter] | tuple[Waiter, ...] = _NO_WAKEUPS
         try:
-            with lock:
+            try:  # see "Releasing" in ``_section_lock``
+                lock.acquire()
                 available = self.available + units
                 if limit is not None and not available <= limit:
                     if receipt is not None:
@@ -696,6 +709,11 @@ class MemoryPool:
                     woken = []
                     self._policy.grant_waiters(self, woken)
                 return True
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         except BaseException:
             self._restore(woken)  # as in release: never dependent on ``woken`` being set
             raise
@@ -820,18 +838,15 @@ class MemoryPool:
         lock = self._lock
         if lock._is_owned():
             return None
-        try:
+        try:  # see "Releasing" in ``_section_lock``
             if not lock.acquire(True, timeout):
-                return None
-            # An exception landing here, before the try, is undone by the handler below.
-            try:
-                return self._snapshot_locked(_NO_WAKEUPS)
-            finally:
+                return None  # not taken: the release below refuses, harmlessly
+            return self._snapshot_locked(_NO_WAKEUPS)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
                 lock.release()
-        except BaseException:
-            if lock._is_owned():
-                lock.release()
-            raise
+            except RuntimeError:
+                pass  # not taken: timed out, or the exception came while waiting
 
     def fencing_token(self, ticket: Ticket) -> int | None:
         """In memory there is nobody to fence off: ``None``."""
@@ -863,12 +878,19 @@ class MemoryPool:
         if self._lock._is_owned():
             return  # the exception is leaving an inner section: the outer one restores
         extra: list[Waiter] = []
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_section_lock``
+            lock.acquire()
             for ticket in list(self.queue):
                 # A call, not an if, ends the body: see "Loops in sections" in design.md.
                 self._refuse_if_unservable(ticket, extra)
             if self.queue:
                 self._policy.grant_waiters(self, extra)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if isinstance(woken, list):
             woken.extend(extra)
         else:
@@ -902,7 +924,8 @@ class MemoryPool:
             return  # nothing to do, or an inner section: the outer epilogue drains
         notices: list[Callable[[], None] | None] = []
         woken: list[Waiter] = []
-        with lock:
+        try:  # see "Releasing" in ``_section_lock``
+            lock.acquire()
             orphans = self._orphans
             # "while True", and a call (not an if) last: see "Loops in sections" in design.md.
             while True:
@@ -916,6 +939,11 @@ class MemoryPool:
                     notice = self._reclaim_dead_face(entry, woken)
                 orphans.popleft()
                 notices.append(notice)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         _wake_all(woken)
         for notice in notices:
             if notice is None:
