@@ -31,21 +31,21 @@ arrives.
   nothing was granted after it (:meth:`RateRule.undo`); otherwise it stays spent, which can
   only make the limiter stricter.
 
-Exceptions and re-entry follow ``_pool.py``: every section is a ``with`` block on an
-``RLock``; a call from inside a section on the same thread (a signal handler, a finalizer)
+Exceptions and re-entry follow ``_pool.py``: every section takes an ``RLock`` in the shape of
+"Releasing" in ``_section_lock`` (no ``with``, whose exit 3.10 can skip); a call from inside a section on the same thread (a signal handler, a finalizer)
 raises :class:`~allotment.ReentrantCall`; wake-ups are collected under the lock and made
 after it, idempotently, retried once if an exception cuts them short.
 
 The two sections of every uncontended call, :meth:`Meter.take_now` and
 :meth:`Meter.take_undoable`, take the lock by explicit calls instead (``with`` costs twice
-as much): ``lock.acquire()`` is the first call inside a ``try``, ``lock.release()`` comes
-right after it. ``_is_owned`` is tested first, so this frame is the only one on its thread
-that can hold the lock. An exception can land only once a call returns (or a Python callee
-starts): after ``acquire``, inside the ``try``, whose handler releases; after ``release``,
-with nothing held, as after ``with``'s ``__exit__``. The handler's release is its own test of
-ownership (no check point between a test and the release): a ``RuntimeError`` from it means
-the exception came while this thread waited for the lock, not holding it. (3.14's
-``GuardedRLock`` guards ``__enter__`` only: explicit calls need no guard.)
+as much): ``lock.acquire()`` is the first call inside a ``try`` whose ``finally`` releases
+first thing, inside a ``try`` of its own. ``_is_owned`` is tested first, so this frame is the
+only one on its thread that can hold the lock. An exception can land only once a call returns
+(or a Python callee starts): after ``acquire``, inside the ``try``; after ``release``, with
+nothing held, as after ``with``'s ``__exit__``. The release is its own test of ownership (no
+check point between a test and the release): a ``RuntimeError`` from it means the exception
+came while this thread waited for the lock, not holding it. (3.14's ``GuardedRLock`` guards
+``__enter__`` only: explicit calls need no guard.)
 """
 
 from __future__ import annotations

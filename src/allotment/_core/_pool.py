@@ -19,9 +19,9 @@ take and return units here, and only here, through the :class:`Pool` interface. 
   lock is released, so a waker that writes to a socket (an event loop, later) never runs under
   the lock.
 
-Exceptions and re-entry. Every section is a ``with`` block on an ``RLock`` (its enter and exit
-are C code, so no asynchronous exception can land between taking the lock and being inside the
-block; on 3.14 see ``_section_lock``). Inside a section every call comes before the first
+Exceptions and re-entry. Every section takes an ``RLock`` in the one shape that no asynchronous
+exception can cut between the lock and its ``try`` or between a raise and the release, on any
+interpreter ("Releasing" in ``_section_lock``). Inside a section every call comes before the first
 mutation, and the mutations are plain stores, so an exception (Ctrl-C, an injected one) lands
 either before anything changed or after everything did. A grant pass cut short by one is run
 again before the exception leaves the operation, and wake-ups are idempotent so they can be
@@ -45,7 +45,8 @@ On 3.11 and newer nothing between the handler's entry and its release is a check
 3.10 the entry of a handler is one (the interpreter looks for signals as it jumps there): a
 signal handler that raises just as an exception leaves a section can land before the
 release and leave the lock held, the same hole 3.10 has in ``with``'s exit of every
-section; a ``finally`` whose first statement is the release would close it (not done).
+section; a ``finally`` whose first statement is the release closes it (done in every section
+but these two: see "Releasing" in ``_section_lock``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,35 @@ and the lock stays held for ever (CPython gh-148874; 3.15 skips that check). On 
 ``__enter__`` is therefore Python code: a Python callee checks in its own frame, where a ``try``
 covers the acquisition and gives back what an exception cut short. ``__exit__`` stays the C
 one (``WITH_EXCEPT_START`` calls it without a check).
+
+Releasing. The core sections (``_pool.py``, ``_meter.py``) do not use ``with`` at all: each is
+written out in one shape, the only one no exception can skip on any interpreter::
+
+    if lock._is_owned():          # re-entry, tested first: then this frame alone holds it
+        raise ...
+    try:
+        lock.acquire()            # the first call inside the try
+        ...                       # the body; every way out goes through the finally
+    finally:
+        try:
+            lock.release()        # the finally's first statement, inside a try
+        except RuntimeError:
+            pass                  # not held: the exception came while waiting for it
+
+An asynchronous exception can land only at a check point. After ``acquire`` returns (3.14
+checks there) it is inside the ``try``. On 3.10 the jump to an exception handler is itself a
+check point, unless the handler's first instruction is ``SETUP_FINALLY``: a signal made pending
+while the body ran (a C call that signals and then raises) is handled there, and a signal
+handler that raises skips whatever the handler was about to do. That hole is in every other
+form of a section: ``with lock:`` (its exit handler starts with ``WITH_EXCEPT_START``),
+``try: ... finally: lock.release()`` and ``except BaseException: lock.release()``. A
+``finally`` whose body starts with ``try`` starts with ``SETUP_FINALLY``, and then nothing
+checks before ``release`` has run (loading ``lock.release`` is no check point). 3.11 and newer
+check nowhere between a raise and its handler. The release is its own test of ownership: no
+check point between a test and the release. A helper function would not do: a Python call's
+first instruction is a check point on 3.11 and newer, before the release. Outside the core
+(``with lock:`` on plain locks elsewhere) the 3.10 hole remains; ``tests/test_handler_entry.py``
+proves the shape for each core section.
 """
 
 from __future__ import annotations
