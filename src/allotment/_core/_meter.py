@@ -32,9 +32,10 @@ arrives.
   only make the limiter stricter.
 
 Exceptions and re-entry follow ``_pool.py``: every section takes an ``RLock`` in the shape of
-"Releasing" in ``_section_lock`` (no ``with``, whose exit 3.10 can skip); a call from inside a section on the same thread (a signal handler, a finalizer)
-raises :class:`~allotment.ReentrantCall`; wake-ups are collected under the lock and made
-after it, idempotently, retried once if an exception cuts them short.
+"Releasing" in ``_section_lock`` (no ``with``, whose exit 3.10 can skip); a call from inside a
+section on the same thread (a signal handler, a finalizer) raises
+:class:`~allotment.ReentrantCall`; wake-ups are collected under the lock and made after it,
+idempotently, retried once if an exception cuts them short.
 
 The two sections of every uncontended call, :meth:`Meter.take_now` and
 :meth:`Meter.take_undoable`, take the lock by explicit calls instead (``with`` costs twice
