@@ -157,6 +157,24 @@ def test_give_releases_when_the_sum_raises() -> None:
     assert (pool.available, receipt) == (10, [None])
 
 
+def test_restore_releases_when_a_refusal_check_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    queued = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
+    pool.queue[queued] = None  # its check against the capacity raises
+    _interrupted(lambda: pool._restore([]))
+    _assert_free(pool._lock)
+    assert list(pool.queue) == [queued]
+
+
+def test_draining_deferred_releases_releases_when_one_raises() -> None:
+    pool = _pool(ManualClock())
+    pool._orphans.append((_signal_and_raise, None))
+    _interrupted(pool._drain_orphans)
+    _assert_free(pool._lock)
+    assert len(pool._orphans) == 1  # popped only once done
+
+
 # -- the meter ---------------------------------------------------------------------------------
 
 
