@@ -245,7 +245,7 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
         if group is not _FALL_BACK:
             return group  # type: ignore[return-value]  # never None when not quiet
     plan = _plan(requests)
-    deadline = deadline_after(_clock_of(plan), timeout)
+    deadline = deadline_after(plan.clock, timeout)
     site = caller_site(1)
     _check_order(plan, timeout != 0, site)
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=THREAD, quietly=False)
@@ -266,7 +266,7 @@ def acquire_all_async(
     before anything is awaited.
     """
     plan = _plan(requests)
-    deadline = deadline_after(_clock_of(plan), timeout)
+    deadline = deadline_after(plan.clock, timeout)
     site = caller_site(1)
     _check_order(plan, timeout != 0, site)
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
@@ -518,21 +518,19 @@ class _RateStep:
 
 @attrs.frozen
 class _Plan:
+    """Everything the general path needs, decided once before anything is taken: the steps
+    in rank order, the limiters, and the one clock the group's deadline is read on."""
+
     steps: list[_Step]
     rates: list[_RateStep]
     count: int
+    clock: Clock
+    """The deadline's: the first manager's, else the first limiter's (each measures its own
+    waits, but one deadline needs one clock)."""
 
 
 def _rank_of(step: _Step) -> tuple[int, int]:
     return step.of.node.order_key
-
-
-def _clock_of(plan: _Plan) -> Clock:
-    """The clock of the deadline: the first manager's, else the first limiter's (each
-    measures its own waits, but one deadline needs one clock)."""
-    if plan.steps:
-        return plan.steps[0].of.clock
-    return plan.rates[0].of.clock if plan.rates else SYSTEM_CLOCK
 
 
 def validate_parts(requests: Iterable[Request]) -> list[Request]:
@@ -602,7 +600,9 @@ def _plan(requests: Iterable[Request]) -> _Plan:
                 f"{form.render(step.total)!r}, which can never be granted: its capacity is "
                 f"{form.render_all(capacity)!r}"
             )
-    return _Plan(plan, list(rates.values()), count)
+    limiters = list(rates.values())
+    clock = plan[0].of.clock if plan else limiters[0].of.clock if limiters else SYSTEM_CLOCK
+    return _Plan(plan, limiters, count, clock)
 
 
 @overload
@@ -745,7 +745,7 @@ def _take_rates(
     first, so the others are usually allowed at once after it and no rate is spent long
     before the work starts. The deadline is on the group's clock; each limiter measures
     what is left of it on its own."""
-    clock_of_deadline = _clock_of(planned)
+    clock_of_deadline = planned.clock
     left = None if deadline is None else deadline - clock_of_deadline.now()
     forecasts = []
     for step in planned.rates:
