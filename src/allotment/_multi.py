@@ -54,7 +54,7 @@ from ._limiters import (
     rate_ticket,
     validate_cost,
 )
-from ._lock_order import check_order, note_held
+from ._lock_order import OrderNode, check_order, note_held
 from ._manager import (
     ManagerParts,
     ResourceManager,
@@ -245,9 +245,10 @@ def acquire_all(requests: Iterable[Request], timeout: float | None = None) -> Le
         if group is not _FALL_BACK:
             return group  # type: ignore[return-value]  # never None when not quiet
     plan = _plan(requests)
-    deadline = deadline_after(_clock_of(plan), timeout)
+    deadline = deadline_after(plan.clock, timeout)
     site = caller_site(1)
-    _check_order(plan, timeout != 0, site)
+    if plan.checked and timeout != 0:  # only an acquisition that can wait can deadlock
+        check_order(plan.checked, site, stacklevel=2)  # the warning points at our caller
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=THREAD, quietly=False)
     if _events.observers:
         return run_blocking(_observed(taking, plan))
@@ -266,9 +267,10 @@ def acquire_all_async(
     before anything is awaited.
     """
     plan = _plan(requests)
-    deadline = deadline_after(_clock_of(plan), timeout)
+    deadline = deadline_after(plan.clock, timeout)
     site = caller_site(1)
-    _check_order(plan, timeout != 0, site)
+    if plan.checked and timeout != 0:  # only an acquisition that can wait can deadlock
+        check_order(plan.checked, site, stacklevel=2)  # the warning points at our caller
     taking = _take_all(plan, timeout != 0, deadline, timeout, site, waiting=TASK, quietly=False)
     if _events.observers:
         taking = _observed(taking, plan)
@@ -486,15 +488,6 @@ def _rate_waited(
     return entry == "granted" or (entry == "queued" and await_rate(meter, ticket, clock, deadline))
 
 
-def _check_order(planned: _Plan, blocking: bool, site: Site) -> None:
-    """Check the managers' order for the lock-order checker: only an acquisition that can
-    wait can deadlock. Called by the public function, so that a warning points at its
-    caller."""
-    nodes = [step.of.node for step in planned.steps]
-    if blocking and any(node.policy is not None for node in nodes):
-        check_order(nodes, site, stacklevel=3)
-
-
 @attrs.define
 class _Step:
     """What to take from one manager: the merged ``total`` and each request's ``parts``."""
@@ -518,21 +511,22 @@ class _RateStep:
 
 @attrs.frozen
 class _Plan:
+    """Everything the general path needs, decided once before anything is taken: the steps
+    in rank order, the limiters, and the one clock the group's deadline is read on."""
+
     steps: list[_Step]
     rates: list[_RateStep]
     count: int
+    clock: Clock
+    """The deadline's: the first manager's, else the first limiter's (each measures its own
+    waits, but one deadline needs one clock)."""
+    checked: list[OrderNode]
+    """The managers' order nodes, in rank order, if the lock-order checker watches any of
+    them (checked by the public function before a wait); else empty."""
 
 
 def _rank_of(step: _Step) -> tuple[int, int]:
     return step.of.node.order_key
-
-
-def _clock_of(plan: _Plan) -> Clock:
-    """The clock of the deadline: the first manager's, else the first limiter's (each
-    measures its own waits, but one deadline needs one clock)."""
-    if plan.steps:
-        return plan.steps[0].of.clock
-    return plan.rates[0].of.clock if plan.rates else SYSTEM_CLOCK
 
 
 def validate_parts(requests: Iterable[Request]) -> list[Request]:
@@ -602,7 +596,11 @@ def _plan(requests: Iterable[Request]) -> _Plan:
                 f"{form.render(step.total)!r}, which can never be granted: its capacity is "
                 f"{form.render_all(capacity)!r}"
             )
-    return _Plan(plan, list(rates.values()), count)
+    limiters = list(rates.values())
+    clock = plan[0].of.clock if plan else limiters[0].of.clock if limiters else SYSTEM_CLOCK
+    nodes = [step.of.node for step in plan]
+    checked = nodes if any(node.policy is not None for node in nodes) else []
+    return _Plan(plan, limiters, count, clock, checked)
 
 
 @overload
@@ -654,8 +652,7 @@ def _take_all(
             lease_site = site if records_sites(of) else None
             # One ticket takes the merged total, then hands each other request its part.
             first = Ticket(step.total, thread, lease_site, of.clock.now())
-            waiting.adopt(first)
-            first_lease = _new_lease(first, of, step.manager)
+            first_lease = _new_lease(first, of, step.manager, waiting)
             taken.append(first_lease)
             # The order was checked by the caller, for all the managers at once.
             if blocking and waiting.in_task:
@@ -712,9 +709,7 @@ def _split(
         return
     of = step.of
     others = [Ticket(units, first.thread, first.site, first.since) for _, units in parts[1:]]
-    for ticket in others:
-        waiting.adopt(ticket)
-    other_leases = [_new_lease(ticket, of, step.manager) for ticket in others]
+    other_leases = [_new_lease(ticket, of, step.manager, waiting) for ticket in others]
     taken.extend(other_leases)
     split_async = getattr(of.pool, "split_async", None) if waiting.in_task else None
     if split_async is None:
@@ -745,7 +740,7 @@ def _take_rates(
     first, so the others are usually allowed at once after it and no rate is spent long
     before the work starts. The deadline is on the group's clock; each limiter measures
     what is left of it on its own."""
-    clock_of_deadline = _clock_of(planned)
+    clock_of_deadline = planned.clock
     left = None if deadline is None else deadline - clock_of_deadline.now()
     forecasts = []
     for step in planned.rates:
@@ -821,9 +816,13 @@ def _rates_refused(
     )
 
 
-def _new_lease(ticket: Ticket, of: ManagerParts, manager: ResourceManager[Any]) -> Lease[Any]:
-    """A part's lease: observed while someone observes (it reports its releases once its
-    grant is reported, see ``_observed_group.py``; until then it is a plain lease)."""
+def _new_lease(
+    ticket: Ticket, of: ManagerParts, manager: ResourceManager[Any], waiting: Waiting
+) -> Lease[Any]:
+    """A part's lease, its ticket marked as the waiting task's first (a thread's needs
+    nothing): observed while someone observes (it reports its releases once its grant is
+    reported, see ``_observed_group.py``; until then it is a plain lease)."""
+    waiting.adopt(ticket)
     if _events.observers:
         return observed_part(ticket, of.pool, manager)
     return Lease(ticket, of.pool, manager)
