@@ -3,6 +3,7 @@ it refuses, and two backends standing for two processes."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import functools
 import gc
@@ -24,7 +25,7 @@ import allotment
 from allotment.local import _directory, _state_file
 from allotment.local._layout import HEADER_WORDS, copy_words
 from allotment.testing import ManualClock
-from support import Worker, wait_until
+from support import GENEROUS, Worker, wait_until
 
 
 def _backend(tmp_path: Path, **options: int) -> allotment.LocalBackend:
@@ -610,9 +611,11 @@ def test_closing_warns_if_the_doorbell_thread_does_not_stop(
     finally:
         go_on.set()
         thread.join(30)
-        backend.close()
+        backend.close()  # again: closes the file the stuck thread kept open
         other.close()
     assert not thread.is_alive()
+    if os.path.isdir("/proc/self/fd"):
+        assert _fds_into(os.path.realpath(backend.path)) == []
     lease.release()  # of a closed backend's lease: nothing left to give back, no warning
 
 
@@ -685,3 +688,182 @@ def _layout_words(state: Any) -> list[Any]:
         state.available,
         [(r.kind, r.pid, r.nonce, r.rid, r.seq, r.token, r.units) for r in state.records],
     ]
+
+
+def _fds_into(directory: str) -> list[str]:
+    """What this process's open descriptors and mappings point to inside ``directory``."""
+    inside = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed meanwhile
+        if target.startswith(directory + os.sep):
+            inside.append(target)
+    with open("/proc/self/maps") as maps:
+        inside += [line.split()[-1] for line in maps if directory + os.sep in line]
+    return inside
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_closing_a_backend_closes_its_files_and_mappings(tmp_path: Path) -> None:
+    """close() left every state file and meter file open and mapped: two descriptors and two
+    mappings leaked per name per closed backend. Close is idempotent."""
+    backend = _backend(tmp_path)
+    directory = os.path.realpath(backend.path)
+    pool = allotment.ResourceManager({"a": 2, "b": 1}, name="gpus", backend=backend)
+    limiter = allotment.RateLimiter(10, per=1, name="api", backend=backend)
+    window = allotment.WindowLimiter(5, per=1, name="window", backend=backend)
+    keyed = allotment.KeyedRateLimiter(10, per=1, name="keyed", backend=backend)
+    with pool.acquire({"a": 1}):
+        limiter.acquire()
+        window.acquire()
+        keyed.acquire("k")
+        opened = _fds_into(directory)
+    # five files mapped (a descriptor and a mapping each), a liveness file and a doorbell
+    assert len(opened) >= 2 * 5 + 2, opened
+    backend.close()
+    assert _fds_into(directory) == []
+    backend.close()  # idempotent
+    assert _fds_into(directory) == []
+
+
+def test_a_closed_backends_managers_and_limiters_refuse_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    """A manager or limiter made before close() kept granting: ``try_acquire`` wrote a holder
+    record for the given-up identity, which any other process then reclaimed as a dead
+    process's while this one still held the lease (capacity exceeded). Every call now
+    raises, sync and async, and nothing is written."""
+    backend = _backend(tmp_path)
+    pool = allotment.ResourceManager(3, name="pool", backend=backend)
+    limiter = allotment.RateLimiter(10, per=1, burst=2, name="api", backend=backend)
+    window = allotment.WindowLimiter(2, per=1, name="window", backend=backend)
+    keyed = allotment.KeyedRateLimiter(10, per=1, burst=2, name="keyed", backend=backend)
+    keyed.acquire("old")  # a key made before the close
+    backend.close()
+    before = _contents(backend.path)
+
+    def closed() -> Any:
+        return pytest.raises(allotment.UnsupportedByBackend, match="this LocalBackend was closed")
+
+    with closed():
+        pool.try_acquire(1)
+    with closed():
+        pool.acquire(1)
+    with closed():
+        pool.acquire(1, timeout=5)
+    with closed():
+        pool.resize(4)
+    with closed():
+        pool.statistics()
+    with closed():
+        allotment.try_acquire_all([(pool, 1), (limiter, 1)])
+    with closed():
+        allotment.acquire_all([(limiter, 1), (pool, 1)], timeout=5)
+    for rate in (limiter, window):
+        with closed():
+            rate.try_acquire()
+        with closed():
+            rate.acquire()
+        with closed():
+            rate.reserve()
+        with closed():
+            rate.charge(1)
+        with closed():
+            rate.statistics()
+    for key in ("old", "new"):
+        with closed():
+            keyed.try_acquire(key)
+        with closed():
+            keyed.acquire(key)
+
+    async def in_a_task() -> None:
+        with closed():
+            await pool.acquire_async(1)
+        with closed():
+            await limiter.acquire_async()
+        with closed():
+            await keyed.acquire_async("old")
+
+    asyncio.run(in_a_task())
+    with closed():
+        allotment.ResourceManager(3, name="pool", backend=backend)
+    assert _contents(backend.path) == before
+    again = _backend(tmp_path)
+    try:
+        stats = allotment.ResourceManager(3, name="pool", backend=again).statistics()
+        assert (stats.capacity, stats.available, stats.other_holders) == (3, 3, 0)
+        assert (
+            allotment.RateLimiter(10, per=1, burst=2, name="api", backend=again)
+            .statistics()
+            .available
+            == 2
+        )
+        assert (
+            allotment.WindowLimiter(2, per=1, name="window", backend=again).statistics().available
+            == 2
+        )
+    finally:
+        again.close()
+
+
+def _contents(directory: str) -> dict[str, bytes]:
+    """Every regular file under ``directory``, read (the doorbells are FIFOs)."""
+    found = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                with open(path, "rb") as file:
+                    found[path] = file.read()
+    return found
+
+
+def test_waiters_blocked_at_close_wake_with_the_error(tmp_path: Path) -> None:
+    """A thread or task queued on a manager, or sleeping until its turn on a limiter, when
+    its backend is closed wakes at once with the error (it slept until its timeout: the
+    close had stopped the doorbell thread that would have woken it). The other process's
+    queue no longer holds them."""
+    closing, other = _backend(tmp_path), _backend(tmp_path)
+    try:
+        pool = allotment.ResourceManager(1, name="pool", backend=closing)
+        elsewhere = allotment.ResourceManager(1, name="pool", backend=other)
+        limiter = allotment.RateLimiter(1, per=3600, burst=1, name="api", backend=closing)
+        held = elsewhere.acquire(1)
+        limiter.acquire()  # the next one is due in an hour
+        loop = asyncio.new_event_loop()
+        looping = Worker(loop.run_forever, name="loop")
+        looping.start()
+        try:
+            waiters = [
+                Worker(lambda: pool.acquire(1, timeout=3600), name="thread on the pool"),
+                Worker(lambda: limiter.acquire(timeout=3600), name="thread on the limiter"),
+            ]
+            for waiter in waiters:
+                waiter.start()
+
+            async def in_a_task() -> None:
+                await pool.acquire_async(1, timeout=3600)
+
+            task = asyncio.run_coroutine_threadsafe(in_a_task(), loop)
+            wait_until(lambda: elsewhere.statistics().other_waiters == 2, "two are queued")
+            wait_until(lambda: len(limiter.statistics().waiters) == 1, "one sleeps")
+            closing.close()
+            for waiter in waiters:
+                with pytest.raises(allotment.UnsupportedByBackend, match="was closed"):
+                    waiter.outcome()
+            with pytest.raises(allotment.UnsupportedByBackend, match="was closed"):
+                task.result(GENEROUS)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            looping.outcome()
+            loop.close()
+        stats = elsewhere.statistics()
+        assert (stats.other_waiters, stats.other_holders, len(stats.holders)) == (0, 0, 1)
+        held.release()
+        with elsewhere.acquire(1, timeout=GENEROUS):
+            pass
+    finally:
+        closing.close()
+        other.close()

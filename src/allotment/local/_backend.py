@@ -19,7 +19,7 @@ import math
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -81,6 +81,8 @@ class LocalBackend:
     _identity: Identity | None
     _bell: Bell | None
     _closed: bool
+    _lingering: list[StateFile | MeterFile]
+    """Files a close left open, their mutex held by a stuck thread (guarded by ``_lock``)."""
 
     def __init__(self, path: str | os.PathLike[str], *, mode: int = 0o700) -> None:
         if type(mode) is not int or not 0 <= mode <= 0o777:
@@ -96,6 +98,7 @@ class LocalBackend:
         self._identity = None
         self._bell = None
         self._closed = False
+        self._lingering = []
         _backends.add(self)
 
     def __repr__(self) -> str:
@@ -130,6 +133,7 @@ class LocalBackend:
         )  # fmt: skip
         if key is None:
             meter.declare()
+        file.faces.add(meter)
         return meter
 
     def window_meter(
@@ -144,6 +148,7 @@ class LocalBackend:
             SYSTEM_CLOCK.now, on_unavailable or "raise",
         )  # fmt: skip
         meter.declare()
+        file.faces.add(meter)
         return meter
 
     def _meter_file(self, file_name: str, kind: int, words: int) -> MeterFile:
@@ -181,6 +186,7 @@ class LocalBackend:
             with self._lock:
                 identity = self._identity
                 if identity is None:
+                    self._check_open()  # never a new identity, left behind, once closed
                     identity = Identity.take(self._directory)
                     self._identity = identity
         return identity.pid, identity.nonce
@@ -188,9 +194,13 @@ class LocalBackend:
     def ring(self, pid: int, nonce: int) -> None:
         ring(self._directory, pid, nonce)
 
-    def _the_bell(self) -> Bell:
+    def _the_bell(self) -> Bell | None:
+        """The doorbell thread's object, made if need be; ``None`` once closed (never a new
+        thread then: the close refuses and wakes every waiter itself)."""
         self.me()
         with self._lock:
+            if self._closed:
+                return None
             bell = self._bell
             if bell is None:
                 assert self._identity is not None
@@ -199,11 +209,14 @@ class LocalBackend:
         return bell
 
     def start_bell(self) -> None:
-        self._the_bell().start()
+        bell = self._the_bell()
+        if bell is not None:
+            bell.start()
 
     def watch(self, others: set[tuple[int, int]]) -> None:
-        if others:
-            self._the_bell().watch(others)
+        bell = self._the_bell() if others else None
+        if bell is not None:
+            bell.watch(others)
 
     def unwatched(self, others: set[tuple[int, int]]) -> set[tuple[int, int]]:
         bell = self._bell
@@ -242,7 +255,7 @@ class LocalBackend:
             woken = []
             for pool, ticket in file.waiting.values():
                 woken.append(ticket.waiter)
-                pool.refuse_unusable(ticket, error)
+                pool.refuse_with(ticket, error)
             file.waiting.clear()
             return woken
 
@@ -265,22 +278,44 @@ class LocalBackend:
         self._reap({(pid, nonce)})
 
     def close(self) -> None:
-        """Stop the doorbell thread and give up this backend's identity: what it still
-        holds or asks for is reclaimed, as if its process had died. Idempotent.
+        """Stop the doorbell thread, refuse this backend's waiters, give up its identity and
+        close its files. Idempotent.
+
+        In this order: each state file is shut (under its mutex: every later section of it
+        is refused with :class:`UnsupportedByBackend` but those that only give back), and
+        this backend's waiters on it are refused with that error and woken; every meter file
+        is closed and its sleepers woken (their ``poll`` raises that error); what the
+        backend still holds or asks for is reclaimed, as if its process had died (a lease
+        held across the close is lost: its release finds nothing to give back); the
+        identity is given up; and the state files are closed (unmapped, their descriptors
+        closed, under their mutexes). No grant can be written for the identity once given
+        up, whose records every process may reclaim.
 
         If the doorbell thread does not stop in time it is stuck in a section (waiting for
         a state file's ``flock`` held by a stopped process, say), perhaps holding a file's
         mutex: the reaps, which would wait behind it, are skipped (giving up the identity
         makes this backend's records a dead backend's, reclaimed by the next section of any
-        process), and the warning comes last, so that ``-W error`` cannot leave the
-        backend half closed."""
+        process), a file whose mutex is busy is marked closed but left open (never unmapped
+        under a thread that may be reading it; a later ``close`` closes it if it is free
+        then), and the warning comes last, so that ``-W error`` cannot leave the backend
+        half closed."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            closed, self._closed = self._closed, True
+            lingering, self._lingering = self._lingering, []
             bell, self._bell = self._bell, None
             files = list(self._files.values())
+            meter_files = list(self._meter_files.values())
+        if closed:  # again: what a stuck thread kept open is closed if it is free now
+            self._close_files(lingering, wait=False)
+            return
         stopped = bell is None or bell.stop()
+        for file in files:
+            for waiter in file.shut(wait=stopped):
+                waiter.wake()
+        self._close_files(meter_files, wait=stopped)
+        for meter_file in meter_files:
+            for meter in list(meter_file.faces):
+                meter.wake_closed()
         identity = self._identity
         if identity is not None:
             if stopped:
@@ -288,6 +323,7 @@ class LocalBackend:
                     with contextlib.suppress(BackendUnavailable):  # a damaged file stays so
                         reap(file, self, {(identity.pid, identity.nonce)})
             identity.close(self._directory, keep_bell=not stopped)
+        self._close_files(files, wait=stopped)
         if not stopped:
             warnings.warn(
                 f"the doorbell thread of a LocalBackend did not stop within {_bell.STOP_TIMEOUT} "
@@ -298,6 +334,13 @@ class LocalBackend:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def _close_files(self, files: Sequence[StateFile | MeterFile], *, wait: bool) -> None:
+        """Close ``files``; ``wait=False``: those whose mutex a thread holds are kept, for
+        a later :meth:`close` to try again."""
+        busy = [file for file in files if not file.close(wait=wait)]
+        with self._lock:
+            self._lingering += busy
 
     def _after_fork_in_child(self) -> None:
         """The child shares the parent's open files, hence its ``flock``s: it reopens its
@@ -321,11 +364,14 @@ class LocalBackend:
 def _unless_unusable(work: Callable[..., None], file: StateFile, *args: Any) -> None:
     """``work(file, *args)`` for the doorbell thread, which serves every file of the
     backend: a file that cannot be used (damaged, removed) is logged and passed over, never
-    allowed to stop the thread (its own callers get the error from their next section)."""
+    allowed to stop the thread (its own callers get the error from their next section); one
+    of a backend closed meanwhile is passed over in silence."""
     try:
         work(file, *args)
     except BackendUnavailable as error:
         logger.warning("%s", error)
+    except UnsupportedByBackend:
+        pass  # the backend was closed meanwhile: the close refused and woke its waiters
 
 
 def _describe_gcra(settings: tuple[int, int]) -> str:

@@ -25,6 +25,7 @@ import logging
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -55,7 +56,7 @@ from ._layout import (
     words_header,
     write_words,
 )
-from ._state_file import _corrupt, _here, _reentered, check_linked
+from ._state_file import _corrupt, _here, _reentered, check_linked, closed_error
 
 __all__ = ["GCRA", "WINDOW", "LocalMeter", "MeterFile", "RuleLimits"]
 
@@ -92,6 +93,15 @@ class MeterFile:
     _map: mmap.mmap
     view: memoryview
     mutex: SectionLock = attrs.field(factory=new_section_lock)
+    closed: bool = False
+    """Set by the backend's ``close``, which unmaps the file and closes ``fd`` under
+    ``mutex`` (they are used only under it): every section is refused from then on but an
+    undo, which finds nothing to give back (the limit stays as strict, never looser)."""
+    mapped: bool = True
+    """Whether ``fd`` and the mapping are still open (guarded by ``mutex``)."""
+    faces: weakref.WeakSet[LocalMeter] = attrs.field(factory=weakref.WeakSet)
+    """The meters kept in this file (a keyed limiter's keys have a file each), whose
+    sleeping waiters the backend's ``close`` wakes."""
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, kind: int, words: int) -> MeterFile:
@@ -127,27 +137,57 @@ class MeterFile:
         *,
         grants: bool = True,
     ) -> _R:
-        """As a manager's (``StateFile.section``): re-entry on this thread is refused."""
+        """As a manager's (``StateFile.section``): re-entry on this thread is refused; on a
+        closed file, a section that ``grants`` raises ``closed_error`` and an undo finds an
+        empty file (``change(None)``: nothing to give back)."""
         if _here.depth:
             raise _reentered(self.name.replace("\x00", " "))
         with self.mutex:
             _here.depth += 1
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-                if grants:
-                    check_linked(self.fd, self.name, self.path)
+                if self.closed:
+                    if grants:
+                        raise closed_error(self.name.replace("\x00", " "))
+                    return change(None)[0]
                 try:
-                    current = read_words(self.view, self.words)
-                except CorruptState as error:
-                    raise _corrupt(self.name, self.path, str(error)) from None
-                generation, values = (0, None) if current is None else current
-                result, changed = change(values)
-                if changed is not None:
-                    write_words(self.view, generation, changed, self.words)
-                return result
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    if grants:
+                        check_linked(self.fd, self.name, self.path)
+                    try:
+                        current = read_words(self.view, self.words)
+                    except CorruptState as error:
+                        raise _corrupt(self.name, self.path, str(error)) from None
+                    generation, values = (0, None) if current is None else current
+                    result, changed = change(values)
+                    if changed is not None:
+                        write_words(self.view, generation, changed, self.words)
+                    return result
+                finally:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
                 _here.depth -= 1
+
+    def close(self, *, wait: bool = True) -> bool:
+        """Refuse every later section (``closed``), unmap the file and close its descriptor,
+        under the mutex. Idempotent. ``wait=False``: if another thread holds the mutex, only
+        the flag is set (a plain store) and the file is left open (``False``)."""
+        mutex = self.mutex
+        try:
+            if not mutex.acquire(wait):
+                self.closed = True
+                return False
+            self.closed = True
+            if self.mapped:
+                self.mapped = False
+                self.view.release()
+                self._map.close()
+                os.close(self.fd)
+            return True
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                mutex.release()
+            except RuntimeError:
+                pass  # not acquired: busy
 
     def reopen_in_child(self, directory: Directory) -> None:
         self.mutex = new_section_lock()
@@ -361,6 +401,15 @@ class LocalMeter:
                 self.refused += 1
         return False
 
+    def wake_closed(self) -> None:
+        """The backend was closed: wake every thread or task sleeping here until its time,
+        whose ``poll`` then raises the error a new call gets (its reservation stays spent:
+        stricter, never looser)."""
+        with self._section():
+            sleepers = [ticket.sleeper for ticket in self.queue if ticket.sleeper is not None]
+        for sleeper in sleepers:
+            sleeper.wake()
+
     def enter(
         self, ticket: RateTicket, sleeper: Callable[[], Waiter] | None, wait: bool, deadline: int
     ) -> Entry:
@@ -392,6 +441,9 @@ class LocalMeter:
         with self._section():
             self.queue[ticket] = None
             self.waited += 1
+            closed = self._file.closed  # after the queue: a close either sees it or is seen
+        if closed and made is not None:
+            made.wake()  # its poll raises
         return "queued"
 
     def forecast(self, cost: int) -> int:
@@ -413,6 +465,8 @@ class LocalMeter:
             return None
         if ticket.state is not PENDING:
             raise ValueError("this ticket is no longer queued")
+        if self._file.closed:  # the backend was closed (it woke this sleeper)
+            raise closed_error(self.name)
         if _now_ns() >= ticket.due:
             self._grant(ticket)
             return None

@@ -165,6 +165,7 @@ def hand_off(
     *,
     rings: set[Identity],
     grants: bool = False,
+    gives_back: bool = False,
 ) -> _R:
     """A section that may grant: it settles this backend's waiters from the file, then wakes
     them and rings the doorbells of the other backends in ``rings`` (which ``change``
@@ -184,7 +185,9 @@ def hand_off(
             if identity != me:
                 backend.ring(*identity)
 
-    result = file.section(change, then, grants=grants, settle=settle_here, wake=wake)
+    result = file.section(
+        change, then, grants=grants, gives_back=gives_back, settle=settle_here, wake=wake
+    )
     run_deferred()
     return result
 
@@ -221,7 +224,7 @@ def reap(file: StateFile, backend: LocalBackend, dead: set[Identity]) -> None:
             rings.add((record.pid, record.nonce))
         return state, state
 
-    hand_off(file, backend, change, rings=rings)
+    hand_off(file, backend, change, rings=rings, gives_back=True)
     for identity in sorted({(r.pid, r.nonce) for r in removed}):
         held = [r for r in removed if (r.pid, r.nonce) == identity]
         logger.warning(
@@ -380,17 +383,18 @@ class LocalPool:
         self._refuse_locked(ticket)
         return True
 
-    def refuse_unusable(self, ticket: Ticket, error: BackendUnavailable) -> None:
-        """Under the file's mutex: the file cannot be used (damaged, removed); ``ticket``,
-        queued, is refused with the error a new call gets. Its record stays in the file,
-        which nobody trusts any more."""
+    def refuse_with(self, ticket: Ticket, error: BackendUnavailable | UnsupportedByBackend) -> None:
+        """Under the file's mutex: the file cannot be used (damaged, removed, or its backend
+        closed); ``ticket``, queued, is refused with the error a new call gets. Its record
+        stays in the file, which nobody trusts any more (a closed backend's is reclaimed by
+        the close)."""
         if ticket.state is not PENDING:
             return
         mine = self._records.get(ticket)
         if mine is not None:
             mine.done = True
         self._live.pop(ticket, None)
-        ticket.error = BackendUnavailable(str(error))
+        ticket.error = type(error)(str(error))
         ticket.state = REFUSED
 
     def _refuse_locked(self, ticket: Ticket) -> None:
@@ -526,7 +530,7 @@ class LocalPool:
                     ticket.state = FINISHED
             file.waiting.pop(mine.rid, None)
 
-        hand_off(file, self._backend, change, lambda _: settled(), rings=rings)
+        hand_off(file, self._backend, change, lambda _: settled(), rings=rings, gives_back=True)
         if ticket.state is REFUSED:
             raise ticket.error
         return ticket.state is GRANTED
@@ -566,7 +570,9 @@ class LocalPool:
         pending = mine.partial
         assert pending is not None
         pending_part, left = pending
-        units = self._file.section(lambda state: (self._units_of(state, mine.rid), None))
+        units = self._file.section(
+            lambda state: (self._units_of(state, mine.rid), None), gives_back=True
+        )
 
         def settled() -> None:
             if units == left:
@@ -636,7 +642,7 @@ class LocalPool:
             file.waiting.pop(mine.rid, None)
 
         file = self._file
-        hand_off(file, self._backend, change, then, rings=rings)
+        hand_off(file, self._backend, change, then, rings=rings, gives_back=True)
 
     def reclaim(self, ticket: Ticket, notice: Callable[[], None]) -> None:
         """A leaked lease (from its finalizer): released at once, then the notice; from
@@ -813,7 +819,7 @@ class LocalPool:
         return {(r.pid, r.nonce) for r in state.records} - {me}, None
 
     def try_snapshot(self, timeout: float) -> Snapshot | None:
-        if inside():
+        if inside() or self._file.closed:  # a closed backend has nothing to show
             return None
         return self.snapshot()
 

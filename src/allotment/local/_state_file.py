@@ -9,6 +9,10 @@ The ``flock`` is taken inside the ``try`` whose ``finally`` drops it: an excepti
 anywhere (Ctrl-C right after ``flock`` returns) leaves no lock behind, since unlocking an
 unlocked file does nothing.
 
+The mutex also guards the descriptor and the mapping: they are used only under it, so that
+``close`` (the backend's, under the mutex) never unmaps a view that another thread is reading
+and never leaves a number that a later ``flock`` could aim at another file.
+
 The mutex is a section lock (``_core._section_lock``): on 3.14 a plain lock's ``with`` can be
 interrupted after taking it and before the block (CPython gh-148874), leaving it held for
 ever. It is re-entrant, but nothing re-enters it: a release from a finalizer or a signal
@@ -29,7 +33,7 @@ import attrs
 
 from .._clock import SYSTEM_CLOCK
 from .._core import SectionLock, new_section_lock
-from .._errors import BackendConflict, BackendUnavailable, ReentrantCall
+from .._errors import BackendConflict, BackendUnavailable, ReentrantCall, UnsupportedByBackend
 from ._directory import Directory
 from ._layout import (
     MAGIC,
@@ -45,10 +49,18 @@ from ._layout import (
 )
 
 if TYPE_CHECKING:
-    from .._core import Ticket
+    from .._core import Ticket, Waiter
     from ._pool import LocalPool
 
-__all__ = ["StateFile", "check_linked", "defer", "first_token", "inside", "run_deferred"]
+__all__ = [
+    "StateFile",
+    "check_linked",
+    "closed_error",
+    "defer",
+    "first_token",
+    "inside",
+    "run_deferred",
+]
 
 _R = TypeVar("_R")
 
@@ -74,6 +86,14 @@ class StateFile:
     known: Known | None = None
     """The copy this process last read or wrote (guarded by ``mutex``): while the file still
     holds it byte for byte, a section decodes it without checksumming it again."""
+    closed: bool = False
+    """Set by the backend's ``close`` (under ``mutex``): every section is refused from then
+    on but those that only give back (``gives_back``), so that no grant is ever written for
+    an identity given up, whose records any process may reclaim."""
+    mapped: bool = True
+    """Whether ``fd`` and the mapping are still open (guarded by ``mutex``): ``close`` gives
+    them back once the backend's records are reclaimed. A give-back section on a closed and
+    unmapped file finds nothing (``change(None)``): nothing of this backend is left in it."""
 
     @classmethod
     def open(cls, directory: Directory, path: str, name: str, resources: int) -> StateFile:
@@ -136,6 +156,7 @@ class StateFile:
         then: Callable[[_R], None] | None = None,
         *,
         grants: bool = False,
+        gives_back: bool = False,
         settle: Callable[[State], None] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> _R:
@@ -145,7 +166,9 @@ class StateFile:
         process's bookkeeping of what was written (plain stores), in the same turn.
         ``grants``: the change may take units or change the capacity, which a file removed
         from outside must refuse (see ``check_linked``); a release or withdrawal still gives
-        back to the processes that share the removed file.
+        back to the processes that share the removed file. ``gives_back``: the change only
+        gives back (a release, a withdrawal, a reclaim), which a closed backend still runs
+        (see ``closed``); every other section of a closed one raises ``closed_error``.
 
         The hand-off is part of the section, so that no exception can leave a grant written
         and its waiter asleep: ``settle(state)`` (under the mutex, after ``then``) settles
@@ -165,6 +188,13 @@ class StateFile:
             with self.mutex:
                 _here.depth += 1
                 try:
+                    if self.closed and (not gives_back or not self.mapped):
+                        if not gives_back:
+                            raise closed_error(self.name)
+                        result = change(None)[0]  # finds nothing: close reclaimed it all
+                        if then is not None:
+                            then(result)
+                        return result
                     try:
                         fcntl.flock(self.fd, fcntl.LOCK_EX)
                         if grants:
@@ -183,7 +213,7 @@ class StateFile:
                         settle(state)
                     return result
                 except BaseException:
-                    if settle is not None and self.waiting:
+                    if settle is not None and self.waiting and self.mapped:
                         self._settle_from_file(settle)
                     raise
                 finally:
@@ -241,10 +271,56 @@ class StateFile:
             finally:
                 _here.depth -= 1
 
-    def close(self) -> None:
-        self.view.release()
-        self._map.close()
-        os.close(self.fd)
+    def shut(self, *, wait: bool = True) -> list[Waiter]:
+        """Refuse, from now on, every section but those that give back (``closed``), and
+        refuse this backend's queued tickets with ``closed_error`` (no grant can reach them
+        any more); returns their waiters, for the caller to wake once out of the mutex.
+        ``wait=False``: if another thread holds the mutex, only the flag is set (a plain
+        store, which every section begun after the holder's sees) and nobody is refused."""
+        mutex = self.mutex
+        try:
+            if not mutex.acquire(wait):
+                self.closed = True
+                return []
+            _here.depth += 1
+            try:
+                self.closed = True
+                error = closed_error(self.name)
+                woken = []
+                for pool, ticket in self.waiting.values():
+                    woken.append(ticket.waiter)
+                    pool.refuse_with(ticket, error)
+                self.waiting.clear()
+                return woken
+            finally:
+                _here.depth -= 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                mutex.release()
+            except RuntimeError:
+                pass  # not acquired: busy
+
+    def close(self, *, wait: bool = True) -> bool:
+        """Unmap the file and close its descriptor, under the mutex (no other thread can be
+        reading them). Idempotent. ``wait=False``: ``False`` if another thread holds the
+        mutex (the file is then left open: a thread stuck in a section still uses it)."""
+        mutex = self.mutex
+        try:
+            if not mutex.acquire(wait):
+                return False
+            self.closed = True
+            if self.mapped:
+                self.mapped = False
+                self.known = None
+                self.view.release()
+                self._map.close()
+                os.close(self.fd)
+            return True
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                mutex.release()
+            except RuntimeError:
+                pass  # not acquired: busy
 
 
 class _Here(threading.local):
@@ -281,6 +357,13 @@ def _reentered(name: str) -> ReentrantCall:
     return ReentrantCall(
         f"cannot use {name!r} from inside a section or bookkeeping of this LocalBackend on this "
         "thread (a finalizer or signal handler ran there)"
+    )
+
+
+def closed_error(name: str) -> UnsupportedByBackend:
+    return UnsupportedByBackend(
+        f"this LocalBackend was closed: {name!r} can no longer be used through it (open the "
+        "directory again with a new LocalBackend)"
     )
 
 
