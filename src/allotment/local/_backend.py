@@ -6,8 +6,9 @@ in that directory (``_liveness``): a liveness file it keeps locked for its lifet
 doorbell. Its doorbell thread (``_bell``), started when it first has a waiter, wakes its
 waiters when another process grants them, and reclaims the records of processes that die.
 
-``_lock`` guards ``_files``, ``_identity`` and ``_bell``; it is held only to look them up or
-make them, never across a section of a state file.
+``_lock`` guards ``_files``, ``_meter_files`` (and their ``faces``), ``_identity``, ``_bell``,
+``_closed`` and ``_lingering``; it is held only to look them up or make them, never across a
+section of a state file.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class LocalBackend:
         )  # fmt: skip
         if key is None:
             meter.declare()
-        file.faces.add(meter)
+        self._add_face(file, meter)
         return meter
 
     def window_meter(
@@ -148,8 +149,12 @@ class LocalBackend:
             SYSTEM_CLOCK.now, on_unavailable or "raise",
         )  # fmt: skip
         meter.declare()
-        file.faces.add(meter)
+        self._add_face(file, meter)
         return meter
+
+    def _add_face(self, file: MeterFile, meter: LocalMeter) -> None:
+        with self._lock:  # never beside the close's listing (a set cannot grow under it)
+            file.faces.add(meter)
 
     def _meter_file(self, file_name: str, kind: int, words: int) -> MeterFile:
         with self._lock:
@@ -313,9 +318,10 @@ class LocalBackend:
             for waiter in file.shut(wait=stopped):
                 waiter.wake()
         self._close_files(meter_files, wait=stopped)
-        for meter_file in meter_files:
-            for meter in list(meter_file.faces):
-                meter.wake_closed()
+        with self._lock:
+            meters = [meter for meter_file in meter_files for meter in meter_file.faces]
+        for meter in meters:
+            meter.wake_closed()
         identity = self._identity
         if identity is not None:
             if stopped:
