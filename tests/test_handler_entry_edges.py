@@ -1,0 +1,229 @@
+"""An exception leaving a lock section outside the core never leaves its lock held.
+
+The same proof as ``tests/test_handler_entry.py``, for the sections of the faces around the
+core: the HTTP policy, the keyed limiter's table, the observers' registry, the Redis
+backend's tables and loop clients, and the test helpers. On CPython 3.10 the jump to an
+exception handler is a check point of the eval breaker (unless the handler starts with
+``SETUP_FINALLY``), so a signal made pending by the C call that raised is handled on the way
+to the handler, and a signal handler that raises skips a ``with`` block's exit (or a
+``finally: lock.release()``): the lock stays held for good. Each section is written in the
+shape of "Releasing" in ``_core._section_lock``; these tests make each section's body raise
+from C with SIGUSR1 pending and check that another thread can take the lock afterwards, and
+that the state the section guards is as it was. 3.11 and newer check nowhere between a raise
+and its handler: there the tests pass with any shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+import allotment
+from allotment import _events
+from allotment.http import Grant, Policy
+from allotment.testing import ManualClock
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread(),
+    reason="needs SIGUSR1 and the main thread (signal handlers run there)",
+)
+
+
+class Delivered(Exception):
+    """What the signal handler raises."""
+
+
+def _raise_delivered(signum: int, frame: FrameType | None) -> None:
+    raise Delivered
+
+
+@pytest.fixture(autouse=True)
+def _sigusr1() -> Iterator[None]:
+    previous = signal.signal(signal.SIGUSR1, _raise_delivered)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _signal_and_raise(*_: object) -> Any:
+    """Make SIGUSR1 pending and raise ``TypeError``, both inside one C call."""
+    pid = os.getpid()
+    list(itertools.starmap(os.kill, [(pid, signal.SIGUSR1), (pid, "x")]))
+    raise AssertionError("os.kill accepted a string")  # pragma: no cover
+
+
+class Trap:
+    """A value whose arithmetic and comparisons raise from C with a signal pending."""
+
+    __le__ = __lt__ = __ge__ = __gt__ = _signal_and_raise
+    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = _signal_and_raise
+
+    def __hash__(self) -> int:
+        return 0
+
+
+class Late(Trap):
+    """An instant: adding a duration gives itself; comparing it raises."""
+
+    def __add__(self, *other: object) -> Late:
+        return self
+
+
+class TrapClock:
+    """A clock whose readings are :class:`Late`."""
+
+    def now(self) -> Late:
+        return Late()
+
+
+def _interrupted(call: Callable[[], object]) -> None:
+    """Run ``call``, which must be cut short by the signal handler's exception (on 3.10,
+    at the handler's entry) or by the ``TypeError`` under it."""
+    with pytest.raises((Delivered, TypeError)):
+        call()
+
+
+def _assert_free(lock: Any) -> None:
+    """Another thread can take ``lock`` (a plain lock or an ``RLock``) and give it back."""
+    taken: list[bool] = []
+
+    def take_and_give_back() -> None:
+        taken.append(lock.acquire(timeout=10))
+        if taken[0]:
+            lock.release()
+
+    other = threading.Thread(target=take_and_give_back)
+    other.start()
+    other.join()
+    assert taken == [True], "the section's lock was left held"
+
+
+# -- the HTTP policy ---------------------------------------------------------------------------
+
+
+def _policy() -> Policy:
+    return Policy(allotment.RateLimiter(10, per=1, clock=ManualClock()), clock=ManualClock())
+
+
+def _figures(policy: Policy) -> tuple[object, ...]:
+    return (
+        policy._requests,
+        policy._refused,
+        policy._server_refusals,
+        policy._pauses,
+        policy._paused_seconds,
+        policy._until,
+        policy._last_reason,
+    )
+
+
+def test_policy_pause_releases_when_the_comparison_raises() -> None:
+    policy = _policy()
+    before = _figures(policy)
+    policy._clock = TrapClock()  # type: ignore[assignment]
+    _interrupted(lambda: policy.pause(5))
+    _assert_free(policy._lock)
+    assert _figures(policy) == before
+
+
+def test_policy_statistics_releases_when_the_arithmetic_raises() -> None:
+    policy = _policy()
+    policy._clock = TrapClock()  # type: ignore[assignment]
+    _interrupted(policy.statistics)
+    _assert_free(policy._lock)
+
+
+def _unused(client_request: object) -> Any:
+    raise AssertionError("the policy has no key or cost function")  # pragma: no cover
+
+
+def test_policy_enter_releases_when_the_count_raises() -> None:
+    policy = _policy()
+    policy._requests = Trap()  # type: ignore[assignment]
+    _interrupted(lambda: policy.enter(object(), _unused))
+    _assert_free(policy._lock)
+    assert isinstance(policy._requests, Trap)
+
+
+def test_policy_refusal_count_releases_when_the_count_raises() -> None:
+    policy = _policy()
+    policy._refused = Trap()  # type: ignore[assignment]
+    _interrupted(policy._count_refusal)
+    _assert_free(policy._lock)
+
+
+def test_policy_observe_releases_when_the_count_raises() -> None:
+    policy = _policy()
+    policy._server_refusals = Trap()  # type: ignore[assignment]
+    grant = Grant(None)
+    _interrupted(lambda: policy.observe(grant, 429, [], None))
+    _assert_free(policy._lock)
+
+
+# -- the keyed limiter's table -----------------------------------------------------------------
+
+
+def test_keyed_lookup_releases_when_a_key_comparison_raises() -> None:
+    limiter = allotment.KeyedRateLimiter(10, per=1, clock=ManualClock())
+    assert limiter.try_acquire("a")
+    meter = limiter._meters["a"]
+    _interrupted(lambda: limiter.try_acquire(Trap()))  # "a" == Trap() raises
+    _assert_free(limiter._lock)
+    assert list(limiter._meters.items()) == [("a", meter)]
+
+
+def test_keyed_lookup_releases_when_making_a_meter_raises() -> None:
+    limiter = allotment.KeyedRateLimiter(10, per=1, clock=ManualClock())
+    limiter._make = _signal_and_raise
+    _interrupted(lambda: limiter.try_acquire("a"))
+    _assert_free(limiter._lock)
+    assert len(limiter) == 0
+
+
+# -- the observers' registry -------------------------------------------------------------------
+
+
+class TrapObserver:
+    """An observer that compares equal to nothing without raising from C."""
+
+    __eq__ = __ne__ = _signal_and_raise
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __call__(self, event: object) -> None:
+        pass
+
+
+@pytest.fixture
+def installed() -> Iterator[TrapObserver]:
+    saved = _events.observers
+    _events.observers = ()
+    _events._split(())
+    observer = TrapObserver()
+    _events.add_observer(observer)  # nothing to compare it with yet
+    try:
+        yield observer
+    finally:
+        _events.observers = saved
+        _events._split(saved)
+
+
+def test_add_observer_releases_when_a_comparison_raises(installed: TrapObserver) -> None:
+    _interrupted(lambda: _events.add_observer(TrapObserver()))
+    _assert_free(_events._registry_lock)
+    assert _events.observers[-1] is installed
+
+
+def test_remove_observer_releases_when_a_comparison_raises(installed: TrapObserver) -> None:
+    _interrupted(lambda: _events.remove_observer(TrapObserver()))
+    _assert_free(_events._registry_lock)
+    assert _events.observers[-1] is installed
