@@ -15,6 +15,7 @@ and its handler: there the tests pass with any shape.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -24,10 +25,14 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 import allotment
 from allotment import _events
 from allotment.http import Grant, Policy
+from allotment.redis import RedisBackend
+from allotment.redis import _backend as backend_module
+from allotment.redis._loops import LoopClient, LoopClients
 from allotment.testing import ManualClock
 
 pytestmark = pytest.mark.skipif(
@@ -75,6 +80,30 @@ class Late(Trap):
 
     def __add__(self, *other: object) -> Late:
         return self
+
+
+class Unhashable:
+    """A key whose hash raises from C with a signal pending."""
+
+    __hash__ = _signal_and_raise
+
+
+class Unformattable:
+    """A value whose formatting raises from C with a signal pending."""
+
+    __format__ = _signal_and_raise
+
+
+class TrapItems(dict[str, Any]):
+    """A table whose ``items()`` raises from C with a signal pending."""
+
+    items = _signal_and_raise
+
+
+def _signal_and_fail() -> Iterator[None]:
+    """Ids whose iteration (by a C consumer) makes SIGUSR1 pending and raises ``TypeError``."""
+    pid = os.getpid()
+    return itertools.starmap(os.kill, [(pid, signal.SIGUSR1), (pid, "x")])
 
 
 class TrapClock:
@@ -227,3 +256,137 @@ def test_remove_observer_releases_when_a_comparison_raises(installed: TrapObserv
     _interrupted(lambda: _events.remove_observer(TrapObserver()))
     _assert_free(_events._registry_lock)
     assert _events.observers[-1] is installed
+
+
+# -- the Redis backend's tables ----------------------------------------------------------------
+
+
+def test_backend_heard_from_releases_when_the_ids_raise(redis_backend: RedisBackend) -> None:
+    _interrupted(lambda: redis_backend.heard_from(_signal_and_fail(), 0.0))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+    assert redis_backend._heard == {}
+
+
+def test_backend_waiting_ticket_releases_when_the_hash_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    _interrupted(lambda: redis_backend.waiting_ticket(Unhashable()))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+
+
+def test_backend_drop_held_releases_when_the_hash_raises(redis_backend: RedisBackend) -> None:
+    redis_backend._held["r"] = (None, None)  # type: ignore[assignment]  # pop hashes then
+    _interrupted(lambda: redis_backend.drop_held(Unhashable()))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+    assert list(redis_backend._held) == ["r"]
+    redis_backend._held.clear()
+
+
+def test_backend_retry_release_releases_when_the_clock_raises(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "_monotonic", _signal_and_raise)
+    _interrupted(lambda: redis_backend.retry_release(None, "r"))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+    assert (redis_backend._retries, redis_backend._keeper) == ({}, None)
+
+
+def test_backend_grouping_releases_when_the_table_raises(redis_backend: RedisBackend) -> None:
+    table = TrapItems(r=None)
+    _interrupted(lambda: redis_backend._by_pool(table))
+    _assert_free(redis_backend._lock)
+
+
+def test_backend_failing_unheard_releases_when_the_arithmetic_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    redis_backend._heard["r"] = 0.0
+    redis_backend._waiting["r"] = (None, None)  # type: ignore[assignment]
+    _interrupted(lambda: redis_backend._fail_unheard(Trap()))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+    assert list(redis_backend._heard) == ["r"]
+    redis_backend._heard.clear()
+    redis_backend._waiting.clear()
+
+
+def test_backend_retrying_releases_releases_when_the_hash_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    retry = backend_module._Retry(None, Unhashable(), -float("inf"))  # type: ignore[arg-type]
+    redis_backend._retries["r"] = retry
+    _interrupted(lambda: redis_backend._retry_releases(0.0))
+    _assert_free(redis_backend._lock)
+    assert redis_backend._retries == {"r": retry}
+    redis_backend._retries.clear()
+
+
+def test_backend_starting_the_keeper_releases_when_its_name_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    process = redis_backend.process
+    redis_backend.process = Unformattable()  # type: ignore[assignment]
+    try:
+        _interrupted(lambda: redis_backend.start_keeper(wake=False))
+    finally:
+        redis_backend.process = process
+    _assert_free(redis_backend._starting)
+    assert redis_backend._keeper is None
+
+
+class TrapPool:
+    """A pool whose deferred release raises from C with a signal pending."""
+
+    release_quietly = staticmethod(_signal_and_raise)
+
+
+class GoodPool:
+    def release_quietly(self, ticket: object) -> None:
+        pass
+
+
+def test_backend_settling_releases_when_a_deferred_release_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    reclaims: Any = redis_backend._reclaims
+    notices: list[None] = []
+    reclaims.append((TrapPool(), None, lambda: notices.append(None)))
+    _interrupted(redis_backend.settle)
+    _assert_free(redis_backend._draining)
+    assert (len(reclaims), notices) == (1, [])
+    reclaims[0] = (GoodPool(), None, lambda: notices.append(None))
+    redis_backend.settle()  # the next operation's settle drains it: nothing is lost
+    assert (len(reclaims), notices) == (0, [None])
+
+
+# -- the Redis backend's clients per loop ------------------------------------------------------
+
+
+def _loop_clients() -> LoopClients:
+    return LoopClients(redis.asyncio.Connection, {}, 1.0, {})
+
+
+def test_loop_clients_forget_releases_when_the_hash_raises() -> None:
+    clients = _loop_clients()
+    made = LoopClient(Unhashable(), None, {})  # type: ignore[arg-type]
+    _interrupted(lambda: clients.forget(made))
+    _assert_free(clients._lock)
+
+
+class TrapLoop:
+    """A loop found in the table whose ``is_closed`` raises from C with a signal pending."""
+
+    is_closed = staticmethod(_signal_and_raise)
+
+
+def test_loop_clients_lookup_releases_when_a_closed_check_raises() -> None:
+    clients = _loop_clients()
+    gone = TrapLoop()
+    table: Any = clients._clients
+    table[gone] = None
+
+    async def look_up() -> None:
+        clients.for_running_loop()
+
+    _interrupted(lambda: asyncio.run(look_up()))
+    _assert_free(clients._lock)
+    assert list(table) == [gone]
