@@ -29,10 +29,14 @@ import redis.asyncio
 
 import allotment
 from allotment import _events
+from allotment._core import PENDING, Ticket
+from allotment._limiters import limiter_parts
 from allotment.http import Grant, Policy
 from allotment.redis import RedisBackend
 from allotment.redis import _backend as backend_module
 from allotment.redis._loops import LoopClient, LoopClients
+from allotment.redis._meter import RedisMeter
+from allotment.redis._pool import RedisPool, _Record
 from allotment.testing import ManualClock
 
 pytestmark = pytest.mark.skipif(
@@ -390,3 +394,101 @@ def test_loop_clients_lookup_releases_when_a_closed_check_raises() -> None:
     _interrupted(lambda: asyncio.run(look_up()))
     _assert_free(clients._lock)
     assert list(table) == [gone]
+
+
+# -- the Redis pools and meters ----------------------------------------------------------------
+
+
+def _redis_pool(backend: RedisBackend, name: str) -> RedisPool:
+    pool = allotment.ResourceManager(10, name=f"edges:{name}", backend=backend)._pool
+    assert isinstance(pool, RedisPool)
+    return pool
+
+
+def _pending(pool: RedisPool, rid: str) -> tuple[Ticket, _Record]:
+    ticket = Ticket(1, threading.current_thread(), None, 0.0)
+    record = _Record(rid)
+    pool._records[ticket] = record
+    return ticket, record
+
+
+def test_redis_snapshot_releases_when_the_table_raises(redis_backend: RedisBackend) -> None:
+    pool = _redis_pool(redis_backend, "snapshot")
+    records = pool._records
+    pool._records = TrapItems()  # type: ignore[assignment]
+    try:
+        _interrupted(pool.snapshot)
+    finally:
+        pool._records = records
+    _assert_free(redis_backend._lock)
+
+
+def test_redis_grant_releases_when_the_id_comparison_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    pool = _redis_pool(redis_backend, "grant")
+    ticket, record = _pending(pool, "r")
+    _interrupted(lambda: pool.granted(ticket, Trap(), 1, wake=False))  # type: ignore[arg-type]
+    _assert_free(redis_backend._lock)
+    assert (ticket.state, record.token, redis_backend._held) == (PENDING, None, {})
+
+
+def test_redis_part_done_releases_when_the_id_comparison_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    pool = _redis_pool(redis_backend, "part-done")
+    ticket, record = _pending(pool, "r")
+    pending: Any = (Trap(), 1)
+    record.pending = pending
+    _interrupted(lambda: pool._part_done(ticket, record, "x", 1, (1, None)))
+    _assert_free(redis_backend._lock)
+    assert (record.pending, ticket.units) == (pending, 1)
+
+
+def test_redis_partial_release_gives_the_turn_back_when_it_raises(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = _redis_pool(redis_backend, "turn")
+    ticket, record = _pending(pool, "r")
+    monkeypatch.setattr(RedisPool, "_release_part_in_turn", _signal_and_raise)
+    _interrupted(lambda: pool._release_part(ticket, record, 1))
+    _assert_free(record.turn)
+
+
+def test_redis_partial_release_of_a_task_gives_the_turn_back_when_it_raises(
+    redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = _redis_pool(redis_backend, "turn-async")
+    ticket, record = _pending(pool, "r")
+
+    async def in_turn(*_: object) -> None:
+        _signal_and_raise()
+
+    monkeypatch.setattr(RedisPool, "_release_part_in_turn_async", in_turn)
+    _interrupted(lambda: asyncio.run(pool._release_part_async(ticket, record, 1)))
+    _assert_free(record.turn)
+
+
+def _redis_meter(backend: RedisBackend, name: str) -> RedisMeter:
+    limiter = allotment.RateLimiter(10, per=1, name=f"edges:{name}", backend=backend)
+    meter = limiter_parts(limiter).meter
+    assert isinstance(meter, RedisMeter)
+    return meter
+
+
+def test_redis_meter_charge_count_releases_when_the_sum_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    meter = _redis_meter(redis_backend, "charged")
+    _interrupted(lambda: meter._charged(Trap()))  # type: ignore[arg-type]
+    _assert_free(meter._lock)
+    assert meter.charged == 0
+
+
+def test_redis_meter_allowed_count_releases_when_the_sum_raises(
+    redis_backend: RedisBackend,
+) -> None:
+    meter = _redis_meter(redis_backend, "counted")
+    _interrupted(lambda: meter._count(Trap()))  # type: ignore[arg-type]
+    _assert_free(meter._lock)
+    assert meter.allowed_units == 0
