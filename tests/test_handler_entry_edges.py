@@ -21,17 +21,19 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
 import redis.asyncio
+from opentelemetry import metrics
 
 import allotment
-from allotment import _events
+from allotment import _events, _lock_order
 from allotment._core import PENDING, Ticket
 from allotment._limiters import limiter_parts
 from allotment.http import Grant, Policy
+from allotment.otel import Instrumentation
 from allotment.redis import RedisBackend
 from allotment.redis import _backend as backend_module
 from allotment.redis._loops import LoopClient, LoopClients
@@ -492,3 +494,54 @@ def test_redis_meter_allowed_count_releases_when_the_sum_raises(
     _interrupted(lambda: meter._count(Trap()))  # type: ignore[arg-type]
     _assert_free(meter._lock)
     assert meter.allowed_units == 0
+
+
+# -- the manual clock --------------------------------------------------------------------------
+
+
+def test_manual_clock_advance_releases_when_a_deadline_comparison_raises() -> None:
+    clock = ManualClock()
+    handle = threading.Lock()
+    clock._sleepers[handle] = Trap()  # type: ignore[assignment]
+    _interrupted(lambda: clock.advance(1))
+    _assert_free(clock._lock)
+    assert list(clock._sleepers) == [handle]
+
+
+def test_manual_clock_call_at_releases_when_the_deadline_comparison_raises() -> None:
+    clock = ManualClock()
+    _interrupted(lambda: clock.call_at(Trap(), lambda: None))  # type: ignore[arg-type]
+    _assert_free(clock._lock)
+    assert clock.sleepers == 0
+
+
+def test_manual_clock_sleep_releases_when_the_deadline_comparison_raises() -> None:
+    clock = ManualClock()
+    handle = threading.Lock()
+    handle.acquire()
+    _interrupted(lambda: clock.sleep_until(handle, Trap()))  # type: ignore[arg-type]
+    _assert_free(clock._lock)
+    assert clock.sleepers == 0
+
+
+# -- OpenTelemetry -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["requested", "granted"])
+def test_instrumentation_releases_when_the_request_hash_raises(kind: str) -> None:
+    instrumentation = Instrumentation(metrics.NoOpMeter("edges"), False)
+    event = SimpleNamespace(kind=kind, name="m", limiter=False, request=Unhashable())
+    _interrupted(lambda: instrumentation._pool(event))  # type: ignore[arg-type]
+    _assert_free(instrumentation._lock)
+    assert instrumentation._queued == set()
+
+
+# -- the lock-order graph ----------------------------------------------------------------------
+
+
+def test_lock_order_graph_releases_when_forgetting_raises() -> None:
+    graph = _lock_order._graph
+    graph._dead.append(Unhashable())  # type: ignore[arg-type]
+    _interrupted(lambda: _lock_order._add_edges([], None, 1))
+    _assert_free(graph.lock)
+    assert not graph._dead
