@@ -32,12 +32,18 @@ def run_demo(
     each run ``jobs_per_worker`` jobs."""
     node = ResourceManager(dict(NODE), name="gpu-node")
     started = now()
-    print_lock = threading.Lock()
+    print_lock = threading.RLock()  # an owner: its release is its own test (see say)
     waits: dict[str, list[float]] = {}
 
     def say(text: str) -> None:
-        with print_lock:
+        try:  # see "Releasing" in ``_core._section_lock``
+            print_lock.acquire()
             print_line(f"[{now() - started:6.3f}s] {text}")
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                print_lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def worker(name: str, rng: random.Random, barrier: threading.Barrier) -> None:
         barrier.wait()

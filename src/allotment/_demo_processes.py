@@ -84,11 +84,17 @@ class _PipeHandler(logging.Handler):
 def _child(path: str, name: str, units: int, connection: Connection) -> None:
     """One worker process: open the backend, wait for the word, take ``units``, hold them a
     moment (or, for the holder, until it is killed), give them back."""
-    lock = threading.Lock()  # the doorbell thread logs while the main thread may send
+    lock = threading.RLock()  # the doorbell thread logs while the main thread may send
 
     def send(message: object) -> None:
-        with lock:
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             connection.send(message)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     logger = logging.getLogger("allotment.local")
     logger.addHandler(_PipeHandler(send))

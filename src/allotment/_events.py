@@ -188,7 +188,10 @@ callables: tuple[Observer, ...] = ()
 solo: Sink | None = None
 """The one recorder's sink while it is the only observer, else ``None``: the hot paths then
 append and tick with no loop. Replaced with the others."""
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
+"""Guards replacing :data:`observers` and the tuples split from it. Its two sections are
+written out in the shape of "Releasing" in ``_core._section_lock`` (a ``with`` block's exit
+can be skipped on 3.10); an ``RLock``, so that the release is its own test of ownership."""
 
 
 class _Delivering(threading.local):
@@ -219,20 +222,27 @@ def add_observer(observer: Observer) -> None:
     global observers  # noqa: PLW0603 - replaced whole, read bare
     if not callable(observer):
         raise TypeError(f"an observer must be callable, not {observer!r}")
-    with _registry_lock:
+    try:  # see "Releasing" in ``_core._section_lock``
+        _registry_lock.acquire()
         if observer in observers:
             return
         # The split first, then the tuple the faces check: a face that sees an observer
         # finds where to deliver.
         _split((*observers, observer))
         observers = (*observers, observer)
+    finally:
+        try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+            _registry_lock.release()
+        except RuntimeError:
+            pass  # not taken: the exception came while waiting for the lock
 
 
 def remove_observer(observer: Observer) -> None:
     """Stop delivering events to ``observer``; events it is being given now still arrive.
     Removing one that is not installed does nothing."""
     global observers  # noqa: PLW0603 - replaced whole, read bare
-    with _registry_lock:
+    try:  # see "Releasing" in ``_core._section_lock``
+        _registry_lock.acquire()
         if observer not in observers:
             return
         remaining = tuple(other for other in observers if other != observer)
@@ -241,6 +251,11 @@ def remove_observer(observer: Observer) -> None:
         if not remaining:
             # Records deferred for the observers gone: not for the next one installed.
             deferred.clear()
+    finally:
+        try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+            _registry_lock.release()
+        except RuntimeError:
+            pass  # not taken: the exception came while waiting for the lock
 
 
 def _split(installed: tuple[Observer, ...]) -> None:

@@ -260,7 +260,8 @@ class KeyedRateLimiter:
                 "cannot use a keyed rate limiter from inside its own bookkeeping on this "
                 "thread (a finalizer or signal handler ran there)"
             )
-        with lock:
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             meters = self._meters
             forgotten = 0
             # "while True", and a statement (not an if) last: see "Loops in sections" in
@@ -282,6 +283,11 @@ class KeyedRateLimiter:
             fresh = self._make(key)
             meters[key] = fresh
             return fresh
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def __repr__(self) -> str:
         return (

@@ -161,9 +161,11 @@ class OrderEdge:
 class _OrderGraph:
     """Edges between managers, keyed by their serial numbers. ``lock`` guards everything but
     ``_dead``, which garbage-collection callbacks fill without taking the lock (they can run
-    on a thread that holds it) and which the next check drains."""
+    on a thread that holds it) and which the next check drains. ``lock`` is an ``RLock`` and
+    its section is written out in the shape of "Releasing" in ``_core._section_lock`` (on 3.10
+    a ``with`` block's exit can be skipped)."""
 
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    lock: threading.RLock = attrs.field(factory=threading.RLock)
     _edges: dict[int, dict[int, OrderEdge]] = attrs.field(factory=dict)
     _sources: dict[int, set[int]] = attrs.field(factory=dict)
     """The reverse index: for each manager, the managers with an edge into it."""
@@ -234,7 +236,7 @@ replaced, never mutated."""
 
 def _reinitialise_after_fork() -> None:
     # The lock may have been copied held by a thread that does not exist in the child.
-    _graph.lock = threading.Lock()
+    _graph.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -313,7 +315,9 @@ def _add_edges(
     acquired_at = describe_site(site)
     thread_name = threading.current_thread().name
     problems: list[tuple[LockOrderPolicy, str, OrderEdge, list[OrderEdge]]] = []
-    with _graph.lock:
+    lock = _graph.lock
+    try:  # see "Releasing" in ``_core._section_lock``
+        lock.acquire()
         _graph.forget_dead()
         for holder, held_site, target in new_edges:
             policy = target.policy
@@ -331,6 +335,11 @@ def _add_edges(
             if policy == "raise":
                 break
             _graph.record(holder, target, edge)
+    finally:
+        try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+            lock.release()
+        except RuntimeError:
+            pass  # not taken: the exception came while waiting for the lock
     for policy, message, edge, cycle in problems:
         if policy == "raise":
             violation = LockOrderViolation(message)

@@ -71,7 +71,9 @@ class Instrumentation:
     _rate_requests: Any = attrs.field(init=False)
     _time_in_queue: Any = attrs.field(init=False)
     _queued: set[int] = attrs.field(init=False, factory=set)
-    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _lock: threading.RLock = attrs.field(init=False, factory=threading.RLock)
+    """Guards ``_queued``. Its sections are written out in the shape of "Releasing" in
+    ``_core._section_lock``; an ``RLock``, so that the release is its own test of ownership."""
 
     def __attrs_post_init__(self) -> None:
         meter = self._meter
@@ -115,14 +117,28 @@ class Instrumentation:
         kind = event.kind
         name = {"allotment.name": event.name}
         if kind == "requested":
-            with self._lock:
+            lock = self._lock
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self._queued.add(event.request)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
             self._pending.add(1, name)
             return
         if kind in {"granted", "timed_out", "cancelled", "refused"}:
-            with self._lock:
+            lock = self._lock
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 queued = event.request in self._queued
                 self._queued.discard(event.request)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
             if queued:
                 self._pending.add(-1, name)
         if kind == "granted":

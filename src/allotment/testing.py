@@ -36,9 +36,9 @@ class ManualClock:
     allowed when :meth:`advance` reaches its time, and a bucket refills only as it advances.
 
     ``_lock`` guards ``_now`` and ``_sleepers``; it is never held while a thread sleeps or
-    while a sleeper is woken. It is a section lock (see ``_core._section_lock``): on 3.14 an
-    exception delivered as ``with`` takes a plain lock would leave it held, and every later
-    ``advance`` would hang.
+    while a sleeper is woken. It is a section lock (see ``_core._section_lock``), and each
+    section is written out in the shape of "Releasing" there: a ``with`` block's exit can be
+    skipped on 3.10 (and its entry on 3.14), and every later ``advance`` would hang.
     """
 
     _now: float = 0.0
@@ -65,12 +65,19 @@ class ManualClock:
             raise ValueError(
                 f"a monotonic clock only moves forward by a finite amount: {seconds!r}"
             )
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._now += step
             now = self._now
             due = [handle for handle, deadline in self._sleepers.items() if deadline <= now]
             for handle in due:
                 del self._sleepers[handle]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for handle in due:
             _release_once(handle)
 
@@ -86,10 +93,17 @@ class ManualClock:
         ``cancel()`` calls it off. How asyncio tasks sleep on this clock; ``callback`` must
         be safe to call from any thread."""
         alarm = _Alarm(self, callback)
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             ring_now = self._now >= deadline
             if not ring_now:
                 self._sleepers[alarm] = deadline
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if ring_now:
             callback()
         return alarm
@@ -97,15 +111,29 @@ class ManualClock:
     def sleep_until(self, handle: WakeHandle, deadline: float) -> bool:
         """Block until ``handle`` is released by a waker (``True``) or by :meth:`advance`
         reaching ``deadline`` (``False``)."""
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if self._now >= deadline:
                 return False
             self._sleepers[handle] = deadline
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         try:
             handle.acquire()
         finally:
-            with self._lock:
+            # The finally opens with the section's try: on 3.10 nothing checks on the way in.
+            try:
+                lock.acquire()
                 self._sleepers.pop(handle, None)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         return self._now < deadline
 
     def __repr__(self) -> str:
@@ -131,8 +159,15 @@ class _Alarm:
     def cancel(self) -> None:
         self._callback = None
         clock = self._clock
-        with clock._lock:
+        lock = clock._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             clock._sleepers.pop(self, None)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
 
 def _release_once(handle: _Releasable) -> None:

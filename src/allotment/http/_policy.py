@@ -17,7 +17,11 @@ told. A pause only ever moves later; headers can make a client slower, never fas
 
 ``_lock`` guards the counters and ``_until``; it is held for arithmetic only, never while
 taking parts, sleeping or calling a limiter. ``_until`` is a float written under the lock and
-read without it (one load: a reader sees the old or the new deadline, both valid).
+read without it (one load: a reader sees the old or the new deadline, both valid). Each
+section is written out in the shape of "Releasing" in ``_core._section_lock`` (no ``with``:
+on 3.10 a signal handler raising as an exception leaves the body would skip the release). The
+lock is an ``RLock`` so that the release in the ``finally`` is its own test of ownership (a
+plain lock would release another thread's hold if the exception came while waiting for it).
 """
 
 from __future__ import annotations
@@ -249,7 +253,7 @@ class Policy:
         self._describes = key is not None or cost is not None
         self._timeout = None if timeout is None or math.isinf(timeout) else float(timeout)
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an owner: see the module's docstring
         self._until = -math.inf
         self._pauses = 0
         self._paused_seconds = 0.0
@@ -278,16 +282,30 @@ class Policy:
     def _refuse_paused(self, until: float) -> AcquireTimeout:
         """The error for a request whose deadline falls inside the pause (counted by the
         caller, once: :meth:`enter` counts every refusal it raises)."""
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             reason = self._last_reason
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return AcquireTimeout(
             f"{self.name!r} is paused for {until - self._clock.now():.3f} s more ({reason}), "
             f"past this request's deadline ({self._timeout} s); nothing was sent"
         )
 
     def _count_refusal(self) -> None:
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._refused += 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def enter(self, client_request: object, describe: Callable[[object], HTTPRequest]) -> Grant:
         """Take every part for one request about to be sent, from a thread; wait out a
@@ -319,8 +337,15 @@ class Policy:
             if isinstance(error, AcquireTimeout):
                 self._count_refusal()
             raise
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._requests += 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return Grant(group, key, request)
 
     async def enter_async(
@@ -351,8 +376,15 @@ class Policy:
             if isinstance(error, AcquireTimeout):
                 self._count_refusal()
             raise
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._requests += 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return Grant(group, key, request)
 
     def _take_simple(
@@ -464,8 +496,15 @@ class Policy:
         released and the error propagates."""
         try:
             if status in _SERVER_REFUSALS:
-                with self._lock:
+                lock = self._lock
+                try:  # see "Releasing" in ``_core._section_lock``
+                    lock.acquire()
                     self._server_refusals += 1
+                finally:
+                    try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                        lock.release()
+                    except RuntimeError:
+                        pass  # not taken: the exception came while waiting for the lock
             try:
                 announced = read_announcement(status, headers, wall_time())
             except Exception:  # the reader raises for no header value; stay out of the request
@@ -519,7 +558,9 @@ class Policy:
     def _pause(self, seconds: float, reason: str, key: Hashable | None) -> None:
         now = self._clock.now()
         until = now + seconds
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             current = self._until
             if until <= current:
                 return  # already paused at least that long
@@ -529,6 +570,11 @@ class Policy:
             self._paused_seconds += until - start
             self._until = until
             self._last_reason = reason
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for limiter in self._limiters:
             try:
                 parts = limiter_parts(limiter)
@@ -545,7 +591,9 @@ class Policy:
     def statistics(self) -> PolicyStatistics:
         """The policy's figures now."""
         now = self._clock.now()
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             return PolicyStatistics(
                 requests=self._requests,
                 refused=self._refused,
@@ -555,6 +603,11 @@ class Policy:
                 last_pause_reason=self._last_reason,
                 pause_remaining=max(0.0, self._until - now),
             )
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def __repr__(self) -> str:
         parts = [*self._fixed, *self._keyed]

@@ -13,6 +13,9 @@ re-entrant, so its round trip cannot deadlock the thread it interrupted).
 
 ``_lock`` guards the local tables (``_waiting``, ``_heard``, ``_held``, ``_retries``) and the
 local state of Redis tickets; it is held only for dictionary work, never across a round trip.
+Every section, here and in the pools and meters, is written out in the shape of "Releasing"
+in ``_core._section_lock`` (on 3.10 a ``with`` block's exit can be skipped by a signal
+handler that raises as an exception leaves the body).
 
 Invariants of the tables, between operations:
 
@@ -254,13 +257,13 @@ class RedisBackend:
     _retries: dict[str, _Retry]
     _reclaims: collections.deque[tuple[RedisPool, Ticket, Callable[[], None]]]
     """Releases deferred by a finalizer or signal handler inside the bookkeeping."""
-    _draining: threading.RLock
-    _draining_now: bool
+    _draining: SectionLock
+    """Held by the thread draining ``_reclaims`` (see :meth:`settle`)."""
     _ids: Iterator[int]
     _closed: bool
     _keeper: threading.Thread | None
     _work: threading.Event
-    _starting: threading.Lock
+    _starting: SectionLock
     _warned_blocking: set[str]
 
     def __init__(
@@ -311,8 +314,7 @@ class RedisBackend:
         self._held = {}
         self._retries = {}
         self._reclaims = collections.deque()
-        self._draining = threading.RLock()
-        self._draining_now = False
+        self._draining = new_section_lock()
         self._ids = itertools.count(1)  # a range iterator repeats ids across free threads
         self._closed = False
         self._keeper = None
@@ -322,7 +324,7 @@ class RedisBackend:
         _live_backends.add(self)
 
     def _new_process(self) -> None:
-        self._starting = threading.Lock()
+        self._starting = new_section_lock()
         self.process = secrets.token_hex(8)
         self.wake_key = f"{self.prefix}:wake:{self.process}"
 
@@ -454,31 +456,66 @@ class RedisBackend:
         self._held[rid] = (pool, ticket)
 
     def waiting_ticket(self, rid: str) -> tuple[RedisPool, Ticket] | None:
-        with self.section():
+        lock = self.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             return self._waiting.get(rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def heard_from(self, rids: Sequence[str], at: float) -> None:
         """A ``status`` answered at ``at`` that the server still queues ``rids``."""
-        with self.section():
+        lock = self.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             # No loop in the section (3.13 checks for interrupts on an uncovered back edge,
             # see "Loops in sections" in design.md): C-level set and dict operations.
             heard = self._heard
             heard.update(dict.fromkeys(heard.keys() & set(rids), at))
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def waiting_of(self, pool: RedisPool) -> list[tuple[str, Ticket]]:
-        with self.section():
+        lock = self.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             return [
                 (rid, ticket) for rid, (owner, ticket) in self._waiting.items() if owner is pool
             ]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def drop_held(self, rid: str) -> tuple[RedisPool, Ticket] | None:
         """The lease was lost: stop renewing it."""
-        with self.section():
+        lock = self.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             return self._held.pop(rid, None)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def retry_release(self, pool: RedisPool, rid: str) -> None:
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._retries[rid] = _Retry(pool, rid, _monotonic() + self.lease_ttl)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         self.start_keeper()
 
     def reclaim(self, pool: RedisPool, ticket: Ticket, notice: Callable[[], None]) -> None:
@@ -494,10 +531,15 @@ class RedisBackend:
         work (a waiter to listen for). A lease needs no wake-up: renewals run on a timer.
 
         ``_starting`` (not the tables' lock) guards the start: ``Thread.start`` waits for
-        the new thread, and the tables' lock is never held while waiting."""
+        the new thread, and the tables' lock is never held while waiting. An ``RLock``, so
+        that the release in the ``finally`` is its own test of ownership (see "Releasing" in
+        ``_core._section_lock``)."""
         keeper = self._keeper
-        if keeper is None or not keeper.is_alive():
-            with self._starting:
+        starting = self._starting
+        # Owned: a finalizer or signal handler that interrupted the start below, which goes on.
+        if (keeper is None or not keeper.is_alive()) and not starting._is_owned():
+            try:  # see "Releasing" in ``_core._section_lock``
+                starting.acquire()
                 keeper = self._keeper
                 if (keeper is None or not keeper.is_alive()) and not self._closed:
                     keeper = threading.Thread(
@@ -507,6 +549,11 @@ class RedisBackend:
                     )
                     keeper.start()
                     self._keeper = keeper
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    starting.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         if wake:
             self._work.set()
 
@@ -555,8 +602,15 @@ class RedisBackend:
     def _deliver(self, message: str) -> None:
         """A grant (``id|token``) or a refusal (``id|!capacity``) pushed by a script."""
         rid, _, outcome = message.partition("|")
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             entry = self._waiting.get(rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if entry is None:
             return  # withdrawn meanwhile (its withdrawal found the grant and kept it)
         pool, ticket = entry
@@ -568,8 +622,15 @@ class RedisBackend:
     def _by_pool(self, table: dict[str, tuple[RedisPool, Ticket]]) -> dict[RedisPool, list[str]]:
         if not table:
             return {}  # nothing to do: not even the lock, which callers' sections use
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             entries = list(table.items())
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         grouped: dict[RedisPool, list[str]] = {}
         for rid, (pool, _) in entries:
             grouped.setdefault(pool, []).append(rid)
@@ -581,8 +642,15 @@ class RedisBackend:
         confirmed after that is not judged by this answer."""
         if not self._heard:
             return
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             entries = [(rid, self._waiting[rid]) for rid in self._heard if rid in self._waiting]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         grouped: dict[RedisPool, list[str]] = {}
         for rid, (pool, _) in entries:
             grouped.setdefault(pool, []).append(rid)
@@ -594,12 +662,19 @@ class RedisBackend:
         then withdraws them on the server, or the keeper does once it answers again."""
         if not self._heard:
             return
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             stale = [
                 (rid, self._waiting[rid])
                 for rid, heard in self._heard.items()
                 if now - heard >= self.waiter_ttl and rid in self._waiting
             ]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for rid, (pool, ticket) in stale:
             pool.unreachable(ticket, rid)
 
@@ -611,13 +686,26 @@ class RedisBackend:
     def _retry_releases(self, now: float) -> None:
         if not self._retries:
             return
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             retries = list(self._retries.values())
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for retry in retries:
             if now < retry.give_up_at:
                 retry.pool.release_by_id(retry.rid)
-            with self._lock:
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self._retries.pop(retry.rid, None)
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
 
     def settle(self) -> None:
         """After an operation: do the releases a finalizer or signal handler deferred while a
@@ -626,23 +714,26 @@ class RedisBackend:
         at a time, and the others wait for it: a deferred release is done when any of them
         returns. A finalizer that runs during a drain, on the draining thread, releases at
         once itself (outside the bookkeeping) and never drains."""
-        if not self._reclaims or self._lock._is_owned():
+        draining = self._draining
+        # Owned: re-entered on the draining thread (no flag of "draining now" reset in a
+        # finally: on 3.10 a signal handler raising at the finally's entry would skip it).
+        if not self._reclaims or self._lock._is_owned() or draining._is_owned():
             return
-        with self._draining:
-            if self._draining_now:
-                return  # re-entered on this thread
-            self._draining_now = True
-            try:
-                reclaims = self._reclaims
-                while True:
-                    if not reclaims:
-                        break
-                    pool, ticket, notice = reclaims[0]
-                    pool.release_quietly(ticket)
-                    _notify(notice)
-                    reclaims.popleft()  # last: an empty deque means every notice was given
-            finally:
-                self._draining_now = False
+        try:  # see "Releasing" in ``_core._section_lock``
+            draining.acquire()
+            reclaims = self._reclaims
+            while True:
+                if not reclaims:
+                    break
+                pool, ticket, notice = reclaims[0]
+                pool.release_quietly(ticket)
+                _notify(notice)
+                reclaims.popleft()  # last: an empty deque means every notice was given
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                draining.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def close(self) -> None:
         """Stop the keeper. Leases still held are no longer renewed and expire after
@@ -670,8 +761,7 @@ class RedisBackend:
         self._held.clear()
         self._retries.clear()
         self._reclaims.clear()
-        self._draining = threading.RLock()
-        self._draining_now = False
+        self._draining = new_section_lock()
         self._keeper = None
         self._work = threading.Event()
         self.loop_clients.after_fork_in_child()

@@ -10,7 +10,9 @@ loop as every async generator is, closes it when the loop shuts its async genera
 without that is closed by the next access from any loop, or by :meth:`LoopClients.close`,
 from outside its loop: its sockets are closed directly.
 
-``_lock`` guards ``_clients``; it is never held across an await.
+``_lock`` guards ``_clients``; it is never held across an await. Each section is written out
+in the shape of "Releasing" in ``_core._section_lock`` (on 3.10 a ``with`` block's exit can be
+skipped); an ``RLock``, so that the release in the ``finally`` is its own test of ownership.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class LoopClients:
     _timeout: float
     _sources: dict[str, str]
     _clients: dict[asyncio.AbstractEventLoop, LoopClient] = attrs.field(factory=dict)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _lock: threading.RLock = attrs.field(factory=threading.RLock)
 
     @classmethod
     def like(
@@ -98,18 +100,32 @@ class LoopClients:
     def for_running_loop(self) -> LoopClient:
         """The running loop's client (made on first use)."""
         loop = asyncio.get_running_loop()
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             found = self._clients.get(loop)
             closed = [c for other, c in self._clients.items() if other.is_closed()]
             for gone in closed:
                 del self._clients[gone.loop]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for gone in closed:
             gone.abandon()
         if found is not None:
             return found
         made = self._make(loop)
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             found = self._clients.setdefault(loop, made)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if found is not made:  # another thread raced us onto this loop: keep one
             _close_sockets(made.client)
             return found
@@ -136,22 +152,36 @@ class LoopClients:
         return LoopClient(loop, client, scripts)
 
     def forget(self, made: LoopClient) -> None:
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if self._clients.get(made.loop) is made:
                 del self._clients[made.loop]
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def after_fork_in_child(self) -> None:
         """The child has none of the parent's loops running: forget their clients (their
         sockets are the parent's)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._clients = {}
 
     def close(self) -> None:
         """Close every loop's client: on its loop if it runs (and is not this thread's),
         else its sockets directly."""
-        with self._lock:
+        lock = self._lock
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             clients = list(self._clients.values())
             self._clients.clear()
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         for made in clients:
             loop = made.loop
             if loop.is_closed():

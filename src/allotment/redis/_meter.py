@@ -165,9 +165,16 @@ class RedisMeter:
         return "gcra" if self._script is self._backend.gcra_script else "window"
 
     def _count(self, cost: int) -> None:
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self.allowed += 1
             self.allowed_units += cost
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -194,8 +201,15 @@ class RedisMeter:
         if self._policy == "allow":
             return True
         if self._policy == "deny" and count_refusal:
-            with self._section():
+            lock = self._section()
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self.refused += 1
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
             return False
         raise  # noqa: PLE0704 - the BackendUnavailable being handled by the caller
 
@@ -204,8 +218,15 @@ class RedisMeter:
             self._count(cost)
             return True
         if count_refusal:
-            with self._section():
+            lock = self._section()
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self.refused += 1
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         return False
 
     def _take(self, cost: int, longest: int) -> tuple[int, int, object, object]:
@@ -266,16 +287,30 @@ class RedisMeter:
         due = self._now_ns() + wait_us * 1000
         ticket.due = due
         if code == -1:
-            with self._section():
+            lock = self._section()
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self.refused += 1
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
             return "refused"
         made = None if sleeper is None else sleeper()
         ticket.sleeper = made
         if made is None:
             ticket.promised = due
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self.queue[ticket] = None
             self.waited += 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return "queued"
 
     def group_try(self, cost: int) -> tuple[str, tuple[str, ...], tuple[object, ...]]:
@@ -322,8 +357,15 @@ class RedisMeter:
         return self._now_ns() + int(wait_us) * 1000
 
     def count_refusal(self) -> None:
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self.refused += 1
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def poll(self, ticket: RateTicket, sleeper: Callable[[], Waiter]) -> int | None:
         """The sleeper woke: granted once its reserved time has come, else sleep again."""
@@ -338,13 +380,20 @@ class RedisMeter:
         return ticket.due
 
     def _grant(self, ticket: RateTicket) -> None:
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if ticket.state is not PENDING:
                 return
             self.queue.pop(ticket, None)
             ticket.state = GRANTED
             self.allowed += 1
             self.allowed_units += ticket.cost
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def withdraw(self, ticket: RateTicket) -> bool:
         """The deadline passed: keep the grant if its time has come, else give it back."""
@@ -358,7 +407,9 @@ class RedisMeter:
     def release(self, ticket: RateTicket) -> bool:
         """Interrupted: undo the reservation or grant, exactly if nothing was recorded after
         it. ``True`` if this gave something back."""
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             state = ticket.state
             if state is not PENDING and state is not GRANTED:
                 return False
@@ -367,6 +418,11 @@ class RedisMeter:
             if state is GRANTED:
                 self.allowed -= 1
                 self.allowed_units -= ticket.cost
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return self._undo(ticket)
 
     def _undo(self, ticket: RateTicket) -> bool:
@@ -402,11 +458,18 @@ class RedisMeter:
         """A reservation given back before its time: ``True`` if refunded exactly."""
         if ticket.state is not PENDING or ticket.promised <= self._now_ns():
             return False
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if ticket.state is not PENDING:
                 return False
             ticket.state = FINISHED
             self.queue.pop(ticket, None)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return self._undo(ticket)
 
     def charge(self, cost: int) -> None:
@@ -447,8 +510,15 @@ class RedisMeter:
         )
 
     def _charged(self, cost: int) -> None:
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self.charged += cost
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def retire_if_idle(self) -> bool:
         """Nothing is kept here that the server does not keep: forgettable when no local
@@ -472,9 +542,16 @@ class RedisMeter:
             )
         else:
             self._pause(delay_us)
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             for ticket in self.queue:
                 ticket.due = max(ticket.due, until)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def _pause(self, delay_us: int) -> None:
         backend = self._backend
@@ -496,13 +573,20 @@ class RedisMeter:
     def snapshot(self) -> MeterSnapshot:
         now = self._now_ns()
         wait_us, free = self._call("peek", 1)
-        with self._section():
+        lock = self._section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             queued = tuple(self.queue)
             waiting = tuple(
                 WaitingView(t.cost, t.thread, t.since, t.due, t.sleeper is None, task_of(t))
                 for t in queued
             )
             figures = (self.allowed, self.allowed_units, self.refused, self.waited, self.charged)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return MeterSnapshot(
             now=now,
             available=int(free),

@@ -284,11 +284,18 @@ class RedisPool:
         backend = self._backend
         record = _Record(backend.new_id())
         made = None if waiter is None else waiter()
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._records[ticket] = record
             if made is not None:
                 ticket.waiter = made
                 backend.expect_waiter(record.rid, self, ticket)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if made is not None:
             backend.start_keeper()
         return record, made is not None
@@ -312,20 +319,36 @@ class RedisPool:
             self._forget(record)
         else:
             record.queued = True
-            with self._backend.section():
+            lock = self._backend.section()
+            try:  # see "Releasing" in ``_core._section_lock``
+                lock.acquire()
                 self._backend.confirm_waiter(record.rid)  # pollable only now: see the backend
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         return False
 
     def _forget(self, record: _Record) -> None:
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._backend.forget(record.rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def granted(self, ticket: Ticket, rid: str, token: int, *, wake: bool) -> None:
         """The server granted ``ticket`` (by reply, push or poll): idempotent."""
         record = self._records.get(ticket)
         backend = self._backend
         now = self._now()
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if record is None or record.rid != rid or record.done:
                 return
             if ticket.state is PENDING:
@@ -335,6 +358,11 @@ class RedisPool:
             elif ticket.state is not GRANTED:
                 return
             backend.hold(rid, self, ticket)  # again, if a first delivery was cut short
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         backend.start_keeper(wake=False)  # which renews the lease on its timer
         if wake:
             ticket.waiter.wake()
@@ -361,7 +389,9 @@ class RedisPool:
         judge, as the server's "unknown id" may be that very withdrawal's doing. Checked in
         the same section as the refusal, so a withdrawal cannot slip in between."""
         backend = self._backend
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if ticket.state is PENDING:
                 if judged and not backend.polled(rid):
                     return
@@ -369,10 +399,22 @@ class RedisPool:
                 ticket.state = REFUSED
             elif ticket.state is not REFUSED:
                 return
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         # Forgotten only once woken: until then the keeper's poll finds it and refuses again.
         ticket.waiter.wake()
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             backend.forget(rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def withdraw(self, ticket: Ticket) -> bool:
         try:
@@ -410,11 +452,18 @@ class RedisPool:
         record = self._records.get(ticket)
         if record is None or ticket.state is not PENDING:
             return None
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             # No longer the keeper's to judge: once the withdrawal runs, the server no longer
             # knows the id, and a poll answered after it must not call that a drop. A grant
             # that arrives meanwhile (by push, or in the withdrawal's answer) is still kept.
             self._backend.unpoll(record.rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return record
 
     def _withdrawn(self, ticket: Ticket, record: _Record, code: int, token: Any) -> bool:
@@ -422,10 +471,17 @@ class RedisPool:
         if code == 1:
             self.granted(ticket, record.rid, int(token), wake=False)
             return True
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._backend.forget(record.rid)
             if ticket.state is PENDING:
                 ticket.state = FINISHED
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         if ticket.state is REFUSED:
             raise ticket.error
         return ticket.state is GRANTED
@@ -459,8 +515,15 @@ class RedisPool:
             )
             return
         repeated = self._sending_release(record)
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             ticket.state = FINISHED
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         backend.on_loop(
             self._release_full_async(ticket, record, repeated),
             functools.partial(self._release_full, ticket, record, repeated),
@@ -547,8 +610,15 @@ class RedisPool:
         this process sees it released. Cut short after the server's release, the ticket
         still looks held here until the release is repeated (a with-block's exit does, and
         so does the lease's finalizer); cut short before, the lease's TTL is the backstop."""
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._backend.forget(record.rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         repeated = record.sent
         record.sent = True
         return repeated
@@ -566,11 +636,18 @@ class RedisPool:
             raise LeaseLost(self._lost_message())
 
     def _finish(self, ticket: Ticket, record: _Record) -> None:
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             ticket.state = FINISHED
             if record.token is not None:
                 ticket.units = self.zero
             record.done = True
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def _release_part(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
         """A partial release, with an id the server remembers: one whose answer was lost
@@ -578,8 +655,15 @@ class RedisPool:
         again first, with the same id, so the server applies it exactly once. A retry of
         the same amount is that release; another amount is released after it. One at a
         time per lease (its record's turn): another thread's waits for it."""
-        with record.turn:
+        turn = record.turn
+        try:  # see "Releasing" in ``_core._section_lock``
+            turn.acquire()
             self._release_part_in_turn(ticket, record, part)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                turn.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def _release_part_in_turn(self, ticket: Ticket, record: _Record, part: Quantity) -> None:
         pending = record.pending
@@ -602,12 +686,18 @@ class RedisPool:
         """:meth:`_release_part` for a task: it waits for the lease's turn without blocking
         its loop (the turn is held only across one round trip, bounded by ``timeout``)."""
         turn = record.turn
-        while turn._is_owned() or not turn.acquire(blocking=False):
+        while True:
+            if not turn._is_owned():  # owned: another task on this thread has the turn
+                try:  # see "Releasing" in ``_core._section_lock``
+                    if turn.acquire(blocking=False):
+                        await self._release_part_in_turn_async(ticket, record, part)
+                        return
+                finally:
+                    try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                        turn.release()
+                    except RuntimeError:
+                        pass  # not taken: another thread has the turn
             await asyncio.sleep(_TURN_POLL)
-        try:
-            await self._release_part_in_turn_async(ticket, record, part)
-        finally:
-            turn.release()
 
     async def _release_part_in_turn_async(
         self, ticket: Ticket, record: _Record, part: Quantity
@@ -663,10 +753,17 @@ class RedisPool:
         if code == -1 or record.lost:
             record.lost = True
             raise LeaseLost(self._lost_message())
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             if record.pending is not None and record.pending[0] == release_id:
                 record.pending = None
                 ticket.units = ticket.units - part
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def _lost_message(self) -> str:
         return (
@@ -792,8 +889,15 @@ class RedisPool:
             raise ManagerClosed("the manager is closed")
         backend = self._backend
         record = _Record(backend.new_id())
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._records[ticket] = record
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         arguments = ("enter", *self._head, record.rid, _encode(ticket.units), 0)
         return record, (*self._keys, backend.wake_key), arguments
 
@@ -803,17 +907,31 @@ class RedisPool:
 
     def group_not_taken(self, ticket: Ticket, record: _Record) -> None:
         """The group script wrote nothing for ``ticket``: finished here, no round trip."""
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._backend.forget(record.rid)
             record.done = True
             if ticket.state is PENDING:
                 ticket.state = FINISHED
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def group_unsure(self, ticket: Ticket, record: _Record, error: BackendUnavailable) -> None:
         """The group script's answer did not arrive: whatever it did is released by the
         keeper, by id (as a full release that could not reach the server)."""
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             self._backend.forget(record.rid)
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         self._release_later(ticket, record, error)
 
     def group_release(
@@ -838,9 +956,16 @@ class RedisPool:
         """The group's release went out as a task on the loop (a sync release on a loop's
         thread): released here at once, and nothing more for this lease's own release to
         send (the task, or the thread that replaces it, applies the answer)."""
-        with self._backend.section():
+        lock = self._backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             ticket.state = FINISHED
             record.done = True
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def group_released(self, ticket: Ticket, record: _Record, code: int, repeated: bool) -> None:
         """The group script's answer for ``ticket``'s release (``LeaseLost`` if it expired)."""
@@ -890,9 +1015,16 @@ class RedisPool:
         arguments: list[object] = [record.rid]
         for part, part_record in zip(parts, part_records, strict=True):
             arguments += [part_record.rid, _encode(part.units)]
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             for part, part_record in zip(parts, part_records, strict=True):
                 self._records[part] = part_record
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         return record, part_records, arguments
 
     def _parted(
@@ -900,7 +1032,9 @@ class RedisPool:
     ) -> None:
         """The server split ``ticket``: its parts are holders with its token."""
         backend = self._backend
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             remaining = ticket.units
             for part, part_record in zip(parts, part_records, strict=True):
                 remaining = remaining - part.units
@@ -909,6 +1043,11 @@ class RedisPool:
                 part.state = GRANTED
                 backend.hold(part_record.rid, self, part)
             ticket.units = remaining
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
 
     def resize(self, new_capacity: Callable[[Quantity], Quantity]) -> None:
         try:
@@ -968,8 +1107,15 @@ class RedisPool:
         waiters (others' threads are not ours to show)."""
         capacity, available, holding, waiting, _ = self._read("statistics")
         backend = self._backend
-        with backend.section():
+        lock = backend.section()
+        try:  # see "Releasing" in ``_core._section_lock``
+            lock.acquire()
             mine = list(self._records.items())
+        finally:
+            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                lock.release()
+            except RuntimeError:
+                pass  # not taken: the exception came while waiting for the lock
         holders = tuple(_view(t) for t, _ in mine if t.state is GRANTED)
         waiters = tuple(_view(t) for t, record in mine if t.state is PENDING and record.queued)
         return Snapshot(
