@@ -545,3 +545,65 @@ def test_lock_order_graph_releases_when_forgetting_raises() -> None:
     _interrupted(lambda: _lock_order._add_edges([], None, 1))
     _assert_free(graph.lock)
     assert not graph._dead
+
+
+# -- re-entry on the owning thread is refused, never run inside the outer section ------------
+
+
+class Reentering:
+    """A clock reading whose comparison calls ``inner`` (a finalizer or signal handler would
+    run there), recording what it raised."""
+
+    def __init__(self, inner: Callable[[], object]) -> None:
+        self.inner = inner
+        self.raised: list[BaseException] = []
+
+    def _reenter(self, *_: object) -> bool:
+        try:
+            self.inner()
+        except BaseException as error:  # recorded for the test to check
+            self.raised.append(error)
+        return True  # "already paused that long": the outer section ends at once
+
+    __lt__ = __le__ = __gt__ = __ge__ = _reenter
+
+    def __add__(self, other: object) -> Reentering:
+        return self
+
+
+def test_policy_refuses_reentry_inside_its_pause() -> None:
+    policy = _policy()
+    inner_policy_call = lambda: policy.pause(60)  # noqa: E731
+    reading = Reentering(inner_policy_call)
+
+    class Clock:
+        def now(self) -> Reentering:
+            return reading
+
+    policy._clock = Clock()  # type: ignore[assignment]
+    policy._until = 0.0
+    policy.pause(5)
+    assert len(reading.raised) == 1
+    assert isinstance(reading.raised[0], allotment.ReentrantCall)
+    _assert_free(policy._lock)
+
+
+def test_lock_order_check_reentered_on_its_thread_records_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    graph = _lock_order._graph
+    outer_forget = _lock_order._OrderGraph.forget_dead
+    checks: list[str] = []
+
+    def forget_dead(self: Any) -> None:
+        checks.append("inside")
+        if len(checks) == 1:
+            # A finalizer or signal handler acquiring inside the outer check's section: the
+            # nested check must not run on the graph the outer one is changing.
+            _lock_order._add_edges([], None, 1)
+        outer_forget(self)
+
+    monkeypatch.setattr(_lock_order._OrderGraph, "forget_dead", forget_dead)
+    _lock_order._add_edges([], None, 1)
+    assert checks == ["inside"]
+    _assert_free(graph.lock)

@@ -40,11 +40,11 @@ import threading
 import warnings
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import attrs
 
-from ._core import Site, describe_site
+from ._core import SectionLock, Site, describe_site
 from ._errors import LockOrderViolation, LockOrderWarning
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class _OrderGraph:
     its section is written out in the shape of "Releasing" in ``_core._section_lock`` (on 3.10
     a ``with`` block's exit can be skipped)."""
 
-    lock: threading.RLock = attrs.field(factory=threading.RLock)
+    lock: SectionLock = attrs.field(factory=lambda: cast("SectionLock", threading.RLock()))
     _edges: dict[int, dict[int, OrderEdge]] = attrs.field(factory=dict)
     _sources: dict[int, set[int]] = attrs.field(factory=dict)
     """The reverse index: for each manager, the managers with an edge into it."""
@@ -236,7 +236,7 @@ replaced, never mutated."""
 
 def _reinitialise_after_fork() -> None:
     # The lock may have been copied held by a thread that does not exist in the child.
-    _graph.lock = threading.RLock()
+    _graph.lock = cast("SectionLock", threading.RLock())
 
 
 if hasattr(os, "register_at_fork"):
@@ -316,6 +316,10 @@ def _add_edges(
     thread_name = threading.current_thread().name
     problems: list[tuple[LockOrderPolicy, str, OrderEdge, list[OrderEdge]]] = []
     lock = _graph.lock
+    if lock._is_owned():
+        # A signal handler or finalizer acquiring inside this thread's bookkeeping: the graph
+        # is mid-change (iterated by the outer frame), so this check records nothing.
+        return
     try:  # see "Releasing" in ``_core._section_lock``
         lock.acquire()
         _graph.forget_dead()

@@ -22,6 +22,9 @@ section is written out in the shape of "Releasing" in ``_core._section_lock`` (n
 on 3.10 a signal handler raising as an exception leaves the body would skip the release). The
 lock is an ``RLock`` so that the release in the ``finally`` is its own test of ownership (a
 plain lock would release another thread's hold if the exception came while waiting for it).
+Re-entry on the owning thread (a signal handler or finalizer calling the policy inside one of
+its sections) is refused with :class:`ReentrantCall`, as by the core: the outer section is
+half way through a read-modify-write of ``_until`` or a counter.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 from .._clock import SYSTEM_CLOCK, Clock, wall_time
-from .._core import RateMeter, RateTicket, ticks_of
-from .._errors import AcquireTimeout
+from .._core import RateMeter, RateTicket, SectionLock, ticks_of
+from .._errors import AcquireTimeout, ReentrantCall
 from .._keyed import (
     KeyedRateLimiter,
     acquire_key_ticket,
@@ -253,7 +256,7 @@ class Policy:
         self._describes = key is not None or cost is not None
         self._timeout = None if timeout is None or math.isinf(timeout) else float(timeout)
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
-        self._lock = threading.RLock()  # an owner: see the module's docstring
+        self._lock = cast("SectionLock", threading.RLock())  # see the module's docstring
         self._until = -math.inf
         self._pauses = 0
         self._paused_seconds = 0.0
@@ -283,6 +286,8 @@ class Policy:
         """The error for a request whose deadline falls inside the pause (counted by the
         caller, once: :meth:`enter` counts every refusal it raises)."""
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             reason = self._last_reason
@@ -298,6 +303,8 @@ class Policy:
 
     def _count_refusal(self) -> None:
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             self._refused += 1
@@ -338,6 +345,8 @@ class Policy:
                 self._count_refusal()
             raise
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             self._requests += 1
@@ -377,6 +386,8 @@ class Policy:
                 self._count_refusal()
             raise
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             self._requests += 1
@@ -497,6 +508,8 @@ class Policy:
         try:
             if status in _SERVER_REFUSALS:
                 lock = self._lock
+                if lock._is_owned():
+                    raise _reentered(self.name)
                 try:  # see "Releasing" in ``_core._section_lock``
                     lock.acquire()
                     self._server_refusals += 1
@@ -559,6 +572,8 @@ class Policy:
         now = self._clock.now()
         until = now + seconds
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             current = self._until
@@ -592,6 +607,8 @@ class Policy:
         """The policy's figures now."""
         now = self._clock.now()
         lock = self._lock
+        if lock._is_owned():
+            raise _reentered(self.name)
         try:  # see "Releasing" in ``_core._section_lock``
             lock.acquire()
             return PolicyStatistics(
@@ -612,6 +629,13 @@ class Policy:
     def __repr__(self) -> str:
         parts = [*self._fixed, *self._keyed]
         return f"<allotment.http.Policy {self.name!r}: {len(parts)} part(s)>"
+
+
+def _reentered(name: str) -> ReentrantCall:
+    return ReentrantCall(
+        f"cannot use the HTTP policy {name!r} from inside its own bookkeeping on this thread "
+        "(a finalizer or signal handler ran there)"
+    )
 
 
 def _not_told(limiter: object) -> None:
