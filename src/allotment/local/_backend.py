@@ -54,7 +54,7 @@ from ._meter import (
     window_take,
 )
 from ._pool import LocalPool, reap, settle
-from ._state_file import StateFile
+from ._state_file import StateFile, run_deferred
 
 __all__ = ["LocalBackend"]
 
@@ -330,6 +330,7 @@ class LocalBackend:
                         reap(file, self, {(identity.pid, identity.nonce)})
             identity.close(self._directory, keep_bell=not stopped)
         self._close_files(files, wait=stopped)
+        run_deferred()  # what a finalizer deferred while a file's close held its mutex
         if not stopped:
             warnings.warn(
                 f"the doorbell thread of a LocalBackend did not stop within {_bell.STOP_TIMEOUT} "

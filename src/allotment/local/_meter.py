@@ -172,17 +172,24 @@ class MeterFile:
         under the mutex. Idempotent. ``wait=False``: if another thread holds the mutex, only
         the flag is set (a plain store) and the file is left open (``False``)."""
         mutex = self.mutex
+        if mutex._is_owned():  # in a section of this very thread: never unmapped under it
+            self.closed = True
+            return False
         try:
             if not mutex.acquire(wait):
                 self.closed = True
                 return False
-            self.closed = True
-            if self.mapped:
-                self.mapped = False
-                self.view.release()
-                self._map.close()
-                os.close(self.fd)
-            return True
+            _here.depth += 1  # a finalizer's release landing here is deferred
+            try:
+                self.closed = True
+                if self.mapped:
+                    self.mapped = False
+                    self.view.release()
+                    self._map.close()
+                    os.close(self.fd)
+                return True
+            finally:
+                _here.depth -= 1
         finally:
             try:  # noqa: SIM105 - suppress() is Python code: a check point before release
                 mutex.release()

@@ -278,6 +278,9 @@ class StateFile:
         ``wait=False``: if another thread holds the mutex, only the flag is set (a plain
         store, which every section begun after the holder's sees) and nobody is refused."""
         mutex = self.mutex
+        if mutex._is_owned():  # this very thread is in a section (close() from a finalizer
+            self.closed = True  # or a signal handler): busy, as if another held it
+            return []
         try:
             if not mutex.acquire(wait):
                 self.closed = True
@@ -305,17 +308,23 @@ class StateFile:
         reading them). Idempotent. ``wait=False``: ``False`` if another thread holds the
         mutex (the file is then left open: a thread stuck in a section still uses it)."""
         mutex = self.mutex
+        if mutex._is_owned():  # in a section of this very thread: never unmapped under it
+            return False
         try:
             if not mutex.acquire(wait):
                 return False
-            self.closed = True
-            if self.mapped:
-                self.mapped = False
-                self.known = None
-                self.view.release()
-                self._map.close()
-                os.close(self.fd)
-            return True
+            _here.depth += 1  # a finalizer's release landing here is deferred
+            try:
+                self.closed = True
+                if self.mapped:
+                    self.mapped = False
+                    self.known = None
+                    self.view.release()
+                    self._map.close()
+                    os.close(self.fd)
+                return True
+            finally:
+                _here.depth -= 1
         finally:
             try:  # noqa: SIM105 - suppress() is Python code: a check point before release
                 mutex.release()
