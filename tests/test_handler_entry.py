@@ -95,6 +95,12 @@ def _pool(clock: ManualClock, capacity: int = 10) -> MemoryPool:
     return MemoryPool(ScalarForm(), capacity, capacity, FifoPolicy(), clock.now, holders={})
 
 
+def _memory_pool(manager: allotment.ResourceManager[int]) -> MemoryPool:
+    pool = manager._pool
+    assert isinstance(pool, MemoryPool)
+    return pool
+
+
 def _granted(pool: MemoryPool, units: int, clock: ManualClock) -> Ticket:
     ticket = Ticket(units, threading.current_thread(), None, clock.now())
     assert pool.enter(ticket, None)
@@ -144,6 +150,20 @@ def test_full_release_releases_when_the_sum_raises() -> None:
     _assert_free(pool._lock)
     assert (ticket.state, pool.available) == (GRANTED, 10)
     assert list(pool.holders) == [ticket]
+
+
+def test_leaving_a_with_block_releases_when_the_sum_raises() -> None:
+    manager = allotment.ResourceManager(10, clock=ManualClock())
+    pool = _memory_pool(manager)
+    lease = manager.acquire(4)
+    ticket = lease._ticket
+    ticket.units = Trap()  # type: ignore[assignment]  # available + its units raises
+    _interrupted(lambda: lease.__exit__(None, None, None))
+    _assert_free(pool._lock)
+    assert (ticket.state, pool.available, lease._ticket) == (GRANTED, 6, ticket)
+    ticket.units = 4
+    lease.release()
+    assert (pool.available, pool.holding) == (10, 0)
 
 
 def test_run_releases_when_the_operation_raises_with_a_signal_pending() -> None:

@@ -295,11 +295,22 @@ class MemoryPool:
     CPython runs a finalizer only once. This callback is ``_orphans.append``, C code, so
     nothing cuts it short: the reference lands on ``_orphans`` and the next operation's
     epilogue gives the units back and warns. Every way a ticket stops holding or asking
-    clears ``face``, so a lease that dies after its release costs nothing more."""
+    clears ``face``, so a lease that dies after its release costs nothing more. (A
+    :class:`FaceTicket` is its own weak reference, made with this callback, and its own
+    ``face``.)"""
+
+    spent: Ticket = attrs.field(init=False)
+    """A ticket that holds nothing (FINISHED, ``zero`` units), never in a table: what a
+    released one-object lease keeps in place of its :class:`FaceTicket`, so that it dies
+    without calling ``face_died``."""
 
     @face_died.default
     def _face_died_default(self) -> Callable[[weakref.ref[Any]], None]:
         return self._orphans.append
+
+    @spent.default
+    def _spent_default(self) -> Ticket:
+        return Ticket(self.zero, threading.main_thread(), None, 0.0, FINISHED)
 
     @zero.default
     def _zero_default(self) -> Quantity:
