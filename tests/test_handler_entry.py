@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import allotment
-from allotment._core import GRANTED, FifoPolicy, MemoryPool, Meter, ScalarForm, Ticket
+from allotment._core import GRANTED, PENDING, FifoPolicy, MemoryPool, Meter, ScalarForm, Ticket
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
 
@@ -95,6 +95,12 @@ def _pool(clock: ManualClock, capacity: int = 10) -> MemoryPool:
     return MemoryPool(ScalarForm(), capacity, capacity, FifoPolicy(), clock.now, holders={})
 
 
+def _memory_pool(manager: allotment.ResourceManager[int]) -> MemoryPool:
+    pool = manager._pool
+    assert isinstance(pool, MemoryPool)
+    return pool
+
+
 def _granted(pool: MemoryPool, units: int, clock: ManualClock) -> Ticket:
     ticket = Ticket(units, threading.current_thread(), None, clock.now())
     assert pool.enter(ticket, None)
@@ -102,6 +108,62 @@ def _granted(pool: MemoryPool, units: int, clock: ManualClock) -> Ticket:
 
 
 # -- the pool ----------------------------------------------------------------------------------
+
+
+def test_enter_releases_when_the_comparison_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    ticket = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
+    _interrupted(lambda: pool.enter(ticket, None))  # units <= available raises
+    _assert_free(pool._lock)
+    assert (ticket.state, pool.available, pool.holding, pool.waiting) == (PENDING, 10, 0, 0)
+
+
+def test_enter_releases_when_making_the_waiter_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    held = _granted(pool, 10, clock)
+    ticket = Ticket(1, threading.current_thread(), None, clock.now())
+    _interrupted(lambda: pool.enter(ticket, _signal_and_raise))  # it queues: waiter() raises
+    _assert_free(pool._lock)
+    assert (ticket.state, pool.available, pool.waiting) == (PENDING, 0, 0)
+    assert list(pool.holders or ()) == [held]
+
+
+def test_release_releases_when_the_comparison_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    ticket = _granted(pool, 4, clock)
+    _interrupted(lambda: pool.release(ticket, Trap()))  # type: ignore[arg-type]
+    _assert_free(pool._lock)
+    assert (ticket.units, ticket.state, pool.available) == (4, GRANTED, 6)
+    assert list(pool.holders or ()) == [ticket]
+
+
+def test_full_release_releases_when_the_sum_raises() -> None:
+    clock = ManualClock()
+    pool = _pool(clock)
+    ticket = Ticket(Trap(), threading.current_thread(), None, clock.now(), GRANTED)  # type: ignore[arg-type]
+    assert pool.holders is not None
+    pool.holders[ticket] = None  # available + its units raises
+    _interrupted(lambda: pool.release(ticket, None))
+    _assert_free(pool._lock)
+    assert (ticket.state, pool.available) == (GRANTED, 10)
+    assert list(pool.holders) == [ticket]
+
+
+def test_leaving_a_with_block_releases_when_the_sum_raises() -> None:
+    manager = allotment.ResourceManager(10, clock=ManualClock())
+    pool = _memory_pool(manager)
+    lease = manager.acquire(4)
+    ticket = lease._ticket
+    ticket.units = Trap()  # type: ignore[assignment]  # available + its units raises
+    _interrupted(lambda: lease.__exit__(None, None, None))
+    _assert_free(pool._lock)
+    assert (ticket.state, pool.available, lease._ticket) == (GRANTED, 6, ticket)
+    ticket.units = 4
+    lease.release()
+    assert (pool.available, pool.holding) == (10, 0)
 
 
 def test_run_releases_when_the_operation_raises_with_a_signal_pending() -> None:

@@ -228,3 +228,24 @@ def test_released_leases_are_collected_silently() -> None:
             pool.acquire(1, timeout=0)
         gc.collect()
     assert_idle(pool)
+
+
+def test_released_leases_die_without_a_trace_in_the_pool() -> None:
+    """A lease drops the ticket that watches it (its own weak reference) as it is released,
+    so its death leaves nothing on the pool's deferred work; it still reads as released."""
+    node = allotment.ResourceManager({"gpu": 2})
+    orphans = pool_of(node)._orphans
+    with node.acquire({"gpu": 1}) as lease:
+        pass
+    assert (lease.released, lease.amounts) == (True, {})
+    del lease
+    lease = node.acquire({"gpu": 2})
+    lease.release()
+    assert (lease.released, lease.amounts) == (True, {})
+    with pytest.raises(allotment.LeaseReleased), lease:
+        pass  # pragma: no cover
+    del lease
+    with node.acquire({"gpu": 2}), pytest.raises(allotment.AcquireTimeout):
+        node.acquire({"gpu": 1}, timeout=0)
+    assert not orphans
+    assert_idle(node)

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Generic
 import attrs
 
 from ._core import (
+    FINISHED,
     GRANTED,
     Amount,
+    FaceTicket,
     MemoryPool,
     Pool,
     Quantity,
@@ -50,7 +52,11 @@ class Lease(Generic[Amount]):
     are recorded) the line that acquired it.
 
     The lease is the public face of a ticket in its manager's pool; the pool holds the ticket,
-    never the lease, so a leaked lease stays collectable.
+    never the lease, so a leaked lease stays collectable. ``acquire`` on an in-memory manager
+    builds the lease by hand around a :class:`~allotment._core.FaceTicket`, the ticket that
+    is itself the weak reference watching the lease (one object fewer, and no ``__dict__``):
+    such a lease lets go of its ticket as it is released (for the pool's ``spent`` one), so
+    that it dies without waking the pool's watch.
     """
 
     _ticket: Ticket
@@ -115,8 +121,14 @@ class Lease(Generic[Amount]):
         more than the lease holds, or another :class:`InvalidAmount` if it is malformed; in
         both cases nothing is released. Units given back go to waiting requests at once.
         """
-        part = None if amount is None else self._pool.form.parse(amount, "released amount")
-        self._pool.release(self._ticket, part)
+        ticket = self._ticket
+        pool = self._pool
+        if amount is not None:
+            pool.release(ticket, pool.form.parse(amount, "released amount"))
+            return
+        pool.release(ticket, None)
+        if type(ticket) is FaceTicket and ticket.state is FINISHED:  # not deferred
+            self._ticket = pool.spent  # type: ignore[attr-defined]  # as in __exit__
 
     def exits_async(self) -> bool:
         """Whether leaving an ``async with`` makes a backend's round trip (awaited)."""
@@ -145,12 +157,18 @@ class Lease(Generic[Amount]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        ticket = self._ticket
+        pool = self._pool
         try:
-            self._pool.release(self._ticket, None)
+            pool.release(ticket, None)
         except BaseException:
             # Landed at release's first line, before it did anything: release, then go on.
-            self._pool.release(self._ticket, None)
+            pool.release(ticket, None)
             raise
+        if type(ticket) is FaceTicket and ticket.state is FINISHED:  # not deferred
+            # The ticket is the weak reference watching this lease: let go of it, so that
+            # the lease dies without a callback (see FaceTicket).
+            self._ticket = pool.spent  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> Lease[Amount]:
         return self.__enter__()

@@ -19,8 +19,10 @@ from ._acquisition import Acquisition, start_acquisition
 from ._backend import Backend, check_backend_name
 from ._clock import SYSTEM_CLOCK, Clock, deadline_after
 from ._core import (
+    PENDING,
     Amount,
     BankerPolicy,
+    FaceTicket,
     Fairness,
     Form,
     MemoryPool,
@@ -83,6 +85,7 @@ _getframe = sys._getframe
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _current_thread = threading.current_thread
+_new_object = object.__new__
 _current_task = asyncio.current_task
 _is_tracing = tracemalloc.is_tracing
 _serial_numbers = itertools.count(1)
@@ -240,6 +243,8 @@ class ResourceManager(Generic[Amount]):
     _form: Form[Amount]
     _scalar: bool
     _pool: Pool
+    _memory_pool: MemoryPool | None
+    """``_pool`` if it is a :class:`MemoryPool` (``acquire`` then makes one-object leases)."""
     _node: OrderNode
     _clock: Clock
     _now: Callable[[], float]
@@ -351,6 +356,8 @@ class ResourceManager(Generic[Amount]):
                 raise UnsupportedByBackend("banker mode needs an in-memory manager")
             name = check_backend_name(name, backend, "ResourceManager")
             self._pool = backend.manager_pool(name, form, initial, clock)
+        pool = self._pool
+        self._memory_pool = pool if type(pool) is MemoryPool else None
         self._node = new_node(serial, self._name, rank, lock_order)
         self._clock = clock
         self._now = clock.now
@@ -447,11 +454,27 @@ class ResourceManager(Generic[Amount]):
             return self._wait_observed(
                 observed, ticket, owner, request_id, amount, timeout, deadline
             )
-        ticket = Ticket(request, _current_thread(), site, self._now())
+        pool = self._pool
+        memory = self._memory_pool
         # The lease exists before the grant: if anything interrupts us after the grant, the
         # handler below (or, failing that, the lease's collection) returns the units.
-        lease: Lease[Amount] = Lease(ticket, self._pool, self)
-        pool = self._pool
+        if memory is not None:
+            # The one-object lease (its ticket is a FaceTicket: see Lease.__exit__), built
+            # by hand: every field is set before the ticket reaches the pool.
+            lease: Lease[Amount] = _new_object(Lease)
+            lease._pool = memory
+            lease._manager = self
+            ticket = FaceTicket(lease, memory.face_died)
+            ticket.units = request
+            ticket.thread = _current_thread()
+            ticket.site = site
+            ticket.since = self._now()
+            ticket.state = PENDING
+            ticket.face = ticket  # type: ignore[assignment]  # its own watch
+            lease._ticket = ticket
+        else:
+            ticket = Ticket(request, _current_thread(), site, self._now())
+            lease = Lease(ticket, pool, self)
         try:
             if pool.enter(ticket, new_thread_waiter if timeout != 0 else None) or (
                 timeout != 0 and await_grant(pool, ticket, self._clock, deadline)
@@ -462,6 +485,10 @@ class ResourceManager(Generic[Amount]):
         except BaseException:
             pool.release(ticket, None)
             raise
+        if memory is not None:
+            # Never granted: both go now, the ticket first, so the lease dies unwatched.
+            lease._ticket = memory.spent
+            del ticket
         raise self._timeout_error(amount, timeout)
 
     def _wait_observed(  # noqa: PLR0917 - private, called in one place

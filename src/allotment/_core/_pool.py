@@ -32,21 +32,17 @@ its section is detected exactly (``RLock._is_owned``): a full release is deferre
 
 Explicit lock calls. The two sections of every with-block, :meth:`MemoryPool.enter` and
 :meth:`MemoryPool.release`, take the lock by explicit calls instead of ``with`` (which costs
-twice as much, ~80 ns per section on 3.11), as ``Meter.take_now`` does: ``_is_owned`` is tested
-first, so this frame is the only one on its thread that can hold the lock;
-``lock.acquire()`` is the first call inside a ``try`` whose handler releases; every way out of
-the body calls ``lock.release()`` last. An asynchronous exception can land only once a call
-returns (or a Python callee starts): after ``acquire`` or inside the body, within the ``try``;
-after the body's ``release``, with nothing held, as after ``with``'s ``__exit__`` (the handler's
-release then finds the lock not held). The handler's release is its own test of ownership (no
-check point between a test and the release): a ``RuntimeError`` from it means the lock was not
-held. (3.14's ``GuardedRLock`` guards ``__enter__`` only: explicit calls need no guard.)
-On 3.11 and newer nothing between the handler's entry and its release is a check point. On
-3.10 the entry of a handler is one (the interpreter looks for signals as it jumps there): a
-signal handler that raises just as an exception leaves a section can land before the
-release and leave the lock held, the same hole 3.10 has in ``with``'s exit of every
-section; a ``finally`` whose first statement is the release closes it (done in every section
-but these two: see "Releasing" in ``_section_lock``).
+twice as much, ~80 ns per section on 3.11), in the shape every core section has ("Releasing"
+in ``_section_lock``): ``_is_owned`` tested first, so this frame is the only one on its thread
+that can hold the lock; ``lock.acquire()`` the first call inside a ``try``; and a ``finally``
+whose first statement is ``try: lock.release()``, whose ``RuntimeError`` means the lock was
+not taken (the exception came while waiting for it). Every way out of the body, a return
+included, goes through that release, and nothing between a raise and the release is a check
+point on any interpreter: on 3.10, where the jump to a handler is one unless the handler
+starts with ``SETUP_FINALLY``, a ``finally`` opening a ``try`` starts with it (an
+``except BaseException: lock.release()`` handler, their earlier shape, let a signal
+handler that raised there leave the lock held). 3.14's ``GuardedRLock`` guards
+``__enter__`` only: explicit calls need no guard.
 """
 
 from __future__ import annotations
@@ -299,11 +295,22 @@ class MemoryPool:
     CPython runs a finalizer only once. This callback is ``_orphans.append``, C code, so
     nothing cuts it short: the reference lands on ``_orphans`` and the next operation's
     epilogue gives the units back and warns. Every way a ticket stops holding or asking
-    clears ``face``, so a lease that dies after its release costs nothing more."""
+    clears ``face``, so a lease that dies after its release costs nothing more. (A
+    :class:`FaceTicket` is its own weak reference, made with this callback, and its own
+    ``face``.)"""
+
+    spent: Ticket = attrs.field(init=False)
+    """A ticket that holds nothing (FINISHED, ``zero`` units), never in a table: what a
+    released one-object lease keeps in place of its :class:`FaceTicket`, so that it dies
+    without calling ``face_died``."""
 
     @face_died.default
     def _face_died_default(self) -> Callable[[weakref.ref[Any]], None]:
         return self._orphans.append
+
+    @spent.default
+    def _spent_default(self) -> Ticket:
+        return Ticket(self.zero, threading.main_thread(), None, 0.0, FINISHED)
 
     @zero.default
     def _zero_default(self) -> Quantity:
@@ -337,11 +344,11 @@ class MemoryPool:
 
     # -- arrival, withdrawal, release: the hot paths, written out -----------------------------
     #
-    # Each is one section (``with lock``, or in enter and release explicit calls: see the
-    # module's docstring), then an epilogue that hands on a grant pass an exception cut
-    # short, wakes whom the section granted (idempotently, so a retry is harmless) and
-    # drains deferred releases. ``run`` is the same shape as a function; these three are
-    # written out because an extra call costs a tenth of an uncontended acquire.
+    # Each is one section (explicit lock calls: see the module's docstring), then an
+    # epilogue that hands on a grant pass an exception cut short, wakes whom the section
+    # granted (idempotently, so a retry is harmless) and drains deferred releases. ``run`` is
+    # the same shape as a function; these three are written out because an extra call costs
+    # a tenth of an uncontended acquire.
 
     def enter(self, ticket: Ticket, waiter: Callable[[], Waiter] | None) -> bool:
         """Grant ``ticket`` now (``True``), or queue it with a waiter made by ``waiter`` and
@@ -354,41 +361,39 @@ class MemoryPool:
         if lock._is_owned():
             raise _reentrant("acquire from")
         # Explicit calls, not ``with lock`` (twice the cost): see "Explicit lock calls" in the
-        # module's docstring. Every way out of the body releases first.
+        # module's docstring.
         try:
-            lock.acquire()
-            if self.closed:
-                raise ManagerClosed("the manager is closed")
-            units = ticket.units
-            if (
-                not self.queue and units <= self.available
-                if self._fifo_arrival
-                else self._policy.admits(self, ticket)
-            ):
-                # Granted units fit what is available, hence the capacity: no check.
-                available = self.available - units
-                self.available = available
-                ticket.state = GRANTED
-                if self.holders is not None:
-                    self.holders[ticket] = None
-                lock.release()
-                return True
-            capacity = self.capacity
-            if capacity is not None and not units <= capacity:
-                raise ExceedsCapacity(self.too_large(units, capacity))
-            if waiter is None:
-                ticket.face = None  # a try that failed: its lease is no leak
-            else:
-                ticket.waiter = waiter()
-                self.queue[ticket] = None
-            lock.release()
-            return False
-        except BaseException:
-            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
-                lock.release()
-            except RuntimeError:
-                pass  # not held: it came while waiting for the lock, or after the release
-            raise
+            try:  # see "Releasing" in ``_section_lock``
+                lock.acquire()
+                if self.closed:
+                    raise ManagerClosed("the manager is closed")
+                units = ticket.units
+                if (
+                    not self.queue and units <= self.available
+                    if self._fifo_arrival
+                    else self._policy.admits(self, ticket)
+                ):
+                    # Granted units fit what is available, hence the capacity: no check.
+                    available = self.available - units
+                    self.available = available
+                    ticket.state = GRANTED
+                    if self.holders is not None:
+                        self.holders[ticket] = None
+                    return True
+                capacity = self.capacity
+                if capacity is not None and not units <= capacity:
+                    raise ExceedsCapacity(self.too_large(units, capacity))
+                if waiter is None:
+                    ticket.face = None  # a try that failed: its lease is no leak
+                else:
+                    ticket.waiter = waiter()
+                    self.queue[ticket] = None
+                return False
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         finally:
             # Inside a try: an exception at the branch or at _settle's first line retries.
             try:
@@ -416,39 +421,40 @@ class MemoryPool:
         woken: list[Waiter] | tuple[Waiter, ...] = _NO_WAKEUPS
         # Explicit calls, not ``with lock``: as in enter.
         try:
-            lock.acquire()
-            state = ticket.state
-            if part is None:
-                if state is GRANTED:
-                    # _give_back, written out: this is the path of every with-block's exit.
-                    available = self.available + ticket.units
-                    self.available = available
-                    ticket.units = self.zero
-                    ticket.state = FINISHED
-                    ticket.face = None
-                    if self.holders is not None:
-                        self.holders.pop(ticket, None)
-                    if self.queue:
+            try:  # see "Releasing" in ``_section_lock``
+                lock.acquire()
+                state = ticket.state
+                if part is None:
+                    if state is GRANTED:
+                        # _give_back, written out: this is the path of every with-block's exit.
+                        available = self.available + ticket.units
+                        self.available = available
+                        ticket.units = self.zero
+                        ticket.state = FINISHED
+                        ticket.face = None
+                        if self.holders is not None:
+                            self.holders.pop(ticket, None)
+                        if self.queue:
+                            woken = []
+                            self._policy.grant_waiters(self, woken)
+                    elif state is PENDING:
                         woken = []
-                        self._policy.grant_waiters(self, woken)
-                elif state is PENDING:
+                        self._withdraw(ticket, woken)
+                elif state is GRANTED and part <= ticket.units:
                     woken = []
-                    self._withdraw(ticket, woken)
-            elif state is GRANTED and part <= ticket.units:
-                woken = []
-                self._give_back(ticket, part, woken)
-            else:
-                held = ticket.units if state is GRANTED else self.zero
-                raise ReleaseExceedsHeld(
-                    f"cannot release {self.form.render(part)!r}: "
-                    f"the lease holds {self.form.render(held)!r}"
-                )
-            lock.release()
+                    self._give_back(ticket, part, woken)
+                else:
+                    held = ticket.units if state is GRANTED else self.zero
+                    raise ReleaseExceedsHeld(
+                        f"cannot release {self.form.render(part)!r}: "
+                        f"the lease holds {self.form.render(held)!r}"
+                    )
+            finally:
+                try:  # noqa: SIM105 - suppress() is Python code: a check point before release
+                    lock.release()
+                except RuntimeError:
+                    pass  # not taken: the exception came while waiting for the lock
         except BaseException:
-            try:  # noqa: SIM105 - suppress() is Python code: a check point before release
-                lock.release()
-            except RuntimeError:
-                pass  # not held: it came while waiting for the lock, or after the release
             # Whatever the exception cut short, and even before ``woken`` was set (right
             # after the units were added, where a pending Ctrl-C lands once the lock is
             # taken): a waiter that fits is granted before the exception goes on.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import sys
 import weakref
+from collections.abc import Callable
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,6 +31,7 @@ __all__ = [
     "GRANTED",
     "PENDING",
     "REFUSED",
+    "FaceTicket",
     "Site",
     "Ticket",
     "TicketState",
@@ -105,6 +107,37 @@ class Ticket:
     """A weak reference to the lease that wraps this ticket (in a pool that watches its
     faces): if the lease dies while this is set, the reference itself lands on the pool's
     deferred work. Cleared (under the lock) once nothing is held or asked."""
+
+
+if TYPE_CHECKING:
+
+    class FaceTicket(Ticket):
+        """For the type checker, a :class:`Ticket` (see the class below)."""
+
+        def __init__(self, face: object, callback: Callable[[Any], object], /) -> None: ...
+
+else:
+
+    class FaceTicket(weakref.ref):
+        """A ticket that is itself the weak reference watching its lease: the one-object
+        lease of an in-memory manager (the lease and this, instead of a lease, a ticket, its
+        ``__dict__`` and a weak reference).
+
+        It has a :class:`Ticket`'s fields, in slots, set by its maker right after
+        ``FaceTicket(lease, pool.face_died)`` (``face`` is the ticket itself: the pool clears
+        it like any ticket's, and finds the ticket of a dead face by it). Its hash and
+        equality are the weak reference's: the lease's identity, cached at the first hash
+        (taken while the lease lives), so it is a key of the pool's tables like any ticket.
+
+        The lease holds it and the pool's tables hold it; it holds the lease weakly. A lease
+        that dies while this is alive calls the callback with it, so the lease drops it as
+        it releases (swapping in the pool's ``spent`` ticket): a released lease then dies
+        without a callback. A lease released another way (a partial release that gives back
+        the rest, ``release_async``) keeps it, and its death costs one entry on the pool's
+        ``_orphans``, found holding nothing.
+        """
+
+        __slots__ = ("error", "face", "since", "site", "state", "task", "thread", "units", "waiter")
 
 
 def task_of(ticket: Ticket) -> asyncio.Task[Any] | None:
