@@ -35,9 +35,12 @@ form of a section: ``with lock:`` (its exit handler starts with ``WITH_EXCEPT_ST
 checks before ``release`` has run (loading ``lock.release`` is no check point). 3.11 and newer
 check nowhere between a raise and its handler. The release is its own test of ownership: no
 check point between a test and the release. A helper function would not do: a Python call's
-first instruction is a check point on 3.11 and newer, before the release. Outside the core
-(``with lock:`` on plain locks elsewhere) the 3.10 hole remains; ``tests/test_handler_entry.py``
-proves the shape for each core section.
+first instruction is a check point on 3.11 and newer, before the release. The faces around
+the core (the HTTP policy, the keyed limiter, the observers' registry, the Redis backend,
+``testing``, ``otel``, the lock-order graph) use the same shape on ``RLock``s;
+``LocalBackend``'s registry and doorbell-thread locks still use ``with`` (the 3.10 hole
+remains there). ``tests/test_handler_entry.py`` proves the shape for each core section,
+``tests/test_handler_entry_edges.py`` for the faces.
 """
 
 from __future__ import annotations
