@@ -588,6 +588,7 @@ def test_closing_warns_if_the_doorbell_thread_does_not_stop(
     monkeypatch.setattr(backend_module.LocalBackend, "_rung", stuck)
     monkeypatch.setattr(_bell, "STOP_TIMEOUT", 0.2)
     bell = backend._the_bell()
+    assert bell is not None
     backend.start_bell()
     thread = bell._thread
     assert thread is not None
