@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pathlib
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, settings
 from allotment import LocalBackend
 from allotment.redis import RedisBackend
 from redis_support import RedisServer, block_round_trips_on_loops
+from signal_support import raise_delivered
 
 # Threaded examples take as long as their threads do: no per-example deadline. Hypothesis
 # loads its built-in "ci" profile by itself when CI is set; extend it rather than replace it.
@@ -58,6 +60,16 @@ def no_thread_outlives_the_test() -> Iterator[None]:
     for observer in leftover:
         _events.remove_observer(observer)
     assert not leftover, f"the test left observers installed: {leftover}"
+
+
+@pytest.fixture
+def sigusr1_raises() -> Iterator[None]:
+    """SIGUSR1's handler raises ``signal_support.Delivered`` for the test's duration."""
+    previous = signal.signal(signal.SIGUSR1, raise_delivered)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 @pytest.fixture(scope="session")

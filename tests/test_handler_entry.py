@@ -16,12 +16,7 @@ pending, and the handler of SIGUSR1 raises :class:`Delivered`.
 
 from __future__ import annotations
 
-import itertools
-import os
-import signal
 import threading
-from collections.abc import Callable, Iterator
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -30,50 +25,17 @@ import allotment
 from allotment._core import GRANTED, PENDING, FifoPolicy, MemoryPool, Meter, ScalarForm, Ticket
 from allotment._limiters import limiter_parts
 from allotment.testing import ManualClock
+from signal_support import NEEDS_SIGUSR1, interrupted, signal_and_raise
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread(),
-    reason="needs SIGUSR1 and the main thread (signal handlers run there)",
-)
-
-
-class Delivered(Exception):
-    """What the signal handler raises."""
-
-
-def _raise_delivered(signum: int, frame: FrameType | None) -> None:
-    raise Delivered
-
-
-@pytest.fixture(autouse=True)
-def _sigusr1() -> Iterator[None]:
-    previous = signal.signal(signal.SIGUSR1, _raise_delivered)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
-def _signal_and_raise(*_: object) -> Any:
-    """Make SIGUSR1 pending and raise ``TypeError``, both inside one C call."""
-    pid = os.getpid()
-    list(itertools.starmap(os.kill, [(pid, signal.SIGUSR1), (pid, "x")]))
-    raise AssertionError("os.kill accepted a string")  # pragma: no cover
+pytestmark = [NEEDS_SIGUSR1, pytest.mark.usefixtures("sigusr1_raises")]
 
 
 class Trap:
     """A quantity whose arithmetic and comparisons raise from C with a signal pending."""
 
-    __le__ = __lt__ = __ge__ = __gt__ = _signal_and_raise
-    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = _signal_and_raise
+    __le__ = __lt__ = __ge__ = __gt__ = signal_and_raise
+    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = signal_and_raise
     __hash__ = None  # type: ignore[assignment]
-
-
-def _interrupted(call: Callable[[], object]) -> None:
-    """Run ``call``, which must be cut short by the signal handler's exception (on 3.10,
-    at the handler's entry) or by the ``TypeError`` under it."""
-    with pytest.raises((Delivered, TypeError)):
-        call()
 
 
 def _assert_free(lock: Any) -> None:
@@ -114,7 +76,7 @@ def test_enter_releases_when_the_comparison_raises() -> None:
     clock = ManualClock()
     pool = _pool(clock)
     ticket = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
-    _interrupted(lambda: pool.enter(ticket, None))  # units <= available raises
+    interrupted(lambda: pool.enter(ticket, None))  # units <= available raises
     _assert_free(pool._lock)
     assert (ticket.state, pool.available, pool.holding, pool.waiting) == (PENDING, 10, 0, 0)
 
@@ -124,7 +86,7 @@ def test_enter_releases_when_making_the_waiter_raises() -> None:
     pool = _pool(clock)
     held = _granted(pool, 10, clock)
     ticket = Ticket(1, threading.current_thread(), None, clock.now())
-    _interrupted(lambda: pool.enter(ticket, _signal_and_raise))  # it queues: waiter() raises
+    interrupted(lambda: pool.enter(ticket, signal_and_raise))  # it queues: waiter() raises
     _assert_free(pool._lock)
     assert (ticket.state, pool.available, pool.waiting) == (PENDING, 0, 0)
     assert list(pool.holders or ()) == [held]
@@ -134,7 +96,7 @@ def test_release_releases_when_the_comparison_raises() -> None:
     clock = ManualClock()
     pool = _pool(clock)
     ticket = _granted(pool, 4, clock)
-    _interrupted(lambda: pool.release(ticket, Trap()))  # type: ignore[arg-type]
+    interrupted(lambda: pool.release(ticket, Trap()))  # type: ignore[arg-type]
     _assert_free(pool._lock)
     assert (ticket.units, ticket.state, pool.available) == (4, GRANTED, 6)
     assert list(pool.holders or ()) == [ticket]
@@ -146,7 +108,7 @@ def test_full_release_releases_when_the_sum_raises() -> None:
     ticket = Ticket(Trap(), threading.current_thread(), None, clock.now(), GRANTED)  # type: ignore[arg-type]
     assert pool.holders is not None
     pool.holders[ticket] = None  # available + its units raises
-    _interrupted(lambda: pool.release(ticket, None))
+    interrupted(lambda: pool.release(ticket, None))
     _assert_free(pool._lock)
     assert (ticket.state, pool.available) == (GRANTED, 10)
     assert list(pool.holders) == [ticket]
@@ -158,7 +120,7 @@ def test_leaving_a_with_block_releases_when_the_sum_raises() -> None:
     lease = manager.acquire(4)
     ticket = lease._ticket
     ticket.units = Trap()  # type: ignore[assignment]  # available + its units raises
-    _interrupted(lambda: lease.__exit__(None, None, None))
+    interrupted(lambda: lease.__exit__(None, None, None))
     _assert_free(pool._lock)
     assert (ticket.state, pool.available, lease._ticket) == (GRANTED, 6, ticket)
     ticket.units = 4
@@ -168,14 +130,14 @@ def test_leaving_a_with_block_releases_when_the_sum_raises() -> None:
 
 def test_run_releases_when_the_operation_raises_with_a_signal_pending() -> None:
     pool = _pool(ManualClock())
-    _interrupted(lambda: pool.run(_signal_and_raise))
+    interrupted(lambda: pool.run(signal_and_raise))
     _assert_free(pool._lock)
     assert pool.available == 10
 
 
 def test_resize_releases_when_new_capacity_raises() -> None:
     pool = _pool(ManualClock())
-    _interrupted(lambda: pool.resize(_signal_and_raise))
+    interrupted(lambda: pool.resize(signal_and_raise))
     _assert_free(pool._lock)
     assert (pool.capacity, pool.available) == (10, 10)
 
@@ -185,28 +147,28 @@ def test_split_releases_when_the_arithmetic_raises() -> None:
     pool = _pool(clock)
     ticket = _granted(pool, 4, clock)
     part = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
-    _interrupted(lambda: pool.split(ticket, [part]))
+    interrupted(lambda: pool.split(ticket, [part]))
     _assert_free(pool._lock)
     assert (ticket.units, ticket.state, pool.available) == (4, GRANTED, 6)
     assert list(pool.holders or ()) == [ticket]
 
 
 def test_snapshot_releases_when_the_clock_raises() -> None:
-    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), _signal_and_raise, holders={})
-    _interrupted(pool.snapshot)
+    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), signal_and_raise, holders={})
+    interrupted(pool.snapshot)
     _assert_free(pool._lock)
 
 
 def test_try_snapshot_releases_when_the_clock_raises() -> None:
-    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), _signal_and_raise, holders={})
-    _interrupted(lambda: pool.try_snapshot(10.0))
+    pool = MemoryPool(ScalarForm(), 10, 10, FifoPolicy(), signal_and_raise, holders={})
+    interrupted(lambda: pool.try_snapshot(10.0))
     _assert_free(pool._lock)
 
 
 def test_take_releases_when_the_comparison_raises() -> None:
     pool = _pool(ManualClock())
     receipt: list[object] = []
-    _interrupted(lambda: pool.take(Trap(), receipt))  # type: ignore[arg-type]
+    interrupted(lambda: pool.take(Trap(), receipt))  # type: ignore[arg-type]
     _assert_free(pool._lock)
     assert (pool.available, receipt) == (10, [])
 
@@ -214,7 +176,7 @@ def test_take_releases_when_the_comparison_raises() -> None:
 def test_give_releases_when_the_sum_raises() -> None:
     pool = _pool(ManualClock())
     receipt: list[bool | None] = [None]
-    _interrupted(lambda: pool.give(Trap(), None, receipt))  # type: ignore[arg-type]
+    interrupted(lambda: pool.give(Trap(), None, receipt))  # type: ignore[arg-type]
     _assert_free(pool._lock)
     assert (pool.available, receipt) == (10, [None])
 
@@ -224,15 +186,15 @@ def test_restore_releases_when_a_refusal_check_raises() -> None:
     pool = _pool(clock)
     queued = Ticket(Trap(), threading.current_thread(), None, clock.now())  # type: ignore[arg-type]
     pool.queue[queued] = None  # its check against the capacity raises
-    _interrupted(lambda: pool._restore([]))
+    interrupted(lambda: pool._restore([]))
     _assert_free(pool._lock)
     assert list(pool.queue) == [queued]
 
 
 def test_draining_deferred_releases_releases_when_one_raises() -> None:
     pool = _pool(ManualClock())
-    pool._orphans.append((_signal_and_raise, None))
-    _interrupted(pool._drain_orphans)
+    pool._orphans.append((signal_and_raise, None))
+    interrupted(pool._drain_orphans)
     _assert_free(pool._lock)
     assert len(pool._orphans) == 1  # popped only once done
 
@@ -249,37 +211,37 @@ def _meter() -> Meter:
 
 def test_take_now_releases_when_the_clock_raises() -> None:
     meter = _meter()
-    meter._now_ns = _signal_and_raise
-    _interrupted(lambda: meter.take_now(1, True))
+    meter._now_ns = signal_and_raise
+    interrupted(lambda: meter.take_now(1, True))
     _assert_free(meter._lock)
     assert (meter.allowed, meter.refused) == (0, 0)
 
 
 def test_take_undoable_releases_when_the_clock_raises() -> None:
     meter = _meter()
-    meter._now_ns = _signal_and_raise
+    meter._now_ns = signal_and_raise
     spent = [0, 0, 0]
-    _interrupted(lambda: meter.take_undoable(spent, 1, True))
+    interrupted(lambda: meter.take_undoable(spent, 1, True))
     _assert_free(meter._lock)
     assert (meter.allowed, spent) == (0, [0, 0, 0])
 
 
 def test_a_meter_section_releases_when_its_operation_raises() -> None:
     meter = _meter()
-    _interrupted(lambda: meter._section(_signal_and_raise))
+    interrupted(lambda: meter._section(signal_and_raise))
     _assert_free(meter._lock)
 
 
 def test_give_back_releases_when_the_comparison_raises() -> None:
     meter = _meter()
     spent = [1, 0, Trap()]  # gcra.tat == after: int == Trap falls back to Trap.__eq__
-    _interrupted(lambda: meter.give_back(spent))  # type: ignore[arg-type]
+    interrupted(lambda: meter.give_back(spent))  # type: ignore[arg-type]
     _assert_free(meter._lock)
     assert meter.allowed == 0
 
 
 def test_meter_snapshot_releases_when_the_clock_raises() -> None:
     meter = _meter()
-    meter._now = _signal_and_raise
-    _interrupted(meter.snapshot)
+    meter._now = signal_and_raise
+    interrupted(meter.snapshot)
     _assert_free(meter._lock)

@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -40,42 +40,16 @@ from allotment.redis._loops import LoopClient, LoopClients
 from allotment.redis._meter import RedisMeter
 from allotment.redis._pool import RedisPool, _Record
 from allotment.testing import ManualClock
+from signal_support import NEEDS_SIGUSR1, interrupted, signal_and_raise
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread(),
-    reason="needs SIGUSR1 and the main thread (signal handlers run there)",
-)
-
-
-class Delivered(Exception):
-    """What the signal handler raises."""
-
-
-def _raise_delivered(signum: int, frame: FrameType | None) -> None:
-    raise Delivered
-
-
-@pytest.fixture(autouse=True)
-def _sigusr1() -> Iterator[None]:
-    previous = signal.signal(signal.SIGUSR1, _raise_delivered)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-
-
-def _signal_and_raise(*_: object) -> Any:
-    """Make SIGUSR1 pending and raise ``TypeError``, both inside one C call."""
-    pid = os.getpid()
-    list(itertools.starmap(os.kill, [(pid, signal.SIGUSR1), (pid, "x")]))
-    raise AssertionError("os.kill accepted a string")  # pragma: no cover
+pytestmark = [NEEDS_SIGUSR1, pytest.mark.usefixtures("sigusr1_raises")]
 
 
 class Trap:
     """A value whose arithmetic and comparisons raise from C with a signal pending."""
 
-    __le__ = __lt__ = __ge__ = __gt__ = _signal_and_raise
-    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = _signal_and_raise
+    __le__ = __lt__ = __ge__ = __gt__ = signal_and_raise
+    __add__ = __radd__ = __sub__ = __rsub__ = __eq__ = signal_and_raise
 
     def __hash__(self) -> int:
         return 0
@@ -91,19 +65,19 @@ class Late(Trap):
 class Unhashable:
     """A key whose hash raises from C with a signal pending."""
 
-    __hash__ = _signal_and_raise
+    __hash__ = signal_and_raise
 
 
 class Unformattable:
     """A value whose formatting raises from C with a signal pending."""
 
-    __format__ = _signal_and_raise
+    __format__ = signal_and_raise
 
 
 class TrapItems(dict[str, Any]):
     """A table whose ``items()`` raises from C with a signal pending."""
 
-    items = _signal_and_raise
+    items = signal_and_raise
 
 
 def _signal_and_fail() -> Iterator[None]:
@@ -117,13 +91,6 @@ class TrapClock:
 
     def now(self) -> Late:
         return Late()
-
-
-def _interrupted(call: Callable[[], object]) -> None:
-    """Run ``call``, which must be cut short by the signal handler's exception (on 3.10,
-    at the handler's entry) or by the ``TypeError`` under it."""
-    with pytest.raises((Delivered, TypeError)):
-        call()
 
 
 def _assert_free(lock: Any) -> None:
@@ -164,7 +131,7 @@ def test_policy_pause_releases_when_the_comparison_raises() -> None:
     policy = _policy()
     before = _figures(policy)
     policy._clock = TrapClock()  # type: ignore[assignment]
-    _interrupted(lambda: policy.pause(5))
+    interrupted(lambda: policy.pause(5))
     _assert_free(policy._lock)
     assert _figures(policy) == before
 
@@ -172,7 +139,7 @@ def test_policy_pause_releases_when_the_comparison_raises() -> None:
 def test_policy_statistics_releases_when_the_arithmetic_raises() -> None:
     policy = _policy()
     policy._clock = TrapClock()  # type: ignore[assignment]
-    _interrupted(policy.statistics)
+    interrupted(policy.statistics)
     _assert_free(policy._lock)
 
 
@@ -183,7 +150,7 @@ def _unused(client_request: object) -> Any:
 def test_policy_enter_releases_when_the_count_raises() -> None:
     policy = _policy()
     policy._requests = Trap()  # type: ignore[assignment]
-    _interrupted(lambda: policy.enter(object(), _unused))
+    interrupted(lambda: policy.enter(object(), _unused))
     _assert_free(policy._lock)
     assert isinstance(policy._requests, Trap)
 
@@ -191,7 +158,7 @@ def test_policy_enter_releases_when_the_count_raises() -> None:
 def test_policy_refusal_count_releases_when_the_count_raises() -> None:
     policy = _policy()
     policy._refused = Trap()  # type: ignore[assignment]
-    _interrupted(policy._count_refusal)
+    interrupted(policy._count_refusal)
     _assert_free(policy._lock)
 
 
@@ -199,7 +166,7 @@ def test_policy_observe_releases_when_the_count_raises() -> None:
     policy = _policy()
     policy._server_refusals = Trap()  # type: ignore[assignment]
     grant = Grant(None)
-    _interrupted(lambda: policy.observe(grant, 429, [], None))
+    interrupted(lambda: policy.observe(grant, 429, [], None))
     _assert_free(policy._lock)
 
 
@@ -210,15 +177,15 @@ def test_keyed_lookup_releases_when_a_key_comparison_raises() -> None:
     limiter = allotment.KeyedRateLimiter(10, per=1, clock=ManualClock())
     assert limiter.try_acquire("a")
     meter = limiter._meters["a"]
-    _interrupted(lambda: limiter.try_acquire(Trap()))  # "a" == Trap() raises
+    interrupted(lambda: limiter.try_acquire(Trap()))  # "a" == Trap() raises
     _assert_free(limiter._lock)
     assert list(limiter._meters.items()) == [("a", meter)]
 
 
 def test_keyed_lookup_releases_when_making_a_meter_raises() -> None:
     limiter = allotment.KeyedRateLimiter(10, per=1, clock=ManualClock())
-    limiter._make = _signal_and_raise
-    _interrupted(lambda: limiter.try_acquire("a"))
+    limiter._make = signal_and_raise
+    interrupted(lambda: limiter.try_acquire("a"))
     _assert_free(limiter._lock)
     assert len(limiter) == 0
 
@@ -229,7 +196,7 @@ def test_keyed_lookup_releases_when_making_a_meter_raises() -> None:
 class TrapObserver:
     """An observer that compares equal to nothing without raising from C."""
 
-    __eq__ = __ne__ = _signal_and_raise
+    __eq__ = __ne__ = signal_and_raise
 
     def __hash__(self) -> int:
         return 0
@@ -253,13 +220,13 @@ def installed() -> Iterator[TrapObserver]:
 
 
 def test_add_observer_releases_when_a_comparison_raises(installed: TrapObserver) -> None:
-    _interrupted(lambda: _events.add_observer(TrapObserver()))
+    interrupted(lambda: _events.add_observer(TrapObserver()))
     _assert_free(_events._registry_lock)
     assert _events.observers[-1] is installed
 
 
 def test_remove_observer_releases_when_a_comparison_raises(installed: TrapObserver) -> None:
-    _interrupted(lambda: _events.remove_observer(TrapObserver()))
+    interrupted(lambda: _events.remove_observer(TrapObserver()))
     _assert_free(_events._registry_lock)
     assert _events.observers[-1] is installed
 
@@ -268,7 +235,7 @@ def test_remove_observer_releases_when_a_comparison_raises(installed: TrapObserv
 
 
 def test_backend_heard_from_releases_when_the_ids_raise(redis_backend: RedisBackend) -> None:
-    _interrupted(lambda: redis_backend.heard_from(_signal_and_fail(), 0.0))  # type: ignore[arg-type]
+    interrupted(lambda: redis_backend.heard_from(_signal_and_fail(), 0.0))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
     assert redis_backend._heard == {}
 
@@ -276,13 +243,13 @@ def test_backend_heard_from_releases_when_the_ids_raise(redis_backend: RedisBack
 def test_backend_waiting_ticket_releases_when_the_hash_raises(
     redis_backend: RedisBackend,
 ) -> None:
-    _interrupted(lambda: redis_backend.waiting_ticket(Unhashable()))  # type: ignore[arg-type]
+    interrupted(lambda: redis_backend.waiting_ticket(Unhashable()))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
 
 
 def test_backend_drop_held_releases_when_the_hash_raises(redis_backend: RedisBackend) -> None:
     redis_backend._held["r"] = (None, None)  # type: ignore[assignment]  # pop hashes then
-    _interrupted(lambda: redis_backend.drop_held(Unhashable()))  # type: ignore[arg-type]
+    interrupted(lambda: redis_backend.drop_held(Unhashable()))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
     assert list(redis_backend._held) == ["r"]
     redis_backend._held.clear()
@@ -291,15 +258,15 @@ def test_backend_drop_held_releases_when_the_hash_raises(redis_backend: RedisBac
 def test_backend_retry_release_releases_when_the_clock_raises(
     redis_backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backend_module, "_monotonic", _signal_and_raise)
-    _interrupted(lambda: redis_backend.retry_release(None, "r"))  # type: ignore[arg-type]
+    monkeypatch.setattr(backend_module, "_monotonic", signal_and_raise)
+    interrupted(lambda: redis_backend.retry_release(None, "r"))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
     assert (redis_backend._retries, redis_backend._keeper) == ({}, None)
 
 
 def test_backend_grouping_releases_when_the_table_raises(redis_backend: RedisBackend) -> None:
     table = TrapItems(r=None)
-    _interrupted(lambda: redis_backend._by_pool(table))
+    interrupted(lambda: redis_backend._by_pool(table))
     _assert_free(redis_backend._lock)
 
 
@@ -308,7 +275,7 @@ def test_backend_failing_unheard_releases_when_the_arithmetic_raises(
 ) -> None:
     redis_backend._heard["r"] = 0.0
     redis_backend._waiting["r"] = (None, None)  # type: ignore[assignment]
-    _interrupted(lambda: redis_backend._fail_unheard(Trap()))  # type: ignore[arg-type]
+    interrupted(lambda: redis_backend._fail_unheard(Trap()))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
     assert list(redis_backend._heard) == ["r"]
     redis_backend._heard.clear()
@@ -320,7 +287,7 @@ def test_backend_retrying_releases_releases_when_the_hash_raises(
 ) -> None:
     retry = backend_module._Retry(None, Unhashable(), -float("inf"))  # type: ignore[arg-type]
     redis_backend._retries["r"] = retry
-    _interrupted(lambda: redis_backend._retry_releases(0.0))
+    interrupted(lambda: redis_backend._retry_releases(0.0))
     _assert_free(redis_backend._lock)
     assert redis_backend._retries == {"r": retry}
     redis_backend._retries.clear()
@@ -332,7 +299,7 @@ def test_backend_starting_the_keeper_releases_when_its_name_raises(
     process = redis_backend.process
     redis_backend.process = Unformattable()  # type: ignore[assignment]
     try:
-        _interrupted(lambda: redis_backend.start_keeper(wake=False))
+        interrupted(lambda: redis_backend.start_keeper(wake=False))
     finally:
         redis_backend.process = process
     _assert_free(redis_backend._starting)
@@ -342,7 +309,7 @@ def test_backend_starting_the_keeper_releases_when_its_name_raises(
 class TrapPool:
     """A pool whose deferred release raises from C with a signal pending."""
 
-    release_quietly = staticmethod(_signal_and_raise)
+    release_quietly = staticmethod(signal_and_raise)
 
 
 class GoodPool:
@@ -356,7 +323,7 @@ def test_backend_settling_releases_when_a_deferred_release_raises(
     reclaims: Any = redis_backend._reclaims
     notices: list[None] = []
     reclaims.append((TrapPool(), None, lambda: notices.append(None)))
-    _interrupted(redis_backend.settle)
+    interrupted(redis_backend.settle)
     _assert_free(redis_backend._draining)
     assert (len(reclaims), notices) == (1, [])
     reclaims[0] = (GoodPool(), None, lambda: notices.append(None))
@@ -374,14 +341,14 @@ def _loop_clients() -> LoopClients:
 def test_loop_clients_forget_releases_when_the_hash_raises() -> None:
     clients = _loop_clients()
     made = LoopClient(Unhashable(), None, {})  # type: ignore[arg-type]
-    _interrupted(lambda: clients.forget(made))
+    interrupted(lambda: clients.forget(made))
     _assert_free(clients._lock)
 
 
 class TrapLoop:
     """A loop found in the table whose ``is_closed`` raises from C with a signal pending."""
 
-    is_closed = staticmethod(_signal_and_raise)
+    is_closed = staticmethod(signal_and_raise)
 
 
 def test_loop_clients_lookup_releases_when_a_closed_check_raises() -> None:
@@ -393,7 +360,7 @@ def test_loop_clients_lookup_releases_when_a_closed_check_raises() -> None:
     async def look_up() -> None:
         clients.for_running_loop()
 
-    _interrupted(lambda: asyncio.run(look_up()))
+    interrupted(lambda: asyncio.run(look_up()))
     _assert_free(clients._lock)
     assert list(table) == [gone]
 
@@ -419,7 +386,7 @@ def test_redis_snapshot_releases_when_the_table_raises(redis_backend: RedisBacke
     records = pool._records
     pool._records = TrapItems()  # type: ignore[assignment]
     try:
-        _interrupted(pool.snapshot)
+        interrupted(pool.snapshot)
     finally:
         pool._records = records
     _assert_free(redis_backend._lock)
@@ -430,7 +397,7 @@ def test_redis_grant_releases_when_the_id_comparison_raises(
 ) -> None:
     pool = _redis_pool(redis_backend, "grant")
     ticket, record = _pending(pool, "r")
-    _interrupted(lambda: pool.granted(ticket, Trap(), 1, wake=False))  # type: ignore[arg-type]
+    interrupted(lambda: pool.granted(ticket, Trap(), 1, wake=False))  # type: ignore[arg-type]
     _assert_free(redis_backend._lock)
     assert (ticket.state, record.token, redis_backend._held) == (PENDING, None, {})
 
@@ -442,7 +409,7 @@ def test_redis_part_done_releases_when_the_id_comparison_raises(
     ticket, record = _pending(pool, "r")
     pending: Any = (Trap(), 1)
     record.pending = pending
-    _interrupted(lambda: pool._part_done(ticket, record, "x", 1, (1, None)))
+    interrupted(lambda: pool._part_done(ticket, record, "x", 1, (1, None)))
     _assert_free(redis_backend._lock)
     assert (record.pending, ticket.units) == (pending, 1)
 
@@ -452,8 +419,8 @@ def test_redis_partial_release_gives_the_turn_back_when_it_raises(
 ) -> None:
     pool = _redis_pool(redis_backend, "turn")
     ticket, record = _pending(pool, "r")
-    monkeypatch.setattr(RedisPool, "_release_part_in_turn", _signal_and_raise)
-    _interrupted(lambda: pool._release_part(ticket, record, 1))
+    monkeypatch.setattr(RedisPool, "_release_part_in_turn", signal_and_raise)
+    interrupted(lambda: pool._release_part(ticket, record, 1))
     _assert_free(record.turn)
 
 
@@ -464,10 +431,10 @@ def test_redis_partial_release_of_a_task_gives_the_turn_back_when_it_raises(
     ticket, record = _pending(pool, "r")
 
     async def in_turn(*_: object) -> None:
-        _signal_and_raise()
+        signal_and_raise()
 
     monkeypatch.setattr(RedisPool, "_release_part_in_turn_async", in_turn)
-    _interrupted(lambda: asyncio.run(pool._release_part_async(ticket, record, 1)))
+    interrupted(lambda: asyncio.run(pool._release_part_async(ticket, record, 1)))
     _assert_free(record.turn)
 
 
@@ -482,7 +449,7 @@ def test_redis_meter_charge_count_releases_when_the_sum_raises(
     redis_backend: RedisBackend,
 ) -> None:
     meter = _redis_meter(redis_backend, "charged")
-    _interrupted(lambda: meter._charged(Trap()))  # type: ignore[arg-type]
+    interrupted(lambda: meter._charged(Trap()))  # type: ignore[arg-type]
     _assert_free(meter._lock)
     assert meter.charged == 0
 
@@ -491,7 +458,7 @@ def test_redis_meter_allowed_count_releases_when_the_sum_raises(
     redis_backend: RedisBackend,
 ) -> None:
     meter = _redis_meter(redis_backend, "counted")
-    _interrupted(lambda: meter._count(Trap()))  # type: ignore[arg-type]
+    interrupted(lambda: meter._count(Trap()))  # type: ignore[arg-type]
     _assert_free(meter._lock)
     assert meter.allowed_units == 0
 
@@ -503,14 +470,14 @@ def test_manual_clock_advance_releases_when_a_deadline_comparison_raises() -> No
     clock = ManualClock()
     handle = threading.Lock()
     clock._sleepers[handle] = Trap()  # type: ignore[assignment]
-    _interrupted(lambda: clock.advance(1))
+    interrupted(lambda: clock.advance(1))
     _assert_free(clock._lock)
     assert list(clock._sleepers) == [handle]
 
 
 def test_manual_clock_call_at_releases_when_the_deadline_comparison_raises() -> None:
     clock = ManualClock()
-    _interrupted(lambda: clock.call_at(Trap(), lambda: None))  # type: ignore[arg-type]
+    interrupted(lambda: clock.call_at(Trap(), lambda: None))  # type: ignore[arg-type]
     _assert_free(clock._lock)
     assert clock.sleepers == 0
 
@@ -519,7 +486,7 @@ def test_manual_clock_sleep_releases_when_the_deadline_comparison_raises() -> No
     clock = ManualClock()
     handle = threading.Lock()
     handle.acquire()
-    _interrupted(lambda: clock.sleep_until(handle, Trap()))  # type: ignore[arg-type]
+    interrupted(lambda: clock.sleep_until(handle, Trap()))  # type: ignore[arg-type]
     _assert_free(clock._lock)
     assert clock.sleepers == 0
 
@@ -531,7 +498,7 @@ def test_manual_clock_sleep_releases_when_the_deadline_comparison_raises() -> No
 def test_instrumentation_releases_when_the_request_hash_raises(kind: str) -> None:
     instrumentation = Instrumentation(metrics.NoOpMeter("edges"), False)
     event = SimpleNamespace(kind=kind, name="m", limiter=False, request=Unhashable())
-    _interrupted(lambda: instrumentation._pool(event))  # type: ignore[arg-type]
+    interrupted(lambda: instrumentation._pool(event))  # type: ignore[arg-type]
     _assert_free(instrumentation._lock)
     assert instrumentation._queued == set()
 
@@ -542,7 +509,7 @@ def test_instrumentation_releases_when_the_request_hash_raises(kind: str) -> Non
 def test_lock_order_graph_releases_when_forgetting_raises() -> None:
     graph = _lock_order._graph
     graph._dead.append(Unhashable())  # type: ignore[arg-type]
-    _interrupted(lambda: _lock_order._add_edges([], None, 1))
+    interrupted(lambda: _lock_order._add_edges([], None, 1))
     _assert_free(graph.lock)
     assert not graph._dead
 
